@@ -1,0 +1,68 @@
+"""Why a packet was dropped: one value per reason, counted, never raised.
+
+On the data path a drop is a return value, not an exception: the loop counts
+it and moves on. Each reason says in its description what a reader of the
+counters should look at.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Drop(enum.Enum):
+    """A drop reason. The value is the counter's name in `stats` output."""
+
+    # Outer packet (what arrived on the raw socket).
+    OUTER_MALFORMED = "outer_malformed"
+    OUTER_FRAGMENT = "outer_fragment"
+    # GRE header (RFC 2784 / RFC 2890).
+    GRE_TRUNCATED = "gre_truncated"
+    GRE_VERSION = "gre_version"
+    GRE_ROUTING = "gre_routing"
+    GRE_PROTOCOL = "gre_protocol"
+    # Tunnel lookup and receive rules (the kernel's ip_tunnel_lookup / ip_tunnel_rcv).
+    NO_TUNNEL = "no_tunnel"
+    KEY_MISMATCH = "key_mismatch"
+    CSUM_MISSING = "csum_missing"
+    CSUM_BAD = "csum_bad"
+    SEQ_MISSING = "seq_missing"
+    SEQ_OLD = "seq_old"
+    ECN_CE_NOT_ECT = "ecn_ce_not_ect"
+    # Inner packet (either direction).
+    INNER_MALFORMED = "inner_malformed"
+    FAMILY = "family"
+    # I/O shell.
+    SEND_ERROR = "send_error"
+    SEND_NOBUFS = "send_nobufs"
+    SEND_MSGSIZE = "send_msgsize"
+    ICMP_ERROR = "icmp_error"
+    TUN_WRITE_ERROR = "tun_write_error"
+
+    @property
+    def description(self) -> str:
+        return _DESCRIPTIONS[self]
+
+
+_DESCRIPTIONS: dict[Drop, str] = {
+    Drop.OUTER_MALFORMED: "outer IPv4 header truncated, lying about its length, or not IPv4",
+    Drop.OUTER_FRAGMENT: "outer packet is a fragment (the kernel reassembles before raw delivery, so this should not happen)",
+    Drop.GRE_TRUNCATED: "GRE header shorter than its flags announce",
+    Drop.GRE_VERSION: "GRE version is not 0 (RFC 2784 section 2.3.1)",
+    Drop.GRE_ROUTING: "GRE routing bit set (RFC 1701 source routing; Linux drops it too)",
+    Drop.GRE_PROTOCOL: "GRE protocol type is neither IPv4 (0x0800) nor IPv6 (0x86DD)",
+    Drop.NO_TUNNEL: "no tunnel matches the outer addresses",
+    Drop.KEY_MISMATCH: "outer addresses match a tunnel but the GRE key (or its absence) does not",
+    Drop.CSUM_MISSING: "tunnel requires a GRE checksum (icsum) and the packet has none",
+    Drop.CSUM_BAD: "GRE checksum present and wrong",
+    Drop.SEQ_MISSING: "tunnel requires sequence numbers (iseq) and the packet has none",
+    Drop.SEQ_OLD: "sequence number not newer than the last one accepted (replayed or reordered)",
+    Drop.ECN_CE_NOT_ECT: "outer header marked CE over an inner packet that is not ECN-capable (RFC 6040)",
+    Drop.INNER_MALFORMED: "inner IP header truncated, with a bad checksum, or lying about its length",
+    Drop.FAMILY: "inner address family this mode cannot carry (e.g. IPv6 into ipip)",
+    Drop.SEND_ERROR: "sending on the raw socket failed",
+    Drop.SEND_NOBUFS: "raw socket send buffer full (ENOBUFS)",
+    Drop.SEND_MSGSIZE: "outer packet larger than the path MTU (EMSGSIZE)",
+    Drop.ICMP_ERROR: "an ICMP error from the underlay surfaced on the raw socket",
+    Drop.TUN_WRITE_ERROR: "writing the inner packet into the TUN device failed",
+}

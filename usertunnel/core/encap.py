@@ -1,0 +1,307 @@
+"""Encapsulate and decapsulate: the packet's journey through a tunnel, without I/O.
+
+Transmit (the kernel's ipgre_xmit / ipip_tunnel_xmit + ip_tunnel_xmit):
+  read the inner header's version, TOS, TTL and DF; pick the outer TTL
+  (fixed, or inherited), TOS (fixed, or inherited, ECN per RFC 6040) and DF
+  (always with pmtudisc, otherwise copied); build the GRE header with the
+  output key, the next output sequence number and the checksum; build the
+  outer IPv4 header.
+
+Receive (the kernel's gre_rcv -> ipgre_rcv -> ip_tunnel_rcv, ipip_rcv):
+  check the outer IPv4 header; parse GRE (version 0, no routing); find the
+  tunnel (`lookup`); require a checksum if `icsum` and verify any present;
+  require an in-order sequence number if `iseq`; check the inner header;
+  apply the RFC 6040 decapsulation table; hand back the inner packet.
+
+Rules for this file: one code path for every mode, the modes differing by the
+data in `params.Mode`. Per-packet work is kept to slicing and a few integer
+operations: per-tunnel constants are computed once, in `Tunnel.__init__`.
+Every drop is counted here, on the tunnel it belongs to when one was found,
+otherwise on the `Demux`.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+from . import ecn, gre, ipv4, ipv6
+from .checksum import checksum_is_valid, fold, ones_complement_sum
+from .drops import Drop
+from .lookup import Rule, TunnelTable
+from .params import TunnelParams
+from .sequence import SequenceWindow
+
+_OUTER = struct.Struct("!BBHHHBBH4s4s")
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+_GRE_FIXED = struct.Struct("!HH")
+_FRAGMENT_BITS = ipv4.FLAG_MF | ipv4.OFFSET_MASK
+
+
+class Counters:
+    """Per-tunnel (or per-daemon, for packets no tunnel owns) packet and drop counters."""
+
+    __slots__ = ("tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "drops")
+
+    def __init__(self) -> None:
+        self.tx_packets = 0
+        self.tx_bytes = 0
+        self.rx_packets = 0
+        self.rx_bytes = 0
+        self.drops: dict[Drop, int] = {}
+
+    def drop(self, reason: Drop) -> Drop:
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+        return reason
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "tx_packets": self.tx_packets,
+            "tx_bytes": self.tx_bytes,
+            "rx_packets": self.rx_packets,
+            "rx_bytes": self.rx_bytes,
+            "drops": {reason.value: n for reason, n in sorted(self.drops.items(), key=lambda kv: kv[0].value)},
+        }
+
+
+class Tunnel:
+    """One tunnel's moving parts: parameters, output sequence, input window, counters."""
+
+    __slots__ = ("params", "counters", "iseq_window", "oseq_next", "_gre_fixed", "_outer_sum", "_src", "_dst")
+
+    def __init__(self, params: TunnelParams) -> None:
+        self.params = params
+        self.counters = Counters()
+        self.iseq_window = SequenceWindow()
+        self.oseq_next = 0  # Linux sends the first packet with sequence number 0
+        self._src = params.local or bytes(4)
+        self._dst = params.remote or bytes(4)
+        # GRE header without checksum and sequence values, per inner protocol.
+        self._gre_fixed: dict[int, bytes] = {}
+        if params.mode.value.is_gre:
+            for proto in (gre.PROTO_IPV4, gre.PROTO_IPV6):
+                hdr = gre.GREHeader(
+                    proto,
+                    checksum=0 if params.ocsum else None,
+                    key=params.okey,
+                    sequence=0 if params.oseq else None,
+                )
+                self._gre_fixed[proto] = hdr.pack()
+        # Sum of the outer IPv4 header words that never change for this tunnel
+        # (version/IHL, protocol, addresses); TOS, length, flags and TTL are added per packet.
+        self._outer_sum = (
+            0x4500
+            + params.mode.value.ip_protocol
+            + ones_complement_sum(self._src)
+            + ones_complement_sum(self._dst)
+        )
+
+    @property
+    def name(self) -> str:
+        return self.params.name
+
+    def encapsulate_header(self, inner: bytes | bytearray | memoryview) -> bytes | Drop:
+        """The outer IPv4 header and GRE header to send in front of `inner`, or why not.
+
+        The outer identification is 0: with DF set Linux sends 0 too, and
+        without DF the kernel picks one when a raw socket hands it 0.
+        """
+        p = self.params
+        n = len(inner)
+        if n == 0:
+            return self.counters.drop(Drop.INNER_MALFORMED)
+        version = inner[0] >> 4
+        if version == 4:
+            if n < ipv4.MIN_HEADER_LEN:
+                return self.counters.drop(Drop.INNER_MALFORMED)
+            inner_tos = inner[1]
+            inner_ttl = inner[8]
+            inner_df = (inner[6] << 8) & ipv4.FLAG_DF
+            proto = gre.PROTO_IPV4
+        elif version == 6:
+            if n < ipv6.HEADER_LEN:
+                return self.counters.drop(Drop.INNER_MALFORMED)
+            inner_tos = ipv6.traffic_class(inner)
+            inner_ttl = inner[7]
+            inner_df = 0
+            proto = gre.PROTO_IPV6
+        else:
+            return self.counters.drop(Drop.INNER_MALFORMED)
+        if version not in p.mode.value.families:
+            return self.counters.drop(Drop.FAMILY)
+
+        if p.mode.value.is_gre:
+            fixed = self._gre_fixed[proto]
+            if p.oseq or p.ocsum:
+                hdr = bytearray(fixed)
+                if p.oseq:
+                    _U32.pack_into(hdr, len(hdr) - 4, self.oseq_next)
+                    self.oseq_next = (self.oseq_next + 1) & 0xFFFFFFFF
+                if p.ocsum:
+                    # RFC 2784 section 2.5: over the GRE header and payload, checksum field zero.
+                    total = fold(ones_complement_sum(hdr) + ones_complement_sum(inner))
+                    _U16.pack_into(hdr, 4, ~total & 0xFFFF)
+                tunnel_hdr = bytes(hdr)
+            else:
+                tunnel_hdr = fixed
+        else:
+            tunnel_hdr = b""
+
+        tos = ecn.encapsulate(inner_tos if p.tos is None else p.tos, inner_tos)
+        ttl = inner_ttl if p.ttl is None else p.ttl
+        frag = ipv4.FLAG_DF if p.pmtudisc else inner_df
+        total_length = ipv4.MIN_HEADER_LEN + len(tunnel_hdr) + n
+        csum = ~fold(self._outer_sum + tos + total_length + frag + (ttl << 8)) & 0xFFFF
+        outer = _OUTER.pack(
+            0x45, tos, total_length, 0, frag, ttl, p.mode.value.ip_protocol, csum, self._src, self._dst
+        )
+        c = self.counters
+        c.tx_packets += 1
+        c.tx_bytes += n
+        return outer + tunnel_hdr
+
+    def encapsulate(self, inner: bytes | bytearray | memoryview) -> bytes | Drop:
+        """The whole outer packet for `inner`, or why not (see `encapsulate_header`)."""
+        header = self.encapsulate_header(inner)
+        if isinstance(header, Drop):
+            return header
+        return header + bytes(inner)
+
+
+class Received(NamedTuple):
+    """A packet that passed every receive rule: the tunnel, the rule that chose it, the inner packet."""
+
+    tunnel: Tunnel
+    rule: Rule
+    inner: bytes | bytearray | memoryview
+
+
+class Demux:
+    """All tunnels of one process, one lookup table per outer IP protocol."""
+
+    def __init__(self) -> None:
+        self.tables: dict[int, TunnelTable[Tunnel]] = {}
+        self.unmatched = Counters()  # drops no tunnel can be blamed for
+
+    def add(self, tunnel: Tunnel) -> None:
+        self.tables.setdefault(tunnel.params.mode.value.ip_protocol, TunnelTable()).add(tunnel)
+
+    def remove(self, tunnel: Tunnel) -> None:
+        table = self.tables.get(tunnel.params.mode.value.ip_protocol)
+        if table is not None:
+            table.remove(tunnel)
+
+    def decapsulate(self, packet: bytes | bytearray | memoryview) -> Received | Drop:
+        """Check a packet from the raw socket and return its inner packet, or why it was dropped."""
+        view = memoryview(packet)
+        n = len(view)
+        unmatched = self.unmatched
+        if n < ipv4.MIN_HEADER_LEN:
+            return unmatched.drop(Drop.OUTER_MALFORMED)
+        b0 = view[0]
+        ihl = (b0 & 0x0F) << 2
+        total = (view[2] << 8) | view[3]
+        if b0 >> 4 != 4 or ihl < ipv4.MIN_HEADER_LEN or total < ihl or total > n:
+            return unmatched.drop(Drop.OUTER_MALFORMED)
+        if ((view[6] << 8) | view[7]) & _FRAGMENT_BITS:
+            return unmatched.drop(Drop.OUTER_FRAGMENT)
+        table = self.tables.get(view[9])
+        if table is None:
+            return unmatched.drop(Drop.NO_TUNNEL)
+        src = bytes(view[12:16])
+        dst = bytes(view[16:20])
+        payload = view[ihl:total]
+
+        flags = 0
+        key = sequence = None
+        proto = gre.PROTO_IPV4
+        hlen = 0
+        if view[9] == 47:
+            if len(payload) < gre.BASE_LEN:
+                return unmatched.drop(Drop.GRE_TRUNCATED)
+            flags, proto = _GRE_FIXED.unpack_from(payload)
+            if flags & gre.VERSION_MASK:
+                return unmatched.drop(Drop.GRE_VERSION)
+            if flags & gre.FLAG_ROUTING:
+                return unmatched.drop(Drop.GRE_ROUTING)
+            hlen = gre.header_length(flags)
+            if len(payload) < hlen:
+                return unmatched.drop(Drop.GRE_TRUNCATED)
+            off = 8 if flags & gre.FLAG_CSUM else 4
+            if flags & gre.FLAG_KEY:
+                (key,) = _U32.unpack_from(payload, off)
+                off += 4
+            if flags & gre.FLAG_SEQ:
+                (sequence,) = _U32.unpack_from(payload, off)
+
+        found = table.lookup(dst, src, key)
+        if isinstance(found, Drop):
+            if found is Drop.KEY_MISMATCH:
+                blamed = table.address_match(dst, src)
+                if blamed is not None:
+                    return blamed.counters.drop(found)
+            return unmatched.drop(found)
+        tunnel, rule = found
+        p = tunnel.params
+        counters = tunnel.counters
+
+        if flags & gre.FLAG_CSUM:
+            if not checksum_is_valid(payload):
+                return counters.drop(Drop.CSUM_BAD)
+        elif p.icsum:
+            return counters.drop(Drop.CSUM_MISSING)
+        if p.iseq:
+            if sequence is None:
+                return counters.drop(Drop.SEQ_MISSING)
+            if not tunnel.iseq_window.accept(sequence):
+                return counters.drop(Drop.SEQ_OLD)
+
+        inner = payload[hlen:]
+        m = len(inner)
+        if m == 0:
+            return counters.drop(Drop.INNER_MALFORMED)
+        version = inner[0] >> 4
+        if proto == gre.PROTO_IPV4:
+            if version != 4:
+                return counters.drop(Drop.INNER_MALFORMED if p.mode.value.is_gre else Drop.FAMILY)
+            inner_ihl = (inner[0] & 0x0F) << 2
+            if m < ipv4.MIN_HEADER_LEN or inner_ihl < ipv4.MIN_HEADER_LEN or m < inner_ihl:
+                return counters.drop(Drop.INNER_MALFORMED)
+            inner_total = (inner[2] << 8) | inner[3]
+            if inner_total < inner_ihl or inner_total > m or not checksum_is_valid(inner[:inner_ihl]):
+                return counters.drop(Drop.INNER_MALFORMED)
+            inner = inner[:inner_total]
+            inner_tos = inner[1]
+        elif proto == gre.PROTO_IPV6:
+            if version != 6 or m < ipv6.HEADER_LEN:
+                return counters.drop(Drop.INNER_MALFORMED)
+            inner_total = ipv6.HEADER_LEN + ((inner[4] << 8) | inner[5])
+            if inner_total > m:
+                return counters.drop(Drop.INNER_MALFORMED)
+            inner = inner[:inner_total]
+            inner_tos = ipv6.traffic_class(inner)
+        else:
+            return counters.drop(Drop.GRE_PROTOCOL)
+
+        action = ecn.decapsulate(view[1], inner_tos)
+        if action is not ecn.Decap.KEEP:
+            if action is ecn.Decap.DROP:
+                return counters.drop(Drop.ECN_CE_NOT_ECT)
+            inner = set_ce(inner)
+        counters.rx_packets += 1
+        counters.rx_bytes += len(inner)
+        return Received(tunnel, rule, inner)
+
+
+def set_ce(packet: bytes | bytearray | memoryview) -> bytearray:
+    """A copy of an ECN-capable inner packet marked Congestion Experienced (IPv4 checksum updated)."""
+    out = bytearray(packet)
+    if out[0] >> 4 == 4:
+        out[1] |= ecn.CE
+        ihl = (out[0] & 0x0F) << 2
+        out[10:12] = b"\x00\x00"
+        _U16.pack_into(out, 10, ~ones_complement_sum(out[:ihl]) & 0xFFFF)
+    else:
+        out[1] |= ecn.CE << 4
+    return out

@@ -1,0 +1,132 @@
+"""GRE header (RFC 2784, with the key and sequence number of RFC 2890): parse and build.
+
+Layout (RFC 2784 section 2.1, RFC 2890 section 2):
+
+    |C|R|K|S|s|Recur|  Flags  | Ver |         Protocol Type         |
+    |      Checksum (optional)      |       Reserved1 (optional)    |
+    |                        Key (optional)                         |
+    |                  Sequence Number (optional)                   |
+
+Receive rules follow Linux's `gre_parse_header`: a packet with version != 0 or
+the routing bit set is dropped; the other RFC 1701 bits (strict source route,
+recursion control, reserved flags) are ignored, as RFC 2784 section 2.3 lets a
+receiver that knows RFC 1701 do. A checksum that is present is always verified.
+This file knows nothing of tunnels: which key or sequence number is acceptable
+is decided in `encap`.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, replace
+
+from .checksum import checksum_is_valid, internet_checksum
+from .drops import Drop
+
+FLAG_CSUM = 0x8000  # C: checksum and reserved1 present (RFC 2784 section 2.1)
+FLAG_ROUTING = 0x4000  # R: RFC 1701 routing present; RFC 2784 receivers drop it
+FLAG_KEY = 0x2000  # K: key present (RFC 2890 section 2.1)
+FLAG_SEQ = 0x1000  # S: sequence number present (RFC 2890 section 2.2)
+VERSION_MASK = 0x0007
+
+PROTO_IPV4 = 0x0800
+PROTO_IPV6 = 0x86DD
+PROTO_TEB = 0x6558  # transparent Ethernet bridging (gretap)
+PROTO_KEEPALIVE = 0x0000  # Cisco keepalive reply
+
+BASE_LEN = 4
+
+_BASE = struct.Struct("!HH")
+_WORD = struct.Struct("!I")
+
+
+@dataclass(frozen=True, slots=True)
+class GREHeader:
+    """A GRE header. Optional fields are present when not None.
+
+    `checksum` is the value on the wire. Use `with_checksum(payload)` to
+    compute it over the header and the payload (RFC 2784 section 2.5).
+    `reserved0` holds the bits between S and Ver that a sender sets to zero.
+    """
+
+    protocol: int
+    checksum: int | None = None
+    key: int | None = None
+    sequence: int | None = None
+    version: int = 0
+    reserved0: int = 0  # bits 3..11 (s, Recur, Flags): 0..0x1FF, kept for round trips
+    reserved1: int = 0
+
+    @property
+    def flags(self) -> int:
+        """The first 16 bits: C, K, S bits, reserved bits and version."""
+        word = (self.reserved0 << 3) | self.version
+        if self.checksum is not None:
+            word |= FLAG_CSUM
+        if self.key is not None:
+            word |= FLAG_KEY
+        if self.sequence is not None:
+            word |= FLAG_SEQ
+        return word
+
+    @property
+    def length(self) -> int:
+        return header_length(self.flags)
+
+    def pack(self) -> bytes:
+        out = _BASE.pack(self.flags, self.protocol)
+        if self.checksum is not None:
+            out += _BASE.pack(self.checksum, self.reserved1)
+        if self.key is not None:
+            out += _WORD.pack(self.key)
+        if self.sequence is not None:
+            out += _WORD.pack(self.sequence)
+        return out
+
+    def with_checksum(self, payload: bytes | bytearray | memoryview) -> GREHeader:
+        """The header with C set and the checksum computed over header and `payload`."""
+        zeroed = replace(self, checksum=0)
+        return replace(self, checksum=internet_checksum(zeroed.pack() + bytes(payload)))
+
+
+def header_length(flags: int) -> int:
+    """Length of a GRE header whose first 16 bits are `flags` (routing not supported)."""
+    n = BASE_LEN
+    if flags & FLAG_CSUM:
+        n += 4
+    if flags & FLAG_KEY:
+        n += 4
+    if flags & FLAG_SEQ:
+        n += 4
+    return n
+
+
+def parse_gre(data: bytes | bytearray | memoryview) -> GREHeader | Drop:
+    """Parse the GRE header at the start of `data` (header and payload, for the checksum).
+
+    Returns a `Drop` for a truncated header, version != 0, the routing bit, or
+    a checksum that is present and wrong.
+    """
+    if len(data) < BASE_LEN:
+        return Drop.GRE_TRUNCATED
+    flags, proto = _BASE.unpack_from(data)
+    if flags & VERSION_MASK:
+        return Drop.GRE_VERSION
+    if flags & FLAG_ROUTING:
+        return Drop.GRE_ROUTING
+    if len(data) < header_length(flags):
+        return Drop.GRE_TRUNCATED
+    off = BASE_LEN
+    checksum = key = sequence = None
+    reserved1 = 0
+    if flags & FLAG_CSUM:
+        if not checksum_is_valid(data):
+            return Drop.CSUM_BAD
+        checksum, reserved1 = _BASE.unpack_from(data, off)
+        off += 4
+    if flags & FLAG_KEY:
+        (key,) = _WORD.unpack_from(data, off)
+        off += 4
+    if flags & FLAG_SEQ:
+        (sequence,) = _WORD.unpack_from(data, off)
+    return GREHeader(proto, checksum, key, sequence, 0, (flags >> 3) & 0x1FF, reserved1)
