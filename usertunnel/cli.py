@@ -1,0 +1,266 @@
+"""The command line: `usertunnel up` runs one tunnel, `usertunnel lab` shows one working.
+
+Every error a person can cause prints one line saying what was wrong and what
+would be accepted, and exits 2. No traceback reaches a user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import traceback
+import ipaddress
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from . import __version__
+from .core.params import (
+    ConfigError,
+    Mode,
+    TunnelParams,
+    parse_ipv4_address,
+    parse_key,
+    parse_tos,
+    parse_ttl,
+)
+
+EXIT_USAGE = 2
+
+UP_DESCRIPTION = """\
+Create a TUN device and carry its packets to REMOTE inside GRE (IP protocol 47,
+RFC 2784 with the key and sequence number of RFC 2890) or IPIP (IP protocol 4,
+RFC 2003), exactly as Linux's `ip tunnel add NAME mode gre|ipip ...` would put
+them on the wire. Runs in the foreground until SIGINT/SIGTERM, then removes the
+device it created.
+
+What each end must agree on: the mode; each side's --remote is the other's
+--local; a key sent (okey) must be the key the peer expects (ikey); a side that
+requires sequence numbers (iseq) or checksums (icsum) needs a peer that sends
+them (oseq, ocsum).
+"""
+
+UP_EPILOG = """\
+examples:
+  # the seed's GRE tunnel, key 1234, with an inner address
+  usertunnel up --mode gre --local 198.51.100.1 --remote 198.51.100.2 \\
+      --key 1234 --address 203.0.113.1/30
+  # IPIP with a fixed outer TTL
+  usertunnel up --mode ipip --local 198.51.100.1 --remote 198.51.100.2 --ttl 64
+  # every GRE option: different keys each way, sequence numbers, checksums
+  usertunnel up --local 198.51.100.1 --remote 198.51.100.2 \\
+      --ikey 1 --okey 2 --seq --csum --name gre-lab
+
+The packets: outer IPv4 header (TTL, TOS, DF as below) + GRE header
+(flags C/K/S, protocol type 0x0800 or 0x86DD, then checksum, key, sequence
+number when enabled) + the inner packet unchanged. IPIP has no GRE header.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _checked(convert: Callable[[str], object]) -> Callable[[str], object]:
+    """Turn a ConfigError from a converter into the argparse error argparse reports in one line."""
+
+    def wrapper(text: str) -> object:
+        try:
+            return convert(text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    wrapper.__name__ = convert.__name__
+    return wrapper
+
+
+def _address(text: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    try:
+        return ipaddress.ip_interface(text)
+    except ValueError:
+        raise ConfigError(
+            f"invalid address {text!r}: an address with prefix length, such as 203.0.113.1/30 or 2001:db8::1/64"
+        ) from None
+
+
+def _mtu(text: str) -> int:
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise ConfigError(f"invalid mtu {text!r}: a number of bytes such as 1476") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="usertunnel",
+        description="GRE and IPIP tunnels in userspace, over a Linux TUN device.",
+        epilog="Run `usertunnel lab` to see a tunnel work between two network namespaces.",
+    )
+    parser.add_argument("--version", action="version", version=f"usertunnel {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    up = sub.add_parser(
+        "up",
+        help="run one tunnel in the foreground",
+        description=UP_DESCRIPTION,
+        epilog=UP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ends = up.add_argument_group("endpoints (the outer IPv4 header's addresses)")
+    ends.add_argument(
+        "--mode", default="gre", type=_checked(Mode.from_name), help="gre (default) or ipip"
+    )
+    ends.add_argument(
+        "--local", type=_checked(lambda t: parse_ipv4_address(t, "local")), metavar="ADDR",
+        help="our outer address: the source of what we send, the destination of what we accept "
+        "(default: any address of this host)",
+    )
+    ends.add_argument(
+        "--remote", required=True, type=_checked(lambda t: parse_ipv4_address(t, "remote")), metavar="ADDR",
+        help="the peer's outer address: where we send, and the only sender we accept",
+    )
+    ends.add_argument("--dev", metavar="PHYS_DEV", help="send through this device only; its MTU sets the default MTU")
+
+    g = up.add_argument_group(
+        "GRE options (RFC 2890)",
+        "KEY is a number 0..4294967295 or a dotted quad (1234 = 0.0.4.210). A tunnel with an input key "
+        "accepts only packets carrying exactly that key; one without accepts only packets without a key. "
+        "Each option adds 4 bytes to every packet.",
+    )
+    g.add_argument("--key", type=_checked(parse_key), metavar="KEY", help="same key both ways (ikey and okey)")
+    g.add_argument("--ikey", type=_checked(parse_key), metavar="KEY", help="key required on received packets")
+    g.add_argument("--okey", type=_checked(parse_key), metavar="KEY", help="key put on sent packets")
+    g.add_argument("--seq", action="store_true", help="--iseq and --oseq")
+    g.add_argument(
+        "--iseq", action="store_true",
+        help="require sequence numbers and drop packets not newer than the last accepted (reordered or replayed)",
+    )
+    g.add_argument("--oseq", action="store_true", help="number sent packets 0, 1, 2, ... (as Linux does)")
+    g.add_argument("--csum", action="store_true", help="--icsum and --ocsum")
+    g.add_argument("--icsum", action="store_true", help="require a GRE checksum (one present is always verified)")
+    g.add_argument("--ocsum", action="store_true", help="send a checksum over the GRE header and inner packet")
+
+    o = up.add_argument_group("outer header (as Linux's ip_tunnel_xmit sets it)")
+    o.add_argument(
+        "--ttl", type=_checked(parse_ttl), default=None, metavar="1..255|inherit",
+        help="outer TTL; inherit (the default, as in Linux) copies the inner TTL or hop limit",
+    )
+    o.add_argument(
+        "--tos", type=_checked(parse_tos), default=0, metavar="00..ff|inherit",
+        help="outer TOS in hex (default 00); inherit copies the inner DSCP. ECN always follows RFC 6040: "
+        "the inner ECN field is copied, CE sent as ECT(0)",
+    )
+    df = o.add_mutually_exclusive_group()
+    df.add_argument(
+        "--pmtudisc", dest="pmtudisc", action="store_true", default=True,
+        help="always set DF on the outer header (the default)",
+    )
+    df.add_argument(
+        "--nopmtudisc", dest="pmtudisc", action="store_false",
+        help="copy DF from the inner IPv4 header instead (not with a fixed --ttl, as in iproute2)",
+    )
+
+    d = up.add_argument_group("the TUN device")
+    d.add_argument("--name", metavar="IFNAME", help="device name (default: MODE%%d, e.g. gre0)")
+    d.add_argument(
+        "--mtu", type=_checked(_mtu), metavar="N",
+        help="default: the underlay MTU minus the overhead (IPv4 20 + GRE 4 + 4 per key/seq/csum; IPIP 20)",
+    )
+    d.add_argument(
+        "--address", type=_checked(_address), action="append", default=[], metavar="CIDR",
+        help="inner address to put on the device, e.g. 203.0.113.1/30 (repeatable, IPv6 too with gre)",
+    )
+
+    lab = sub.add_parser(
+        "lab",
+        help="build two namespaces, run a GRE tunnel between them, ping through it and show the packets",
+        description="A ready lab: namespaces ut-lab-a and ut-lab-b joined by a veth pair on 198.51.100.0/24, "
+        "a GRE tunnel with key 1234 between them carrying 203.0.113.0/30, a few pings through it, and every "
+        "packet dissected field by field. Everything it creates is removed at the end, Ctrl-C included.",
+    )
+    lab.add_argument("--mode", default="gre", choices=["gre", "ipip"], help="tunnel mode (default gre)")
+    lab.add_argument("--count", type=int, default=3, help="pings to send (default 3)")
+    lab.add_argument("--key", type=_checked(parse_key), default=1234, help="GRE key (default 1234, the seed's)")
+    return parser
+
+
+def params_from_args(args: argparse.Namespace) -> TunnelParams:
+    mode: Mode = args.mode
+    if args.key is not None and (args.ikey is not None or args.okey is not None):
+        raise ConfigError("--key sets both keys: give either --key, or --ikey and/or --okey")
+    ikey = args.key if args.key is not None else args.ikey
+    okey = args.key if args.key is not None else args.okey
+    return TunnelParams(
+        name=args.name or f"{mode.value.name}%d",
+        mode=mode,
+        local=args.local,
+        remote=args.remote,
+        ikey=ikey,
+        okey=okey,
+        iseq=args.seq or args.iseq,
+        oseq=args.seq or args.oseq,
+        icsum=args.csum or args.icsum,
+        ocsum=args.csum or args.ocsum,
+        ttl=args.ttl,
+        tos=args.tos,
+        pmtudisc=args.pmtudisc,
+    )
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from .service import UpOptions, up
+
+    params = params_from_args(args)
+    _check_address_families(params, args.address)
+    return up(UpOptions(params=params, device=args.dev, mtu=args.mtu, addresses=args.address))
+
+
+def _check_address_families(
+    params: TunnelParams, addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]
+) -> None:
+    for iface in addresses:
+        if iface.version not in params.mode.value.families:
+            raise ConfigError(
+                f"address {iface} is IPv{iface.version}, which mode {params.mode.value.name} cannot carry"
+            )
+
+
+def _cmd_lab(args: argparse.Namespace) -> int:
+    from .lab import run_lab
+
+    return run_lab(mode=args.mode, count=args.count, key=args.key)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="usertunnel: %(message)s",
+        stream=sys.stderr,
+    )
+    commands = {"up": _cmd_up, "lab": _cmd_lab}
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return commands[args.command](args)
+    except ConfigError as exc:
+        print(f"usertunnel {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 0
+    except Exception as exc:  # the last line of defence: no traceback reaches a user
+        if os.environ.get("USERTUNNEL_DEBUG"):
+            traceback.print_exc()
+        print(
+            f"usertunnel {args.command}: internal error: {type(exc).__name__}: {exc} "
+            "(set USERTUNNEL_DEBUG=1 for a traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return 1

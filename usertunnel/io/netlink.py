@@ -1,0 +1,65 @@
+"""Link configuration through netlink (pyroute2): MTU, addresses, link state, underlay MTU.
+
+This is what `ip link set` and `ip addr add` would do, without shelling out.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from ..core.params import ConfigError
+
+DEFAULT_UNDERLAY_MTU = 1500  # Linux's ETH_DATA_LEN fallback when no route or device is known
+
+
+def _ifindex(ipr: IPRoute, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return int(found[0]) if found else None
+
+
+def link_exists(name: str) -> bool:
+    with IPRoute() as ipr:
+        return _ifindex(ipr, name) is not None
+
+
+def underlay_mtu(remote: bytes | None, device: str | None) -> int:
+    """MTU of `device`, else of the device the route to `remote` leaves by, else 1500 (as Linux)."""
+    with IPRoute() as ipr:
+        index: int | None = None
+        if device is not None:
+            index = _ifindex(ipr, device)
+            if index is None:
+                raise ConfigError(f"cannot find device {device!r}: give an existing interface name with --dev")
+        elif remote is not None:
+            try:
+                routes = ipr.route("get", dst=socket.inet_ntoa(remote))
+            except NetlinkError:
+                routes = []
+            if routes:
+                index = routes[0].get("RTA_OIF")
+        if index is None:
+            return DEFAULT_UNDERLAY_MTU
+        links = ipr.link("get", index=index)
+        return int(links[0].get("IFLA_MTU"))
+
+
+def configure(name: str, mtu: int, addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]) -> None:
+    """Set the MTU, add the addresses, bring the link up."""
+    with IPRoute() as ipr:
+        index = _ifindex(ipr, name)
+        if index is None:
+            raise ConfigError(f"device {name!r} vanished while being configured")
+        try:
+            ipr.link("set", index=index, mtu=mtu)
+        except NetlinkError as exc:
+            raise ConfigError(f"cannot set MTU {mtu} on {name}: {exc.args[-1]}") from None
+        for iface in addresses:
+            try:
+                ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+            except NetlinkError as exc:
+                raise ConfigError(f"cannot add address {iface} to {name}: {exc.args[-1]}") from None
+        ipr.link("set", index=index, state="up")

@@ -1,0 +1,104 @@
+"""Network namespaces for the lab and the tests: create, wire with veth, run commands, remove.
+
+Everything here happens inside namespaces this module creates; nothing is
+added to the namespace the caller runs in. Built on pyroute2 (netns, NetNS)
+rather than on `ip` commands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator, Sequence
+
+from pyroute2 import NetNS, netns
+
+
+def exists(name: str) -> bool:
+    return name in netns.listnetns()
+
+
+def create(name: str) -> None:
+    """Create namespace `name` with its loopback up."""
+    if exists(name):
+        remove(name)
+    netns.create(name)
+    with NetNS(name) as ns:
+        lo = ns.link_lookup(ifname="lo")
+        ns.link("set", index=lo[0], state="up")
+
+
+def pids(name: str) -> list[int]:
+    """Processes whose network namespace is `name`."""
+    try:
+        target = os.stat(f"/var/run/netns/{name}")
+    except FileNotFoundError:
+        return []
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            st = os.stat(f"/proc/{entry}/ns/net")
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino) and int(entry) != os.getpid():
+            found.append(int(entry))
+    return found
+
+
+def remove(name: str) -> None:
+    """Kill what runs in `name`, then delete it (its interfaces go with it)."""
+    for pid in pids(name):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if exists(name):
+        netns.remove(name)
+
+
+def veth(ns_a: str, if_a: str, ns_b: str, if_b: str, addr_a: str, addr_b: str, prefixlen: int, mtu: int = 1500) -> None:
+    """A veth pair between two namespaces, addressed and up."""
+    with NetNS(ns_a) as a:
+        a.link("add", ifname=if_a, kind="veth", peer={"ifname": if_b, "net_ns_fd": ns_b})
+    for ns_name, ifname, addr in ((ns_a, if_a, addr_a), (ns_b, if_b, addr_b)):
+        with NetNS(ns_name) as ns:
+            index = ns.link_lookup(ifname=ifname)[0]
+            ns.link("set", index=index, mtu=mtu)
+            ns.addr("add", index=index, address=addr, prefixlen=prefixlen)
+            ns.link("set", index=index, state="up")
+
+
+def _enter(name: str) -> None:
+    netns.setns(name, flags=0)
+
+
+def popen(name: str, argv: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
+    """Start `argv` inside namespace `name`."""
+    return subprocess.Popen(list(argv), preexec_fn=lambda: _enter(name), **kwargs)  # type: ignore[call-overload, no-any-return]
+
+
+def run(name: str, argv: Sequence[str], timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess[bytes]:
+    """Run `argv` inside namespace `name` and wait for it (bounded by `timeout`)."""
+    return subprocess.run(
+        list(argv), preexec_fn=lambda: _enter(name), capture_output=True, timeout=timeout, check=check
+    )
+
+
+def open_socket(name: str, family: int, kind: int, proto: int = 0) -> socket.socket:
+    """A socket living in namespace `name` (created there, usable from here)."""
+    return netns.create_socket(name, family, kind, proto, flags=0)  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def namespaces(*names: str) -> Iterator[tuple[str, ...]]:
+    """Create the namespaces, and remove them however the block ends."""
+    try:
+        for name in names:
+            create(name)
+        yield names
+    finally:
+        for name in names:
+            remove(name)

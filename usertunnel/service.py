@@ -1,0 +1,148 @@
+"""Bring one tunnel up, run it until told to stop, and take it down again.
+
+Two phases. `prepare` is synchronous and does everything that can be refused
+(device name, underlay lookup, privilege, netlink configuration) before the
+event loop starts: pyroute2's synchronous API runs an asyncio loop of its own
+and must not be called from inside ours. `serve` is the event loop, which only
+moves packets. From the moment the TUN device exists, a `finally` closes it,
+which removes it: a refused configuration leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import signal
+import socket
+from dataclasses import dataclass, field, replace
+
+from .core.encap import Demux, Tunnel
+from .core.params import ConfigError, TunnelParams
+from .io import netlink
+from .io.loop import Dataplane, Interface
+from .io.raw import open_raw
+from .io.tun import Tun
+
+log = logging.getLogger("usertunnel")
+
+Address = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+@dataclass
+class UpOptions:
+    params: TunnelParams
+    device: str | None = None
+    mtu: int | None = None
+    addresses: list[Address] = field(default_factory=list)
+
+
+def describe(params: TunnelParams, mtu: int) -> str:
+    """One line for the log, in the words of `ip tunnel show`."""
+    p = params
+    parts = [f"mode {p.mode.value.name}"]
+    parts.append(f"local {socket.inet_ntoa(p.local) if p.local else 'any'}")
+    parts.append(f"remote {socket.inet_ntoa(p.remote) if p.remote else 'any'}")
+    if p.ikey is not None and p.ikey == p.okey:
+        parts.append(f"key {p.ikey}")
+    else:
+        if p.ikey is not None:
+            parts.append(f"ikey {p.ikey}")
+        if p.okey is not None:
+            parts.append(f"okey {p.okey}")
+    parts.append(f"ttl {p.ttl if p.ttl is not None else 'inherit'}")
+    parts.append(f"tos {'inherit' if p.tos is None else format(p.tos, '#04x')}")
+    parts.append("pmtudisc" if p.pmtudisc else "nopmtudisc")
+    parts.extend(flag for flag in ("iseq", "oseq", "icsum", "ocsum") if getattr(p, flag))
+    parts.append(f"mtu {mtu}")
+    return " ".join(parts)
+
+
+@dataclass
+class Prepared:
+    """A configured tunnel, ready to serve: its device exists and is up."""
+
+    tunnel: Tunnel
+    tun: Tun
+    sock: socket.socket
+    mtu: int
+
+    def close(self) -> None:
+        self.tun.close()
+        self.sock.close()
+
+
+def prepare(options: UpOptions) -> Prepared:
+    """Check, open and configure everything; on any failure undo what was done and raise ConfigError."""
+    params = options.params
+    if "%" not in params.name and netlink.link_exists(params.name):
+        raise ConfigError(f"device {params.name!r} already exists: choose another --name or remove it")
+    underlay = netlink.underlay_mtu(params.remote, options.device)
+    mtu = options.mtu if options.mtu is not None else params.default_mtu(underlay)
+    if not 68 <= mtu <= 65535 - params.header_length:
+        raise ConfigError(f"mtu {mtu} out of range: 68..{65535 - params.header_length}")
+    sock = open_raw(params.mode.value.ip_protocol, options.device)
+    tun: Tun | None = None
+    try:
+        tun = Tun(params.name)
+        if tun.name != params.name:  # a name pattern such as gre%d, resolved by the kernel
+            params = replace(params, name=tun.name)
+        netlink.configure(tun.name, mtu, options.addresses)
+    except BaseException:
+        if tun is not None:
+            tun.close()
+        sock.close()
+        raise
+    return Prepared(Tunnel(params), tun, sock, mtu)
+
+
+async def serve(prepared: Prepared) -> Demux:
+    """Move packets until SIGINT or SIGTERM; return the demux with its counters."""
+    loop = asyncio.get_running_loop()
+    demux = Demux()
+    dataplane = Dataplane(loop, demux)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        dataplane.add_socket(prepared.tunnel.params.mode.value.ip_protocol, prepared.sock)
+        dataplane.add_interface(Interface(prepared.tunnel, prepared.tun, prepared.sock))
+        log.info("%s: up %s", prepared.tun.name, describe(prepared.tunnel.params, prepared.mtu))
+        await stop.wait()
+        log.info("%s: stopping", prepared.tun.name)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        dataplane.close()
+    return demux
+
+
+def log_stats(demux: Demux) -> None:
+    """The counters, one JSON object per tunnel (and one for packets no tunnel owns)."""
+    for table in demux.tables.values():
+        for tunnel in table:
+            log.info("%s: stats %s", tunnel.name, json.dumps(tunnel.counters.as_dict(), sort_keys=True))
+    log.info("unmatched: stats %s", json.dumps(demux.unmatched.as_dict(), sort_keys=True))
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when installed, asyncio's own loop otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+def up(options: UpOptions) -> int:
+    """`usertunnel up`: prepare, serve until a signal, clean up. Returns the exit status."""
+    prepared = prepare(options)
+    try:
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            demux = runner.run(serve(prepared))
+        log_stats(demux)
+    finally:
+        prepared.close()
+    return 0
