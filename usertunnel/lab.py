@@ -1,0 +1,193 @@
+"""`usertunnel lab`: the seed's GRE example, running, with every packet shown.
+
+Two hosts (network namespaces ut-lab-a and ut-lab-b) share an underlay link
+(a veth pair, 198.51.100.1/24 and 198.51.100.2/24). Each runs `usertunnel up`
+with the other as remote and key 1234, with inner addresses 203.0.113.1/30 and
+203.0.113.2/30. Host A pings host B's inner address; a packet socket on B's
+underlay interface captures what crossed the wire, and each packet is
+dissected field by field. Everything is removed at the end, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from types import FrameType
+
+from . import dissect, netns
+
+NS_A, NS_B = "ut-lab-a", "ut-lab-b"
+VETH_A, VETH_B = "ut-veth-a", "ut-veth-b"
+UNDER_A, UNDER_B = "198.51.100.1", "198.51.100.2"
+INNER_A, INNER_B = "203.0.113.1", "203.0.113.2"
+ETH_P_ALL = 0x0003
+PACKET_OUTGOING = 4
+READY_TIMEOUT = 10.0
+
+
+class Capture:
+    """Frames seen on one interface of one namespace, captured in a background thread."""
+
+    def __init__(self, namespace: str, ifname: str) -> None:
+        self.sock = netns.open_socket(namespace, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        self.sock.bind((ifname, 0))
+        self.sock.settimeout(0.2)
+        self.packets: list[tuple[float, bool, bytes]] = []  # (time, outgoing, IPv4 packet)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                frame, address = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if len(frame) > 14 and frame[12:14] == b"\x08\x00":
+                self.packets.append((time.monotonic(), address[2] == PACKET_OUTGOING, frame[14:]))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.sock.close()
+
+
+def _start_end(namespace: str, local: str, remote: str, inner: str, mode: str, key: int) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "usertunnel", "up", "--mode", mode, "--local", local, "--remote", remote]
+    if mode == "gre":
+        argv += ["--key", str(key)]
+    argv += ["--name", f"{mode}-lab", "--address", f"{inner}/30"]
+    return netns.popen(namespace, argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], label: str) -> str:
+    """The tunnel's readiness line, or an error naming what it printed instead."""
+    assert proc.stderr is not None
+    deadline = time.monotonic() + READY_TIMEOUT
+    seen = []
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline().decode(errors="replace").rstrip()
+        if not line and proc.poll() is not None:
+            break
+        seen.append(line)
+        if ": up " in line:
+            return line
+    raise RuntimeError(f"{label} did not come up: {' / '.join(seen) or 'no output'}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> list[str]:
+    """Stop one end; return its stats lines."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return [line for line in err.decode(errors="replace").splitlines() if ": stats " in line]
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C so that the cleanup in `finally` runs either way."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_lab(mode: str = "gre", count: int = 3, key: int = 1234) -> int:
+    out = sys.stdout
+    procs: list[subprocess.Popen[bytes]] = []
+    capture: Capture | None = None
+    with _terminate_as_interrupt():
+        try:
+            print(f"== building the lab: namespaces {NS_A}, {NS_B}; underlay {UNDER_A} <-> {UNDER_B}", file=out)
+            for name in (NS_A, NS_B):
+                netns.create(name)
+            netns.veth(NS_A, VETH_A, NS_B, VETH_B, UNDER_A, UNDER_B, 24)
+            capture = Capture(NS_B, VETH_B)
+            print(f"== starting both ends of the tunnel ({mode}{f', key {key}' if mode == 'gre' else ''})", file=out)
+            procs.append(_start_end(NS_A, UNDER_A, UNDER_B, INNER_A, mode, key))
+            procs.append(_start_end(NS_B, UNDER_B, UNDER_A, INNER_B, mode, key))
+            for label, proc in zip((NS_A, NS_B), procs, strict=True):
+                print(f"   {label}: {_wait_ready(proc, label).removeprefix('usertunnel: ')}", file=out)
+            start = time.monotonic()
+            print(f"== {NS_A}: ping -c {count} {INNER_B} (through the tunnel)", file=out)
+            ping = netns.run(NS_A, ["ping", "-c", str(count), "-i", "0.2", "-W", "2", INNER_B], timeout=30)
+            for line in ping.stdout.decode(errors="replace").splitlines():
+                print(f"   {line}", file=out)
+            time.sleep(0.2)
+            capture.stop()
+            packets = [p for p in capture.packets if p[0] >= start and p[2][9] in (4, 47)]
+            _show_packets(packets, out)
+            print("== counters of each end (usertunnel's own view)", file=out)
+            for label, proc in zip((NS_A, NS_B), procs, strict=True):
+                for line in _stop(proc):
+                    print(f"   {label}: {line.removeprefix('usertunnel: ')}", file=out)
+            _summary(packets, ping.returncode == 0, out)
+            return 0 if ping.returncode == 0 and packets else 1
+        except KeyboardInterrupt:
+            print("\n== interrupted", file=out)
+            return 130
+        except RuntimeError as exc:
+            print(f"usertunnel lab: error: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            if capture is not None:
+                capture.stop()
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            for name in (NS_A, NS_B):
+                netns.remove(name)
+            print(f"== removed {NS_A} and {NS_B}", file=out)
+
+
+def _show_packets(packets: list[tuple[float, bool, bytes]], out: object) -> None:
+    print(f"== {len(packets)} tunnel packets seen on {NS_B}'s underlay interface {VETH_B}", file=out)  # type: ignore[arg-type]
+    shown: set[int] = set()
+    for _, outgoing, pkt in packets:
+        direction = "sent by B" if outgoing else "received by B"
+        # Show the first echo request and the first echo reply in full, the rest as one line each.
+        icmp_type = _inner_icmp_type(pkt)
+        if icmp_type is not None and icmp_type not in shown:
+            shown.add(icmp_type)
+            print(f"-- {direction}: {dissect.summary(pkt)}", file=out)  # type: ignore[arg-type]
+            print(dissect.render(dissect.dissect(pkt)), file=out)  # type: ignore[arg-type]
+        else:
+            print(f"-- {direction}: {dissect.summary(pkt)}", file=out)  # type: ignore[arg-type]
+
+
+def _inner_icmp_type(pkt: bytes) -> int | None:
+    sections = dissect.dissect(pkt)
+    for s in sections:
+        if isinstance(s, dissect.Section) and s.title == "inner ICMP":
+            return int(s.rows[0].value.split(" / ")[0])
+    return None
+
+
+def _summary(packets: list[tuple[float, bool, bytes]], ok: bool, out: object) -> None:
+    sent = sum(1 for p in packets if not p[1])
+    back = sum(1 for p in packets if p[1])
+    verdict = "the tunnel works" if ok else "PINGS FAILED"
+    print(
+        f"== summary: {verdict}; {sent} packets A->B and {back} B->A crossed the underlay, "
+        "each an IPv4 packet inside an outer header",
+        file=out,  # type: ignore[arg-type]
+    )
+
