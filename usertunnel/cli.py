@@ -7,11 +7,11 @@ would be accepted, and exits 2. No traceback reaches a user.
 from __future__ import annotations
 
 import argparse
-import os
-import traceback
 import ipaddress
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
@@ -112,16 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ends = up.add_argument_group("endpoints (the outer IPv4 header's addresses)")
+    ends.add_argument("--mode", default="gre", type=_checked(Mode.from_name), help="gre (default) or ipip")
     ends.add_argument(
-        "--mode", default="gre", type=_checked(Mode.from_name), help="gre (default) or ipip"
-    )
-    ends.add_argument(
-        "--local", type=_checked(lambda t: parse_ipv4_address(t, "local")), metavar="ADDR",
+        "--local",
+        type=_checked(lambda t: parse_ipv4_address(t, "local")),
+        metavar="ADDR",
         help="our outer address: the source of what we send, the destination of what we accept "
         "(default: any address of this host)",
     )
     ends.add_argument(
-        "--remote", required=True, type=_checked(lambda t: parse_ipv4_address(t, "remote")), metavar="ADDR",
+        "--remote",
+        required=True,
+        type=_checked(lambda t: parse_ipv4_address(t, "remote")),
+        metavar="ADDR",
         help="the peer's outer address: where we send, and the only sender we accept",
     )
     ends.add_argument("--dev", metavar="PHYS_DEV", help="send through this device only; its MTU sets the default MTU")
@@ -137,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--okey", type=_checked(parse_key), metavar="KEY", help="key put on sent packets")
     g.add_argument("--seq", action="store_true", help="--iseq and --oseq")
     g.add_argument(
-        "--iseq", action="store_true",
+        "--iseq",
+        action="store_true",
         help="require sequence numbers and drop packets not newer than the last accepted (reordered or replayed)",
     )
     g.add_argument("--oseq", action="store_true", help="number sent packets 0, 1, 2, ... (as Linux does)")
@@ -147,32 +151,49 @@ def build_parser() -> argparse.ArgumentParser:
 
     o = up.add_argument_group("outer header (as Linux's ip_tunnel_xmit sets it)")
     o.add_argument(
-        "--ttl", type=_checked(parse_ttl), default=None, metavar="1..255|inherit",
+        "--ttl",
+        type=_checked(parse_ttl),
+        default=None,
+        metavar="1..255|inherit",
         help="outer TTL; inherit (the default, as in Linux) copies the inner TTL or hop limit",
     )
     o.add_argument(
-        "--tos", type=_checked(parse_tos), default=0, metavar="00..ff|inherit",
+        "--tos",
+        type=_checked(parse_tos),
+        default=0,
+        metavar="00..ff|inherit",
         help="outer TOS in hex (default 00); inherit copies the inner DSCP. ECN always follows RFC 6040: "
         "the inner ECN field is copied, CE sent as ECT(0)",
     )
     df = o.add_mutually_exclusive_group()
     df.add_argument(
-        "--pmtudisc", dest="pmtudisc", action="store_true", default=True,
+        "--pmtudisc",
+        dest="pmtudisc",
+        action="store_true",
+        default=True,
         help="always set DF on the outer header (the default)",
     )
     df.add_argument(
-        "--nopmtudisc", dest="pmtudisc", action="store_false",
+        "--nopmtudisc",
+        dest="pmtudisc",
+        action="store_false",
         help="copy DF from the inner IPv4 header instead (not with a fixed --ttl, as in iproute2)",
     )
 
     d = up.add_argument_group("the TUN device")
     d.add_argument("--name", metavar="IFNAME", help="device name (default: MODE%%d, e.g. gre0)")
     d.add_argument(
-        "--mtu", type=_checked(_mtu), metavar="N",
+        "--mtu",
+        type=_checked(_mtu),
+        metavar="N",
         help="default: the underlay MTU minus the overhead (IPv4 20 + GRE 4 + 4 per key/seq/csum; IPIP 20)",
     )
     d.add_argument(
-        "--address", type=_checked(_address), action="append", default=[], metavar="CIDR",
+        "--address",
+        type=_checked(_address),
+        action="append",
+        default=[],
+        metavar="CIDR",
         help="inner address to put on the device, e.g. 203.0.113.1/30 (repeatable, IPv6 too with gre)",
     )
 

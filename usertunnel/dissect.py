@@ -163,7 +163,8 @@ def summary(packet: bytes) -> str:
         text += f" [{' '.join(extra) or 'no options'}]"
         off += g.length
         if g.protocol == gre.PROTO_IPV6 and len(packet) >= off + 40:
-            src, dst = ipaddress.IPv6Address(packet[off + 8 : off + 24]), ipaddress.IPv6Address(packet[off + 24 : off + 40])
+            src = ipaddress.IPv6Address(packet[off + 8 : off + 24])
+            dst = ipaddress.IPv6Address(packet[off + 24 : off + 40])
             return f"{text} | IPv6 {src} > {dst} next header {packet[off + 6]}"
     inner = ipv4.parse_ipv4(packet[off:])
     if isinstance(inner, Drop):

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from types import FrameType
+from typing import TextIO
 
 from . import dissect, netns
 
@@ -158,8 +159,8 @@ def run_lab(mode: str = "gre", count: int = 3, key: int = 1234) -> int:
             print(f"== removed {NS_A} and {NS_B}", file=out)
 
 
-def _show_packets(packets: list[tuple[float, bool, bytes]], out: object) -> None:
-    print(f"== {len(packets)} tunnel packets seen on {NS_B}'s underlay interface {VETH_B}", file=out)  # type: ignore[arg-type]
+def _show_packets(packets: list[tuple[float, bool, bytes]], out: TextIO) -> None:
+    print(f"== {len(packets)} tunnel packets seen on {NS_B}'s underlay interface {VETH_B}", file=out)
     shown: set[int] = set()
     for _, outgoing, pkt in packets:
         direction = "sent by B" if outgoing else "received by B"
@@ -167,10 +168,10 @@ def _show_packets(packets: list[tuple[float, bool, bytes]], out: object) -> None
         icmp_type = _inner_icmp_type(pkt)
         if icmp_type is not None and icmp_type not in shown:
             shown.add(icmp_type)
-            print(f"-- {direction}: {dissect.summary(pkt)}", file=out)  # type: ignore[arg-type]
-            print(dissect.render(dissect.dissect(pkt)), file=out)  # type: ignore[arg-type]
+            print(f"-- {direction}: {dissect.summary(pkt)}", file=out)
+            print(dissect.render(dissect.dissect(pkt)), file=out)
         else:
-            print(f"-- {direction}: {dissect.summary(pkt)}", file=out)  # type: ignore[arg-type]
+            print(f"-- {direction}: {dissect.summary(pkt)}", file=out)
 
 
 def _inner_icmp_type(pkt: bytes) -> int | None:
@@ -181,13 +182,12 @@ def _inner_icmp_type(pkt: bytes) -> int | None:
     return None
 
 
-def _summary(packets: list[tuple[float, bool, bytes]], ok: bool, out: object) -> None:
+def _summary(packets: list[tuple[float, bool, bytes]], ok: bool, out: TextIO) -> None:
     sent = sum(1 for p in packets if not p[1])
     back = sum(1 for p in packets if p[1])
     verdict = "the tunnel works" if ok else "PINGS FAILED"
     print(
         f"== summary: {verdict}; {sent} packets A->B and {back} B->A crossed the underlay, "
         "each an IPv4 packet inside an outer header",
-        file=out,  # type: ignore[arg-type]
+        file=out,
     )
-

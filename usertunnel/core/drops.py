@@ -46,7 +46,7 @@ class Drop(enum.Enum):
 
 _DESCRIPTIONS: dict[Drop, str] = {
     Drop.OUTER_MALFORMED: "outer IPv4 header truncated, lying about its length, or not IPv4",
-    Drop.OUTER_FRAGMENT: "outer packet is a fragment (the kernel reassembles before raw delivery, so this should not happen)",
+    Drop.OUTER_FRAGMENT: "outer packet is a fragment (the kernel reassembles before raw delivery)",
     Drop.GRE_TRUNCATED: "GRE header shorter than its flags announce",
     Drop.GRE_VERSION: "GRE version is not 0 (RFC 2784 section 2.3.1)",
     Drop.GRE_ROUTING: "GRE routing bit set (RFC 1701 source routing; Linux drops it too)",

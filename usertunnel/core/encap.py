@@ -91,10 +91,7 @@ class Tunnel:
         # Sum of the outer IPv4 header words that never change for this tunnel
         # (version/IHL, protocol, addresses); TOS, length, flags and TTL are added per packet.
         self._outer_sum = (
-            0x4500
-            + params.mode.value.ip_protocol
-            + ones_complement_sum(self._src)
-            + ones_complement_sum(self._dst)
+            0x4500 + params.mode.value.ip_protocol + ones_complement_sum(self._src) + ones_complement_sum(self._dst)
         )
 
     @property
@@ -153,9 +150,7 @@ class Tunnel:
         frag = ipv4.FLAG_DF if p.pmtudisc else inner_df
         total_length = ipv4.MIN_HEADER_LEN + len(tunnel_hdr) + n
         csum = ~fold(self._outer_sum + tos + total_length + frag + (ttl << 8)) & 0xFFFF
-        outer = _OUTER.pack(
-            0x45, tos, total_length, 0, frag, ttl, p.mode.value.ip_protocol, csum, self._src, self._dst
-        )
+        outer = _OUTER.pack(0x45, tos, total_length, 0, frag, ttl, p.mode.value.ip_protocol, csum, self._src, self._dst)
         c = self.counters
         c.tx_packets += 1
         c.tx_bytes += n
@@ -257,7 +252,7 @@ class Demux:
             if not tunnel.iseq_window.accept(sequence):
                 return counters.drop(Drop.SEQ_OLD)
 
-        inner = payload[hlen:]
+        inner: bytes | bytearray | memoryview = payload[hlen:]
         m = len(inner)
         if m == 0:
             return counters.drop(Drop.INNER_MALFORMED)

@@ -36,8 +36,7 @@ def open_raw(protocol: int, device: str | None = None, buffer: int = SOCKET_BUFF
         sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, protocol)
     except PermissionError:
         raise ConfigError(
-            f"cannot open a raw socket for IP protocol {protocol}: permission denied; "
-            "run as root or with CAP_NET_RAW"
+            f"cannot open a raw socket for IP protocol {protocol}: permission denied; run as root or with CAP_NET_RAW"
         ) from None
     try:
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)

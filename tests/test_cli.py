@@ -1,0 +1,86 @@
+"""The command line: every bad argument is one line on stderr, exit status 2, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from usertunnel.cli import build_parser, params_from_args
+from usertunnel.core.params import Mode
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "usertunnel", *args], capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["up", "--remote", "198.51.100"], "invalid remote address"),
+        (["up", "--remote", "198.51.100.2", "--local", "nonsense"], "invalid local address"),
+        (["up", "--remote", "2001:db8::2"], "is IPv6"),
+        (["up", "--remote", "198.51.100.2", "--key", "4294967296"], 'invalid key "4294967296"'),
+        (["up", "--remote", "198.51.100.2", "--key", "-1"], "invalid key"),
+        (["up", "--remote", "198.51.100.2", "--mode", "vxlan"], "unknown mode 'vxlan'; accepted: gre, ipip"),
+        (["up", "--remote", "198.51.100.2", "--ttl", "256"], 'invalid ttl "256"'),
+        (["up", "--remote", "198.51.100.2", "--tos", "zz"], 'invalid tos "zz"'),
+        (["up", "--remote", "198.51.100.2", "--ttl", "64", "--nopmtudisc"], "ttl != 0 and nopmtudisc are incompatible"),
+        (["up", "--remote", "198.51.100.2", "--mode", "ipip", "--key", "1"], "GRE options"),
+        (["up", "--remote", "198.51.100.2", "--key", "1", "--ikey", "2"], "--key sets both keys"),
+        (["up", "--remote", "198.51.100.2", "--mode", "ipip", "--address", "2001:db8::1/64"], "cannot carry"),
+        (["up", "--remote", "198.51.100.2", "--address", "203.0.113.1/33"], "invalid address"),
+        (["up", "--remote", "198.51.100.2", "--name", "a-name-far-too-long"], "invalid interface name"),
+        (["up", "--remote", "198.51.100.2", "--mtu", "big"], "invalid mtu"),
+        (["up"], "--remote"),
+        (["nonsense"], "invalid choice"),
+    ],
+)
+def test_bad_argument_is_one_line_exit_2_no_traceback(args: list[str], expected: str) -> None:
+    result = run_cli(*args)
+    assert result.returncode == 2, result
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_help_teaches_the_options_and_their_defaults() -> None:
+    result = run_cli("up", "--help")
+    assert result.returncode == 0
+    for words in ("RFC 2890", "inherit", "dotted quad", "pmtudisc", "overhead", "examples:"):
+        assert words in result.stdout
+
+
+def test_key_in_both_forms_and_split_flags_build_the_same_params() -> None:
+    parser = build_parser()
+    a = params_from_args(parser.parse_args(["up", "--remote", "198.51.100.2", "--key", "1234", "--seq", "--csum"]))
+    b = params_from_args(
+        parser.parse_args(
+            [
+                "up",
+                "--remote",
+                "198.51.100.2",
+                "--ikey",
+                "0.0.4.210",
+                "--okey",
+                "1234",
+                "--iseq",
+                "--oseq",
+                "--icsum",
+                "--ocsum",
+            ]
+        )
+    )
+    assert a.mode is Mode.GRE
+    assert (a.ikey, a.okey, a.iseq, a.oseq, a.icsum, a.ocsum) == (1234, 1234, True, True, True, True)
+    assert (a.ikey, a.okey, a.iseq, a.oseq, a.icsum, a.ocsum) == (b.ikey, b.okey, b.iseq, b.oseq, b.icsum, b.ocsum)
+
+
+def test_defaults_are_linux_defaults() -> None:
+    p = params_from_args(build_parser().parse_args(["up", "--remote", "198.51.100.2"]))
+    assert p.ttl is None  # inherit
+    assert p.tos == 0
+    assert p.pmtudisc is True
+    assert p.ikey is None and p.okey is None

@@ -1,0 +1,175 @@
+"""End to end: real TUN devices, raw sockets and traffic between two network namespaces."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import socket
+import threading
+
+import pytest
+from conftest import INNER_A, INNER_B, UNDER_B, Lab
+
+TRANSFER_BYTES = 10 * 1024 * 1024
+PORT = 5001
+
+VARIANTS = {
+    "gre": ([], None),
+    "gre-key": (["--key", "1234"], None),
+    "gre-ikey-okey": (["--ikey", "1", "--okey", "2"], ["--ikey", "2", "--okey", "1"]),
+    "gre-seq": (["--seq"], None),
+    "gre-csum": (["--csum"], None),
+    "gre-all": (["--key", "0.0.4.210", "--seq", "--csum", "--ttl", "64", "--tos", "inherit"], None),
+    "ipip": (["--mode", "ipip"], None),
+}
+
+
+def tcp_transfer(lab: Lab, size: int = TRANSFER_BYTES, timeout: float = 60) -> tuple[str, str]:
+    """Send `size` pseudo-random bytes from A's inner address to B's; return both sides' SHA-256."""
+    server = lab.socket(lab.b, socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind((INNER_B, PORT))
+    server.listen(1)
+    server.settimeout(timeout)
+    received = hashlib.sha256()
+    errors: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            conn, _ = server.accept()
+            conn.settimeout(timeout)
+            with conn:
+                while chunk := conn.recv(1 << 16):
+                    received.update(chunk)
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    data = random.Random(1234).randbytes(size)
+    client = lab.socket(lab.a, socket.AF_INET, socket.SOCK_STREAM)
+    client.settimeout(timeout)
+    try:
+        client.connect((INNER_B, PORT))
+        client.sendall(data)
+        client.shutdown(socket.SHUT_WR)
+        thread.join(timeout)
+    finally:
+        client.close()
+        server.close()
+    assert not errors, errors
+    return hashlib.sha256(data).hexdigest(), received.hexdigest()
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_ping_and_10mb_tcp_transfer_arrive_intact(lab: Lab, variant: str) -> None:
+    args_a, args_b = VARIANTS[variant]
+    end_a, end_b = lab.pair(args_a, args_b)
+    ping = lab.ping(lab.a, INNER_B)
+    assert ping.returncode == 0, ping.stdout.decode()
+    sent, received = tcp_transfer(lab)
+    assert sent == received
+    stats_a, stats_b = end_a.stop(), end_b.stop()
+    assert end_a.returncode == 0 and end_b.returncode == 0
+    # At least the 10 MB went through each tunnel, and no packet was dropped by a receive rule.
+    assert stats_a["tun0"]["tx_bytes"] >= TRANSFER_BYTES
+    assert stats_b["tun0"]["rx_bytes"] >= TRANSFER_BYTES
+    for stats in (stats_a, stats_b):
+        for reason in ("key_mismatch", "seq_old", "seq_missing", "csum_bad", "csum_missing", "inner_malformed"):
+            assert reason not in stats["tun0"]["drops"], stats
+
+
+@pytest.mark.netns
+def test_wrong_key_delivers_nothing_and_is_counted(lab: Lab) -> None:
+    end_a, end_b = lab.pair(["--key", "1"], ["--key", "2"])
+    ping = lab.ping(lab.a, INNER_B, count=3)
+    assert ping.returncode != 0
+    end_a.stop()
+    stats_b = end_b.stop()
+    assert stats_b["tun0"]["rx_packets"] == 0
+    assert stats_b["tun0"]["drops"].get("key_mismatch", 0) >= 3
+
+
+@pytest.mark.netns
+def test_wrong_remote_delivers_nothing_and_is_counted(lab: Lab) -> None:
+    lab.start(lab.a, ["--local", "198.51.100.1", "--remote", UNDER_B, "--name", "tun0", "--address", f"{INNER_A}/30"])
+    end_b = lab.start(
+        lab.b, ["--local", UNDER_B, "--remote", "198.51.100.3", "--name", "tun0", "--address", f"{INNER_B}/30"]
+    )
+    ping = lab.ping(lab.a, INNER_B, count=3)
+    assert ping.returncode != 0
+    stats_b = end_b.stop()
+    assert stats_b["tun0"]["rx_packets"] == 0
+    assert stats_b["unmatched"]["drops"].get("no_tunnel", 0) >= 3
+
+
+@pytest.mark.netns
+def test_sigterm_exits_zero_quickly_and_removes_the_device(lab: Lab) -> None:
+    import time
+
+    from pyroute2 import NetNS
+
+    end_a, _ = lab.pair([])
+    with NetNS(lab.a) as ns:
+        assert ns.link_lookup(ifname="tun0")
+    t0 = time.monotonic()
+    end_a.stop()
+    assert end_a.returncode == 0
+    assert time.monotonic() - t0 < 1.0
+    with NetNS(lab.a) as ns:
+        assert not ns.link_lookup(ifname="tun0")
+
+
+@pytest.mark.netns
+def test_existing_device_name_is_refused_with_one_line_and_nothing_left(lab: Lab) -> None:
+    lab.pair([])
+    end = lab.start(lab.a, ["--remote", UNDER_B, "--name", "tun0"], wait=False)
+    stats = end.stop(timeout=10, signal_first=False)
+    assert end.returncode == 2
+    errors = [line for line in end.stderr_lines if line]
+    assert len(errors) == 1 and "already exists" in errors[0], errors
+    assert stats == {}
+
+
+@pytest.mark.netns
+def test_default_mtu_is_underlay_mtu_minus_exact_overhead(lab: Lab) -> None:
+    end_a, end_b = lab.pair(["--key", "5", "--seq", "--csum"])
+    assert "mtu 1464" in end_a.ready_line  # 1500 - 20 - 4 - 3 * 4
+    end_c = lab.start(lab.a, ["--mode", "ipip", "--remote", UNDER_B, "--name", "ipip9"])
+    assert "mtu 1480" in end_c.ready_line
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize(
+    ("dropped", "expected"),
+    [("-net_raw,-net_admin", "CAP_NET_RAW"), ("-net_admin", "CAP_NET_ADMIN")],
+)
+def test_missing_privilege_is_one_line_exit_2_and_nothing_left(lab: Lab, dropped: str, expected: str) -> None:
+    import shutil
+    import sys
+
+    from pyroute2 import NetNS
+
+    assert shutil.which("setpriv"), "setpriv (util-linux) is needed to drop capabilities"
+    result = lab.run(
+        lab.a,
+        [
+            "setpriv",
+            f"--bounding-set={dropped}",
+            sys.executable,
+            "-m",
+            "usertunnel",
+            "up",
+            "--remote",
+            UNDER_B,
+            "--name",
+            "tun7",
+        ],
+    )
+    err = result.stderr.decode()
+    assert result.returncode == 2, err
+    assert len([line for line in err.splitlines() if line.strip()]) == 1, err
+    assert expected in err and "Traceback" not in err
+    with NetNS(lab.a) as ns:
+        assert not ns.link_lookup(ifname="tun7")
