@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Install everything usertunnel, its lab and its tests need, on a fresh Debian machine, as root.
+# Idempotent: what is already there is not installed again.
+#   - Debian packages: iproute2 (ip netns, for inspection), iputils-ping (the lab and tests ping),
+#     util-linux (setpriv, to test privilege errors), iperf3 and tshark (throughput and captures),
+#     nftables (NAT labs), python3-venv.
+#   - A virtual environment in .venv with usertunnel installed (editable) and its test extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for pair in ip:iproute2 ping:iputils-ping setpriv:util-linux iperf3:iperf3 tshark:tshark nft:nftables; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+done
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    need+=(python3-venv)
+fi
+if ((${#need[@]})); then
+    echo "install.sh: installing Debian packages: ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections 2>/dev/null || true
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+if ! .venv/bin/python -c 'import usertunnel, pytun, uvloop, scapy, pyroute2, pytest, hypothesis, mypy' >/dev/null 2>&1 \
+    || [ pyproject.toml -nt .venv/.installed ]; then
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e '.[test]'
+    touch .venv/.installed
+fi
