@@ -1,0 +1,116 @@
+"""The event loop's error handling, with fake sockets: one packet's failure never stops the tunnel."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from usertunnel.core.drops import Drop
+from usertunnel.core.encap import Demux, Tunnel
+from usertunnel.core.params import Mode, TunnelParams
+from usertunnel.io.loop import Dataplane, Interface
+
+A, B = bytes([198, 51, 100, 1]), bytes([198, 51, 100, 2])
+
+
+def inner_packet(n: int) -> bytes:
+    from scapy.layers.inet import ICMP, IP
+
+    return bytes(IP(src="203.0.113.1", dst="203.0.113.2") / ICMP(seq=n))
+
+
+class FakeTun:
+    """A TUN stand-in: one end of a datagram socketpair, so each read is one packet."""
+
+    def __init__(self) -> None:
+        self.ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.ours.setblocking(False)
+        self.theirs.setblocking(False)
+        self.fd = self.ours.fileno()
+        self.name = "fake0"
+
+    def close(self) -> None:
+        self.ours.close()
+        self.theirs.close()
+
+
+class FailingRawSocket:
+    """Raises the given errors from sendmsg / recv_into in turn, then behaves."""
+
+    def __init__(self, send_errors: list[int], recv_script: list[int | bytes]) -> None:
+        self.send_errors = list(send_errors)
+        self.recv_script = list(recv_script)
+        self.sent: list[bytes] = []
+        self.r, self.w = socket.socketpair()
+
+    def fileno(self) -> int:
+        return self.r.fileno()
+
+    def sendmsg(self, buffers: tuple[bytes, ...], *args: object) -> int:
+        if self.send_errors:
+            raise OSError(self.send_errors.pop(0), os.strerror(errno.ENOBUFS))
+        data = b"".join(buffers)
+        self.sent.append(data)
+        return len(data)
+
+    def recv_into(self, buffer: bytearray) -> int:
+        if not self.recv_script:
+            raise BlockingIOError
+        item = self.recv_script.pop(0)
+        if isinstance(item, int):
+            raise OSError(item, os.strerror(item))
+        buffer[: len(item)] = item
+        return len(item)
+
+    def close(self) -> None:
+        self.r.close()
+        self.w.close()
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def test_send_errors_are_counted_by_errno_and_later_packets_still_go_out(loop: asyncio.AbstractEventLoop) -> None:
+    tunnel = Tunnel(TunnelParams("fake0", Mode.GRE, A, B))
+    tun = FakeTun()
+    sock = FailingRawSocket([errno.ENOBUFS, errno.EMSGSIZE, errno.ECONNREFUSED, errno.EPERM], [])
+    dp = Dataplane(loop, Demux())
+    dp.interfaces[tunnel] = Interface(tunnel, tun, sock)  # type: ignore[arg-type]
+    for n in range(6):
+        tun.theirs.send(inner_packet(n))
+    dp._on_tun_readable(dp.interfaces[tunnel])
+    c = tunnel.counters
+    assert c.drops == {Drop.SEND_NOBUFS: 1, Drop.SEND_MSGSIZE: 1, Drop.ICMP_ERROR: 1, Drop.SEND_ERROR: 1}
+    assert c.tx_packets == 2 and len(sock.sent) == 2
+    tun.close()
+    sock.close()
+
+
+def test_icmp_errors_on_the_raw_socket_do_not_stop_receiving(loop: asyncio.AbstractEventLoop) -> None:
+    """ENOPROTOOPT / ECONNREFUSED from recv (a peer's protocol-unreachable) is counted, then we read on."""
+    params = TunnelParams("fake0", Mode.IPIP, B, A)
+    tunnel = Tunnel(params)
+    peer = Tunnel(TunnelParams("peer0", Mode.IPIP, A, B))
+    packet = peer.encapsulate(inner_packet(1))
+    assert isinstance(packet, bytes)
+    tun = FakeTun()
+    sock = FailingRawSocket([], [errno.ENOPROTOOPT, errno.ECONNREFUSED, packet])
+    demux = Demux()
+    dp = Dataplane(loop, demux)
+    demux.add(tunnel)
+    dp.interfaces[tunnel] = Interface(tunnel, tun, sock)  # type: ignore[arg-type]
+    dp._on_raw_readable(sock)  # type: ignore[arg-type]
+    assert demux.unmatched.drops == {Drop.ICMP_ERROR: 2}
+    assert tun.theirs.recv(65535) == inner_packet(1)
+    assert tunnel.counters.rx_packets == 1
+    tun.close()
+    sock.close()
