@@ -26,12 +26,14 @@ class Drop(enum.Enum):
     KEY_MISMATCH = "key_mismatch"
     CSUM_MISSING = "csum_missing"
     CSUM_BAD = "csum_bad"
+    CSUM_UNEXPECTED = "csum_unexpected"
     SEQ_MISSING = "seq_missing"
     SEQ_OLD = "seq_old"
     ECN_CE_NOT_ECT = "ecn_ce_not_ect"
     # Inner packet (either direction).
     INNER_MALFORMED = "inner_malformed"
     FAMILY = "family"
+    OVERSIZE = "oversize"
     # I/O shell.
     SEND_ERROR = "send_error"
     SEND_NOBUFS = "send_nobufs"
@@ -55,11 +57,13 @@ _DESCRIPTIONS: dict[Drop, str] = {
     Drop.KEY_MISMATCH: "outer addresses match a tunnel but the GRE key (or its absence) does not",
     Drop.CSUM_MISSING: "tunnel requires a GRE checksum (icsum) and the packet has none",
     Drop.CSUM_BAD: "GRE checksum present and wrong",
+    Drop.CSUM_UNEXPECTED: "GRE checksum present but the tunnel has no icsum (Linux's ip_tunnel_rcv drops these too)",
     Drop.SEQ_MISSING: "tunnel requires sequence numbers (iseq) and the packet has none",
     Drop.SEQ_OLD: "sequence number not newer than the last one accepted (replayed or reordered)",
     Drop.ECN_CE_NOT_ECT: "outer header marked CE over an inner packet that is not ECN-capable (RFC 6040)",
     Drop.INNER_MALFORMED: "inner IP header truncated, with a bad checksum, or lying about its length",
     Drop.FAMILY: "inner address family this mode cannot carry (e.g. IPv6 into ipip)",
+    Drop.OVERSIZE: "inner packet too large: with the outer headers it would exceed 65535 bytes",
     Drop.SEND_ERROR: "sending on the raw socket failed",
     Drop.SEND_NOBUFS: "raw socket send buffer full (ENOBUFS)",
     Drop.SEND_MSGSIZE: "outer packet larger than the path MTU (EMSGSIZE)",

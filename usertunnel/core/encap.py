@@ -9,7 +9,8 @@ Transmit (the kernel's ipgre_xmit / ipip_tunnel_xmit + ip_tunnel_xmit):
 
 Receive (the kernel's gre_rcv -> ipgre_rcv -> ip_tunnel_rcv, ipip_rcv):
   check the outer IPv4 header; parse GRE (version 0, no routing); find the
-  tunnel (`lookup`); require a checksum if `icsum` and verify any present;
+  tunnel (`lookup`); verify any checksum present, and require the C bit to
+  agree with `icsum` (Linux drops a checksummed packet on a tunnel without it);
   require an in-order sequence number if `iseq`; check the inner header;
   apply the RFC 6040 decapsulation table; hand back the inner packet.
 
@@ -55,6 +56,18 @@ class Counters:
         self.drops[reason] = self.drops.get(reason, 0) + 1
         return reason
 
+    # The core counts a packet as sent (received) when it hands it out; the I/O
+    # shell moves it to a drop column when the kernel then refuses it.
+    def tx_failed(self, nbytes: int, reason: Drop) -> None:
+        self.tx_packets -= 1
+        self.tx_bytes -= nbytes
+        self.drop(reason)
+
+    def rx_failed(self, nbytes: int, reason: Drop) -> None:
+        self.rx_packets -= 1
+        self.rx_bytes -= nbytes
+        self.drop(reason)
+
     def as_dict(self) -> dict[str, object]:
         return {
             "tx_packets": self.tx_packets,
@@ -68,7 +81,17 @@ class Counters:
 class Tunnel:
     """One tunnel's moving parts: parameters, output sequence, input window, counters."""
 
-    __slots__ = ("params", "counters", "iseq_window", "oseq_next", "_gre_fixed", "_outer_sum", "_src", "_dst")
+    __slots__ = (
+        "params",
+        "counters",
+        "iseq_window",
+        "oseq_next",
+        "_gre_fixed",
+        "_outer_sum",
+        "_src",
+        "_dst",
+        "_max_inner",
+    )
 
     def __init__(self, params: TunnelParams) -> None:
         self.params = params
@@ -77,6 +100,7 @@ class Tunnel:
         self.oseq_next = 0  # Linux sends the first packet with sequence number 0
         self._src = params.local or bytes(4)
         self._dst = params.remote or bytes(4)
+        self._max_inner = 0xFFFF - params.header_length  # the outer total length is 16 bits
         # GRE header without checksum and sequence values, per inner protocol.
         self._gre_fixed: dict[int, bytes] = {}
         if params.mode.value.is_gre:
@@ -127,6 +151,8 @@ class Tunnel:
             return self.counters.drop(Drop.INNER_MALFORMED)
         if version not in p.mode.value.families:
             return self.counters.drop(Drop.FAMILY)
+        if n > self._max_inner:
+            return self.counters.drop(Drop.OVERSIZE)
 
         if p.mode.value.is_gre:
             fixed = self._gre_fixed[proto]
@@ -241,9 +267,12 @@ class Demux:
         p = tunnel.params
         counters = tunnel.counters
 
+        # ip_tunnel_rcv: the C bit must agree with icsum either way; a present checksum is verified.
         if flags & gre.FLAG_CSUM:
             if not checksum_is_valid(payload):
                 return counters.drop(Drop.CSUM_BAD)
+            if not p.icsum:
+                return counters.drop(Drop.CSUM_UNEXPECTED)
         elif p.icsum:
             return counters.drop(Drop.CSUM_MISSING)
         if p.iseq:

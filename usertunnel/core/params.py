@@ -106,33 +106,42 @@ class TunnelParams:
         return underlay_mtu - self.header_length
 
 
+_STRTOUL = re.compile(r"^(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$")
+
+
+def strtoul(text: str) -> int | None:
+    """An unsigned number the way iproute2 reads one (C strtoul, base 0): 0x hex, leading-0 octal, decimal."""
+    if not _STRTOUL.match(text):
+        return None
+    if text[:2] in ("0x", "0X"):
+        return int(text[2:], 16)
+    if text.startswith("0"):
+        return int(text, 8)
+    return int(text, 10)
+
+
 def parse_key(text: str) -> int:
-    """A GRE key as iproute2 reads it: an unsigned 32-bit number or a dotted quad."""
+    """A GRE key as iproute2 reads it: an unsigned 32-bit number (strtoul, base 0) or a dotted quad."""
     if "." in text:
         try:
             return int(ipaddress.IPv4Address(text))
         except ipaddress.AddressValueError:
             pass
     else:
-        try:
-            value = int(text, 0)
-        except ValueError:
-            pass
-        else:
-            if 0 <= value <= 0xFFFFFFFF:
-                return value
+        value = strtoul(text)
+        if value is not None and value <= 0xFFFFFFFF:
+            return value
     raise ConfigError(f'invalid key "{text}": an unsigned integer 0..4294967295 or a dotted quad such as 0.0.4.210')
 
 
 def parse_ttl(text: str) -> int | None:
-    """`inherit` (or 0, as iproute2 also accepts) -> None; otherwise 1..255."""
-    if text in ("inherit", "0"):
+    """`inherit` (or 0, as iproute2 also accepts) -> None; otherwise 1..255 (strtoul, base 0)."""
+    if text == "inherit":
         return None
-    try:
-        value = int(text, 10)
-    except ValueError:
-        value = -1
-    if not 1 <= value <= 255:
+    value = strtoul(text)
+    if value == 0:
+        return None
+    if value is None or not 1 <= value <= 255:
         raise ConfigError(f'invalid ttl "{text}": a number 1..255 or "inherit"')
     return value
 

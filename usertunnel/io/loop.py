@@ -98,10 +98,7 @@ class Dataplane:
             try:
                 sendmsg((header, inner), (), 0, destination)
             except OSError as exc:
-                # The packet was counted as sent by the core; move it to the drop column.
-                tunnel.counters.tx_packets -= 1
-                tunnel.counters.tx_bytes -= len(inner)
-                tunnel.counters.drop(_SEND_ERRORS.get(exc.errno or 0, Drop.SEND_ERROR))
+                tunnel.counters.tx_failed(len(inner), _SEND_ERRORS.get(exc.errno or 0, Drop.SEND_ERROR))
 
     def _on_raw_readable(self, sock: socket.socket) -> None:
         view = self._view
@@ -126,7 +123,4 @@ class Dataplane:
             try:
                 os.write(iface.tun.fd, received.inner)
             except OSError:
-                c = received.tunnel.counters
-                c.rx_packets -= 1
-                c.rx_bytes -= len(received.inner)
-                c.drop(Drop.TUN_WRITE_ERROR)
+                received.tunnel.counters.rx_failed(len(received.inner), Drop.TUN_WRITE_ERROR)
