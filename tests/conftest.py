@@ -9,20 +9,17 @@ skipped end-to-end test would hide a broken data path.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from usertunnel import netns
+from usertunnel.netns import UpProcess
 
 UNDER_A, UNDER_B = "198.51.100.1", "198.51.100.2"
 INNER_A, INNER_B = "203.0.113.1", "203.0.113.2"
@@ -48,49 +45,6 @@ def require_netns() -> None:
     pytest.skip(reason)
 
 
-class TunnelEnd:
-    """One running `usertunnel up` inside a namespace."""
-
-    def __init__(self, namespace: str, argv: list[str]) -> None:
-        self.namespace = namespace
-        self.argv = argv
-        self.proc = netns.popen(namespace, argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
-        self.ready_line = ""
-        self.stderr_lines: list[str] = []
-        self.returncode: int | None = None
-
-    def wait_ready(self, timeout: float = 10.0) -> None:
-        assert self.proc.stderr is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stderr.readline().decode(errors="replace").rstrip()
-            if not line and self.proc.poll() is not None:
-                break
-            self.stderr_lines.append(line)
-            if ": up " in line:
-                self.ready_line = line
-                return
-        raise AssertionError(f"tunnel in {self.namespace} did not come up: {self.stderr_lines}")
-
-    def stop(self, timeout: float = 5.0, signal_first: bool = True) -> dict[str, dict]:
-        """SIGTERM (unless told not to), wait, and return the stats printed at exit by tunnel name."""
-        if signal_first and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = self.proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            _, err = self.proc.communicate()
-        self.returncode = self.proc.returncode
-        self.stderr_lines += err.decode(errors="replace").splitlines()
-        stats = {}
-        for line in self.stderr_lines:
-            if ": stats " in line:
-                name, _, payload = line.removeprefix("usertunnel: ").partition(": stats ")
-                stats[name] = json.loads(payload)
-        return stats
-
-
 class Lab:
     """Two namespaces joined by a veth pair on 198.51.100.0/24; tunnels are started on demand."""
 
@@ -101,14 +55,13 @@ class Lab:
         self.b = f"ut-t{tag}-b"
         self.veth_a = f"vt{tag}a"[:15]
         self.veth_b = f"vt{tag}b"[:15]
-        self.ends: list[TunnelEnd] = []
+        self.ends: list[UpProcess] = []
         for name in (self.a, self.b):
             netns.create(name)
         netns.veth(self.a, self.veth_a, self.b, self.veth_b, UNDER_A, UNDER_B, 24)
 
-    def start(self, namespace: str, args: list[str], wait: bool = True) -> TunnelEnd:
-        argv = [sys.executable, "-m", "usertunnel", "up", *args]
-        end = TunnelEnd(namespace, argv)
+    def start(self, namespace: str, args: list[str], wait: bool = True) -> UpProcess:
+        end = UpProcess(namespace, args)
         self.ends.append(end)
         if wait:
             end.wait_ready()
@@ -116,7 +69,7 @@ class Lab:
 
     def pair(
         self, args_a: list[str], args_b: list[str] | None = None, name: str = "tun0"
-    ) -> tuple[TunnelEnd, TunnelEnd]:
+    ) -> tuple[UpProcess, UpProcess]:
         """Both ends, A at 203.0.113.1/30 and B at 203.0.113.2/30, each pointing at the other."""
         args_b = args_a if args_b is None else args_b
         end_a = self.start(
@@ -138,9 +91,7 @@ class Lab:
 
     def close(self) -> None:
         for end in self.ends:
-            if end.proc.poll() is None:
-                end.proc.kill()
-                end.proc.wait()
+            end.kill()
         for name in (self.a, self.b):
             netns.remove(name)
 

@@ -125,19 +125,18 @@ def test_sigterm_exits_zero_quickly_and_removes_the_device(lab: Lab) -> None:
 def test_existing_device_name_is_refused_with_one_line_and_nothing_left(lab: Lab) -> None:
     lab.pair([])
     end = lab.start(lab.a, ["--remote", UNDER_B, "--name", "tun0"], wait=False)
-    stats = end.stop(timeout=10, signal_first=False)
-    assert end.returncode == 2
-    errors = [line for line in end.stderr_lines if line]
+    assert end.wait_exit(timeout=10) == 2
+    errors = [line for line in end.lines if line]
     assert len(errors) == 1 and "already exists" in errors[0], errors
-    assert stats == {}
+    assert end.stats() == {}
 
 
 @pytest.mark.netns
 def test_default_mtu_is_underlay_mtu_minus_exact_overhead(lab: Lab) -> None:
     end_a, end_b = lab.pair(["--key", "5", "--seq", "--csum"])
-    assert "mtu 1464" in end_a.ready_line  # 1500 - 20 - 4 - 3 * 4
+    assert "mtu 1464" in end_a.wait_ready()  # 1500 - 20 - 4 - 3 * 4
     end_c = lab.start(lab.a, ["--mode", "ipip", "--remote", UNDER_B, "--name", "ipip9"])
-    assert "mtu 1480" in end_c.ready_line
+    assert "mtu 1480" in end_c.wait_ready()
 
 
 @pytest.mark.netns

@@ -11,9 +11,9 @@ dissected field by field. Everything is removed at the end, Ctrl-C included.
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -61,39 +61,11 @@ class Capture:
         self.sock.close()
 
 
-def _start_end(namespace: str, local: str, remote: str, inner: str, mode: str, key: int) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "usertunnel", "up", "--mode", mode, "--local", local, "--remote", remote]
+def _start_end(namespace: str, local: str, remote: str, inner: str, mode: str, key: int) -> netns.UpProcess:
+    args = ["--mode", mode, "--local", local, "--remote", remote]
     if mode == "gre":
-        argv += ["--key", str(key)]
-    argv += ["--name", f"{mode}-lab", "--address", f"{inner}/30"]
-    return netns.popen(namespace, argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], label: str) -> str:
-    """The tunnel's readiness line, or an error naming what it printed instead."""
-    assert proc.stderr is not None
-    deadline = time.monotonic() + READY_TIMEOUT
-    seen = []
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline().decode(errors="replace").rstrip()
-        if not line and proc.poll() is not None:
-            break
-        seen.append(line)
-        if ": up " in line:
-            return line
-    raise RuntimeError(f"{label} did not come up: {' / '.join(seen) or 'no output'}")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> list[str]:
-    """Stop one end; return its stats lines."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        _, err = proc.communicate(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-    return [line for line in err.decode(errors="replace").splitlines() if ": stats " in line]
+        args += ["--key", str(key)]
+    return netns.UpProcess(namespace, [*args, "--name", f"{mode}-lab", "--address", f"{inner}/30"])
 
 
 @contextlib.contextmanager
@@ -112,7 +84,7 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
 def run_lab(mode: str = "gre", count: int = 3, key: int = 1234) -> int:
     out = sys.stdout
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[netns.UpProcess] = []
     capture: Capture | None = None
     with _terminate_as_interrupt():
         try:
@@ -125,7 +97,7 @@ def run_lab(mode: str = "gre", count: int = 3, key: int = 1234) -> int:
             procs.append(_start_end(NS_A, UNDER_A, UNDER_B, INNER_A, mode, key))
             procs.append(_start_end(NS_B, UNDER_B, UNDER_A, INNER_B, mode, key))
             for label, proc in zip((NS_A, NS_B), procs, strict=True):
-                print(f"   {label}: {_wait_ready(proc, label).removeprefix('usertunnel: ')}", file=out)
+                print(f"   {label}: {proc.wait_ready(READY_TIMEOUT).removeprefix('usertunnel: ')}", file=out)
             start = time.monotonic()
             print(f"== {NS_A}: ping -c {count} {INNER_B} (through the tunnel)", file=out)
             ping = netns.run(NS_A, ["ping", "-c", str(count), "-i", "0.2", "-W", "2", INNER_B], timeout=30)
@@ -137,8 +109,8 @@ def run_lab(mode: str = "gre", count: int = 3, key: int = 1234) -> int:
             _show_packets(packets, out)
             print("== counters of each end (usertunnel's own view)", file=out)
             for label, proc in zip((NS_A, NS_B), procs, strict=True):
-                for line in _stop(proc):
-                    print(f"   {label}: {line.removeprefix('usertunnel: ')}", file=out)
+                for name, stats in proc.stop().items():
+                    print(f"   {label}: {name}: {json.dumps(stats, sort_keys=True)}", file=out)
             _summary(packets, ping.returncode == 0, out)
             return 0 if ping.returncode == 0 and packets else 1
         except KeyboardInterrupt:
@@ -151,9 +123,7 @@ def run_lab(mode: str = "gre", count: int = 3, key: int = 1234) -> int:
             if capture is not None:
                 capture.stop()
             for proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+                proc.kill()
             for name in (NS_A, NS_B):
                 netns.remove(name)
             print(f"== removed {NS_A} and {NS_B}", file=out)

@@ -8,11 +8,15 @@ rather than on `ip` commands.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
+import sys
+import threading
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from pyroute2 import NetNS, netns
 
@@ -102,3 +106,76 @@ def namespaces(*names: str) -> Iterator[tuple[str, ...]]:
     finally:
         for name in names:
             remove(name)
+
+
+class UpProcess:
+    """`usertunnel up ARGS` running inside a namespace (the lab, the tests and the benchmarks use it).
+
+    A thread reads its stderr line by line, so the pipe can never fill and
+    stall the tunnel, and so the readiness line and the exit `stats` lines can
+    be waited for and read.
+    """
+
+    def __init__(self, namespace: str, args: Sequence[str]) -> None:
+        self.namespace = namespace
+        argv = [sys.executable, "-m", "usertunnel", "up", *args]
+        self.proc = popen(namespace, argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.lines: list[str] = []
+        self._up_or_eof = threading.Event()
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            self.lines.append(line)
+            if ": up " in line:
+                self._up_or_eof.set()
+        self._up_or_eof.set()
+
+    def wait_ready(self, timeout: float = 10.0) -> str:
+        """The readiness line; RuntimeError with what it printed instead if it did not come up."""
+        self._up_or_eof.wait(timeout)
+        for line in self.lines:
+            if ": up " in line:
+                return line
+        raise RuntimeError(f"usertunnel up in {self.namespace} did not come up: {' / '.join(self.lines[-5:])}")
+
+    def wait_exit(self, timeout: float = 10.0) -> int:
+        """Wait for the process to end by itself (SIGKILL after `timeout`); its exit status."""
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(timeout)
+        return self.proc.returncode
+
+    def stop(self, timeout: float = 5.0) -> dict[str, dict[str, Any]]:
+        """SIGTERM, wait (bounded), and return the `stats` printed at exit, by tunnel name."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        self.wait_exit(timeout)
+        return self.stats()
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        for line in self.lines:
+            if ": stats " in line:
+                name, _, payload = line.removeprefix("usertunnel: ").partition(": stats ")
+                found[name] = json.loads(payload)
+        return found
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

@@ -88,7 +88,7 @@ def prepare(options: UpOptions) -> Prepared:
         tun = Tun(params.name)
         if tun.name != params.name:  # a name pattern such as gre%d, resolved by the kernel
             params = replace(params, name=tun.name)
-        netlink.configure(tun.name, mtu, options.addresses)
+        netlink.configure(tun.name, mtu, options.addresses, ipv6=6 in params.mode.value.families)
     except BaseException:
         if tun is not None:
             tun.close()

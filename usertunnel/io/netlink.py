@@ -5,6 +5,7 @@ This is what `ip link set` and `ip addr add` would do, without shelling out.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 
@@ -47,8 +48,22 @@ def underlay_mtu(remote: bytes | None, device: str | None) -> int:
         return int(links[0].get("IFLA_MTU"))
 
 
-def configure(name: str, mtu: int, addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]) -> None:
-    """Set the MTU, add the addresses, bring the link up."""
+def configure(
+    name: str,
+    mtu: int,
+    addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
+    ipv6: bool = True,
+) -> None:
+    """Set the MTU, add the addresses, bring the link up.
+
+    With `ipv6=False` (a mode that cannot carry IPv6, such as ipip) IPv6 is
+    disabled on the device first, so the host does not send it router
+    solicitations and MLD reports that the tunnel could only drop.
+    """
+    if not ipv6:
+        sysctl = f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6"
+        with contextlib.suppress(FileNotFoundError), open(sysctl, "w") as knob:  # no such file: no IPv6
+            knob.write("1")
     with IPRoute() as ipr:
         index = _ifindex(ipr, name)
         if index is None:
