@@ -69,24 +69,30 @@ def _start_end(namespace: str, local: str, remote: str, inner: str, mode: str, k
 
 
 @contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM like Ctrl-C so that the cleanup in `finally` runs either way."""
+def _signals_as_interrupt() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP all raise KeyboardInterrupt, so the cleanup in `finally` runs.
+
+    Set explicitly: a process started in the background by a shell inherits
+    SIGINT ignored, and Python then installs no handler of its own.
+    """
 
     def handler(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, handler) for sig in wanted}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def run_lab(mode: str = "gre", count: int = 3, key: int = 1234) -> int:
     out = sys.stdout
     procs: list[netns.UpProcess] = []
     capture: Capture | None = None
-    with _terminate_as_interrupt():
+    with _signals_as_interrupt():
         try:
             print(f"== building the lab: namespaces {NS_A}, {NS_B}; underlay {UNDER_A} <-> {UNDER_B}", file=out)
             for name in (NS_A, NS_B):
