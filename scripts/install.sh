@@ -3,13 +3,15 @@
 # Idempotent: what is already there is not installed again.
 #   - Debian packages: iproute2 (ip netns, for inspection), iputils-ping (the lab and tests ping),
 #     util-linux (setpriv, to test privilege errors), iperf3 and tshark (throughput and captures),
-#     nftables (NAT labs), python3-venv.
+#     nftables (NAT labs), python3-venv; for the interop suite (tests/interop): user-mode-linux (a real
+#     Linux kernel peer), busybox-static (its insmod), ethtool, openvswitch-switch (an OVS peer).
 #   - A virtual environment in .venv with usertunnel installed (editable) and its test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pair in ip:iproute2 ping:iputils-ping setpriv:util-linux iperf3:iperf3 tshark:tshark nft:nftables; do
+for pair in ip:iproute2 ping:iputils-ping setpriv:util-linux iperf3:iperf3 tshark:tshark nft:nftables \
+    ethtool:ethtool busybox:busybox-static linux.uml:user-mode-linux ovs-vswitchd:openvswitch-switch; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then

@@ -13,8 +13,10 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -109,3 +111,31 @@ def lab() -> Iterator[Lab]:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+# --- interop peers (tests/interop) -------------------------------------------------------------------------
+
+
+def require_peer(reason: str | None) -> None:
+    """Skip an interop test whose peer cannot run here, or fail under USERTUNNEL_REQUIRE_NETNS=1."""
+    if reason is None:
+        return
+    if os.environ.get("USERTUNNEL_REQUIRE_NETNS") == "1":
+        pytest.fail(f"USERTUNNEL_REQUIRE_NETNS=1 but this interop test cannot run: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def kernel() -> Iterator[Any]:
+    """A Linux kernel peer (user-mode-linux), booted once per test session."""
+    require_netns()
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "interop"))
+    import kernel_peer
+
+    require_peer(kernel_peer.missing())
+    peer = kernel_peer.KernelPeer()
+    try:
+        peer.start()
+        yield peer
+    finally:
+        peer.stop()

@@ -161,7 +161,8 @@ def test_gre_encapsulation_read_by_scapy_has_the_expected_fields(case: WireCase,
     for expected_seq in (0, 1, 2):
         out = encap(tunnel, inner)
         pkt = IP(out)
-        assert (pkt.version, pkt.ihl, pkt.proto, pkt.ttl, pkt.id, pkt.frag) == (4, 5, 47, 33, 0, 0)
+        # The identification counts up per packet from the tunnel's starting value (0 here), like Linux's.
+        assert (pkt.version, pkt.ihl, pkt.proto, pkt.ttl, pkt.id, pkt.frag) == (4, 5, 47, 33, expected_seq, 0)
         assert (pkt.src, pkt.dst) == ("192.0.2.1", "198.51.100.2")
         assert pkt.len == len(out) == tunnel.params.header_length + len(inner)
         assert "DF" in str(pkt.flags)
@@ -1186,3 +1187,9 @@ def test_counters_as_dict_names_drops_by_their_counter_name() -> None:
     ours = Tunnel(tp(ikey=5))
     demux_with(ours).decapsulate(encap(peer_of(ours.params, okey=6), inner_v4()))
     assert ours.counters.as_dict()["drops"] == {"key_mismatch": 1}
+
+
+def test_outer_identification_counts_up_from_the_given_start_and_wraps_at_16_bits() -> None:
+    tunnel = Tunnel(tp(), ident=0xFFFE)
+    ids = [outer_of(encap(tunnel, inner_v4())).identification for _ in range(3)]
+    assert ids == [0xFFFE, 0xFFFF, 0]

@@ -63,15 +63,25 @@ def remove(name: str) -> None:
         netns.remove(name)
 
 
-def veth(ns_a: str, if_a: str, ns_b: str, if_b: str, addr_a: str, addr_b: str, prefixlen: int, mtu: int = 1500) -> None:
-    """A veth pair between two namespaces, addressed and up."""
+def veth(
+    ns_a: str,
+    if_a: str,
+    ns_b: str,
+    if_b: str,
+    addr_a: str | None,
+    addr_b: str | None,
+    prefixlen: int,
+    mtu: int = 1500,
+) -> None:
+    """A veth pair between two namespaces, up, each end addressed unless its address is None."""
     with NetNS(ns_a) as a:
         a.link("add", ifname=if_a, kind="veth", peer={"ifname": if_b, "net_ns_fd": ns_b})
     for ns_name, ifname, addr in ((ns_a, if_a, addr_a), (ns_b, if_b, addr_b)):
         with NetNS(ns_name) as ns:
             index = ns.link_lookup(ifname=ifname)[0]
             ns.link("set", index=index, mtu=mtu)
-            ns.addr("add", index=index, address=addr, prefixlen=prefixlen)
+            if addr is not None:
+                ns.addr("add", index=index, address=addr, prefixlen=prefixlen)
             ns.link("set", index=index, state="up")
 
 

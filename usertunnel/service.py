@@ -14,6 +14,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import random
 import signal
 import socket
 from dataclasses import dataclass, field, replace
@@ -94,7 +95,7 @@ def prepare(options: UpOptions) -> Prepared:
             tun.close()
         sock.close()
         raise
-    return Prepared(Tunnel(params), tun, sock, mtu)
+    return Prepared(Tunnel(params, ident=random.getrandbits(16)), tun, sock, mtu)
 
 
 async def serve(prepared: Prepared) -> Demux:

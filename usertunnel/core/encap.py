@@ -91,10 +91,15 @@ class Tunnel:
         "_src",
         "_dst",
         "_max_inner",
+        "ident",
     )
 
-    def __init__(self, params: TunnelParams) -> None:
+    def __init__(self, params: TunnelParams, ident: int = 0) -> None:
         self.params = params
+        # Outer IPv4 identification: Linux's iptunnel_xmit gives every tunnel packet, DF or not, the
+        # next value of a per-destination counter (ip_select_ident). The I/O shell starts ours at a
+        # random value, as the kernel's counters start; the core takes it as given.
+        self.ident = ident & 0xFFFF
         self.counters = Counters()
         self.iseq_window = SequenceWindow()
         self.oseq_next = 0  # Linux sends the first packet with sequence number 0
@@ -125,8 +130,8 @@ class Tunnel:
     def encapsulate_header(self, inner: bytes | bytearray | memoryview) -> bytes | Drop:
         """The outer IPv4 header and GRE header to send in front of `inner`, or why not.
 
-        The outer identification is 0: with DF set Linux sends 0 too, and
-        without DF the kernel picks one when a raw socket hands it 0.
+        The outer identification is the tunnel's next `ident`, as Linux gives
+        one to every tunnel packet (RFC 6864 allows any value with DF).
         """
         p = self.params
         n = len(inner)
@@ -175,8 +180,12 @@ class Tunnel:
         ttl = inner_ttl if p.ttl is None else p.ttl
         frag = ipv4.FLAG_DF if p.pmtudisc else inner_df
         total_length = ipv4.MIN_HEADER_LEN + len(tunnel_hdr) + n
-        csum = ~fold(self._outer_sum + tos + total_length + frag + (ttl << 8)) & 0xFFFF
-        outer = _OUTER.pack(0x45, tos, total_length, 0, frag, ttl, p.mode.value.ip_protocol, csum, self._src, self._dst)
+        ident = self.ident
+        self.ident = (ident + 1) & 0xFFFF
+        csum = ~fold(self._outer_sum + tos + total_length + ident + frag + (ttl << 8)) & 0xFFFF
+        outer = _OUTER.pack(
+            0x45, tos, total_length, ident, frag, ttl, p.mode.value.ip_protocol, csum, self._src, self._dst
+        )
         c = self.counters
         c.tx_packets += 1
         c.tx_bytes += n

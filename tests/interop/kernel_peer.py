@@ -1,0 +1,217 @@
+"""A real Linux kernel as a tunnel peer: user-mode-linux 6.1 with ip_gre, ipip, sit, ip6_tunnel, ip6_gre.
+
+Topology (all in namespaces created here and always removed):
+
+    ut-ix-h: usertunnel runs here          ut-ix-g: the UML process lives here
+    ut-ix-vh 198.51.100.1/24  <---veth--->  ut-ix-vg (no address)
+                                               |  vector driver, raw transport
+                                            guest kernel: vec0 198.51.100.2/24
+
+The guest boots with the host's root filesystem read-only (hostfs), loads the
+tunnel modules with busybox's insmod, and runs `guest_agent.py` with the
+host's Python; the tests drive it over TCP on the underlay. The guest is
+booted once per test session and each test configures its own tunnels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from usertunnel import netns
+
+NS_HOST, NS_GUEST = "ut-ix-h", "ut-ix-g"
+VETH_HOST, VETH_GUEST = "ut-ix-vh", "ut-ix-vg"
+HOST_ADDR, GUEST_ADDR = "198.51.100.1", "198.51.100.2"
+AGENT_PORT = 7777
+BOOT_TIMEOUT = 60.0
+
+# Load order: each module after the ones it depends on (modinfo -F depends).
+MODULES = [
+    "lib/crc-ccitt",
+    "net/ipv6/ipv6",
+    "net/ipv4/gre",
+    "net/ipv4/ip_tunnel",
+    "net/ipv4/tunnel4",
+    "net/ipv6/tunnel6",
+    "net/ipv4/ip_gre",
+    "net/ipv4/ipip",
+    "net/ipv6/sit",
+    "net/ipv6/ip6_tunnel",
+    "net/ipv6/ip6_gre",
+]
+
+INIT = """#!/bin/sh
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin TMPDIR=/run
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t tmpfs run /run
+mount -t devtmpfs dev /dev 2>/dev/null
+for m in {modules}; do
+    busybox insmod {moddir}/$m.ko || echo "GUEST: insmod $m failed"
+done
+ip link set lo up
+ip link set vec0 up
+ip addr add {guest}/24 dev vec0
+sysctl -q -w net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
+echo GUEST-INIT-DONE
+exec {python} -I -S {agent} {guest} {port}
+"""
+
+
+class PeerError(RuntimeError):
+    pass
+
+
+def missing() -> str | None:
+    """Why the kernel peer cannot run here, or None."""
+    if shutil.which("linux.uml") is None and shutil.which("linux") is None:
+        return "user-mode-linux is not installed (Debian package user-mode-linux)"
+    if shutil.which("busybox") is None:
+        return "busybox is not installed (Debian package busybox-static)"
+    if not glob.glob("/usr/lib/uml/modules/*/kernel/net/ipv4/ip_gre.ko"):
+        return "user-mode-linux modules (ip_gre.ko) not found under /usr/lib/uml/modules"
+    return None
+
+
+class KernelPeer:
+    """The booted guest; `sh` runs a shell command in it, `request` talks to its agent."""
+
+    def __init__(self) -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix="ut-uml-"))
+        self.log_path = self.workdir / "console.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._conn: socket.socket | None = None
+        self._reader: Any = None
+
+    # --- life cycle -----------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for name in (NS_HOST, NS_GUEST):
+            netns.create(name)
+        netns.veth(NS_HOST, VETH_HOST, NS_GUEST, VETH_GUEST, HOST_ADDR, None, 24)
+        # The guest's vector device takes checksum and segmentation offload from the host (vnet
+        # headers), so its GRE checksums and TCP segments would cross the veth unfinished: a
+        # real NIC finishes them. Turning the offloads off on the veth end makes the host kernel
+        # finish them in software as it transmits (validate_xmit_skb), so our side sees wire bytes.
+        off = netns.run(NS_GUEST, ["ethtool", "-K", VETH_GUEST, "tx", "off", "tso", "off", "gso", "off"])
+        if off.returncode != 0:
+            raise PeerError(f"ethtool -K {VETH_GUEST} tx off failed: {off.stderr.decode(errors='replace')}")
+        moddir = Path(sorted(glob.glob("/usr/lib/uml/modules/*/kernel"))[-1])
+        init = self.workdir / "init.sh"
+        init.write_text(
+            INIT.format(
+                modules=" ".join(MODULES),
+                moddir=moddir,
+                guest=GUEST_ADDR,
+                python=os.path.realpath(sys.executable),
+                agent=Path(__file__).with_name("guest_agent.py").resolve(),
+                port=AGENT_PORT,
+            )
+        )
+        init.chmod(0o755)
+        uml = shutil.which("linux.uml") or shutil.which("linux")
+        assert uml is not None
+        argv = [
+            uml,
+            "mem=256M",
+            "root=/dev/root",
+            "rootfstype=hostfs",
+            "rootflags=/",
+            "ro",
+            f"init={init}",
+            f"vec0:transport=raw,ifname={VETH_GUEST}",
+            "con=null",
+            "con0=null,fd:1",
+        ]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env={**os.environ, "TMPDIR": str(self.workdir)},
+                preexec_fn=lambda: (os.setsid(), netns._enter(NS_GUEST)),
+            )
+        self._connect()
+        insmod_failures = [line for line in self.console().splitlines() if "insmod" in line and "failed" in line]
+        if insmod_failures:
+            raise PeerError(f"kernel peer could not load modules: {insmod_failures}")
+
+    def _connect(self) -> None:
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise PeerError(f"user-mode-linux exited with {self.proc.returncode}: {self.console()[-2000:]}")
+            sock = netns.open_socket(NS_HOST, socket.AF_INET, socket.SOCK_STREAM)
+            sock.settimeout(2)
+            try:
+                sock.connect((GUEST_ADDR, AGENT_PORT))
+            except OSError:
+                sock.close()
+                time.sleep(0.3)
+                continue
+            sock.settimeout(120)
+            self._conn = sock
+            self._reader = sock.makefile("rb")
+            return
+        raise PeerError(f"kernel peer did not answer within {BOOT_TIMEOUT:.0f} s: {self.console()[-2000:]}")
+
+    def console(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        if self.proc is not None and self.proc.poll() is None:
+            # UML runs each guest process as a host process in its session: kill them all.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        for name in (NS_HOST, NS_GUEST):
+            netns.remove(name)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # --- talking to the guest -------------------------------------------------------------------------------
+
+    def request(self, payload: dict[str, Any]) -> dict[str, Any]:
+        assert self._conn is not None and self._reader is not None
+        self._conn.sendall(json.dumps(payload).encode() + b"\n")
+        line = self._reader.readline()
+        if not line:
+            raise PeerError(f"kernel peer agent closed the connection: {self.console()[-2000:]}")
+        answer: dict[str, Any] = json.loads(line)
+        if "error" in answer:
+            raise PeerError(f"kernel peer: {answer['error']}")
+        return answer
+
+    def sh(self, command: str, timeout: float = 20) -> dict[str, Any]:
+        return self.request({"sh": command, "timeout": timeout})
+
+    def check(self, command: str, timeout: float = 20) -> str:
+        """Run `command` in the guest; its stdout, or PeerError with everything it printed."""
+        answer = self.sh(command, timeout)
+        if answer["rc"] != 0:
+            raise PeerError(f"in the kernel peer, `{command}` exited {answer['rc']}: {answer['err']}{answer['out']}")
+        out: str = answer["out"]
+        return out
+
+    def link_stats(self, name: str) -> dict[str, int]:
+        """The tunnel device's counters as the kernel keeps them (ip -s -s -j link show)."""
+        data = json.loads(self.check(f"ip -s -s -j link show dev {name}"))[0]["stats64"]["rx"]
+        return {k: int(v) for k, v in data.items()}
