@@ -1,0 +1,195 @@
+"""Negative interop: what the Linux kernel refuses from us, and what we refuse from it.
+
+First direction: packets crafted with scapy are sent from usertunnel's namespace
+to a kernel tunnel; the kernel answers every echo request it accepts through
+its tunnel, so the answers captured on our side say exactly which packets it
+delivered, and its device counters say how it counted the others.
+Second direction: the kernel is configured to send what our receive rules
+refuse, and our counters must say why.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+from kernel_peer import GUEST_ADDR, HOST_ADDR, NS_HOST, KernelPeer
+from scapy.layers.inet import GRE, ICMP, IP
+from test_kernel import OURS, THEIRS, Pair, Variant
+
+from usertunnel import netns
+
+ECHO_ID = 0x5575
+
+
+def crafted(
+    n: int,
+    *,
+    key: int | None = None,
+    seq: int | None = None,
+    csum: bool = False,
+    tos: int = 0,
+    inner_tos: int = 0,
+    mode: str = "gre",
+) -> bytes:
+    inner = IP(src=OURS, dst=THEIRS, tos=inner_tos) / ICMP(id=ECHO_ID, seq=n) / b"refusals"
+    if mode == "ipip":
+        return bytes(IP(src=HOST_ADDR, dst=GUEST_ADDR, tos=tos, flags="DF") / inner)
+    g = GRE(proto=0x0800)
+    if key is not None:
+        g.key_present, g.key = 1, key
+    if seq is not None:
+        g.seqnum_present, g.sequence_number = 1, seq
+    if csum:
+        g.chksum_present = 1
+    return bytes(IP(src=HOST_ADDR, dst=GUEST_ADDR, tos=tos, flags="DF") / g / inner)
+
+
+def corrupted(packet: bytes) -> bytes:
+    out = bytearray(packet)
+    out[-1] ^= 0x55
+    return bytes(out)
+
+
+class KernelTunnel:
+    """A kernel tunnel `kt0` alone (no usertunnel): we talk to it with crafted packets."""
+
+    def __init__(self, kernel: KernelPeer, mode: str, options: str) -> None:
+        self.kernel = kernel
+        self.mode = mode
+        kernel.check(
+            f"ip tunnel add kt0 mode {mode} local {GUEST_ADDR} remote {HOST_ADDR} {options}"
+            f" && ip link set kt0 up && ip addr add {THEIRS}/30 dev kt0"
+        )
+        proto = 47 if mode == "gre" else 4
+        self.tx = netns.open_socket(NS_HOST, socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        self.rx = netns.open_socket(NS_HOST, socket.AF_INET, socket.SOCK_RAW, proto)
+
+    def send(self, packets: list[bytes]) -> tuple[list[int], dict[str, int], dict[str, int]]:
+        """Send each packet; the echo sequence numbers answered, and the counters before and after."""
+        before = self.kernel.link_stats("kt0")
+        for packet in packets:
+            self.tx.sendto(packet, (GUEST_ADDR, 0))
+            time.sleep(0.05)
+        answered = []
+        self.rx.settimeout(1.0)
+        while True:
+            try:
+                data = self.rx.recv(65535)
+            except TimeoutError:
+                break
+            pkt = IP(data)
+            if ICMP in pkt and pkt[ICMP].type == 0 and pkt[ICMP].id == ECHO_ID:
+                answered.append(pkt[ICMP].seq)
+        after = self.kernel.link_stats("kt0")
+        return sorted(answered), before, after
+
+    def close(self) -> None:
+        self.tx.close()
+        self.rx.close()
+        self.kernel.sh("ip tunnel del kt0")
+
+
+@pytest.fixture
+def kernel_tunnel(kernel: KernelPeer):  # type: ignore[no-untyped-def]
+    made: list[KernelTunnel] = []
+
+    def make(mode: str, options: str) -> KernelTunnel:
+        made.append(KernelTunnel(kernel, mode, options))
+        return made[-1]
+
+    yield make
+    for t in made:
+        t.close()
+
+
+def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before[k] for k in after if after[k] != before[k]}
+
+
+# --- what the kernel refuses from us ----------------------------------------------------------------------
+
+
+@pytest.mark.netns
+def test_kernel_delivers_only_the_right_key_and_finds_no_tunnel_for_others(kernel_tunnel) -> None:  # type: ignore[no-untyped-def]
+    t = kernel_tunnel("gre", "key 1234")
+    answered, before, after = t.send([crafted(1, key=1234), crafted(2, key=99), crafted(3), crafted(4, key=1234)])
+    assert answered == [1, 4]
+    # A wrong or missing key matches no tunnel (ip_tunnel_lookup): nothing is counted on kt0.
+    assert delta(before, after) == {"bytes": delta(before, after)["bytes"], "packets": 2}
+
+
+@pytest.mark.netns
+def test_kernel_drops_a_checksum_flag_that_disagrees_with_its_icsum_and_counts_crc_errors(kernel_tunnel) -> None:  # type: ignore[no-untyped-def]
+    with_icsum = kernel_tunnel("gre", "icsum")
+    answered, before, after = with_icsum.send([crafted(1, csum=True), crafted(2)])
+    assert answered == [1]
+    assert delta(before, after)["crc_errors"] == 1
+    with_icsum.close()
+    without = kernel_tunnel("gre", "")
+    answered, before, after = without.send([crafted(3), crafted(4, csum=True)])
+    # Linux drops a checksummed packet on a tunnel without icsum: RFC 2784 says a receiver
+    # "MUST" accept it; usertunnel matches Linux (Drop.CSUM_UNEXPECTED).
+    assert answered == [3]
+    assert delta(before, after)["crc_errors"] == 1
+
+
+@pytest.mark.netns
+def test_kernel_drops_a_bad_checksum_before_finding_the_tunnel(kernel_tunnel) -> None:  # type: ignore[no-untyped-def]
+    t = kernel_tunnel("gre", "csum")
+    answered, before, after = t.send([corrupted(crafted(1, csum=True)), crafted(2, csum=True)])
+    assert answered == [2]
+    # gre_parse_header rejects it before the lookup: the tunnel never sees it.
+    assert delta(before, after).get("crc_errors", 0) == 0 and delta(before, after)["packets"] == 1
+
+
+@pytest.mark.netns
+def test_kernel_drops_missing_replayed_and_old_sequence_numbers_as_fifo_errors(kernel_tunnel) -> None:  # type: ignore[no-untyped-def]
+    t = kernel_tunnel("gre", "iseq")
+    packets = [
+        crafted(1, seq=10),
+        crafted(2, seq=10),  # replayed
+        crafted(3, seq=5),  # older
+        crafted(4),  # no sequence number
+        crafted(5, seq=12),
+        crafted(6, seq=11),  # reordered
+    ]
+    answered, before, after = t.send(packets)
+    assert answered == [1, 5]
+    assert delta(before, after)["fifo_errors"] == 4
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("mode", ["gre", "ipip"])
+def test_kernel_applies_rfc6040_outer_ce_over_not_ect_is_dropped_as_frame_error(kernel_tunnel, mode: str) -> None:  # type: ignore[no-untyped-def]
+    t = kernel_tunnel(mode, "")
+    answered, before, after = t.send(
+        [crafted(1, tos=0x03, inner_tos=0x00, mode=mode), crafted(2, tos=0x03, inner_tos=0x02, mode=mode)]
+    )
+    assert answered == [2]
+    assert delta(before, after)["frame_errors"] == 1
+
+
+# --- what we refuse from the kernel -----------------------------------------------------------------------
+
+REFUSED_BY_US = [
+    (Variant("their-okey-wrong", "gre", "okey 99", ("--key", "1234")), "key_mismatch"),
+    (Variant("their-key-we-none", "gre", "key 7", ()), "key_mismatch"),
+    (Variant("we-iseq-they-none", "gre", "", ("--iseq",)), "seq_missing"),
+    (Variant("we-icsum-they-none", "gre", "", ("--icsum",)), "csum_missing"),
+    (Variant("they-ocsum-we-none", "gre", "ocsum", ()), "csum_unexpected"),
+]
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize(("variant", "reason"), REFUSED_BY_US, ids=[v.name for v, _ in REFUSED_BY_US])
+def test_we_refuse_what_the_kernel_sends_against_our_rules_and_count_why(
+    kernel: KernelPeer, variant: Variant, reason: str
+) -> None:
+    pair = Pair(kernel, variant)
+    assert kernel.sh(f"ping -c 3 -i 0.2 -W 1 {OURS}")["rc"] != 0
+    stats = pair.close()
+    ours = stats["ut0"]
+    assert ours["rx_packets"] == 0
+    assert ours["drops"].get(reason, 0) >= 3, stats
