@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -139,3 +140,75 @@ def kernel() -> Iterator[Any]:
         yield peer
     finally:
         peer.stop()
+
+
+# --- the interoperability matrix, written by the suite --------------------------------------------------------
+
+MATRIX_FILE = Path(__file__).resolve().parent / "interop" / "MATRIX.md"
+README = Path(__file__).resolve().parent.parent / "README.md"
+MATRIX_START, MATRIX_END = "<!-- interop-matrix:start -->", "<!-- interop-matrix:end -->"
+PEERS = {
+    "test_kernel": "Linux 6.1 (user-mode-linux): ip_gre, ipip",
+    "test_kernel_refusals": "Linux 6.1 (user-mode-linux): refusals, both directions",
+    "test_ovs": "Open vSwitch 3.1, userspace datapath",
+}
+GRID_MODULES = {"test_kernel"}  # a row per configuration, a column per check; elsewhere a row per check
+_interop_results: dict[str, str] = {}
+_interop_collected: list[str] = []
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    _interop_collected.extend(item.nodeid for item in session.items if "/interop/" in item.nodeid)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if "/interop/" not in report.nodeid:
+        return
+    if report.when == "call" or report.outcome != "passed":
+        previous = _interop_results.get(report.nodeid)
+        if previous in (None, "passed"):
+            _interop_results[report.nodeid] = report.outcome
+
+
+def _matrix_markdown(session: pytest.Session) -> str:
+    """Tables per peer: a row per configuration, a column per check (the test's docstring)."""
+    docs = {
+        item.nodeid: (getattr(item, "function", None).__doc__ or item.name).strip().splitlines()[0]
+        for item in session.items
+    }
+    tables: dict[str, dict[str, dict[str, str]]] = {}
+    for nodeid, outcome in _interop_results.items():
+        module = nodeid.split("/")[-1].split(".py")[0]
+        name = nodeid.split("::")[-1]
+        doc = docs.get(nodeid, name.split("[")[0])
+        param = name[name.index("[") + 1 : -1] if "[" in name else ""
+        row, column = (param, doc) if module in GRID_MODULES else (f"{doc} [{param}]" if param else doc, "result")
+        mark = {"passed": "pass", "failed": "FAIL", "skipped": "skipped"}[outcome]
+        tables.setdefault(PEERS.get(module, module), {}).setdefault(row, {})[column] = mark
+    lines = []
+    for peer, rows in sorted(tables.items()):
+        columns = sorted({c for cells in rows.values() for c in cells})
+        first = "configuration" if columns != ["result"] else "check"
+        lines += [f"**{peer}**", "", f"| {first} | " + " | ".join(columns) + " |"]
+        lines.append("|---" * (len(columns) + 1) + "|")
+        for row, cells in sorted(rows.items()):
+            lines.append(f"| {row} | " + " | ".join(cells.get(c, "") for c in columns) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """After a run of the whole interop suite, rewrite the matrix and the README's copy of it."""
+    if not _interop_collected or set(_interop_collected) != set(_interop_results):
+        return
+    if any(outcome == "skipped" for outcome in _interop_results.values()):
+        return
+    body = _matrix_markdown(session)
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    stamp = f"_Written by the interop suite (`pytest tests/interop`) on {when}._\n"
+    MATRIX_FILE.write_text("# Interoperability matrix\n\n" + stamp + "\n" + body)
+    text = README.read_text()
+    if MATRIX_START in text and MATRIX_END in text:
+        head, _, rest = text.partition(MATRIX_START)
+        _, _, tail = rest.partition(MATRIX_END)
+        README.write_text(f"{head}{MATRIX_START}\n{stamp}\n{body}\n{MATRIX_END}{tail}")

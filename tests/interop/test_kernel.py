@@ -247,6 +247,7 @@ def rebuilt_by_our_core(variant: Variant, packet: bytes) -> bytes:
 @pytest.mark.netns
 @pytest.mark.parametrize("variant", VARIANTS, ids=[v.name for v in VARIANTS])
 def test_kernel_and_usertunnel_carry_ping_and_5mb_tcp_both_ways(pair_factory, variant: Variant) -> None:
+    """ping + 5 MB TCP, both directions"""
     pair = pair_factory(variant)
     kernel = pair.kernel
     before = kernel.link_stats("kt0")
@@ -266,6 +267,7 @@ def test_kernel_and_usertunnel_carry_ping_and_5mb_tcp_both_ways(pair_factory, va
 @pytest.mark.netns
 @pytest.mark.parametrize("variant", VARIANTS, ids=[v.name for v in VARIANTS])
 def test_kernel_packets_equal_our_core_encapsulation_byte_for_byte(pair_factory, variant: Variant) -> None:
+    """kernel's packets = our core's bytes"""
     pair = pair_factory(variant)
     capture = Capture()
     try:

@@ -113,6 +113,7 @@ def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
 
 @pytest.mark.netns
 def test_kernel_delivers_only_the_right_key_and_finds_no_tunnel_for_others(kernel_tunnel) -> None:  # type: ignore[no-untyped-def]
+    """kernel: wrong or missing key finds no tunnel"""
     t = kernel_tunnel("gre", "key 1234")
     answered, before, after = t.send([crafted(1, key=1234), crafted(2, key=99), crafted(3), crafted(4, key=1234)])
     assert answered == [1, 4]
@@ -122,6 +123,7 @@ def test_kernel_delivers_only_the_right_key_and_finds_no_tunnel_for_others(kerne
 
 @pytest.mark.netns
 def test_kernel_drops_a_checksum_flag_that_disagrees_with_its_icsum_and_counts_crc_errors(kernel_tunnel) -> None:  # type: ignore[no-untyped-def]
+    """kernel: C bit disagreeing with icsum dropped (crc_errors)"""
     with_icsum = kernel_tunnel("gre", "icsum")
     answered, before, after = with_icsum.send([crafted(1, csum=True), crafted(2)])
     assert answered == [1]
@@ -137,6 +139,7 @@ def test_kernel_drops_a_checksum_flag_that_disagrees_with_its_icsum_and_counts_c
 
 @pytest.mark.netns
 def test_kernel_drops_a_bad_checksum_before_finding_the_tunnel(kernel_tunnel) -> None:  # type: ignore[no-untyped-def]
+    """kernel: bad checksum dropped before lookup"""
     t = kernel_tunnel("gre", "csum")
     answered, before, after = t.send([corrupted(crafted(1, csum=True)), crafted(2, csum=True)])
     assert answered == [2]
@@ -146,6 +149,7 @@ def test_kernel_drops_a_bad_checksum_before_finding_the_tunnel(kernel_tunnel) ->
 
 @pytest.mark.netns
 def test_kernel_drops_missing_replayed_and_old_sequence_numbers_as_fifo_errors(kernel_tunnel) -> None:  # type: ignore[no-untyped-def]
+    """kernel: missing, replayed, old seq dropped (fifo_errors)"""
     t = kernel_tunnel("gre", "iseq")
     packets = [
         crafted(1, seq=10),
@@ -163,6 +167,7 @@ def test_kernel_drops_missing_replayed_and_old_sequence_numbers_as_fifo_errors(k
 @pytest.mark.netns
 @pytest.mark.parametrize("mode", ["gre", "ipip"])
 def test_kernel_applies_rfc6040_outer_ce_over_not_ect_is_dropped_as_frame_error(kernel_tunnel, mode: str) -> None:  # type: ignore[no-untyped-def]
+    """kernel: outer CE over Not-ECT dropped (frame_errors)"""
     t = kernel_tunnel(mode, "")
     answered, before, after = t.send(
         [crafted(1, tos=0x03, inner_tos=0x00, mode=mode), crafted(2, tos=0x03, inner_tos=0x02, mode=mode)]
@@ -187,6 +192,7 @@ REFUSED_BY_US = [
 def test_we_refuse_what_the_kernel_sends_against_our_rules_and_count_why(
     kernel: KernelPeer, variant: Variant, reason: str
 ) -> None:
+    """usertunnel refuses and counts the reason"""
     pair = Pair(kernel, variant)
     assert kernel.sh(f"ping -c 3 -i 0.2 -W 1 {OURS}")["rc"] != 0
     stats = pair.close()
