@@ -13,9 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
-import socket
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from types import FrameType
@@ -27,38 +25,7 @@ NS_A, NS_B = "ut-lab-a", "ut-lab-b"
 VETH_A, VETH_B = "ut-veth-a", "ut-veth-b"
 UNDER_A, UNDER_B = "198.51.100.1", "198.51.100.2"
 INNER_A, INNER_B = "203.0.113.1", "203.0.113.2"
-ETH_P_ALL = 0x0003
-PACKET_OUTGOING = 4
 READY_TIMEOUT = 10.0
-
-
-class Capture:
-    """Frames seen on one interface of one namespace, captured in a background thread."""
-
-    def __init__(self, namespace: str, ifname: str) -> None:
-        self.sock = netns.open_socket(namespace, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-        self.sock.bind((ifname, 0))
-        self.sock.settimeout(0.2)
-        self.packets: list[tuple[float, bool, bytes]] = []  # (time, outgoing, IPv4 packet)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                frame, address = self.sock.recvfrom(65535)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if len(frame) > 14 and frame[12:14] == b"\x08\x00":
-                self.packets.append((time.monotonic(), address[2] == PACKET_OUTGOING, frame[14:]))
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-        self.sock.close()
 
 
 def _start_end(namespace: str, local: str, remote: str, inner: str, mode: str, key: int) -> netns.UpProcess:
@@ -91,14 +58,14 @@ def _signals_as_interrupt() -> Iterator[None]:
 def run_lab(mode: str = "gre", count: int = 3, key: int = 1234) -> int:
     out = sys.stdout
     procs: list[netns.UpProcess] = []
-    capture: Capture | None = None
+    capture: netns.Capture | None = None
     with _signals_as_interrupt():
         try:
             print(f"== building the lab: namespaces {NS_A}, {NS_B}; underlay {UNDER_A} <-> {UNDER_B}", file=out)
             for name in (NS_A, NS_B):
                 netns.create(name)
             netns.veth(NS_A, VETH_A, NS_B, VETH_B, UNDER_A, UNDER_B, 24)
-            capture = Capture(NS_B, VETH_B)
+            capture = netns.Capture(NS_B, VETH_B)
             print(f"== starting both ends of the tunnel ({mode}{f', key {key}' if mode == 'gre' else ''})", file=out)
             procs.append(_start_end(NS_A, UNDER_A, UNDER_B, INNER_A, mode, key))
             procs.append(_start_end(NS_B, UNDER_B, UNDER_A, INNER_B, mode, key))

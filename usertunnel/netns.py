@@ -15,10 +15,13 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pyroute2 import NetNS, netns
+
+_ETH_P_ALL = 0x0003
 
 
 def exists(name: str) -> bool:
@@ -189,3 +192,45 @@ class UpProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+class Capture:
+    """IPv4 packets seen on one interface of a namespace, both directions, read by a background thread.
+
+    Each entry of `packets` is (monotonic time, outgoing?, the IPv4 packet without its Ethernet header).
+    """
+
+    def __init__(self, namespace: str, ifname: str) -> None:
+        # ETH_P_ALL: the kernel shows outgoing frames only to sockets that asked for every protocol.
+        self.sock = open_socket(namespace, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(_ETH_P_ALL))
+        self.sock.bind((ifname, 0))
+        self.sock.settimeout(0.2)
+        self.packets: list[tuple[float, bool, bytes]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                frame, address = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if frame[12:14] == b"\x08\x00":
+                self.packets.append((time.monotonic(), address[2] == socket.PACKET_OUTGOING, frame[14:]))
+
+    def stop(self) -> None:
+        if not self._stop.is_set():
+            self._stop.set()
+            self._thread.join(timeout=2)
+            self.sock.close()
+
+    @property
+    def incoming(self) -> list[bytes]:
+        return [p for _, outgoing, p in self.packets if not outgoing]
+
+    @property
+    def outgoing(self) -> list[bytes]:
+        return [p for _, outgoing, p in self.packets if outgoing]

@@ -28,7 +28,6 @@ from usertunnel.netns import UpProcess
 
 OURS, THEIRS = "203.0.113.1", "203.0.113.2"
 TRANSFER = 5 * 1024 * 1024
-ETH_P_IP = 0x0800
 
 
 @dataclass(frozen=True)
@@ -185,33 +184,6 @@ def send_from_kernel(kernel: KernelPeer, port: int) -> tuple[str, str]:
     return sent["sha256"], digest.hexdigest()
 
 
-class Capture:
-    """IPv4 packets on our underlay interface, both directions, in a background thread."""
-
-    def __init__(self) -> None:
-        self.sock = netns.open_socket(NS_HOST, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IP))
-        self.sock.bind((VETH_HOST, 0))
-        self.sock.settimeout(0.2)
-        self.incoming: list[bytes] = []
-        self.outgoing: list[bytes] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                frame, address = self.sock.recvfrom(65535)
-            except TimeoutError:
-                continue
-            (self.outgoing if address[2] == socket.PACKET_OUTGOING else self.incoming).append(frame[14:])
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.sock.close()
-
-
 def tunnel_header_length(packet: bytes) -> int:
     ihl = (packet[0] & 0x0F) * 4
     if packet[9] == 47:
@@ -246,8 +218,8 @@ def rebuilt_by_our_core(variant: Variant, packet: bytes) -> bytes:
 
 @pytest.mark.netns
 @pytest.mark.parametrize("variant", VARIANTS, ids=[v.name for v in VARIANTS])
+@pytest.mark.matrix("ping + 5 MB TCP, both directions")
 def test_kernel_and_usertunnel_carry_ping_and_5mb_tcp_both_ways(pair_factory, variant: Variant) -> None:
-    """ping + 5 MB TCP, both directions"""
     pair = pair_factory(variant)
     kernel = pair.kernel
     before = kernel.link_stats("kt0")
@@ -266,10 +238,10 @@ def test_kernel_and_usertunnel_carry_ping_and_5mb_tcp_both_ways(pair_factory, va
 
 @pytest.mark.netns
 @pytest.mark.parametrize("variant", VARIANTS, ids=[v.name for v in VARIANTS])
+@pytest.mark.matrix("kernel's packets = our core's bytes")
 def test_kernel_packets_equal_our_core_encapsulation_byte_for_byte(pair_factory, variant: Variant) -> None:
-    """kernel's packets = our core's bytes"""
     pair = pair_factory(variant)
-    capture = Capture()
+    capture = netns.Capture(NS_HOST, VETH_HOST)
     try:
         # Inner TOS/ECN and TTL values that exercise inherit and ECN rules: ECT(0) and a DSCP.
         assert pair.kernel.sh(f"ping -c 3 -i 0.2 -W 2 -Q 0xa2 -t 33 {OURS}")["rc"] == 0

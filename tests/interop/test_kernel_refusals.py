@@ -112,8 +112,8 @@ def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
 
 
 @pytest.mark.netns
+@pytest.mark.matrix("kernel: wrong or missing key finds no tunnel")
 def test_kernel_delivers_only_the_right_key_and_finds_no_tunnel_for_others(kernel_tunnel) -> None:  # type: ignore[no-untyped-def]
-    """kernel: wrong or missing key finds no tunnel"""
     t = kernel_tunnel("gre", "key 1234")
     answered, before, after = t.send([crafted(1, key=1234), crafted(2, key=99), crafted(3), crafted(4, key=1234)])
     assert answered == [1, 4]
@@ -122,8 +122,8 @@ def test_kernel_delivers_only_the_right_key_and_finds_no_tunnel_for_others(kerne
 
 
 @pytest.mark.netns
+@pytest.mark.matrix("kernel: C bit disagreeing with icsum dropped (crc_errors)")
 def test_kernel_drops_a_checksum_flag_that_disagrees_with_its_icsum_and_counts_crc_errors(kernel_tunnel) -> None:  # type: ignore[no-untyped-def]
-    """kernel: C bit disagreeing with icsum dropped (crc_errors)"""
     with_icsum = kernel_tunnel("gre", "icsum")
     answered, before, after = with_icsum.send([crafted(1, csum=True), crafted(2)])
     assert answered == [1]
@@ -138,8 +138,8 @@ def test_kernel_drops_a_checksum_flag_that_disagrees_with_its_icsum_and_counts_c
 
 
 @pytest.mark.netns
+@pytest.mark.matrix("kernel: bad checksum dropped before lookup")
 def test_kernel_drops_a_bad_checksum_before_finding_the_tunnel(kernel_tunnel) -> None:  # type: ignore[no-untyped-def]
-    """kernel: bad checksum dropped before lookup"""
     t = kernel_tunnel("gre", "csum")
     answered, before, after = t.send([corrupted(crafted(1, csum=True)), crafted(2, csum=True)])
     assert answered == [2]
@@ -148,8 +148,8 @@ def test_kernel_drops_a_bad_checksum_before_finding_the_tunnel(kernel_tunnel) ->
 
 
 @pytest.mark.netns
+@pytest.mark.matrix("kernel: missing, replayed, old seq dropped (fifo_errors)")
 def test_kernel_drops_missing_replayed_and_old_sequence_numbers_as_fifo_errors(kernel_tunnel) -> None:  # type: ignore[no-untyped-def]
-    """kernel: missing, replayed, old seq dropped (fifo_errors)"""
     t = kernel_tunnel("gre", "iseq")
     packets = [
         crafted(1, seq=10),
@@ -166,8 +166,8 @@ def test_kernel_drops_missing_replayed_and_old_sequence_numbers_as_fifo_errors(k
 
 @pytest.mark.netns
 @pytest.mark.parametrize("mode", ["gre", "ipip"])
+@pytest.mark.matrix("kernel: outer CE over Not-ECT dropped (frame_errors)")
 def test_kernel_applies_rfc6040_outer_ce_over_not_ect_is_dropped_as_frame_error(kernel_tunnel, mode: str) -> None:  # type: ignore[no-untyped-def]
-    """kernel: outer CE over Not-ECT dropped (frame_errors)"""
     t = kernel_tunnel(mode, "")
     answered, before, after = t.send(
         [crafted(1, tos=0x03, inner_tos=0x00, mode=mode), crafted(2, tos=0x03, inner_tos=0x02, mode=mode)]
@@ -189,10 +189,10 @@ REFUSED_BY_US = [
 
 @pytest.mark.netns
 @pytest.mark.parametrize(("variant", "reason"), REFUSED_BY_US, ids=[v.name for v, _ in REFUSED_BY_US])
+@pytest.mark.matrix("usertunnel refuses and counts the reason")
 def test_we_refuse_what_the_kernel_sends_against_our_rules_and_count_why(
     kernel: KernelPeer, variant: Variant, reason: str
 ) -> None:
-    """usertunnel refuses and counts the reason"""
     pair = Pair(kernel, variant)
     assert kernel.sh(f"ping -c 3 -i 0.2 -W 1 {OURS}")["rc"] != 0
     stats = pair.close()
