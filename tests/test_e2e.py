@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-import random
-import socket
-import threading
-
 import pytest
 from conftest import INNER_A, INNER_B, UNDER_B, Lab
+from traffic import tcp_transfer
 
 TRANSFER_BYTES = 10 * 1024 * 1024
 PORT = 5001
@@ -24,43 +20,6 @@ VARIANTS = {
 }
 
 
-def tcp_transfer(lab: Lab, size: int = TRANSFER_BYTES, timeout: float = 60) -> tuple[str, str]:
-    """Send `size` pseudo-random bytes from A's inner address to B's; return both sides' SHA-256."""
-    server = lab.socket(lab.b, socket.AF_INET, socket.SOCK_STREAM)
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind((INNER_B, PORT))
-    server.listen(1)
-    server.settimeout(timeout)
-    received = hashlib.sha256()
-    errors: list[BaseException] = []
-
-    def serve() -> None:
-        try:
-            conn, _ = server.accept()
-            conn.settimeout(timeout)
-            with conn:
-                while chunk := conn.recv(1 << 16):
-                    received.update(chunk)
-        except BaseException as exc:  # reported by the assertion below
-            errors.append(exc)
-
-    thread = threading.Thread(target=serve)
-    thread.start()
-    data = random.Random(1234).randbytes(size)
-    client = lab.socket(lab.a, socket.AF_INET, socket.SOCK_STREAM)
-    client.settimeout(timeout)
-    try:
-        client.connect((INNER_B, PORT))
-        client.sendall(data)
-        client.shutdown(socket.SHUT_WR)
-        thread.join(timeout)
-    finally:
-        client.close()
-        server.close()
-    assert not errors, errors
-    return hashlib.sha256(data).hexdigest(), received.hexdigest()
-
-
 @pytest.mark.netns
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_ping_and_10mb_tcp_transfer_arrive_intact(lab: Lab, variant: str) -> None:
@@ -68,7 +27,7 @@ def test_ping_and_10mb_tcp_transfer_arrive_intact(lab: Lab, variant: str) -> Non
     end_a, end_b = lab.pair(args_a, args_b)
     ping = lab.ping(lab.a, INNER_B)
     assert ping.returncode == 0, ping.stdout.decode()
-    sent, received = tcp_transfer(lab)
+    sent, received = tcp_transfer(lab.a, lab.b, INNER_B, PORT, TRANSFER_BYTES)
     assert sent == received
     stats_a, stats_b = end_a.stop(), end_b.stop()
     assert end_a.returncode == 0 and end_b.returncode == 0

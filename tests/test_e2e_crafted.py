@@ -12,39 +12,13 @@ import time
 
 import pytest
 from conftest import INNER_A, INNER_B, UNDER_A, UNDER_B, Lab
-from scapy.layers.inet import GRE, ICMP, IP
+from traffic import corrupt_last_byte, echo_replies_seen, echo_request
+
+ECHO_ID = 0x5554
 
 
 def gre_packet(icmp_seq: int, key: int | None = 7, seq: int | None = None, csum: bool = True) -> bytes:
-    gre = GRE(proto=0x0800)
-    if key is not None:
-        gre.key_present, gre.key = 1, key
-    if seq is not None:
-        gre.seqnum_present, gre.sequence_number = 1, seq
-    if csum:
-        gre.chksum_present = 1
-    inner = IP(src=INNER_A, dst=INNER_B) / ICMP(id=0x5554, seq=icmp_seq) / b"usertunnel-crafted"
-    return bytes(IP(src=UNDER_A, dst=UNDER_B) / gre / inner)
-
-
-def corrupt_payload(packet: bytes) -> bytes:
-    out = bytearray(packet)
-    out[-1] ^= 0xFF
-    return bytes(out)
-
-
-def echo_replies_seen(sock: socket.socket, quiet: float = 1.0) -> list[int]:
-    """ICMP sequence numbers of the echo replies that came back through the tunnel."""
-    seqs = []
-    sock.settimeout(quiet)
-    while True:
-        try:
-            data = sock.recv(65535)
-        except TimeoutError:
-            return seqs
-        pkt = IP(data)
-        if GRE in pkt and ICMP in pkt and pkt[ICMP].type == 0 and pkt[ICMP].id == 0x5554:
-            seqs.append(pkt[ICMP].seq)
+    return echo_request((UNDER_A, UNDER_B), (INNER_A, INNER_B), ECHO_ID, icmp_seq, key=key, seq=seq, csum=csum)
 
 
 @pytest.mark.netns
@@ -74,7 +48,7 @@ def test_only_packets_passing_key_seq_and_csum_rules_reach_tun(lab: Lab) -> None
         (3, gre_packet(3, seq=5)),  # older: seq_old
         (4, gre_packet(4, seq=12)),  # delivered (a gap is fine)
         (5, gre_packet(5, seq=11)),  # reordered: seq_old
-        (6, corrupt_payload(gre_packet(6, seq=13))),  # csum_bad
+        (6, corrupt_last_byte(gre_packet(6, seq=13))),  # csum_bad
         (7, gre_packet(7, seq=14, csum=False)),  # csum_missing
         (8, gre_packet(8, seq=None)),  # seq_missing
         (9, gre_packet(9, key=8, seq=15)),  # key_mismatch
@@ -84,7 +58,7 @@ def test_only_packets_passing_key_seq_and_csum_rules_reach_tun(lab: Lab) -> None
     for _, packet in cases:
         tx.sendto(packet, (UNDER_B, 0))
         time.sleep(0.02)
-    replies = echo_replies_seen(rx)
+    replies = echo_replies_seen(rx, ECHO_ID)
     tx.close()
     rx.close()
     stats = end_b.stop()["tun0"]

@@ -12,44 +12,24 @@ from __future__ import annotations
 
 import socket
 import time
+from typing import Any
 
 import pytest
 from kernel_peer import GUEST_ADDR, HOST_ADDR, NS_HOST, KernelPeer
-from scapy.layers.inet import GRE, ICMP, IP
 from test_kernel import OURS, THEIRS, Pair, Variant
+from traffic import corrupt_last_byte, echo_replies_seen, echo_request
 
 from usertunnel import netns
 
 ECHO_ID = 0x5575
 
 
-def crafted(
-    n: int,
-    *,
-    key: int | None = None,
-    seq: int | None = None,
-    csum: bool = False,
-    tos: int = 0,
-    inner_tos: int = 0,
-    mode: str = "gre",
-) -> bytes:
-    inner = IP(src=OURS, dst=THEIRS, tos=inner_tos) / ICMP(id=ECHO_ID, seq=n) / b"refusals"
-    if mode == "ipip":
-        return bytes(IP(src=HOST_ADDR, dst=GUEST_ADDR, tos=tos, flags="DF") / inner)
-    g = GRE(proto=0x0800)
-    if key is not None:
-        g.key_present, g.key = 1, key
-    if seq is not None:
-        g.seqnum_present, g.sequence_number = 1, seq
-    if csum:
-        g.chksum_present = 1
-    return bytes(IP(src=HOST_ADDR, dst=GUEST_ADDR, tos=tos, flags="DF") / g / inner)
+def crafted(n: int, **options: Any) -> bytes:
+    return echo_request((HOST_ADDR, GUEST_ADDR), (OURS, THEIRS), ECHO_ID, n, **options)
 
 
 def corrupted(packet: bytes) -> bytes:
-    out = bytearray(packet)
-    out[-1] ^= 0x55
-    return bytes(out)
+    return corrupt_last_byte(packet)
 
 
 class KernelTunnel:
@@ -72,18 +52,9 @@ class KernelTunnel:
         for packet in packets:
             self.tx.sendto(packet, (GUEST_ADDR, 0))
             time.sleep(0.05)
-        answered = []
-        self.rx.settimeout(1.0)
-        while True:
-            try:
-                data = self.rx.recv(65535)
-            except TimeoutError:
-                break
-            pkt = IP(data)
-            if ICMP in pkt and pkt[ICMP].type == 0 and pkt[ICMP].id == ECHO_ID:
-                answered.append(pkt[ICMP].seq)
+        answered = echo_replies_seen(self.rx, ECHO_ID)
         after = self.kernel.link_stats("kt0")
-        return sorted(answered), before, after
+        return answered, before, after
 
     def close(self) -> None:
         self.tx.close()

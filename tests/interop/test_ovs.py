@@ -10,11 +10,9 @@ send, not what its documentation says.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import itertools
 import os
-import random
 import shutil
 import signal
 import socket
@@ -28,6 +26,7 @@ from typing import Any
 
 import pytest
 from ovs_peer import HOST_ADDR, NS_HOST, NS_OVS, OURS, OVS_ADDR, THEIRS, UNDERLAY_MTU, VETH_HOST, OvsPeer, missing
+from traffic import tcp_transfer
 
 from usertunnel import netns
 from usertunnel.netns import UpProcess
@@ -146,43 +145,6 @@ def tunnel(peer: OvsPeer) -> Iterator[Callable[[Variant], Tunnel]]:
 
 def ping(namespace: str, target: str, *extra: str, count: int = 3) -> subprocess.CompletedProcess[bytes]:
     return netns.run(namespace, ["ping", "-c", str(count), "-i", "0.2", "-W", "2", *extra, target], timeout=30)
-
-
-def tcp_transfer(sender: str, receiver: str, address: str, size: int = TRANSFER) -> tuple[str, str]:
-    """`size` pseudo-random bytes from namespace `sender` to `address` in `receiver`; both SHA-256."""
-    server = netns.open_socket(receiver, socket.AF_INET, socket.SOCK_STREAM)
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind((address, PORT))
-    server.listen(1)
-    server.settimeout(30)
-    received = hashlib.sha256()
-    errors: list[BaseException] = []
-
-    def serve() -> None:
-        try:
-            conn, _ = server.accept()
-            conn.settimeout(30)
-            with conn:
-                while chunk := conn.recv(1 << 16):
-                    received.update(chunk)
-        except BaseException as exc:  # reported by the assertion below
-            errors.append(exc)
-
-    thread = threading.Thread(target=serve)
-    thread.start()
-    data = random.Random(size).randbytes(size)
-    client = netns.open_socket(sender, socket.AF_INET, socket.SOCK_STREAM)
-    client.settimeout(30)
-    try:
-        client.connect((address, PORT))
-        client.sendall(data)
-        client.shutdown(socket.SHUT_WR)
-        thread.join(30)
-    finally:
-        client.close()
-        server.close()
-    assert not errors, errors
-    return hashlib.sha256(data).hexdigest(), received.hexdigest()
 
 
 # --- what is on the wire ------------------------------------------------------------------------------------
@@ -328,9 +290,9 @@ def test_ping_both_ways_at_full_mtu_and_5mb_tcp_both_ways_arrive_intact(
         # The largest unfragmentable inner packet fits the underlay in both encapsulators: same overhead.
         full = ping(namespace, target, "-M", "do", "-s", str(variant.mtu - 28), count=2)
         assert full.returncode == 0, full.stdout.decode()
-    sent, received = tcp_transfer(NS_HOST, NS_OVS, THEIRS)
+    sent, received = tcp_transfer(NS_HOST, NS_OVS, THEIRS, PORT, TRANSFER, timeout=30)
     assert sent == received
-    sent, received = tcp_transfer(NS_OVS, NS_HOST, OURS)
+    sent, received = tcp_transfer(NS_OVS, NS_HOST, OURS, PORT, TRANSFER, timeout=30)
     assert sent == received
     stats = t.stop()
     assert stats["ut0"]["tx_bytes"] >= TRANSFER and stats["ut0"]["rx_bytes"] >= TRANSFER
