@@ -197,6 +197,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="inner address to put on the device, e.g. 203.0.113.1/30 (repeatable, IPv6 too with gre)",
     )
 
+    see = up.add_argument_group("seeing inside the tunnel")
+    see.add_argument(
+        "--trace",
+        action="store_true",
+        help="print each packet's journey on stderr: what was read, the headers built or found, the tunnel "
+        "the lookup chose and by which rule, the key, sequence and checksum checks, and every drop with its reason",
+    )
+    see.add_argument(
+        "--pcap",
+        metavar="FILE",
+        help="write every packet to a pcapng file: interface 0 'underlay' (outer packets), interface 1 'tun' "
+        "(inner packets); open it with wireshark or tshark",
+    )
+
     lab = sub.add_parser(
         "lab",
         help="build two namespaces, run a GRE tunnel between them, ping through it and show the packets",
@@ -238,7 +252,11 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     params = params_from_args(args)
     _check_address_families(params, args.address)
-    return up(UpOptions(params=params, device=args.dev, mtu=args.mtu, addresses=args.address))
+    return up(
+        UpOptions(
+            params=params, device=args.dev, mtu=args.mtu, addresses=args.address, trace=args.trace, pcap=args.pcap
+        )
+    )
 
 
 def _check_address_families(

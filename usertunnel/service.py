@@ -17,14 +17,17 @@ import logging
 import random
 import signal
 import socket
+import sys
 from dataclasses import dataclass, field, replace
 
 from .core.encap import Demux, Tunnel
 from .core.params import ConfigError, TunnelParams
 from .io import netlink
 from .io.loop import Dataplane, Interface
+from .io.observe import Observer
 from .io.raw import open_raw
 from .io.tun import Tun
+from .pcap import PcapNgWriter
 
 log = logging.getLogger("usertunnel")
 
@@ -37,6 +40,8 @@ class UpOptions:
     device: str | None = None
     mtu: int | None = None
     addresses: list[Address] = field(default_factory=list)
+    trace: bool = False
+    pcap: str | None = None
 
 
 def describe(params: TunnelParams, mtu: int) -> str:
@@ -68,10 +73,13 @@ class Prepared:
     tun: Tun
     sock: socket.socket
     mtu: int
+    observer: Observer | None = None
 
     def close(self) -> None:
         self.tun.close()
         self.sock.close()
+        if self.observer is not None:
+            self.observer.close()
 
 
 def prepare(options: UpOptions) -> Prepared:
@@ -83,6 +91,7 @@ def prepare(options: UpOptions) -> Prepared:
     mtu = options.mtu if options.mtu is not None else params.default_mtu(underlay)
     if not 68 <= mtu <= 65535 - params.header_length:
         raise ConfigError(f"mtu {mtu} out of range: 68..{65535 - params.header_length}")
+    observer = _observer(options)
     sock = open_raw(params.mode.value.ip_protocol, options.device)
     tun: Tun | None = None
     try:
@@ -94,15 +103,34 @@ def prepare(options: UpOptions) -> Prepared:
         if tun is not None:
             tun.close()
         sock.close()
+        if observer is not None:
+            observer.close()
         raise
-    return Prepared(Tunnel(params, ident=random.getrandbits(16)), tun, sock, mtu)
+    return Prepared(Tunnel(params, ident=random.getrandbits(16)), tun, sock, mtu, observer)
+
+
+def _observer(options: UpOptions) -> Observer | None:
+    """The --trace / --pcap observer, or None (the loop's fast path) when neither is asked for."""
+    if not options.trace and options.pcap is None:
+        return None
+    pcap = None
+    if options.pcap is not None:
+        try:
+            pcap = PcapNgWriter(options.pcap)
+        except OSError as exc:
+            raise ConfigError(f"cannot write pcap file {options.pcap!r}: {exc.strerror}") from None
+    return Observer(_trace_line if options.trace else None, pcap)
+
+
+def _trace_line(line: str) -> None:
+    sys.stderr.write(f"trace: {line}\n")
 
 
 async def serve(prepared: Prepared) -> Demux:
     """Move packets until SIGINT or SIGTERM; return the demux with its counters."""
     loop = asyncio.get_running_loop()
     demux = Demux()
-    dataplane = Dataplane(loop, demux)
+    dataplane = Dataplane(loop, demux, prepared.observer)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)

@@ -101,11 +101,12 @@ def header_length(flags: int) -> int:
     return n
 
 
-def parse_gre(data: bytes | bytearray | memoryview) -> GREHeader | Drop:
+def parse_gre(data: bytes | bytearray | memoryview, verify_checksum: bool = True) -> GREHeader | Drop:
     """Parse the GRE header at the start of `data` (header and payload, for the checksum).
 
     Returns a `Drop` for a truncated header, version != 0, the routing bit, or
-    a checksum that is present and wrong.
+    a checksum that is present and wrong (unless `verify_checksum` is False:
+    a dissector still wants the fields of a packet with a bad checksum).
     """
     if len(data) < BASE_LEN:
         return Drop.GRE_TRUNCATED
@@ -120,7 +121,7 @@ def parse_gre(data: bytes | bytearray | memoryview) -> GREHeader | Drop:
     checksum = key = sequence = None
     reserved1 = 0
     if flags & FLAG_CSUM:
-        if not checksum_is_valid(data):
+        if verify_checksum and not checksum_is_valid(data):
             return Drop.CSUM_BAD
         checksum, reserved1 = _BASE.unpack_from(data, off)
         off += 4

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from ..core.drops import Drop
 from ..core.encap import Demux, Tunnel
+from .observe import Observer
 from .tun import Tun
 
 BATCH = 64
@@ -51,9 +52,11 @@ class Interface:
 class Dataplane:
     """Wires interfaces and raw sockets to an event loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, demux: Demux) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, demux: Demux, observer: Observer | None = None) -> None:
         self.loop = loop
         self.demux = demux
+        # --trace / --pcap. Without them the per-packet cost is one `is None` test on a local.
+        self.observer = observer
         self.interfaces: dict[Tunnel, Interface] = {}
         self.sockets: dict[int, socket.socket] = {}
         self._buffer = bytearray(RECV_BUFFER)
@@ -78,12 +81,15 @@ class Dataplane:
             sock.close()
         self.interfaces.clear()
         self.sockets.clear()
+        if self.observer is not None:
+            self.observer.close()
 
     def _on_tun_readable(self, iface: Interface) -> None:
         fd = iface.tun.fd
         tunnel = iface.tunnel
         sendmsg = iface.sock.sendmsg
         destination = iface.destination
+        observer = self.observer
         for _ in range(BATCH):
             try:
                 inner = os.read(fd, RECV_BUFFER)
@@ -93,17 +99,22 @@ class Dataplane:
                 tunnel.counters.drop(Drop.INNER_MALFORMED)
                 return
             header = tunnel.encapsulate_header(inner)
-            if isinstance(header, Drop):
-                continue
-            try:
-                sendmsg((header, inner), (), 0, destination)
-            except OSError as exc:
-                tunnel.counters.tx_failed(len(inner), _SEND_ERRORS.get(exc.errno or 0, Drop.SEND_ERROR))
+            error = None
+            if not isinstance(header, Drop):
+                try:
+                    sendmsg((header, inner), (), 0, destination)
+                except OSError as exc:
+                    error = _SEND_ERRORS.get(exc.errno or 0, Drop.SEND_ERROR)
+                    tunnel.counters.tx_failed(len(inner), error)
+            if observer is not None:
+                observer.tx(tunnel, inner, header, error)
 
     def _on_raw_readable(self, sock: socket.socket) -> None:
         view = self._view
-        decapsulate = self.demux.decapsulate
+        demux = self.demux
         interfaces = self.interfaces
+        observer = self.observer
+        context = None
         for _ in range(BATCH):
             try:
                 n = sock.recv_into(self._buffer)
@@ -112,15 +123,20 @@ class Dataplane:
             except OSError:
                 # An ICMP error from the underlay (only queued with IP_RECVERR or a
                 # connected socket, neither of which we use, but never let it stop us).
-                self.demux.unmatched.drop(Drop.ICMP_ERROR)
+                demux.unmatched.drop(Drop.ICMP_ERROR)
                 continue
-            received = decapsulate(view[:n])
-            if isinstance(received, Drop):
-                continue
-            iface = interfaces.get(received.tunnel)
-            if iface is None:
-                continue
-            try:
-                os.write(iface.tun.fd, received.inner)
-            except OSError:
-                received.tunnel.counters.rx_failed(len(received.inner), Drop.TUN_WRITE_ERROR)
+            packet = view[:n]
+            if observer is not None:
+                context = observer.rx_context(demux, packet)
+            received = demux.decapsulate(packet)
+            error = None
+            if not isinstance(received, Drop):
+                iface = interfaces.get(received.tunnel)
+                if iface is not None:
+                    try:
+                        os.write(iface.tun.fd, received.inner)
+                    except OSError:
+                        error = Drop.TUN_WRITE_ERROR
+                        received.tunnel.counters.rx_failed(len(received.inner), error)
+            if observer is not None:
+                observer.rx(packet, context, received, error)

@@ -1,0 +1,49 @@
+"""What `--trace` and `--pcap` see: the hooks the loop calls when (and only when) either is on.
+
+Directions are the host's, as tcpdump on each interface would show them: a
+packet read from the TUN device leaves the host into the tunnel (outbound on
+"tun"), its encapsulation leaves on the underlay (outbound on "underlay"), and
+the reverse for what arrives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .. import trace
+from ..core.drops import Drop
+from ..core.encap import Demux, Received, Tunnel
+from ..pcap import INBOUND, OUTBOUND, TUN, UNDERLAY, PcapNgWriter
+
+
+class Observer:
+    def __init__(self, tracer: Callable[[str], None] | None = None, pcap: PcapNgWriter | None = None) -> None:
+        self.tracer = tracer
+        self.pcap = pcap
+
+    def tx(self, tunnel: Tunnel, inner: bytes, result: bytes | Drop, send_error: Drop | None) -> None:
+        if self.pcap is not None:
+            self.pcap.write(TUN, inner, OUTBOUND)
+            if not isinstance(result, Drop) and send_error is None:
+                self.pcap.write(UNDERLAY, result + inner, OUTBOUND)
+        if self.tracer is not None:
+            for line in trace.describe_tx(tunnel, inner, result, send_error):
+                self.tracer(line)
+
+    def rx_context(self, demux: Demux, packet: memoryview) -> trace.RxContext | None:
+        return trace.rx_context(demux, packet) if self.tracer is not None else None
+
+    def rx(
+        self, packet: memoryview, context: trace.RxContext | None, result: Received | Drop, write_error: Drop | None
+    ) -> None:
+        if self.pcap is not None:
+            self.pcap.write(UNDERLAY, packet, INBOUND)
+            if not isinstance(result, Drop) and write_error is None:
+                self.pcap.write(TUN, result.inner, INBOUND)
+        if self.tracer is not None and context is not None:
+            for line in trace.describe_rx(packet, context, result, write_error):
+                self.tracer(line)
+
+    def close(self) -> None:
+        if self.pcap is not None:
+            self.pcap.close()

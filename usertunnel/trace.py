@@ -1,0 +1,178 @@
+"""`--trace`: each packet's journey through the tunnel, decision by decision, in plain words.
+
+Rules for this file: it decides nothing. The core decides (encapsulate,
+decapsulate); this file only describes, from the packet bytes, the core's
+result and the state the core had just before, what was decided and why. So
+the data path runs the same code with tracing on or off, and with it off the
+loop never calls in here at all.
+
+Transmit lines follow the kernel's ipgre_xmit -> ip_tunnel_xmit; receive lines
+follow gre_rcv -> ipgre_rcv -> ip_tunnel_lookup -> ip_tunnel_rcv.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from .core import ecn, gre, ipv4
+from .core.drops import Drop
+from .core.encap import Demux, Received, Tunnel
+from .core.lookup import Rule
+
+ECN_NAMES = {ecn.NOT_ECT: "Not-ECT", ecn.ECT_0: "ECT(0)", ecn.ECT_1: "ECT(1)", ecn.CE: "CE"}
+PROTOCOLS = {1: "ICMP", 4: "IPIP", 6: "TCP", 17: "UDP", 41: "IPv6", 47: "GRE", 58: "ICMPv6"}
+
+
+def _v4(addr: bytes) -> str:
+    return str(ipaddress.IPv4Address(bytes(addr)))
+
+
+def inner_summary(packet: bytes | bytearray | memoryview) -> str:
+    """One phrase for an inner packet: family, addresses, protocol, TTL/hop limit, TOS."""
+    data = bytes(packet[:40])
+    if len(data) >= 20 and data[0] >> 4 == 4:
+        proto = PROTOCOLS.get(data[9], str(data[9]))
+        return (
+            f"IPv4 {_v4(data[12:16])} > {_v4(data[16:20])} {proto} ttl {data[8]} "
+            f"tos {data[1]:#04x} ({ECN_NAMES[data[1] & 3]})"
+        )
+    if len(data) >= 40 and data[0] >> 4 == 6:
+        tc = ((data[0] & 0x0F) << 4) | (data[1] >> 4)
+        src, dst = ipaddress.IPv6Address(data[8:24]), ipaddress.IPv6Address(data[24:40])
+        return f"IPv6 {src} > {dst} {PROTOCOLS.get(data[6], str(data[6]))} hlim {data[7]} tclass {tc:#04x}"
+    return f"{len(packet)} bytes that are not an IP packet"
+
+
+def _gre_words(header: gre.GREHeader) -> str:
+    words = [
+        f"C={int(header.checksum is not None)} K={int(header.key is not None)} S={int(header.sequence is not None)}",
+        f"ver {header.version}",
+        f"proto {header.protocol:#06x}",
+    ]
+    if header.checksum is not None:
+        words.append(f"csum {header.checksum:#06x}")
+    if header.key is not None:
+        words.append(f"key {header.key}")
+    if header.sequence is not None:
+        words.append(f"seq {header.sequence}")
+    return ", ".join(words)
+
+
+def describe_tx(tunnel: Tunnel, inner: bytes, result: bytes | Drop, send_error: Drop | None = None) -> list[str]:
+    """The transmit path of one packet read from the TUN device."""
+    p = tunnel.params
+    lines = [f"tx {tunnel.name}: read {len(inner)} bytes from TUN: {inner_summary(inner)}"]
+    if isinstance(result, Drop):
+        return [*lines, f"  dropped: {result.value}: {result.description}"]
+    outer = ipv4.parse_ipv4(result)
+    assert not isinstance(outer, Drop)
+    if p.mode.value.is_gre:
+        header = gre.parse_gre(result[outer.header_length :] + inner)
+        if not isinstance(header, Drop):
+            lines.append(f"  GRE header ({header.length} bytes): {_gre_words(header)}")
+    else:
+        lines.append(f"  {p.mode.value.name} header: none, the inner packet follows the outer header (RFC 2003)")
+    ttl_why = "inherited from the inner packet" if p.ttl is None else "fixed"
+    tos_why = "DSCP inherited" if p.tos is None else f"DSCP fixed {p.tos & 0xFC:#04x}"
+    ecn_words = f"ECN {ECN_NAMES[outer.tos & 3]} copied from the inner packet, CE sent as ECT(0), RFC 6040"
+    df_why = "always, pmtudisc" if p.pmtudisc else "copied from the inner packet"
+    lines.append(
+        f"  outer IPv4: {_v4(outer.src)} > {_v4(outer.dst)} proto {outer.protocol} "
+        f"ttl {outer.ttl} ({ttl_why}), tos {outer.tos:#04x} ({tos_why}; {ecn_words}), "
+        f"DF {'set' if outer.dont_fragment else 'clear'} ({df_why}), id {outer.identification:#06x}"
+    )
+    total = outer.total_length
+    if send_error is None:
+        lines.append(f"  sent {total} bytes ({total - len(inner)} of headers) to {_v4(outer.dst)}")
+    else:
+        lines.append(f"  dropped: {send_error.value}: {send_error.description}")
+    return lines
+
+
+@dataclass(frozen=True)
+class RxContext:
+    """What the receive path looked like just before the core decided: the tunnel the lookup
+    would pick (and by which rule), and that tunnel's last accepted sequence number."""
+
+    tunnel: Tunnel | None
+    rule: Rule | None
+    last_accepted: int | None
+
+
+def rx_context(demux: Demux, packet: bytes | bytearray | memoryview) -> RxContext:
+    """Look at a received packet the way the core will, without changing any state."""
+    data = bytes(packet)
+    outer = ipv4.parse_ipv4(data)
+    if isinstance(outer, Drop):
+        return RxContext(None, None, None)
+    table = demux.tables.get(outer.protocol)
+    if table is None:
+        return RxContext(None, None, None)
+    key = None
+    if outer.protocol == 47:
+        header = gre.parse_gre(data[outer.header_length : outer.total_length], verify_checksum=False)
+        if isinstance(header, Drop):
+            return RxContext(None, None, None)
+        key = header.key
+    found = table.lookup(outer.dst, outer.src, key)
+    if isinstance(found, Drop):
+        blamed = table.address_match(outer.dst, outer.src)
+        return RxContext(blamed, None, blamed.iseq_window.last_accepted if blamed else None)
+    tunnel, rule = found
+    return RxContext(tunnel, rule, tunnel.iseq_window.last_accepted)
+
+
+def describe_rx(
+    packet: bytes | bytearray | memoryview, context: RxContext, result: Received | Drop, write_error: Drop | None = None
+) -> list[str]:
+    """The receive path of one packet read from the raw socket."""
+    data = bytes(packet)
+    lines = [f"rx: read {len(data)} bytes from the raw socket"]
+    outer = ipv4.parse_ipv4(data)
+    if isinstance(outer, Drop):
+        return [*lines, f"  dropped: {outer.value}: {outer.description}"]
+    lines.append(
+        f"  outer IPv4: {_v4(outer.src)} > {_v4(outer.dst)} proto {outer.protocol} ttl {outer.ttl} "
+        f"tos {outer.tos:#04x} ({ECN_NAMES[outer.tos & 3]})"
+    )
+    header: gre.GREHeader | Drop | None = None
+    if outer.protocol == 47:
+        header = gre.parse_gre(data[outer.header_length : outer.total_length], verify_checksum=False)
+        if isinstance(header, gre.GREHeader):
+            lines.append(f"  GRE header ({header.length} bytes): {_gre_words(header)}")
+    t = context.tunnel
+    if context.rule is not None and t is not None:
+        lines.append(f"  lookup: tunnel {t.name}, rule '{context.rule.value}'")
+        p = t.params
+        if isinstance(header, gre.GREHeader):
+            want = "no key" if p.ikey is None else f"key {p.ikey}"
+            got = "no key" if header.key is None else f"key {header.key}"
+            lines.append(f"  key: packet has {got}, tunnel expects {want}: match")
+            if header.checksum is not None:
+                lines.append("  checksum: present, " + ("valid" if result is not Drop.CSUM_BAD else "WRONG"))
+            else:
+                lines.append(f"  checksum: absent ({'required by icsum' if p.icsum else 'not required'})")
+            if p.iseq:
+                last = "none yet" if context.last_accepted is None else str(context.last_accepted)
+                seq = "none" if header.sequence is None else str(header.sequence)
+                verdict = "refused" if result in (Drop.SEQ_OLD, Drop.SEQ_MISSING) else "accepted"
+                lines.append(f"  sequence: {seq}, last accepted {last}: {verdict}")
+    elif isinstance(result, Drop) and result in (Drop.NO_TUNNEL, Drop.KEY_MISMATCH):
+        key = header.key if isinstance(header, gre.GREHeader) else None
+        lines.append(
+            f"  lookup: no tunnel for local {_v4(outer.dst)} remote {_v4(outer.src)} "
+            f"{'key ' + str(key) if key is not None else 'without key'} "
+            "(tried exact, remote only, local only, wildcard)"
+        )
+        if result is Drop.KEY_MISMATCH and t is not None:
+            want = "no key" if t.params.ikey is None else f"key {t.params.ikey}"
+            lines.append(f"  key: tunnel {t.name} matches the addresses but expects {want}")
+    if isinstance(result, Drop):
+        return [*lines, f"  dropped: {result.value}: {result.description}"]
+    if write_error is not None:
+        return [*lines, f"  dropped: {write_error.value}: {write_error.description}"]
+    stripped = outer.header_length + (header.length if isinstance(header, gre.GREHeader) else 0)
+    ce = " (marked CE: the outer header was CE, RFC 6040)" if result.inner[1] != data[stripped + 1] else ""
+    written = f"wrote {len(result.inner)} bytes to TUN: {inner_summary(result.inner)}{ce}"
+    return [*lines, f"  stripped {stripped} bytes of outer headers; {written}"]
