@@ -221,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--mode", default="gre", choices=["gre", "ipip"], help="tunnel mode (default gre)")
     lab.add_argument("--count", type=int, default=3, help="pings to send (default 3)")
     lab.add_argument("--key", type=_checked(parse_key), default=1234, help="GRE key (default 1234, the seed's)")
+    lab.add_argument("--seq", action="store_true", help="both ends number their packets and require numbers")
+    lab.add_argument("--csum", action="store_true", help="both ends checksum their packets and require checksums")
+    lab.add_argument("--trace", action="store_true", help="host A runs with --trace; its lines are shown at the end")
     return parser
 
 
@@ -272,7 +275,10 @@ def _check_address_families(
 def _cmd_lab(args: argparse.Namespace) -> int:
     from .lab import run_lab
 
-    return run_lab(mode=args.mode, count=args.count, key=args.key)
+    if args.mode != "gre" and (args.seq or args.csum):
+        raise ConfigError("--seq and --csum are GRE options; the ipip lab has none")
+    options = [flag for flag, on in (("--seq", args.seq), ("--csum", args.csum)) if on]
+    return run_lab(mode=args.mode, count=args.count, key=args.key, options=options, trace=args.trace)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

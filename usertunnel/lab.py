@@ -15,7 +15,7 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from types import FrameType
 from typing import TextIO
 
@@ -28,11 +28,13 @@ INNER_A, INNER_B = "203.0.113.1", "203.0.113.2"
 READY_TIMEOUT = 10.0
 
 
-def _start_end(namespace: str, local: str, remote: str, inner: str, mode: str, key: int) -> netns.UpProcess:
+def _start_end(
+    namespace: str, local: str, remote: str, inner: str, mode: str, key: int, extra: Sequence[str]
+) -> netns.UpProcess:
     args = ["--mode", mode, "--local", local, "--remote", remote]
     if mode == "gre":
         args += ["--key", str(key)]
-    return netns.UpProcess(namespace, [*args, "--name", f"{mode}-lab", "--address", f"{inner}/30"])
+    return netns.UpProcess(namespace, [*args, "--name", f"{mode}-lab", "--address", f"{inner}/30", *extra])
 
 
 @contextlib.contextmanager
@@ -55,7 +57,11 @@ def _signals_as_interrupt() -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def run_lab(mode: str = "gre", count: int = 3, key: int = 1234) -> int:
+def run_lab(
+    mode: str = "gre", count: int = 3, key: int = 1234, options: Sequence[str] = (), trace: bool = False
+) -> int:
+    """Build the lab, ping through it, show the packets; `options` go to both ends' `usertunnel up`,
+    and with `trace` host A's tunnel runs with --trace and its lines are shown."""
     out = sys.stdout
     procs: list[netns.UpProcess] = []
     capture: netns.Capture | None = None
@@ -66,9 +72,11 @@ def run_lab(mode: str = "gre", count: int = 3, key: int = 1234) -> int:
                 netns.create(name)
             netns.veth(NS_A, VETH_A, NS_B, VETH_B, UNDER_A, UNDER_B, 24)
             capture = netns.Capture(NS_B, VETH_B)
-            print(f"== starting both ends of the tunnel ({mode}{f', key {key}' if mode == 'gre' else ''})", file=out)
-            procs.append(_start_end(NS_A, UNDER_A, UNDER_B, INNER_A, mode, key))
-            procs.append(_start_end(NS_B, UNDER_B, UNDER_A, INNER_B, mode, key))
+            words = " ".join([mode, *([f"key {key}"] if mode == "gre" else []), *options])
+            print(f"== starting both ends of the tunnel ({words})", file=out)
+            traced = [*options, "--trace"] if trace else list(options)
+            procs.append(_start_end(NS_A, UNDER_A, UNDER_B, INNER_A, mode, key, traced))
+            procs.append(_start_end(NS_B, UNDER_B, UNDER_A, INNER_B, mode, key, options))
             for label, proc in zip((NS_A, NS_B), procs, strict=True):
                 print(f"   {label}: {proc.wait_ready(READY_TIMEOUT).removeprefix('usertunnel: ')}", file=out)
             start = time.monotonic()
@@ -84,6 +92,11 @@ def run_lab(mode: str = "gre", count: int = 3, key: int = 1234) -> int:
             for label, proc in zip((NS_A, NS_B), procs, strict=True):
                 for name, stats in proc.stop().items():
                     print(f"   {label}: {name}: {json.dumps(stats, sort_keys=True)}", file=out)
+            if trace:
+                print(f"== {NS_A}'s --trace: each packet's journey through its tunnel", file=out)
+                for line in procs[0].lines:
+                    if line.startswith("trace: "):
+                        print(f"   {line.removeprefix('trace: ')}", file=out)
             _summary(packets, ping.returncode == 0, out)
             return 0 if ping.returncode == 0 and packets else 1
         except KeyboardInterrupt:
