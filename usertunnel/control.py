@@ -19,7 +19,8 @@ DIR is /run/usertunnel in a network namespace without a name, and
 /run/usertunnel/netns/NAME inside a named one (`ip netns add NAME`): an
 interface name is unique per namespace only, so two namespaces may each run
 a `gre-lab`; and, like `ip tunnel show`, `usertunnel show` lists the tunnels
-of the namespace it runs in. USERTUNNEL_RUN_DIR overrides both sides.
+of the namespace it runs in. USERTUNNEL_RUN_DIR replaces /run/usertunnel on
+both sides (the netns part stays); `--dir` names the exact directory.
 
 The JSON tunnel object (`snapshot_of`); field names are stable:
   name, mode ("gre" | "ipip"), local, remote (dotted quad, null = any),
@@ -151,12 +152,15 @@ def _netns_name() -> str | None:
 
 
 def run_directory() -> Path:
-    """Where this process's instances put their sockets: $USERTUNNEL_RUN_DIR, else per network namespace."""
-    override = os.environ.get(ENV_RUN_DIR)
-    if override:
-        return Path(override)
+    """Where instances in our network namespace put their sockets: BASE, or BASE/netns/NAME in a named one.
+
+    BASE is $USERTUNNEL_RUN_DIR, else /run/usertunnel. The namespace part stays
+    even with the variable set, so that two namespaces can each run a tunnel of
+    the same name however the base is chosen.
+    """
+    base = Path(os.environ.get(ENV_RUN_DIR) or RUN_DIR)
     name = _netns_name()
-    return RUN_DIR / "netns" / name if name else RUN_DIR
+    return base / "netns" / name if name else base
 
 
 def socket_path(directory: Path, name: str) -> Path:
@@ -253,6 +257,8 @@ class ControlServer:
             self._handlers.add(task)
         try:
             line = await asyncio.wait_for(reader.readline(), TIMEOUT)
+            if not line:
+                return  # connected and left without asking (another instance checking the name is taken)
             writer.write(json.dumps(_answer(line, self._snapshot)).encode() + b"\n")
             await asyncio.wait_for(writer.drain(), TIMEOUT)
         except (TimeoutError, ValueError, ConnectionError):
@@ -307,7 +313,15 @@ def _live_pid(path: Path) -> int | None:
 
 
 class _Stale(Exception):
-    """Nobody listens on this socket (any more)."""
+    """Nobody listens on this socket: there is none, or it was a dead instance's (then removed)."""
+
+    def __init__(self, removed: bool) -> None:
+        super().__init__()
+        self.removed = removed
+
+
+class _Denied(ControlError):
+    """Not root: true of every socket, so not worth a line per instance."""
 
 
 def _ask(path: Path, cmd: str, timeout: float) -> list[Tunnel]:
@@ -315,7 +329,7 @@ def _ask(path: Path, cmd: str, timeout: float) -> list[Tunnel]:
     try:
         seen = os.lstat(path)
     except FileNotFoundError:
-        raise _Stale from None
+        raise _Stale(removed=False) from None
     deadline = time.monotonic() + timeout
     data = bytearray()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -324,9 +338,9 @@ def _ask(path: Path, cmd: str, timeout: float) -> list[Tunnel]:
             sock.connect(str(path))
         except (ConnectionRefusedError, FileNotFoundError):
             _remove_stale(path, seen)
-            raise _Stale from None
+            raise _Stale(removed=True) from None
         except PermissionError:
-            raise ControlError(f"{path}: permission denied: control sockets are root's only (mode 0600)") from None
+            raise _Denied(f"{path}: permission denied: control sockets are root's only (mode 0600)") from None
         except (TimeoutError, BlockingIOError):
             raise ControlError(f"{path}: no answer within {timeout:g} s") from None
         except OSError as exc:
@@ -380,8 +394,9 @@ def query(
         path = socket_path(directory, name)
         try:
             return _ask(path, cmd, timeout)
-        except _Stale:
-            raise ControlError(f"no usertunnel instance named {name!r} is running (no listener on {path})") from None
+        except _Stale as stale:
+            why = f"removed its stale socket {path}" if stale.removed else f"no socket {path}"
+            raise ControlError(f"no usertunnel instance named {name!r} is running ({why})") from None
     try:
         paths = sorted(p for p in directory.iterdir() if p.name.endswith(".sock"))
     except FileNotFoundError:
@@ -395,7 +410,7 @@ def query(
         except _Stale:
             continue
         except ControlError as exc:
-            if problems is None:
+            if problems is None or isinstance(exc, _Denied):
                 raise
             problems.append(str(exc))
     return sorted(tunnels, key=lambda t: str(t.get("name")))
@@ -572,7 +587,8 @@ where the answers come from:
   mode 0600: only root may ask. DIR is {RUN_DIR} (created 0755 by the first
   instance), or {RUN_DIR}/netns/NAME inside the network namespace NAME (as
   with `ip tunnel show`, you see the tunnels of the namespace you run in:
-  `ip netns exec NAME usertunnel show`); ${ENV_RUN_DIR} or --dir override it.
+  `ip netns exec NAME usertunnel show`). ${ENV_RUN_DIR} replaces {RUN_DIR}
+  in both (for instances and clients alike); --dir names the exact directory.
   A socket left by a killed instance is removed and skipped.
 """
 
@@ -660,8 +676,8 @@ def add_parsers(subparsers: argparse._SubParsersAction[Any]) -> None:
             "--dir",
             type=Path,
             metavar="DIR",
-            help=f"where the control sockets are (default: ${ENV_RUN_DIR}, else {RUN_DIR}, "
-            f"or {RUN_DIR}/netns/NAME in network namespace NAME)",
+            help=f"the exact directory of the control sockets (default: {RUN_DIR}, or {RUN_DIR}/netns/NAME "
+            f"in network namespace NAME; ${ENV_RUN_DIR} replaces {RUN_DIR})",
         )
 
 

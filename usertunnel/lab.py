@@ -10,14 +10,14 @@ dissected field by field. Everything is removed at the end, Ctrl-C included.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
+import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from types import FrameType
-from typing import TextIO
+from typing import Any, TextIO
 
 from . import dissect, netns
 
@@ -37,24 +37,54 @@ def _start_end(
     return netns.UpProcess(namespace, [*args, "--name", f"{mode}-lab", "--address", f"{inner}/30", *extra])
 
 
-@contextlib.contextmanager
-def _signals_as_interrupt() -> Iterator[None]:
-    """SIGINT, SIGTERM and SIGHUP all raise KeyboardInterrupt, so the cleanup in `finally` runs.
+class _Interrupted(Exception):
+    """Ctrl-C, SIGTERM or SIGHUP arrived: stop at the next safe point and clean up."""
 
-    Set explicitly: a process started in the background by a shell inherits
-    SIGINT ignored, and Python then installs no handler of its own.
+
+class _Stop:
+    """SIGINT, SIGTERM and SIGHUP set a flag that the lab checks between its steps.
+
+    The handler raises nothing itself: an exception raised from a signal handler can
+    land anywhere (inside fork handlers, inside pyroute2), where it is swallowed or
+    turned into another error, and the cleanup would not run. The handlers are set
+    explicitly because a process started in the background by a shell inherits SIGINT
+    ignored, and Python then installs no handler of its own.
     """
 
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-    wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    previous = {sig: signal.signal(sig, handler) for sig in wanted}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Stop:
+        self._previous = {sig: signal.signal(sig, self._handler) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._previous.items():
             signal.signal(sig, old)
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            raise _Interrupted
+
+    def run(self, namespace: str, argv: list[str], timeout: float) -> tuple[int, str]:
+        """Run `argv` in `namespace`, ending it early if a stop is requested; (status, stdout)."""
+        proc = netns.popen(namespace, argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None:
+            if self.requested or time.monotonic() > deadline:
+                proc.terminate()
+            time.sleep(0.05)
+        assert proc.stdout is not None
+        out = proc.stdout.read().decode(errors="replace")
+        proc.stdout.close()
+        self.check()
+        return proc.returncode, out
 
 
 def run_lab(
@@ -65,13 +95,14 @@ def run_lab(
     out = sys.stdout
     procs: list[netns.UpProcess] = []
     capture: netns.Capture | None = None
-    with _signals_as_interrupt():
+    with _Stop() as stop:
         try:
             print(f"== building the lab: namespaces {NS_A}, {NS_B}; underlay {UNDER_A} <-> {UNDER_B}", file=out)
             for name in (NS_A, NS_B):
                 netns.create(name)
             netns.veth(NS_A, VETH_A, NS_B, VETH_B, UNDER_A, UNDER_B, 24)
             capture = netns.Capture(NS_B, VETH_B)
+            stop.check()
             words = " ".join([mode, *([f"key {key}"] if mode == "gre" else []), *options])
             print(f"== starting both ends of the tunnel ({words})", file=out)
             traced = [*options, "--trace"] if trace else list(options)
@@ -79,10 +110,11 @@ def run_lab(
             procs.append(_start_end(NS_B, UNDER_B, UNDER_A, INNER_B, mode, key, options))
             for label, proc in zip((NS_A, NS_B), procs, strict=True):
                 print(f"   {label}: {proc.wait_ready(READY_TIMEOUT).removeprefix('usertunnel: ')}", file=out)
+                stop.check()
             start = time.monotonic()
             print(f"== {NS_A}: ping -c {count} {INNER_B} (through the tunnel)", file=out)
-            ping = netns.run(NS_A, ["ping", "-c", str(count), "-i", "0.2", "-W", "2", INNER_B], timeout=30)
-            for line in ping.stdout.decode(errors="replace").splitlines():
+            status, ping_out = stop.run(NS_A, ["ping", "-c", str(count), "-i", "0.2", "-W", "2", INNER_B], 30 + count)
+            for line in ping_out.splitlines():
                 print(f"   {line}", file=out)
             time.sleep(0.2)
             capture.stop()
@@ -97,9 +129,9 @@ def run_lab(
                 for line in procs[0].lines:
                     if line.startswith("trace: "):
                         print(f"   {line.removeprefix('trace: ')}", file=out)
-            _summary(packets, ping.returncode == 0, out)
-            return 0 if ping.returncode == 0 and packets else 1
-        except KeyboardInterrupt:
+            _summary(packets, status == 0, out)
+            return 0 if status == 0 and packets else 1
+        except (_Interrupted, KeyboardInterrupt):
             print("\n== interrupted", file=out)
             return 130
         except RuntimeError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -64,6 +65,8 @@ def remove(name: str) -> None:
             os.kill(pid, signal.SIGKILL)
     if exists(name):
         netns.remove(name)
+    # Control sockets of instances that ran there (usertunnel.control.run_directory).
+    shutil.rmtree(f"/run/usertunnel/netns/{name}", ignore_errors=True)
 
 
 def veth(

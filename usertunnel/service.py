@@ -14,12 +14,14 @@ import asyncio
 import ipaddress
 import json
 import logging
+import os
 import random
 import signal
 import socket
 import sys
 from dataclasses import dataclass, field, replace
 
+from .control import ControlServer, snapshot_of
 from .core.encap import Demux, Tunnel
 from .core.params import ConfigError, TunnelParams
 from .io import netlink
@@ -74,6 +76,7 @@ class Prepared:
     sock: socket.socket
     mtu: int
     observer: Observer | None = None
+    device: str | None = None
 
     def close(self) -> None:
         self.tun.close()
@@ -106,7 +109,7 @@ def prepare(options: UpOptions) -> Prepared:
         if observer is not None:
             observer.close()
         raise
-    return Prepared(Tunnel(params, ident=random.getrandbits(16)), tun, sock, mtu, observer)
+    return Prepared(Tunnel(params, ident=random.getrandbits(16)), tun, sock, mtu, observer, options.device)
 
 
 def _observer(options: UpOptions) -> Observer | None:
@@ -137,9 +140,18 @@ async def serve(prepared: Prepared) -> Demux:
     try:
         dataplane.add_socket(prepared.tunnel.params.mode.value.ip_protocol, prepared.sock)
         dataplane.add_interface(Interface(prepared.tunnel, prepared.tun, prepared.sock))
-        log.info("%s: up %s", prepared.tun.name, describe(prepared.tunnel.params, prepared.mtu))
-        await stop.wait()
-        log.info("%s: stopping", prepared.tun.name)
+        tunnel, pid = prepared.tunnel, os.getpid()
+        # Started before the readiness line, so whoever waits for "up" can query at once.
+        control = await ControlServer.start(
+            prepared.tun.name,
+            lambda: [snapshot_of(tunnel.params, tunnel.counters, demux.unmatched, prepared.mtu, pid, prepared.device)],
+        )
+        try:
+            log.info("%s: up %s", prepared.tun.name, describe(prepared.tunnel.params, prepared.mtu))
+            await stop.wait()
+            log.info("%s: stopping", prepared.tun.name)
+        finally:
+            await control.close()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
