@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from . import __version__, control
+from . import __version__, control, explain
 from .core.params import (
     ConfigError,
     Mode,
@@ -225,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--csum", action="store_true", help="both ends checksum their packets and require checksums")
     lab.add_argument("--trace", action="store_true", help="host A runs with --trace; its lines are shown at the end")
     control.add_parsers(sub)
+    explain.add_parser(sub)
     return parser
 
 
@@ -290,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="usertunnel: %(message)s",
         stream=sys.stderr,
     )
-    commands = {"up": _cmd_up, "lab": _cmd_lab, "show": control.run, "stats": control.run}
+    commands = {"up": _cmd_up, "lab": _cmd_lab, "show": control.run, "stats": control.run, "explain": explain.run}
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE

@@ -54,7 +54,7 @@ class GREHeader:
     key: int | None = None
     sequence: int | None = None
     version: int = 0
-    reserved0: int = 0  # bits 3..11 (s, Recur, Flags): 0..0x1FF, kept for round trips
+    reserved0: int = 0  # RFC bits 4-12 (s, Recur, Flags), i.e. (word >> 3) & 0x1FF; kept for round trips
     reserved1: int = 0
 
     @property
@@ -102,7 +102,8 @@ def header_length(flags: int) -> int:
 
 
 def parse_gre(data: bytes | bytearray | memoryview, verify_checksum: bool = True) -> GREHeader | Drop:
-    """Parse the GRE header at the start of `data` (header and payload, for the checksum).
+    """Parse the GRE header at the start of `data`: the header and its payload, cut at the outer IP
+    total length (the checksum covers exactly that; link-layer padding would make it look wrong).
 
     Returns a `Drop` for a truncated header, version != 0, the routing bit, or
     a checksum that is present and wrong (unless `verify_checksum` is False:

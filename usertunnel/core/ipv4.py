@@ -77,10 +77,14 @@ class IPv4Header:
 
 
 def parse_ipv4(data: bytes | bytearray | memoryview) -> IPv4Header | Drop:
-    """Parse the IPv4 header at the start of `data`; check version, IHL and total length.
+    """Parse the IPv4 header at the start of `data`; check the version, the IHL, and that the
+    total length covers at least the header.
 
-    The header checksum is not checked here (see `header_checksum_ok`): a raw
-    socket receives packets whose header the kernel has already verified.
+    A total length beyond `data` is not refused: callers hand in a header alone
+    (to describe what they built) as well as whole packets; code that needs the
+    whole packet compares `total_length` with what it has. The header checksum is
+    not checked here either (see `header_checksum_ok`): a raw socket receives
+    packets whose header the kernel has already verified.
     """
     if len(data) < MIN_HEADER_LEN:
         return Drop.OUTER_MALFORMED

@@ -1,0 +1,1464 @@
+"""`usertunnel explain`: one packet, byte by byte, every field with its meaning and its RFC section.
+
+Rules of this file:
+- The model (`explain`, `render_text`, `to_json`, `parse_hex`) is pure: bytes in, values out. Only the two
+  CLI hooks at the bottom (`add_parser`, `run`) read files or stdin and print.
+- Packet bytes never make `explain` raise. A malformed packet is a result, not an error: every field that
+  could be read, then a `Stop` saying at which offset and why parsing ended.
+- Field values are read straight from the bytes, so that a header cut short still shows every field it
+  holds. Verdicts come from the core, so that explain says what usertunnel itself believes: GRE header
+  lengths and checksums (`core.gre`), IPv4 header checksums (`core.ipv4`), the Internet checksum
+  (`core.checksum`), what a decapsulator does with ECN (`core.ecn`), drop reasons (`core.drops`).
+
+Theory of operation: a `_Dissector` walks the packet from the link layer inwards. Each header is a
+`Layer` of `Field`s; each field knows its byte offset in the whole packet, its bit range where it is not
+whole bytes (bits counted from the most significant bit of the byte at `offset`, as RFC diagrams count
+them: GRE's version is bits 13-15 of the GRE header), its value, a sentence, and its RFC section.
+A `_Ctx` tells each layer where its bytes end and why (the packet's end, or an enclosing length field),
+so a truncation is blamed on the right thing. Reading past that end raises `_Halt`, which `explain`
+turns into the `Stop`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import re
+import shutil
+import struct
+import sys
+import textwrap
+from dataclasses import dataclass, field, replace
+
+from .core import ecn, gre, ipv4, ipv6
+from .core.checksum import checksum_is_valid, internet_checksum
+from .core.drops import Drop
+
+# --- link types (tcpdump.org/linktypes.html) --------------------------------------------------------------
+
+LINKTYPE_ETHERNET = 1
+LINKTYPE_RAW = 101
+LINKTYPE_LINUX_SLL = 113
+LINKTYPE_IPV4 = 228
+LINKTYPE_IPV6 = 229
+LINKTYPE_LINUX_SLL2 = 276
+LINKTYPES = {
+    LINKTYPE_ETHERNET: "Ethernet",
+    LINKTYPE_RAW: "raw IP",
+    LINKTYPE_IPV4: "raw IPv4",
+    LINKTYPE_IPV6: "raw IPv6",
+    LINKTYPE_LINUX_SLL: "Linux cooked (SLL)",
+    LINKTYPE_LINUX_SLL2: "Linux cooked v2 (SLL2)",
+}
+
+# --- names ------------------------------------------------------------------------------------------------
+
+IP_PROTOCOLS = {
+    0: "IPv6 hop-by-hop options",
+    1: "ICMP",
+    2: "IGMP",
+    4: "IPv4 (IP in IP)",
+    6: "TCP",
+    17: "UDP",
+    41: "IPv6",
+    43: "IPv6 routing header",
+    44: "IPv6 fragment header",
+    47: "GRE",
+    50: "ESP (IPsec)",
+    51: "AH (IPsec)",
+    58: "ICMPv6",
+    59: "no next header",
+    60: "IPv6 destination options",
+    89: "OSPF",
+    103: "PIM",
+    112: "VRRP",
+    132: "SCTP",
+    137: "MPLS in IP",
+}
+ETHERTYPES = {
+    0x0000: "none (a Cisco GRE keepalive)",
+    0x0800: "IPv4",
+    0x0806: "ARP",
+    0x22EB: "ERSPAN type III",
+    0x6558: "Ethernet (transparent bridging, gretap)",
+    0x8100: "802.1Q VLAN tag",
+    0x86DD: "IPv6",
+    0x8847: "MPLS unicast",
+    0x8848: "MPLS multicast",
+    0x880B: "PPP (enhanced GRE, PPTP)",
+    0x88A8: "802.1ad VLAN tag",
+    0x88BE: "ERSPAN type II",
+}
+ECN_NAMES = {
+    ecn.NOT_ECT: "Not-ECT: the transport does not use ECN",
+    ecn.ECT_1: "ECT(1): ECN-capable transport",
+    ecn.ECT_0: "ECT(0): ECN-capable transport",
+    ecn.CE: "CE: congestion experienced",
+}
+ECN_SHORT = {ecn.NOT_ECT: "Not-ECT", ecn.ECT_1: "ECT(1)", ecn.ECT_0: "ECT(0)", ecn.CE: "CE"}
+ICMP_TYPES = {
+    0: "echo reply",
+    3: "destination unreachable",
+    4: "source quench (deprecated)",
+    5: "redirect",
+    8: "echo request",
+    9: "router advertisement",
+    10: "router solicitation",
+    11: "time exceeded",
+    12: "parameter problem",
+    13: "timestamp",
+    14: "timestamp reply",
+}
+ICMP_CODES = {
+    3: {
+        0: "network unreachable",
+        1: "host unreachable",
+        2: "protocol unreachable",
+        3: "port unreachable",
+        4: "fragmentation needed and DF set (path MTU discovery, RFC 1191)",
+        5: "source route failed",
+        6: "destination network unknown",
+        7: "destination host unknown",
+        9: "network administratively prohibited",
+        10: "host administratively prohibited",
+        13: "communication administratively prohibited (RFC 1812)",
+    },
+    5: {0: "for the network", 1: "for the host", 2: "for the network and TOS", 3: "for the host and TOS"},
+    11: {0: "TTL exceeded in transit", 1: "fragment reassembly time exceeded"},
+    12: {0: "the pointer shows the error", 1: "a required option is missing", 2: "bad length"},
+}
+ICMP_ERRORS = {3, 4, 5, 11, 12}  # these quote the packet that caused them (RFC 792)
+ICMPV6_TYPES = {
+    1: ("destination unreachable", "RFC 4443 3.1"),
+    2: ("packet too big", "RFC 4443 3.2"),
+    3: ("time exceeded", "RFC 4443 3.3"),
+    4: ("parameter problem", "RFC 4443 3.4"),
+    128: ("echo request", "RFC 4443 4.1"),
+    129: ("echo reply", "RFC 4443 4.2"),
+    133: ("router solicitation", "RFC 4861 4.1"),
+    134: ("router advertisement", "RFC 4861 4.2"),
+    135: ("neighbor solicitation", "RFC 4861 4.3"),
+    136: ("neighbor advertisement", "RFC 4861 4.4"),
+    137: ("redirect", "RFC 4861 4.5"),
+    143: ("multicast listener report v2", "RFC 3810 5.2"),
+}
+ICMPV6_CODES = {
+    1: {
+        0: "no route to destination",
+        1: "administratively prohibited",
+        2: "beyond scope of source address",
+        3: "address unreachable",
+        4: "port unreachable",
+        5: "source address failed ingress/egress policy",
+        6: "reject route to destination",
+    },
+    3: {0: "hop limit exceeded in transit", 1: "fragment reassembly time exceeded"},
+    4: {0: "erroneous header field", 1: "unrecognized next header", 2: "unrecognized IPv6 option"},
+}
+TCP_FLAGS = ("CWR", "ECE", "URG", "ACK", "PSH", "RST", "SYN", "FIN")  # bits 0..7 of byte 13 (RFC 9293 3.1)
+TCP_OPTIONS = {
+    0: "end of options",
+    1: "no-operation",
+    2: "MSS",
+    3: "window scale",
+    4: "SACK permitted",
+    5: "SACK",
+    8: "timestamps",
+    30: "MPTCP",
+    34: "TCP Fast Open",
+}
+PORTS = {
+    22: "SSH",
+    53: "DNS",
+    67: "DHCP server",
+    68: "DHCP client",
+    80: "HTTP",
+    123: "NTP",
+    179: "BGP",
+    443: "HTTPS",
+    500: "IKE",
+    4500: "IPsec NAT traversal",
+    4754: "GRE in UDP (RFC 8086)",
+    4789: "VXLAN (RFC 7348)",
+    5201: "iperf3",
+    5353: "mDNS",
+    6081: "Geneve (RFC 8926)",
+}
+GRE_IGNORED = "; RFC 2784 2.3 lets an RFC 1701 receiver ignore it, as Linux and usertunnel do"
+GRE_BITS = (  # bits 0-4 of the GRE header: name, meaning when set, meaning when clear, RFC section
+    ("C", "checksum present: checksum and reserved1 follow", "no checksum", "RFC 2784 2.2"),
+    ("R", "routing present (RFC 1701 source routing)", "no routing (RFC 1701's bit, now reserved)", "RFC 2784 2.3"),
+    ("K", "key present", "no key", "RFC 2890 2"),
+    ("S", "sequence number present", "no sequence number", "RFC 2890 2"),
+    ("s", "strict source route (RFC 1701)" + GRE_IGNORED, "strict source route (RFC 1701): clear", "RFC 2784 2.3"),
+)
+IPV4_OPTIONS = {
+    0: "end of options",
+    1: "no-operation",
+    7: "record route",
+    68: "timestamp",
+    130: "security",
+    131: "loose source route",
+    137: "strict source route",
+    148: "router alert (RFC 2113)",
+}
+IPV6_OPTIONS = {
+    0x00: ("Pad1", "RFC 8200 4.2"),
+    0x01: ("PadN", "RFC 8200 4.2"),
+    0x04: ("tunnel encapsulation limit", "RFC 2473 4.1.1"),
+    0x05: ("router alert", "RFC 2711"),
+    0xC2: ("jumbo payload", "RFC 2675"),
+}
+IPV6_EXTENSIONS = {
+    0: ("IPv6 hop-by-hop options header", "RFC 8200 4.3"),
+    43: ("IPv6 routing header", "RFC 8200 4.4"),
+    44: ("IPv6 fragment header", "RFC 8200 4.5"),
+    60: ("IPv6 destination options header", "RFC 8200 4.6"),
+}
+ARPHRD = {1: "Ethernet", 768: "IPIP tunnel", 772: "loopback", 776: "SIT tunnel", 778: "GRE tunnel", 65534: "none (TUN)"}
+SLL_PACKET_TYPES = {
+    0: "to us",
+    1: "broadcast",
+    2: "multicast",
+    3: "to another host",
+    4: "sent by us",
+}
+_SPECIAL_NETWORKS: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = [
+    (ipaddress.ip_network("192.0.2.0/24"), "documentation address (TEST-NET-1, RFC 5737)"),
+    (ipaddress.ip_network("198.51.100.0/24"), "documentation address (TEST-NET-2, RFC 5737)"),
+    (ipaddress.ip_network("203.0.113.0/24"), "documentation address (TEST-NET-3, RFC 5737)"),
+    (ipaddress.ip_network("100.64.0.0/10"), "shared address space, carrier-grade NAT (RFC 6598)"),
+    (ipaddress.ip_network("2001:db8::/32"), "documentation address (RFC 3849)"),
+    (ipaddress.ip_network("2002::/16"), "6to4 address (RFC 3056)"),
+    (ipaddress.ip_network("::ffff:0:0/96"), "IPv4-mapped address"),
+    (ipaddress.ip_network("fc00::/7"), "unique local address (RFC 4193)"),
+]
+
+
+# --- the model --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One field of one header, where it is and what it says.
+
+    `bits` is (first, last), counted from the most significant bit of the byte at `offset`; None for a field
+    of whole bytes. `length` is how many bytes hold the field. `value` is an int, or text for addresses and
+    verdicts; `shown` is how a person reads it. `problem` names what is wrong with it, if anything.
+    """
+
+    offset: int
+    length: int
+    name: str
+    value: int | str
+    shown: str
+    meaning: str
+    rfc: str
+    bits: tuple[int, int] | None = None
+    problem: str | None = None
+
+    @property
+    def bit_range(self) -> str | None:
+        if self.bits is None:
+            return None
+        first, last = self.bits
+        return str(first) if first == last else f"{first}-{last}"
+
+
+@dataclass(slots=True)
+class Layer:
+    """One header: `kind` is stable for programs ("IPv4", "GRE", "TCP"...), `title` is for people."""
+
+    kind: str
+    title: str
+    offset: int
+    rfc: str
+    fields: list[Field] = field(default_factory=list)
+
+    def get(self, name: str) -> Field | None:
+        return next((f for f in self.fields if f.name == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Where parsing ended before the packet did, and why. `malformed` is False for a normal end
+    (an ICMP error's quote ends; a later fragment, whose headers are in the first one)."""
+
+    offset: int
+    reason: str
+    detail: str
+    rfc: str
+    malformed: bool = True
+    layer: str = ""  # the title of the layer being parsed
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    packet: bytes
+    linktype: int
+    wire_length: int  # the length on the wire; more than len(packet) when a capture cut it short
+    layers: tuple[Layer, ...]
+    stop: Stop | None
+
+    @property
+    def problems(self) -> list[Field]:
+        return [f for layer in self.layers for f in layer.fields if f.problem]
+
+    @property
+    def well_formed(self) -> bool:
+        """True when nothing in the packet is wrong (a normal stop, such as a quote's end, is fine)."""
+        return (self.stop is None or not self.stop.malformed) and not self.problems
+
+
+class _Halt(Exception):
+    """Raised inside the dissector to end parsing; `explain` turns it into `Explanation.stop`."""
+
+    def __init__(self, stop: Stop) -> None:
+        super().__init__(stop.detail)
+        self.stop = stop
+
+
+@dataclass(frozen=True, slots=True)
+class _Ctx:
+    """What a layer knows from the layers around it."""
+
+    end: int  # exclusive end of the bytes this layer may use
+    end_why: str  # what sets `end`, for a truncation message
+    complete: bool  # the bytes up to `end` are all of this layer's message (checksums can be verified)
+    depth: int = 0  # IP headers crossed so far
+    role: str = ""  # "", "outer", "inner", "quoted": how to title the next IP header
+    via: str = ""  # the tunnel that carries the next IP header, for its title
+    expect_version: int | None = None  # the IP version the enclosing header announced
+    outer_tos: int | None = None  # the tunnel's outer TOS / traffic class (RFC 6040)
+    pseudo: tuple[bytes, bytes] | None = None  # source and destination of the enclosing IP header
+    quoted: bool = False  # inside an ICMP error's quote: running out of bytes is expected
+
+
+def _hex(value: int, digits: int) -> str:
+    return f"{value} (0x{value:0{digits}x})"
+
+
+def _address_meaning(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    for network, what in _SPECIAL_NETWORKS:
+        if address.version == network.version and address in network:
+            return what
+    for test, what in (
+        (address.is_unspecified, "unspecified address"),
+        (address.is_loopback, "loopback address"),
+        (address.is_multicast, "multicast address"),
+        (address.is_link_local, "link-local address"),
+        (address.is_private, "private address (RFC 1918 / RFC 6890)"),
+    ):
+        if test:
+            return what
+    return "global unicast address"
+
+
+def _dscp_name(dscp: int) -> str:
+    if dscp == 0:
+        return "default forwarding (CS0, best effort)"
+    if dscp == 46:
+        return "EF, expedited forwarding (RFC 3246)"
+    if dscp == 44:
+        return "VOICE-ADMIT (RFC 5865)"
+    if dscp == 1:
+        return "LE, lower effort (RFC 8622)"
+    if dscp % 8 == 0:
+        return f"CS{dscp // 8}, class selector"
+    if 1 <= dscp >> 3 <= 4 and dscp & 7 in (2, 4, 6):
+        return f"AF{dscp >> 3}{(dscp & 7) // 2}, assured forwarding (RFC 2597)"
+    return "no standard meaning"
+
+
+def _preview(data: bytes) -> str:
+    head = data[:16]
+    text = "".join(chr(b) if 32 <= b < 127 else "." for b in head)
+    more = "..." if len(data) > 16 else ""
+    return f"{head.hex()}{more} |{text}{more}|"
+
+
+def _pseudo_header(pseudo: tuple[bytes, bytes], protocol: int, length: int) -> bytes:
+    """The pseudo-header a transport checksum covers (RFC 9293 3.1 / RFC 768 for IPv4, RFC 8200 8.1 for IPv6)."""
+    src, dst = pseudo
+    if len(src) == 4:
+        return src + dst + bytes([0, protocol]) + length.to_bytes(2, "big")
+    return src + dst + length.to_bytes(4, "big") + bytes([0, 0, 0, protocol])
+
+
+class _Writer:
+    """Reads the bytes of one layer within its context and records its fields."""
+
+    __slots__ = ("d", "layer", "ctx")
+
+    def __init__(self, d: _Dissector, layer: Layer, ctx: _Ctx) -> None:
+        self.d, self.layer, self.ctx = d, layer, ctx
+
+    def raw(self, offset: int, length: int, what: str) -> bytes:
+        """The bytes of one field, or a halt naming the field, its offsets and what ends the bytes."""
+        ctx, layer = self.ctx, self.layer
+        if offset + length <= ctx.end:
+            return self.d.data[offset : offset + length]
+        span = f"offset {offset}" if length == 1 else f"offsets {offset}-{offset + length - 1}"
+        if ctx.quoted:
+            detail = (
+                f"the ICMP error quotes only part of the original packet, ending before the {layer.title} {what} at "
+                f"{span} (ICMP quotes the IP header and at least 8 bytes after it; ICMPv6 as much as fits)"
+            )
+            raise _Halt(Stop(offset, "end of quote", detail, layer.rfc, False, layer.title))
+        plural = "s" if length > 1 else ""
+        detail = f"{layer.title}: cut short at the {what} ({length} byte{plural} at {span}): {ctx.end_why}"
+        raise _Halt(Stop(offset, "truncated", detail, layer.rfc, True, layer.title))
+
+    def uint(self, offset: int, length: int, what: str) -> int:
+        return int.from_bytes(self.raw(offset, length, what), "big")
+
+    def add(
+        self,
+        offset: int,
+        length: int,
+        name: str,
+        value: int | str,
+        meaning: str,
+        rfc: str = "",
+        *,
+        bits: tuple[int, int] | None = None,
+        shown: str | None = None,
+        problem: str | None = None,
+    ) -> None:
+        text = str(value) if shown is None else shown
+        self.layer.fields.append(
+            Field(offset, length, name, value, text, meaning, rfc or self.layer.rfc, bits, problem)
+        )
+
+    def field(self, offset: int, length: int, name: str, meaning: str, rfc: str = "", hexed: bool = False) -> int:
+        """Read an unsigned field of whole bytes and record it (`hexed`: shown in hex too); return its value."""
+        value = self.uint(offset, length, name)
+        self.add(offset, length, name, value, meaning, rfc, shown=_hex(value, 2 * length) if hexed else None)
+        return value
+
+    def halt(self, offset: int, reason: str, why: str, rfc: str = "", malformed: bool = True) -> _Halt:
+        title = self.layer.title
+        return _Halt(Stop(offset, reason, f"{title}: {why}", rfc or self.layer.rfc, malformed, title))
+
+    def checksum(self, at: int, covered: bytes | None, prefix: bytes = b"", rfc: str = "") -> None:
+        """The 16-bit checksum at `at`, verified with the core over `prefix` + `covered` (which starts at the
+        layer's offset and holds the field), or said unverifiable when `covered` is None."""
+        csum = self.uint(at, 2, "checksum")
+        shown = f"0x{csum:04x}"
+        if covered is None:
+            self.add(at, 2, "checksum", csum, "not verified: the message is cut short", rfc, shown=shown)
+        elif checksum_is_valid(prefix + covered):
+            what = "the pseudo-header, header and data" if prefix else "the whole message"
+            self.add(at, 2, "checksum", csum, f"valid, over {what}", rfc, shown=shown)
+        else:
+            rel = at - self.layer.offset
+            good = internet_checksum(prefix + covered[:rel] + b"\0\0" + covered[rel + 2 :])
+            why = f"WRONG: should be 0x{good:04x}"
+            self.add(at, 2, "checksum", csum, why, rfc, shown=shown, problem="bad checksum")
+
+
+class _Dissector:
+    """Walks one packet from the link layer inwards and collects its layers. One instance per packet."""
+
+    MAX_DEPTH = 8  # IP headers inside IP headers; no real packet nests deeper
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.layers: list[Layer] = []
+        self.shortfall: Stop | None = None  # the outermost length field that promises more than is present
+
+    def layer(self, kind: str, title: str, offset: int, rfc: str, ctx: _Ctx) -> _Writer:
+        layer = Layer(kind, title, offset, rfc)
+        self.layers.append(layer)
+        return _Writer(self, layer, ctx)
+
+    def sub_ctx(self, ctx: _Ctx, offset: int, promised_end: int, what: str) -> _Ctx:
+        """The context for the bytes that a length field at `offset` says end at `promised_end`."""
+        ctx = replace(ctx, via="", expect_version=None)
+        if promised_end <= ctx.end:
+            return replace(ctx, end=promised_end, end_why=f"the {what} (offset {offset}) ends it at {promised_end}")
+        if self.shortfall is None and not ctx.quoted:
+            missing = promised_end - ctx.end
+            why = f"the {what} (offset {offset}) promises bytes up to {promised_end}, but {ctx.end_why}"
+            plural = "s are" if missing > 1 else " is"
+            self.shortfall = Stop(ctx.end, "truncated", f"{why}: {missing} byte{plural} missing", "")
+        return replace(ctx, complete=False)
+
+    # --- link layers --------------------------------------------------------------------------------------
+
+    def link(self, linktype: int, ctx: _Ctx) -> None:
+        if linktype == LINKTYPE_ETHERNET:
+            self.ethernet(0, ctx)
+        elif linktype == LINKTYPE_LINUX_SLL:
+            self.sll(ctx)
+        elif linktype == LINKTYPE_LINUX_SLL2:
+            self.sll2(ctx)
+        else:
+            self.ip(0, ctx)
+
+    def ethertype(self, w: _Writer, offset: int) -> int:
+        value = w.uint(offset, 2, "EtherType")
+        name = ETHERTYPES.get(value, "not one explain knows" if value >= 0x0600 else "an 802.3 length, not a type")
+        w.add(offset, 2, "EtherType", value, f"the payload is {name}", shown=f"0x{value:04x}")
+        return value
+
+    def ethernet(self, offset: int, ctx: _Ctx) -> None:
+        w = self.layer("Ethernet", "Ethernet header", offset, "IEEE 802.3 3.1.1", ctx)
+        for name, at in (("destination MAC", offset), ("source MAC", offset + 6)):
+            mac = w.raw(at, 6, name)
+            cast = "broadcast" if mac == b"\xff" * 6 else "multicast" if mac[0] & 1 else "unicast"
+            w.add(at, 6, name, mac.hex(":"), f"{cast} MAC address")
+        at = offset + 12
+        kind = self.ethertype(w, at)
+        while kind in (0x8100, 0x88A8):
+            tag = self.layer("VLAN", "802.1Q VLAN tag", at + 2, "IEEE 802.1Q 9.6", ctx)
+            tci = tag.uint(at + 2, 2, "tag control information")
+            tag.add(at + 2, 1, "PCP", tci >> 13, "priority code point (class of service)", bits=(0, 2))
+            tag.add(at + 2, 1, "DEI", (tci >> 12) & 1, "drop eligible indicator", bits=(3, 3))
+            tag.add(at + 2, 2, "VID", tci & 0xFFF, "VLAN identifier", bits=(4, 15))
+            at += 4
+            kind = self.ethertype(tag, at)
+        self.ethertype_payload(kind, at + 2, ctx)
+
+    def ethertype_payload(self, kind: int, offset: int, ctx: _Ctx) -> None:
+        if kind in (gre.PROTO_IPV4, gre.PROTO_IPV6):
+            self.ip(offset, replace(ctx, expect_version=4 if kind == gre.PROTO_IPV4 else 6))
+        elif kind == gre.PROTO_TEB:
+            self.ethernet(offset, ctx)
+        else:
+            self.payload(offset, ctx, f"EtherType 0x{kind:04x} ({ETHERTYPES.get(kind, 'unknown')})")
+
+    def sll(self, ctx: _Ctx) -> None:
+        w = self.layer("SLL", "Linux cooked header (SLL)", 0, "tcpdump LINKTYPE_LINUX_SLL", ctx)
+        ptype = w.uint(0, 2, "packet type")
+        w.add(0, 2, "packet type", ptype, SLL_PACKET_TYPES.get(ptype, "unknown"))
+        hatype = w.uint(2, 2, "ARPHRD type")
+        w.add(2, 2, "ARPHRD type", hatype, f"device type: {ARPHRD.get(hatype, 'other')}")
+        alen = w.field(4, 2, "address length", "bytes of the link-layer address that are used")
+        w.add(6, 8, "link-layer address", w.raw(6, 8, "link-layer address")[: min(alen, 8)].hex(":"), "the sender's")
+        self.ethertype_payload(self.ethertype(w, 14), 16, ctx)
+
+    def sll2(self, ctx: _Ctx) -> None:
+        w = self.layer("SLL2", "Linux cooked header v2 (SLL2)", 0, "tcpdump LINKTYPE_LINUX_SLL2", ctx)
+        kind = self.ethertype(w, 0)
+        w.field(2, 2, "reserved", "zero")
+        w.field(4, 4, "interface index", "the interface the packet was captured on")
+        hatype = w.uint(8, 2, "ARPHRD type")
+        w.add(8, 2, "ARPHRD type", hatype, f"device type: {ARPHRD.get(hatype, 'other')}")
+        ptype = w.uint(10, 1, "packet type")
+        w.add(10, 1, "packet type", ptype, SLL_PACKET_TYPES.get(ptype, "unknown"))
+        alen = w.field(11, 1, "address length", "bytes of the link-layer address that are used")
+        w.add(12, 8, "link-layer address", w.raw(12, 8, "link-layer address")[: min(alen, 8)].hex(":"), "the sender's")
+        self.ethertype_payload(kind, 20, ctx)
+
+    # --- IP -----------------------------------------------------------------------------------------------
+
+    def ip(self, offset: int, ctx: _Ctx) -> None:
+        if ctx.depth >= self.MAX_DEPTH:
+            self.payload(offset, ctx, f"IP nested more than {self.MAX_DEPTH} deep")
+            return
+        if offset >= ctx.end:
+            version = ctx.expect_version
+            kind = f"IPv{version}" if version else "IP"
+            w = self.layer(kind, self.ip_title(ctx, kind), offset, "RFC 8200 3" if version == 6 else "RFC 791 3.1", ctx)
+            w.raw(offset, 1, "version")
+        version = self.data[offset] >> 4
+        if version == 6 or (version != 4 and ctx.expect_version == 6):
+            self.ipv6(offset, ctx)
+        else:
+            self.ipv4(offset, ctx)
+
+    def ip_title(self, ctx: _Ctx, what: str, tunnels: bool = False) -> str:
+        if ctx.role == "quoted":
+            return f"quoted {what} header (the packet the ICMP error is about)"
+        role = ctx.role or ("outer" if tunnels else "")
+        via = f" ({ctx.via})" if ctx.via else ""
+        return f"{role + ' ' if role else ''}{what} header{via}"
+
+    def check_version(self, w: _Writer, offset: int, want: int) -> None:
+        version = w.uint(offset, 1, "version") >> 4
+        expected = w.ctx.expect_version
+        if version == want and expected in (None, want):
+            w.add(offset, 1, "version", version, f"IPv{want}", bits=(0, 3))
+            return
+        if version not in (4, 6):
+            why = f"version {version} is neither IPv4 nor IPv6: this is not the start of an IP header"
+        else:
+            why = f"version {version}, but the header that carries it announced IPv{expected}"
+        w.add(offset, 1, "version", version, why, bits=(0, 3), problem="wrong version")
+        raise w.halt(offset, "wrong version", why)
+
+    def ipv4(self, offset: int, ctx: _Ctx) -> None:
+        w = self.layer("IPv4", self.ip_title(ctx, "IPv4"), offset, "RFC 791 3.1", ctx)
+        self.check_version(w, offset, 4)
+        ihl = w.uint(offset, 1, "IHL") & 0x0F
+        hlen = ihl * 4
+        if ihl < 5:
+            why = f"IHL {ihl} means a {hlen}-byte header, shorter than the 20-byte minimum"
+            w.add(offset, 1, "IHL", ihl, why, bits=(4, 7), problem="IHL < 5")
+            raise w.halt(offset, "IHL < 5", f"{why}: nothing after it can be located")
+        options = f" ({hlen - 20} bytes of options)" if hlen > 20 else ""
+        w.add(offset, 1, "IHL", ihl, f"header length: {ihl} x 4 = {hlen} bytes{options}", bits=(4, 7))
+        tos = w.uint(offset + 1, 1, "DSCP and ECN")
+        w.add(offset + 1, 1, "DSCP", tos >> 2, _dscp_name(tos >> 2), "RFC 2474 3", bits=(0, 5))
+        self.ecn_fields(w, offset + 1, (6, 7), tos)
+
+        total = w.uint(offset + 2, 2, "total length")
+        present = ctx.end - offset
+        meaning, problem = "bytes in this IPv4 packet, header included", None
+        if total < hlen:
+            meaning, problem = f"{meaning}: fewer than its own {hlen}-byte header", "total length < header length"
+        elif total > present and ctx.quoted:
+            meaning += f" (the quote holds {present} of them)"
+        elif total > present:
+            meaning, problem = f"{meaning}, but only {present} are present", "total length beyond the data"
+        elif total < present:
+            meaning += f" ({present - total} bytes after it are not part of it)"
+        w.add(offset + 2, 2, "total length", total, meaning, shown=_hex(total, 4), problem=problem)
+        meaning = "tells fragments of different datagrams apart (with DF set it may be anything, RFC 6864 4.1)"
+        w.field(offset + 4, 2, "identification", meaning, hexed=True)
+
+        word = w.uint(offset + 6, 2, "flags and fragment offset")
+        flags = word >> 13
+        names = [n for n, bit in (("reserved", 4), ("DF", 2), ("MF", 1)) if flags & bit]
+        words = {"reserved": "reserved bit set (must be zero)", "DF": "DF: don't fragment", "MF": "MF: more follow"}
+        meaning = ", ".join(words[n] for n in names) or "none set: routers may fragment it"
+        bad = "reserved flag bit set" if flags & 4 else None
+        shown = f"{flags} ({' '.join(names) or '-'})"
+        w.add(offset + 6, 1, "flags", flags, meaning, bits=(0, 2), shown=shown, problem=bad)
+        frag = word & ipv4.OFFSET_MASK
+        where = "a later fragment" if frag else "the first fragment, or not fragmented"
+        meaning = f"{frag} x 8 = {frag * 8} bytes into the datagram: {where}"
+        w.add(offset + 6, 2, "fragment offset", frag, meaning, bits=(3, 15))
+        w.field(offset + 8, 1, "TTL", "hops left: each router subtracts 1 and drops the packet at 0")
+        proto = w.uint(offset + 9, 1, "protocol")
+        w.add(offset + 9, 1, "protocol", proto, _protocol_meaning(proto, v6=False))
+        if ctx.role == "" and proto in (4, 41, 47):
+            w.layer.title = self.ip_title(ctx, "IPv4", tunnels=True)
+
+        csum = w.uint(offset + 10, 2, "header checksum")
+        if offset + hlen > ctx.end:
+            meaning = "not verified: the header is cut short"
+            w.add(offset + 10, 2, "header checksum", csum, meaning, shown=f"0x{csum:04x}")
+        elif ipv4.header_checksum_ok(self.data[offset : offset + hlen]):
+            w.add(offset + 10, 2, "header checksum", csum, "valid, over the header only", shown=f"0x{csum:04x}")
+        else:
+            header = self.data[offset : offset + hlen]
+            good = internet_checksum(header[:10] + b"\0\0" + header[12:])
+            why = f"WRONG: should be 0x{good:04x}, computed over the header"
+            w.add(offset + 10, 2, "header checksum", csum, why, shown=f"0x{csum:04x}", problem="bad header checksum")
+        src = w.raw(offset + 12, 4, "source address")
+        dst = w.raw(offset + 16, 4, "destination address")
+        for name, at, raw in (("source address", offset + 12, src), ("destination address", offset + 16, dst)):
+            address = ipaddress.IPv4Address(raw)
+            w.add(at, 4, name, str(address), _address_meaning(address))
+        if hlen > 20:
+            opts = w.raw(offset + 20, hlen - 20, "options")
+            w.add(offset + 20, hlen - 20, "options", opts.hex(), _ipv4_options(opts), shown=f"{len(opts)} bytes")
+        if isinstance(ipv4.parse_ipv4(self.data[offset : ctx.end]), Drop):  # the core's verdict on the header
+            # Version and IHL passed above and the whole header is here: only the total length can be wrong.
+            counted = Drop.INNER_MALFORMED if ctx.depth else Drop.OUTER_MALFORMED
+            why = f"total length {total} is less than the {hlen}-byte header, so the packet has no end that makes "
+            raise w.halt(offset + 2, "total length < header", f"{why}sense (usertunnel counts {counted.value})")
+
+        body = offset + hlen
+        sub = self.sub_ctx(ctx, offset + 2, offset + total, "IPv4 total length")
+        if frag != 0:
+            self.payload(body, sub, f"a fragment {frag * 8} bytes into its datagram")
+            why = f"a fragment at byte {frag * 8} of its datagram; the headers are in the first fragment (reassemble)"
+            raise w.halt(body, "later fragment", why, malformed=False)
+        self.ip_payload(proto, body, sub, ctx, tos, (src, dst))
+        self.trailer(offset + total, ctx)
+
+    def ecn_fields(self, w: _Writer, offset: int, bits: tuple[int, int], tclass: int) -> None:
+        """The ECN field, and inside a tunnel what RFC 6040 makes of it with the outer one (core.ecn)."""
+        value = tclass & ecn.ECN_MASK
+        length = 1 + bits[1] // 8
+        shown = f"{value} ({ECN_SHORT[value]})"
+        w.add(offset, length, "ECN", value, ECN_NAMES[value], "RFC 3168 5", bits=bits, shown=shown)
+        if w.ctx.outer_tos is None:
+            return
+        outer = w.ctx.outer_tos & ecn.ECN_MASK
+        action = ecn.decapsulate(w.ctx.outer_tos, tclass)
+        meaning = {
+            ecn.Decap.KEEP: f"outer ECN {ECN_SHORT[outer]}: the decapsulator leaves the inner ECN as it is",
+            ecn.Decap.SET_CE: "outer CE: the decapsulator marks this inner packet CE",
+            ecn.Decap.DROP: "outer CE over a Not-ECT inner packet: the decapsulator drops it "
+            f"(usertunnel counts {Drop.ECN_CE_NOT_ECT.value})",
+        }[action]
+        sent = ecn.encapsulate(0, tclass) & ecn.ECN_MASK
+        if outer not in (sent, ecn.CE):
+            meaning += f"; an RFC 6040 encapsulator would have sent outer ECN {ECN_SHORT[sent]} (RFC 6040 4.1)"
+        problem = "dropped at decapsulation" if action is ecn.Decap.DROP else None
+        name = "ECN after decapsulation"
+        w.add(offset, length, name, action.value, meaning, "RFC 6040 4.2", bits=bits, problem=problem)
+
+    def ip_payload(self, proto: int, offset: int, sub: _Ctx, ctx: _Ctx, tos: int, addrs: tuple[bytes, bytes]) -> None:
+        """What follows an IP header (or its last IPv6 extension header), by protocol number."""
+        v6 = len(addrs[0]) == 16
+        if proto in (4, 41, 47):
+            tunneled = replace(sub, depth=ctx.depth + 1, role="inner", outer_tos=None if ctx.quoted else tos)
+            if proto == 47:
+                self.gre(offset, replace(tunneled, pseudo=None))
+                return
+            version = 4 if proto == 4 else 6
+            if v6:
+                via = f"IPv{version} in IPv6, RFC 2473 3.1"
+            else:
+                via = "IPIP, RFC 2003" if proto == 4 else "SIT, IPv6 in IPv4, RFC 4213"
+            self.ip(offset, replace(tunneled, via=via, expect_version=version))
+        elif proto in (1, 6, 17, 58):
+            transport = replace(sub, pseudo=addrs, role="inner" if ctx.depth > 0 else "", outer_tos=None)
+            {1: self.icmp, 6: self.tcp, 17: self.udp, 58: self.icmpv6}[proto](offset, transport)
+        elif proto == 59:
+            if offset < sub.end:
+                self.payload(offset, sub, "bytes after 'no next header' (RFC 8200 4.7), to be ignored")
+        else:
+            self.payload(offset, sub, f"IP protocol {proto} ({IP_PROTOCOLS.get(proto, 'unknown')})")
+
+    def ipv6(self, offset: int, ctx: _Ctx) -> None:
+        w = self.layer("IPv6", self.ip_title(ctx, "IPv6"), offset, "RFC 8200 3", ctx)
+        self.check_version(w, offset, 6)
+        tclass = (w.uint(offset, 2, "traffic class") >> 4) & 0xFF
+        w.add(offset, 2, "DSCP", tclass >> 2, _dscp_name(tclass >> 2), "RFC 2474 3", bits=(4, 9))
+        self.ecn_fields(w, offset, (10, 11), tclass)
+        flow = w.uint(offset, 4, "flow label") & 0xFFFFF
+        meaning = "none" if flow == 0 else "identifies a flow, for load balancing (RFC 6437)"
+        w.add(offset, 4, "flow label", flow, meaning, bits=(12, 31), shown=_hex(flow, 5))
+        plen = w.uint(offset + 4, 2, "payload length")
+        present = ctx.end - offset - 40
+        meaning, problem = "bytes after this 40-byte header, extension headers included", None
+        if plen > present >= 0 and ctx.quoted:
+            meaning += f" (the quote holds {present} of them)"
+        elif present >= 0 and isinstance(ipv6.parse_ipv6(self.data[offset : ctx.end]), Drop):
+            # The core's verdict: with the version checked and the header here, the payload length is too long.
+            meaning = f"{meaning}, but only {present} are present (usertunnel's parse_ipv6 rejects it)"
+            problem = "payload length beyond the data"
+        elif plen < present:
+            meaning += f" ({present - plen} bytes after them are not part of the packet)"
+        w.add(offset + 4, 2, "payload length", plen, meaning, shown=_hex(plen, 4), problem=problem)
+        nxt = w.uint(offset + 6, 1, "next header")
+        w.add(offset + 6, 1, "next header", nxt, _protocol_meaning(nxt, v6=True))
+        w.field(offset + 7, 1, "hop limit", "hops left: each router subtracts 1 and drops the packet at 0")
+        src = w.raw(offset + 8, 16, "source address")
+        dst = w.raw(offset + 24, 16, "destination address")
+        for name, at, raw in (("source address", offset + 8, src), ("destination address", offset + 24, dst)):
+            address = ipaddress.IPv6Address(raw)
+            w.add(at, 16, name, str(address), _address_meaning(address))
+        sub = self.sub_ctx(ctx, offset + 4, offset + 40 + plen, "IPv6 payload length")
+        at = offset + 40
+        while nxt in IPV6_EXTENSIONS:
+            nxt, at = self.ipv6_extension(nxt, at, sub)
+        if ctx.role == "" and nxt in (4, 41, 47):
+            w.layer.title = self.ip_title(ctx, "IPv6", tunnels=True)
+        self.ip_payload(nxt, at, sub, ctx, tclass, (src, dst))
+        self.trailer(offset + 40 + plen, ctx)
+
+    def ipv6_extension(self, kind: int, offset: int, ctx: _Ctx) -> tuple[int, int]:
+        """One extension header (RFC 8200 4): its layer, then (next header, offset after it)."""
+        title, rfc = IPV6_EXTENSIONS[kind]
+        w = self.layer("IPv6 extension", title, offset, rfc, ctx)
+        nxt = w.uint(offset, 1, "next header")
+        w.add(offset, 1, "next header", nxt, _protocol_meaning(nxt, v6=True))
+        if kind == 44:
+            w.field(offset + 1, 1, "reserved", "zero")
+            word = w.uint(offset + 2, 2, "fragment offset")
+            frag = word >> 3
+            meaning = f"{frag} x 8 = {frag * 8} bytes into the packet"
+            w.add(offset + 2, 2, "fragment offset", frag, meaning, bits=(0, 12))
+            w.add(offset + 2, 2, "M", word & 1, "more fragments follow" if word & 1 else "last fragment", bits=(15, 15))
+            w.field(offset + 4, 4, "identification", "tells fragments of different packets apart")
+            if frag != 0:
+                self.payload(offset + 8, ctx, f"a fragment {frag * 8} bytes into its packet")
+                why = f"a fragment at byte {frag * 8}; the headers are in the first fragment (reassemble)"
+                raise w.halt(offset + 8, "later fragment", why, malformed=False)
+            return nxt, offset + 8
+        size = 8 + 8 * w.field(offset + 1, 1, "header extension length", "(this + 1) x 8 bytes in this header")
+        end = offset + size
+        if kind == 43:
+            rtype = w.uint(offset + 2, 1, "routing type")
+            kinds = {0: "type 0 (deprecated, RFC 5095)", 2: "type 2 (Mobile IPv6)", 4: "segment routing (RFC 8754)"}
+            w.add(offset + 2, 1, "routing type", rtype, kinds.get(rtype, "another routing type"))
+            w.field(offset + 3, 1, "segments left", "route segments still to visit")
+            data = w.raw(offset + 4, size - 4, "type-specific data")
+            w.add(
+                offset + 4, size - 4, "type-specific data", data.hex(), "addresses to visit", shown=f"{size - 4} bytes"
+            )
+            return nxt, end
+        at = offset + 2
+        while at < end:
+            otype = w.uint(at, 1, "option type")
+            name, orfc = IPV6_OPTIONS.get(otype, (f"option type {otype}", rfc))
+            if otype == 0:
+                w.add(at, 1, "Pad1", 0, "one byte of padding", orfc)
+                at += 1
+                continue
+            olen = w.uint(at + 1, 1, "option length")
+            if at + 2 + olen > end:
+                why = f"the option at offset {at} is {olen + 2} bytes long and runs past the header's end at {end}"
+                raise w.halt(at, "option overruns header", why)
+            value = w.uint(at + 2, olen, name) if olen else 0
+            unknown = ("skip it", "discard", "discard, send ICMP", "discard, send ICMP unless multicast")[otype >> 6]
+            meaning = {
+                0x01: f"{olen + 2} bytes of padding",
+                0x04: f"this packet may be encapsulated {value} more times",
+                0x05: "routers should look at this packet",
+                0xC2: f"jumbogram of {value} bytes",
+            }.get(otype, f"not known to explain; a node that does not know it must: {unknown}")
+            w.add(at, 2 + olen, name, value, meaning, orfc)
+            at += 2 + olen
+        return nxt, end
+
+    # --- GRE ----------------------------------------------------------------------------------------------
+
+    def gre(self, offset: int, ctx: _Ctx) -> None:
+        w = self.layer("GRE", "GRE header (RFC 2784, RFC 2890)", offset, "RFC 2784 2.1", ctx)
+        first = w.uint(offset, 1, "flags")
+        c, r, k, s = (bool(first & (0x80 >> i)) for i in range(4))
+        for i, (name, when_set, when_clear, rfc) in enumerate(GRE_BITS):
+            bit = (first >> (7 - i)) & 1
+            problem = "routing bit set" if name == "R" and bit else None
+            w.add(offset, 1, name, bit, when_set if bit else when_clear, rfc, bits=(i, i), problem=problem)
+        recur = first & 0x07
+        meaning = "recursion control (RFC 1701)" + (GRE_IGNORED if recur else ": zero")
+        w.add(offset, 1, "Recur", recur, meaning, "RFC 2784 2.3", bits=(5, 7))
+        word = w.uint(offset, 2, "flags and version")
+        meaning = "reserved: sent as zero, ignored on receipt"
+        w.add(offset, 2, "Flags", (word >> 3) & 0x1F, meaning, "RFC 2784 2.3", bits=(8, 12))
+        version = word & gre.VERSION_MASK
+        if version != 0:
+            what = "the enhanced GRE of PPTP (RFC 2637)" if version == 1 else "no known GRE"
+            why = f"version {version} is {what}; RFC 2784 GRE is version 0 (usertunnel counts {Drop.GRE_VERSION.value})"
+            w.add(offset, 2, "Ver", version, why, "RFC 2784 2.3.1", bits=(13, 15), problem="GRE version != 0")
+            raise w.halt(offset, "GRE version != 0", why, "RFC 2784 2.3.1")
+        w.add(offset, 2, "Ver", 0, "version 0: GRE as RFC 2784 defines it", "RFC 2784 2.3.1", bits=(13, 15))
+        proto = w.uint(offset + 2, 2, "protocol type")
+        meaning = f"EtherType of the payload: {ETHERTYPES.get(proto, 'unknown')}"
+        if proto not in (gre.PROTO_IPV4, gre.PROTO_IPV6):
+            meaning += f" (usertunnel carries only IPv4 and IPv6: {Drop.GRE_PROTOCOL.value})"
+        w.add(offset + 2, 2, "protocol type", proto, meaning, "RFC 2784 2.4", shown=f"0x{proto:04x}")
+        if r:
+            why = (
+                f"the routing bit is set: RFC 1701 source routing, which RFC 2784 2.3 removed; Linux and usertunnel "
+                f"drop it ({Drop.GRE_ROUTING.value}); the routing entries that follow are not explained"
+            )
+            raise w.halt(offset, "routing bit", why, "RFC 2784 2.3")
+        hlen = gre.header_length(word)
+        at = offset + 4
+        if c:
+            self.gre_checksum(w, offset, hlen)
+            reserved1 = w.uint(at + 2, 2, "reserved1")
+            meaning = "sent as zero" if reserved1 == 0 else "should be zero (RFC 1701's offset, for routing)"
+            w.add(at + 2, 2, "reserved1", reserved1, meaning, "RFC 2784 2.6", shown=_hex(reserved1, 4))
+            at += 4
+        if k:
+            key = w.uint(at, 4, "key")
+            dotted = ipaddress.IPv4Address(key)
+            meaning = f"identifies the tunnel (ip tunnel ... key {key} or key {dotted}); the receiver's ikey must match"
+            w.add(at, 4, "key", key, meaning, "RFC 2890 2.1", shown=f"{key} = 0x{key:08x} = {dotted}")
+            at += 4
+        if s:
+            meaning = "counts packets from 0; a receiver with iseq drops any not newer than the last it accepted"
+            w.field(at, 4, "sequence number", meaning, "RFC 2890 2.2", hexed=True)
+            at += 4
+        w.layer.title = f"GRE header (RFC 2784, RFC 2890), {hlen} bytes"
+        if proto in (gre.PROTO_IPV4, gre.PROTO_IPV6):
+            via = f"GRE payload, protocol type 0x{proto:04x}"
+            self.ip(at, replace(ctx, via=via, expect_version=4 if proto == gre.PROTO_IPV4 else 6))
+        elif proto == gre.PROTO_TEB:
+            self.ethernet(at, ctx)
+        elif at < ctx.end or proto != 0:
+            self.payload(at, ctx, f"GRE protocol type 0x{proto:04x} ({ETHERTYPES.get(proto, 'unknown')})")
+
+    def gre_checksum(self, w: _Writer, offset: int, hlen: int) -> None:
+        """The GRE checksum, verified by the core's parser over the GRE header and payload (RFC 2784 2.5)."""
+        ctx, at = w.ctx, offset + 4
+        csum = w.uint(at, 2, "checksum")
+        shown = f"0x{csum:04x}"
+        if not ctx.complete or offset + hlen > ctx.end:
+            w.add(at, 2, "checksum", csum, "not verified: the payload is cut short", "RFC 2784 2.5", shown=shown)
+            return
+        message = self.data[offset : ctx.end]
+        if gre.parse_gre(message) is Drop.CSUM_BAD:
+            good = internet_checksum(message[:4] + b"\0\0" + message[6:])
+            why = f"WRONG: should be 0x{good:04x}, computed over the GRE header and payload ({Drop.CSUM_BAD.value})"
+            w.add(at, 2, "checksum", csum, why, "RFC 2784 2.5", shown=shown, problem="bad GRE checksum")
+        else:
+            meaning = f"valid, over the GRE header and payload ({len(message)} bytes)"
+            w.add(at, 2, "checksum", csum, meaning, "RFC 2784 2.5", shown=shown)
+
+    # --- transport ----------------------------------------------------------------------------------------
+
+    def transport(self, kind: str, offset: int, rfc: str, ctx: _Ctx) -> _Writer:
+        title = f"quoted {kind} header" if ctx.quoted else f"{ctx.role + ' ' if ctx.role else ''}{kind} header"
+        return self.layer(kind, title, offset, rfc, ctx)
+
+    def covered(self, w: _Writer, protocol: int | None, length: int | None = None) -> tuple[bytes | None, bytes]:
+        """The bytes a checksum covers, and its pseudo-header (empty for ICMP); None when not all present."""
+        ctx, offset = w.ctx, w.layer.offset
+        end = ctx.end if length is None else offset + length
+        if not ctx.complete or ctx.quoted or end > ctx.end:
+            return None, b""
+        message = self.data[offset:end]
+        if protocol is None:
+            return message, b""
+        if ctx.pseudo is None:
+            return None, b""
+        return message, _pseudo_header(ctx.pseudo, protocol, len(message))
+
+    def icmp(self, offset: int, ctx: _Ctx) -> None:
+        w = self.transport("ICMP", offset, "RFC 792", ctx)
+        kind = w.uint(offset, 1, "type")
+        w.add(offset, 1, "type", kind, ICMP_TYPES.get(kind, "a type explain does not know"))
+        code = w.uint(offset + 1, 1, "code")
+        w.add(offset + 1, 1, "code", code, ICMP_CODES.get(kind, {}).get(code, "-" if code == 0 else "no known meaning"))
+        covered, _ = self.covered(w, None)
+        w.checksum(offset + 2, covered)
+        at = offset + 4
+        if kind in (0, 8, 13, 14):
+            w.field(at, 2, "identifier", "matches a reply to its request", hexed=True)
+            w.field(at + 2, 2, "sequence number", "counts the requests")
+        elif kind == 3 and code == 4:
+            w.field(at, 2, "unused", "zero")
+            w.field(at + 2, 2, "next-hop MTU", "the largest packet the next hop takes", "RFC 1191 4")
+        elif kind == 5:
+            gateway = ipaddress.IPv4Address(w.raw(at, 4, "gateway address"))
+            w.add(at, 4, "gateway address", str(gateway), "the router to send to instead")
+        elif kind == 12:
+            w.field(at, 1, "pointer", "the offset of the faulty byte in the quoted header")
+            w.field(at + 1, 3, "unused", "zero")
+        else:
+            rest = w.uint(at, 4, "rest of header")
+            meaning = "unused" if kind in ICMP_ERRORS else "type-specific"
+            w.add(at, 4, "rest of header", rest, meaning, shown=f"0x{rest:08x}")
+        self.icmp_body(w, at + 4, kind in ICMP_ERRORS, 4)
+
+    def icmp_body(self, w: _Writer, offset: int, error: bool, version: int) -> None:
+        """An ICMP error's quote of the packet that caused it (dissected), or the message's data."""
+        ctx = w.ctx
+        if error and not ctx.quoted and offset < ctx.end:
+            quoted = replace(ctx, role="quoted", via="", quoted=True, expect_version=version, depth=ctx.depth + 1)
+            self.ip(offset, quoted)
+        else:
+            self.data_field(w, offset)
+
+    def icmpv6(self, offset: int, ctx: _Ctx) -> None:
+        w = self.transport("ICMPv6", offset, "RFC 4443 2.1", ctx)
+        kind = w.uint(offset, 1, "type")
+        name, rfc = ICMPV6_TYPES.get(kind, ("a type explain does not know", "RFC 4443 2.1"))
+        w.add(offset, 1, "type", kind, name + (" (an error message)" if kind < 128 else ""), rfc)
+        code = w.uint(offset + 1, 1, "code")
+        w.add(offset + 1, 1, "code", code, ICMPV6_CODES.get(kind, {}).get(code, "-" if code == 0 else "unknown"), rfc)
+        covered, prefix = self.covered(w, 58)
+        w.checksum(offset + 2, covered, prefix, "RFC 4443 2.3")
+        at = offset + 4
+        if kind in (128, 129):
+            ident = w.uint(at, 2, "identifier")
+            w.add(at, 2, "identifier", ident, "matches a reply to its request", rfc, shown=_hex(ident, 4))
+            w.field(at + 2, 2, "sequence number", "counts the requests", rfc)
+        elif kind == 2:
+            w.field(at, 4, "MTU", "the largest packet the next hop takes", rfc)
+        elif kind == 4:
+            w.field(at, 4, "pointer", "the offset of the faulty byte in the quoted packet", rfc)
+        else:
+            rest = w.uint(at, 4, "rest of header")
+            meaning = "unused" if kind < 128 else "message-specific"
+            w.add(at, 4, "rest of header", rest, meaning, rfc, shown=f"0x{rest:08x}")
+        self.icmp_body(w, at + 4, kind < 128, 6)
+
+    def ports(self, w: _Writer, offset: int) -> None:
+        for name, at in (("source port", offset), ("destination port", offset + 2)):
+            port = w.uint(at, 2, name)
+            w.add(at, 2, name, port, PORTS.get(port, "ephemeral" if port >= 32768 else "-"))
+
+    def tcp(self, offset: int, ctx: _Ctx) -> None:
+        w = self.transport("TCP", offset, "RFC 9293 3.1", ctx)
+        self.ports(w, offset)
+        meaning = "stream position of the first data byte (of the SYN, if SYN is set)"
+        w.field(offset + 4, 4, "sequence number", meaning, hexed=True)
+        meaning = "the next byte expected from the peer (when ACK is set)"
+        w.field(offset + 8, 4, "acknowledgment number", meaning, hexed=True)
+        byte12 = w.uint(offset + 12, 1, "data offset")
+        doff = byte12 >> 4
+        if doff < 5:
+            why = f"data offset {doff} means a {doff * 4}-byte header, shorter than the 20-byte minimum"
+            w.add(offset + 12, 1, "data offset", doff, why, bits=(0, 3), problem="data offset < 5")
+            raise w.halt(offset + 12, "data offset < 5", why)
+        w.add(offset + 12, 1, "data offset", doff, f"header length: {doff} x 4 = {doff * 4} bytes", bits=(0, 3))
+        reserved = byte12 & 0x0F
+        meaning = "zero" if reserved == 0 else "reserved bits set (bit 7 is AccECN's AE flag, once ECN nonce's NS)"
+        w.add(offset + 12, 1, "reserved", reserved, meaning, bits=(4, 7))
+        flags = w.uint(offset + 13, 1, "flags")
+        names = " ".join(n for i, n in enumerate(TCP_FLAGS) if flags & (0x80 >> i))
+        shown = f"0x{flags:02x} ({names or '-'})"
+        w.add(offset + 13, 1, "flags", flags, f"{names or 'none'} set", bits=(0, 7), shown=shown)
+        w.field(offset + 14, 2, "window", "bytes the sender can take (before window scaling)")
+        covered, prefix = self.covered(w, 6)
+        w.checksum(offset + 16, covered, prefix)
+        w.field(offset + 18, 2, "urgent pointer", "meaningful only with URG")
+        if doff > 5:
+            opts = w.raw(offset + 20, doff * 4 - 20, "options")
+            w.add(offset + 20, len(opts), "options", opts.hex(), _tcp_options(opts), shown=f"{len(opts)} bytes")
+        self.data_field(w, offset + doff * 4)
+
+    def udp(self, offset: int, ctx: _Ctx) -> None:
+        w = self.transport("UDP", offset, "RFC 768", ctx)
+        self.ports(w, offset)
+        length = w.uint(offset + 4, 2, "length")
+        present = ctx.end - offset
+        meaning, problem = "bytes in the datagram, this 8-byte header included", None
+        if length < 8:
+            meaning, problem = f"{meaning}: fewer than the header itself", "length < 8"
+        elif length > present and not ctx.quoted:
+            meaning, problem = f"{meaning}, but only {present} are present", "length beyond the data"
+        w.add(offset + 4, 2, "length", length, meaning, problem=problem)
+        v6 = ctx.pseudo is not None and len(ctx.pseudo[0]) == 16
+        csum = w.uint(offset + 6, 2, "checksum")
+        if csum == 0 and v6:
+            bad = "zero UDP checksum over IPv6"
+            w.add(offset + 6, 2, "checksum", 0, "none, which IPv6 forbids", "RFC 8200 8.1", shown="0x0000", problem=bad)
+        elif csum == 0:
+            w.add(offset + 6, 2, "checksum", 0, "none: the sender did not compute one", shown="0x0000")
+        else:
+            covered, prefix = self.covered(w, 17, length) if length >= 8 else (None, b"")
+            w.checksum(offset + 6, covered, prefix, "RFC 8200 8.1" if v6 else "")
+        if length < 8:
+            raise w.halt(offset + 4, "UDP length < 8", f"length {length} is less than the 8-byte header")
+        sub = ctx if ctx.quoted else self.sub_ctx(ctx, offset + 4, offset + length, "UDP length")
+        self.data_field(_Writer(self, w.layer, sub), offset + 8)
+        if not ctx.quoted:
+            self.trailer(offset + length, ctx, "after the end the UDP length gives")
+
+    # --- what is not a header -----------------------------------------------------------------------------
+
+    def data_field(self, w: _Writer, offset: int) -> None:
+        if offset < w.ctx.end:
+            data = self.data[offset : w.ctx.end]
+            w.add(offset, len(data), "data", len(data), _preview(data), shown=f"{len(data)} bytes")
+
+    def payload(self, offset: int, ctx: _Ctx, what: str) -> None:
+        w = self.layer("payload", "payload", offset, "", ctx)
+        data = self.data[offset : ctx.end]
+        meaning = f"{what}, not dissected: {_preview(data)}"
+        w.add(offset, len(data), "payload", len(data), meaning, shown=f"{len(data)} bytes")
+
+    def trailer(self, offset: int, ctx: _Ctx, what: str = "after the end the length field gives") -> None:
+        if offset < ctx.end:
+            w = self.layer("trailer", "trailing bytes", offset, "", ctx)
+            data = self.data[offset : ctx.end]
+            meaning = f"{what}: link-layer padding, or bytes that are not part of the packet: {_preview(data)}"
+            w.add(offset, len(data), "trailing bytes", len(data), meaning, shown=f"{len(data)} bytes")
+
+
+def _protocol_meaning(proto: int, v6: bool) -> str:
+    name = IP_PROTOCOLS.get(proto, "not one explain knows")
+    if v6:
+        extra = {
+            4: ": the payload is an IPv4 packet (IPv4 in IPv6, RFC 2473 3.1)",
+            41: ": the payload is an IPv6 packet (IPv6 in IPv6, RFC 2473 3.1)",
+            47: ": the payload starts with a GRE header (GRE over IPv6, RFC 7676)",
+        }
+    else:
+        extra = {
+            4: ": IPIP, the payload is an IPv4 packet (RFC 2003 3.1)",
+            41: ": the payload is an IPv6 packet (SIT, RFC 4213 3.5)",
+            47: ": the payload starts with a GRE header (RFC 2784 2)",
+        }
+    return f"{name}{extra.get(proto, '')}"
+
+
+def _ipv4_options(options: bytes) -> str:
+    names: list[str] = []
+    at = 0
+    while at < len(options):
+        kind = options[at]
+        names.append(IPV4_OPTIONS.get(kind, f"option {kind}"))
+        if kind == 0:
+            break
+        if kind == 1:
+            at += 1
+            continue
+        if at + 1 >= len(options) or options[at + 1] < 2:
+            names.append("(malformed option length)")
+            break
+        at += options[at + 1]
+    return ", ".join(names)
+
+
+def _tcp_options(options: bytes) -> str:
+    names: list[str] = []
+    at = 0
+    while at < len(options):
+        kind = options[at]
+        if kind == 0:
+            break
+        if kind == 1:
+            at += 1
+            continue
+        if at + 1 >= len(options) or options[at + 1] < 2 or at + options[at + 1] > len(options):
+            names.append(f"option {kind} with a bad length")
+            break
+        length = options[at + 1]
+        body = options[at + 2 : at + length]
+        name = TCP_OPTIONS.get(kind, f"option {kind}")
+        if kind in (2, 3) and body:
+            name += f" {int.from_bytes(body, 'big')}"
+        names.append(name)
+        at += length
+    return ", ".join(names) or "padding only"
+
+
+def explain(
+    packet: bytes | bytearray | memoryview, linktype: int = LINKTYPE_RAW, wire_length: int | None = None
+) -> Explanation:
+    """Dissect `packet` (starting at the link layer `linktype` gives; raw IP by default) field by field.
+
+    Never raises on the packet's bytes. `wire_length` is the length the packet had on the wire, when a
+    capture kept fewer bytes (its snap length); truncation messages then say so.
+    """
+    data = bytes(packet)
+    wire = max(wire_length or len(data), len(data))
+    why = f"the packet has only {len(data)} bytes"
+    if wire > len(data):
+        why += f" (the capture kept {len(data)} of its {wire} bytes)"
+    dissector = _Dissector(data)
+    stop: Stop | None = None
+    if not data:
+        stop = Stop(0, "empty", "there are no bytes to explain", "")
+    else:
+        try:
+            dissector.link(linktype, _Ctx(end=len(data), end_why=why, complete=wire == len(data)))
+        except _Halt as halt:
+            stop = halt.stop
+    layers = tuple(layer for layer in dissector.layers if layer.fields)  # a header cut before its first field
+    if stop is None and dissector.shortfall is not None:
+        stop = replace(dissector.shortfall, layer=layers[-1].title if layers else "")
+    return Explanation(data, linktype, wire, layers, stop)
+
+
+# --- rendering --------------------------------------------------------------------------------------------
+
+
+def summary(e: Explanation) -> str:
+    """One line: the layers, with the fields a person looks for first."""
+    parts: list[str] = []
+    for layer in e.layers:
+        values = {f.name: f.shown for f in layer.fields}
+        if layer.kind in ("IPv4", "IPv6") and "destination address" in values:
+            parts.append(f"{layer.kind} {values['source address']} > {values['destination address']}")
+        elif layer.kind == "GRE":
+            opts = [
+                name if name != "key" else f"key {values['key'].split(' ')[0]}"
+                for name in ("checksum", "key")
+                if name in values
+            ]
+            if "sequence number" in values:
+                opts.append(f"seq {values['sequence number'].split(' ')[0]}")
+            parts.append("GRE" + (f" ({', '.join(opts)})" if opts else ""))
+        elif layer.kind in ("TCP", "UDP") and "destination port" in values:
+            parts.append(f"{layer.kind} {values['source port']} > {values['destination port']}")
+        elif layer.kind in ("ICMP", "ICMPv6") and "type" in values:
+            t = layer.get("type")
+            parts.append(f"{layer.kind} {t.meaning if t else ''}")
+        elif layer.kind not in ("IPv6 extension", "trailer", "VLAN"):
+            parts.append(layer.kind)
+    head = f"{len(e.packet)} bytes"
+    if e.wire_length > len(e.packet):
+        head += f" (of {e.wire_length} on the wire)"
+    return f"{head}: {', '.join(parts) or 'nothing parsed'}"
+
+
+_COLUMNS = ("offset", "bits", "bytes", "field", "value", "source", "meaning")
+
+
+def render_text(e: Explanation, width: int | None = None) -> str:
+    """The explanation as a person reads it: a table per layer, then where parsing stopped and what is wrong.
+
+    With `width`, meanings wrap so that lines fit in it (continuation lines start under the meaning column).
+    """
+    lines = [summary(e)]
+    rows = [_row(e.packet, f) for layer in e.layers for f in layer.fields]
+    widths = [max(len(r[i]) for r in [_COLUMNS, *rows]) for i in range(len(_COLUMNS) - 1)]
+    widths[3] = min(widths[3], 24)  # a longer field name or value pushes its line, not the whole table
+    widths[4] = min(widths[4], 30)
+    indent = 2 + sum(w + 2 for w in widths)
+
+    def fmt(cells: tuple[str, ...]) -> list[str]:
+        head = "  " + "  ".join(c.ljust(w) for c, w in zip(cells[:-1], widths, strict=True)) + "  "
+        room = (width or 0) - len(head)
+        if room < 30 or len(cells[-1]) <= room:
+            return [(head + cells[-1]).rstrip()]
+        first, *rest = textwrap.wrap(cells[-1], room) or [""]
+        return [head + first, *(" " * indent + more for more in rest)]
+
+    for layer in e.layers:
+        last = max(f.offset + f.length for f in layer.fields)
+        span = f"offsets {layer.offset}-{last - 1}" if last > layer.offset else f"offset {layer.offset}"
+        lines += ["", f"{layer.title}: {span}" + (f" [{layer.rfc}]" if layer.rfc else ""), *fmt(_COLUMNS)]
+        for f in layer.fields:
+            lines += fmt(_row(e.packet, f))
+    lines.append("")
+    if e.stop is not None:
+        head = (
+            f"parsing stopped at offset {e.stop.offset}"
+            if e.stop.malformed
+            else f"explained up to offset {e.stop.offset}"
+        )
+        rfc = f" [{e.stop.rfc}]" if e.stop.rfc else ""
+        lines.append(f"{head}: {e.stop.reason}: {e.stop.detail}{rfc}")
+    else:
+        lines.append(f"end: all {len(e.packet)} bytes explained")
+    lines += [f"problem at offset {f.offset} ({f.name}): {f.problem}" for f in e.problems]
+    return "\n".join(lines)
+
+
+def _row(packet: bytes, f: Field) -> tuple[str, ...]:
+    raw = packet[f.offset : f.offset + min(f.length, 4)].hex()
+    if f.length > 4:
+        raw += ".."
+    return (str(f.offset), f.bit_range or "", raw, f.name, f.shown, f.rfc, f.meaning)
+
+
+def to_json(e: Explanation) -> list[list[dict[str, object]]]:
+    """A list of layers, each a list of fields {layer, offset, length, bits, name, value, meaning, rfc, problem}.
+
+    Where parsing stopped is a last field named "parsing stopped" (value: the reason) in the last layer.
+    """
+    out: list[list[dict[str, object]]] = [
+        [
+            {
+                "layer": layer.title,
+                "offset": f.offset,
+                "length": f.length,
+                "bits": f.bit_range,
+                "name": f.name,
+                "value": f.value,
+                "meaning": f.meaning,
+                "rfc": f.rfc,
+                "problem": f.problem,
+            }
+            for f in layer.fields
+        ]
+        for layer in e.layers
+    ]
+    if e.stop is not None:
+        stop = {
+            "layer": e.stop.layer,
+            "offset": e.stop.offset,
+            "length": 0,
+            "bits": None,
+            "name": "parsing stopped",
+            "value": e.stop.reason,
+            "meaning": e.stop.detail,
+            "rfc": e.stop.rfc,
+            "problem": e.stop.reason if e.stop.malformed else None,
+        }
+        if out:
+            out[-1].append(stop)
+        else:
+            out.append([stop])
+    return out
+
+
+# --- input ------------------------------------------------------------------------------------------------
+
+
+class InputError(ValueError):
+    """Input explain cannot use (not a packet explanation: the packet never got that far)."""
+
+
+_SEPARATORS = frozenset(" \t\r\n:-")
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+_PREFIX = re.compile(r"(?<![0-9A-Fa-f])0[xX]")  # 0x before a word, not the x of a digit pair
+
+
+def parse_hex(text: str) -> bytes:
+    """Bytes from hex digits; whitespace, colons and dashes between them and 0x before a word are allowed."""
+    cleaned = _PREFIX.sub("  ", text)  # same length: positions in errors stay those of the input
+    digits = []
+    for i, ch in enumerate(cleaned):
+        if ch in _HEX_DIGITS:
+            digits.append(ch)
+        elif ch not in _SEPARATORS:
+            what = f"byte 0x{ord(ch) - 0xDC00:02x}" if "\udc80" <= ch <= "\udcff" else repr(ch)  # undecodable input
+            raise InputError(
+                f"not hex: {what} at character {i + 1}; give the packet as hex digits (spaces, colons and dashes "
+                "between bytes allowed), or a capture file with --pcap FILE"
+            )
+    if not digits:
+        raise InputError("no hex digits: give the packet as hex, e.g. 45000044... (spaces and colons allowed)")
+    if len(digits) % 2:
+        raise InputError(f"odd number of hex digits ({len(digits)}): every byte needs two")
+    return bytes.fromhex("".join(digits))
+
+
+# --- command line -----------------------------------------------------------------------------------------
+
+EXAMPLE_HEX = (
+    "4500004400004000402fe620c6336401c6336402",
+    "b0000800432d0000000004d200000000",
+    "450000201c4640004001a692cb007101cb007102",
+    "080019270007000170696e67",
+)
+
+DESCRIPTION = """\
+Explain a packet byte by byte. For every field of every header: its byte offset,
+its bits where it is not whole bytes (counted from the most significant bit, as
+RFC diagrams do), the raw bytes, the value, the RFC section that defines it and
+what it means. Headers: Ethernet or Linux cooked (from captures); the outer IPv4
+or IPv6 header; GRE with every option (the checksum verified, the key also as a
+dotted quad, the sequence number); IPIP (protocol 4), SIT (protocol 41) and
+IPv6-in-IPv6; the inner IPv4/IPv6 header with what RFC 6040 makes of its ECN;
+and its ICMP, ICMPv6, TCP or UDP header.
+
+A malformed packet is explained as far as it goes, then explain says at which
+offset parsing stopped and why (truncated header, wrong version, IHL < 5,
+lying total length, GRE version != 0, routing bit...), and lists bad checksums.
+That is not an error: the exit status is 0.
+
+The packet, in one of three forms:
+  HEX            on the command line, starting at the IP header. Spaces,
+                 colons and dashes between bytes are allowed (one argument
+                 or several), and 0x before a word.
+  (nothing)      the same hex read from standard input, e.g.
+                 xxd -p packet.bin | usertunnel explain
+  --pcap FILE    a packet from a capture (pcap or pcapng; Ethernet, raw IP or
+                 Linux cooked). --index N picks packet N (0-based, default 0);
+                 --all explains every packet.
+"""
+
+EPILOG = f"""\
+example: a GRE packet as usertunnel sends it with --key 1234 --seq --csum
+(outer IPv4 198.51.100.1 > 198.51.100.2, GRE with checksum, key and sequence
+number 0, inner IPv4 203.0.113.1 > 203.0.113.2, ICMP echo request "ping"):
+  usertunnel explain {EXAMPLE_HEX[0]} \\
+      {EXAMPLE_HEX[1]} \\
+      {EXAMPLE_HEX[2]} \\
+      {EXAMPLE_HEX[3]}
+
+the other forms:
+  usertunnel explain -j 45:00:00:44:00:00:40:00:40:2f:...   colons between bytes; JSON out
+  xxd -p packet.bin | usertunnel explain                     hex on standard input
+  usertunnel explain --pcap gre.pcapng --index 3             the 4th packet of a capture
+  tcpdump -ni eth0 -w gre.pcap ip proto gre                  capture GRE, then explain
+  usertunnel explain --pcap gre.pcap --all                   every packet of it
+
+-j prints a list of layers, each a list of fields {{layer, offset, length, bits,
+name, value, meaning, rfc, problem}}; where parsing stopped is a last field named
+"parsing stopped". With --all, a list of those, one per packet.
+Exit status: 0 when the packet was explained (even a malformed one); 2 when the
+input is unusable (not hex, no such file, not a capture, index out of range).
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the `explain` subcommand to an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "explain",
+        help="explain a packet byte by byte: every GRE/IPIP/IP/ICMP/TCP/UDP field with its RFC section",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("hex", nargs="*", metavar="HEX", help="the packet as hex (read from stdin when absent)")
+    p.add_argument("--pcap", metavar="FILE", help="read the packet from a pcap or pcapng capture file")
+    p.add_argument("--index", metavar="N", help="with --pcap: the packet to explain, 0-based (default 0)")
+    p.add_argument("--all", action="store_true", help="with --pcap: explain every packet")
+    p.add_argument("-j", "--json", action="store_true", help="print JSON instead of a table")
+
+
+def _index(args: argparse.Namespace) -> int | None:
+    """The packet --index asks for (None: every packet), after checking the options go together."""
+    if args.pcap is None:
+        if args.index is not None or args.all:
+            raise InputError("--index and --all need --pcap FILE")
+        return 0
+    if args.hex:
+        raise InputError("give either HEX or --pcap FILE, not both")
+    if args.all:
+        if args.index is not None:
+            raise InputError("give either --index N or --all, not both")
+        return None
+    if args.index is None:
+        return 0
+    text = str(args.index)
+    if not text.isdigit():
+        raise InputError(f"--index {text!r} is not a packet number: give 0, 1, 2, ... (0-based)")
+    return int(text)
+
+
+def _record(
+    path: str, count: int, data: bytes, meta: object, default_linktype: int | None
+) -> tuple[int, bytes, int, int]:
+    """One packet of a capture as (index, bytes, link type, length on the wire), if explain reads its link type."""
+    linktype = int(getattr(meta, "linktype", None) or default_linktype or LINKTYPE_RAW)  # pcapng: per interface
+    if linktype not in LINKTYPES:
+        accepted = ", ".join(f"{k} ({v})" for k, v in sorted(LINKTYPES.items()))
+        why = f"packet {count} of {path!r} has link type {linktype}, which explain does not read"
+        raise InputError(f"{why}; accepted: {accepted}")
+    return count, bytes(data), linktype, int(getattr(meta, "wirelen", 0) or len(data))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `usertunnel explain` with parsed `args`: 0 when explained, 2 when the input is unusable.
+
+    The only function here that reads (stdin, a capture file) and prints. Captures are read with scapy's
+    raw reader, which gives the bytes exactly as captured and detects pcapng by itself.
+    """
+    packets: list[tuple[int, bytes, int, int]] = []
+    try:
+        index = _index(args)
+        if args.pcap is None:
+            if args.hex:
+                text = " ".join(args.hex)
+            elif sys.stdin is None or sys.stdin.isatty():
+                raise InputError("no packet: give it as HEX, pipe hex into standard input, or use --pcap FILE")
+            else:
+                text = sys.stdin.read()
+            packets.append((0, parse_hex(text), LINKTYPE_RAW, 0))
+        else:
+            from scapy.error import Scapy_Exception
+            from scapy.utils import RawPcapReader
+
+            path: str = args.pcap
+            if not os.path.isfile(path):
+                what = "a directory" if os.path.isdir(path) else "no such file"
+                raise InputError(f"cannot read {path!r}: {what} (give a pcap or pcapng capture file)")
+            count = 0
+            try:
+                with RawPcapReader(path) as reader:
+                    for data, meta in reader:
+                        if index is None or count == index:
+                            packets.append(_record(path, count, data, meta, getattr(reader, "linktype", None)))
+                        count += 1
+                        if index is not None and count > index:
+                            break
+            except (Scapy_Exception, EOFError, ValueError, struct.error) as exc:
+                where = f"past packet {count}" if count else "as a capture"
+                raise InputError(f"cannot read {path!r} {where}: {exc} (give a pcap or pcapng file)") from None
+            if index is not None and not packets:
+                have = f"indexes 0..{count - 1}" if count else "no packets"
+                raise InputError(f"--index {index} is out of range: {path!r} holds {count} packet(s) ({have})")
+    except InputError as exc:
+        print(f"usertunnel explain: error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"usertunnel explain: error: cannot read the input: {exc}", file=sys.stderr)
+        return 2
+
+    explanations = [(i, explain(data, linktype, wire or None)) for i, data, linktype, wire in packets]
+    if args.json:
+        docs = [to_json(e) for _, e in explanations]
+        text = json.dumps(docs if index is None else docs[0], indent=1)
+    else:
+        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+        heads = [f"packet {i} ({LINKTYPES[e.linktype]}): " if args.pcap else "" for i, e in explanations]
+        text = "\n\n".join(head + render_text(e, width) for head, (_, e) in zip(heads, explanations, strict=True))
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # `usertunnel explain ... | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
