@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pair in ip:iproute2 ping:iputils-ping setpriv:util-linux iperf3:iperf3 tshark:tshark nft:nftables \
+for pair in ip:iproute2 ping:iputils-ping sysctl:procps setpriv:util-linux iperf3:iperf3 tshark:tshark nft:nftables \
     ethtool:ethtool busybox:busybox-static linux.uml:user-mode-linux ovs-vswitchd:openvswitch-switch; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done

@@ -99,7 +99,8 @@ def run_lab(
         try:
             print(f"== building the lab: namespaces {NS_A}, {NS_B}; underlay {UNDER_A} <-> {UNDER_B}", file=out)
             for name in (NS_A, NS_B):
-                netns.create(name)
+                # IPv4 only: the kernel's IPv6 router solicitations would add noise to what is shown.
+                netns.create(name, ipv6=False)
             netns.veth(NS_A, VETH_A, NS_B, VETH_B, UNDER_A, UNDER_B, 24)
             capture = netns.Capture(NS_B, VETH_B)
             stop.check()

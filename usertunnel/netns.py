@@ -29,14 +29,18 @@ def exists(name: str) -> bool:
     return name in netns.listnetns()
 
 
-def create(name: str) -> None:
-    """Create namespace `name` with its loopback up."""
+def create(name: str, ipv6: bool = True) -> None:
+    """Create namespace `name` with its loopback up; with `ipv6=False`, IPv6 off on every device
+    created in it afterwards (no link-local addresses, router solicitations or MLD reports)."""
     if exists(name):
         remove(name)
     netns.create(name)
     with NetNS(name) as ns:
         lo = ns.link_lookup(ifname="lo")
         ns.link("set", index=lo[0], state="up")
+    if not ipv6:
+        sysctl = ["sysctl", "-q", "-w", "net.ipv6.conf.default.disable_ipv6=1", "net.ipv6.conf.all.disable_ipv6=1"]
+        run(name, sysctl, check=True)
 
 
 def pids(name: str) -> list[int]:

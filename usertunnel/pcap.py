@@ -40,7 +40,8 @@ class PcapNgWriter:
     """Appends packets to a pcapng file; `close()` flushes it."""
 
     def __init__(self, path: str) -> None:
-        self._file: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed by close()
+        # Unbuffered: one write per packet, so the file can be read (tail -f | wireshark -k -i -) while it runs.
+        self._file: BinaryIO = open(path, "wb", buffering=0)  # noqa: SIM115 - closed by close()
         end = _option(_OPT_END, b"")
         shb = struct.pack("<IHHq", _BYTE_ORDER_MAGIC, 1, 0, -1) + _option(_OPT_SHB_USERAPPL, b"usertunnel") + end
         self._file.write(_block(_SHB, shb))

@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Build docs/tutorial.md from docs/tutorial.src.md by running every example in it.
+
+The source is Markdown with directives in HTML comments; each is replaced by what
+it produced, so no output in the tutorial is typed by hand:
+
+  <!-- tunnels: ARGS -->     start `usertunnel up ARGS` on two hosts (namespaces ut-tut-a and
+                             ut-tut-b on 198.51.100.0/24, inner 203.0.113.1/30 and .2/30),
+                             each pointing at the other; host A also writes {tmp}/a.pcapng
+  <!-- ping -->              ping host B's inner address from host A, three times
+  <!-- run: CMD -->          run CMD on this machine and show it with its output
+  <!-- run on A: CMD -->     run CMD on host A (inside ut-tut-a)
+  <!-- stop -->              stop both tunnels and remove the hosts
+
+A CMD may end in `| grep REGEX` or `| head N` (applied in Python, in order), and
+may use {tmp} and {echo_index} (the index in host A's pcap of the first echo
+request that crossed the underlay). Run as root: `python3 scripts/tutorial.py`
+(`--output FILE` writes elsewhere; tests/test_tutorial.py rebuilds it and compares).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from usertunnel import netns
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCE, TARGET = ROOT / "docs" / "tutorial.src.md", ROOT / "docs" / "tutorial.md"
+NS_A, NS_B = "ut-tut-a", "ut-tut-b"
+DIRECTIVE = re.compile(r"<!-- (tunnels|ping|run|run on A|stop)(?::\s*(.*?))? -->")
+
+
+class Session:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.ends: list[netns.UpProcess] = []
+
+    def tunnels(self, args: str) -> str:
+        self.stop()
+        for name in (NS_A, NS_B):
+            netns.create(name, ipv6=False)
+        netns.veth(NS_A, "tut-a", NS_B, "tut-b", "198.51.100.1", "198.51.100.2", 24)
+        words = shlex.split(args)
+        for ns, local, remote, inner, extra in (
+            (NS_A, "198.51.100.1", "198.51.100.2", "203.0.113.1", ["--pcap", str(self.tmp / "a.pcapng")]),
+            (NS_B, "198.51.100.2", "198.51.100.1", "203.0.113.2", []),
+        ):
+            end = netns.UpProcess(
+                ns, ["--local", local, "--remote", remote, "--name", "tun0", "--address", f"{inner}/30", *words, *extra]
+            )
+            self.ends.append(end)
+            end.wait_ready()
+        shown = " ".join(["usertunnel up --local 198.51.100.1 --remote 198.51.100.2 --name tun0",
+                          "--address 203.0.113.1/30", *words])  # fmt: skip
+        return f"```\n# host A (host B the same, with the addresses swapped)\n$ {shown}\n```\n"
+
+    def ping(self) -> str:
+        done = netns.run(NS_A, ["ping", "-c", "3", "-i", "0.2", "203.0.113.2"], timeout=30)
+        time.sleep(0.3)
+        return self._block("ping -c 3 -i 0.2 203.0.113.2", done.stdout.decode(), "host A")
+
+    def run(self, command: str, namespace: str | None = None) -> str:
+        command, filters = _split_filters(command.format(tmp=self.tmp, echo_index=self._echo_index()))
+        argv = shlex.split(command)
+        if argv[0] == "usertunnel":
+            argv = [sys.executable, "-m", "usertunnel", *argv[1:]]
+        if namespace is None:
+            done = subprocess.run(argv, capture_output=True, timeout=120)
+        else:
+            done = netns.run(namespace, argv, timeout=120)
+        out = (done.stdout + done.stderr).decode(errors="replace")
+        for kind, value in filters:
+            lines = out.splitlines()
+            lines = [line for line in lines if re.search(value, line)] if kind == "grep" else lines[: int(value)]
+            out = "\n".join(lines) + "\n"
+        shown = command.replace(str(self.tmp), "/tmp") + ("    # (excerpt)" if filters else "")
+        return self._block(shown, out, "host A" if namespace else None)
+
+    def _echo_index(self) -> int:
+        pcap = self.tmp / "a.pcapng"
+        if not pcap.exists():
+            return 0
+        from scapy.utils import RawPcapNgReader
+
+        for index, (data, meta) in enumerate(RawPcapNgReader(str(pcap))):
+            if meta.ifname == b"underlay" and len(data) > 40 and data[9] == 47 and b"\x08\x00" in data[20:40]:
+                return index
+        return 0
+
+    @staticmethod
+    def _block(command: str, output: str, where: str | None) -> str:
+        prompt = f"{where} $ " if where else "$ "
+        return f"```\n{prompt}{command}\n{output.rstrip()}\n```\n"
+
+    def stop(self) -> str:
+        for end in self.ends:
+            end.stop()
+        self.ends.clear()
+        for name in (NS_A, NS_B):
+            netns.remove(name)
+        return ""
+
+
+def _split_filters(command: str) -> tuple[str, list[tuple[str, str]]]:
+    parts = command.split(" | ")
+    filters = []
+    for part in parts[1:]:
+        kind, _, value = part.partition(" ")
+        if kind not in ("grep", "head"):
+            raise SystemExit(f"tutorial: unknown filter {part!r}")
+        filters.append((kind, value.strip()))
+    return parts[0], filters
+
+
+def build() -> str:
+    text = SOURCE.read_text()
+    with tempfile.TemporaryDirectory(prefix="ut-tutorial-") as tmp:
+        session = Session(Path(tmp))
+        try:
+            out, pos = [], 0
+            for m in DIRECTIVE.finditer(text):
+                out.append(text[pos : m.start()])
+                kind, arg = m.group(1), (m.group(2) or "").strip()
+                if kind == "tunnels":
+                    out.append(session.tunnels(arg))
+                elif kind == "ping":
+                    out.append(session.ping())
+                elif kind == "run":
+                    out.append(session.run(arg))
+                elif kind == "run on A":
+                    out.append(session.run(arg, NS_A))
+                else:
+                    out.append(session.stop())
+                pos = m.end()
+            out.append(text[pos:])
+        finally:
+            session.stop()
+    header = "<!-- Generated by scripts/tutorial.py from docs/tutorial.src.md: edit that, not this. -->\n"
+    return header + "".join(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, default=TARGET)
+    args = parser.parse_args()
+    args.output.write_text(build())
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
