@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-.venv/bin/ruff check usertunnel tests benchmarks
+.venv/bin/ruff check usertunnel tests benchmarks scripts
 .venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"
