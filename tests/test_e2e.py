@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from conftest import INNER_A, INNER_B, UNDER_B, Lab
 from traffic import tcp_transfer
+
+from usertunnel import netns
 
 TRANSFER_BYTES = 10 * 1024 * 1024
 PORT = 5001
@@ -131,3 +136,65 @@ def test_missing_privilege_is_one_line_exit_2_and_nothing_left(lab: Lab, dropped
     assert expected in err and "Traceback" not in err
     with NetNS(lab.a) as ns:
         assert not ns.link_lookup(ifname="tun7")
+
+
+def _proc_status(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as status:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in status if ":\t" in line)
+
+
+@pytest.mark.netns
+def test_user_nobody_drops_every_capability_and_still_forwards(lab: Lab) -> None:
+    end_a, end_b = lab.pair(["--key", "5"], ["--key", "5"])
+    end_a.stop()
+    end_a = lab.start(
+        lab.a,
+        ["--local", "198.51.100.1", "--remote", UNDER_B, "--name", "tun0", "--address", f"{INNER_A}/30",
+         "--key", "5", "--user", "nobody"],
+    )  # fmt: skip
+    assert any("running as nobody:nogroup (uid 65534, gid 65534) with no capabilities" in line for line in end_a.lines)
+    status = _proc_status(end_a.pid)
+    assert status["Uid"].split() == ["65534"] * 4 and status["Gid"].split() == ["65534"] * 4
+    assert int(status["CapEff"], 16) == 0 and int(status["CapPrm"], 16) == 0
+    assert status["Groups"].strip() == ""
+    assert lab.ping(lab.a, INNER_B).returncode == 0
+    sent, received = tcp_transfer(lab.b, lab.a, INNER_A, PORT, TRANSFER_BYTES)
+    assert sent == received
+    stats = end_a.stop()
+    assert end_a.returncode == 0 and stats["tun0"]["rx_bytes"] >= TRANSFER_BYTES
+    from pyroute2 import NetNS
+
+    with NetNS(lab.a) as ns:
+        assert not ns.link_lookup(ifname="tun0")
+
+
+@pytest.mark.netns
+def test_unknown_user_is_refused_before_anything_is_created(lab: Lab) -> None:
+    end = lab.start(lab.a, ["--remote", UNDER_B, "--name", "tun8", "--user", "no-such-user-here"], wait=False)
+    assert end.wait_exit() == 2
+    assert [line for line in end.lines if line] == [
+        "usertunnel up: error: no such user 'no-such-user-here': give an existing user, e.g. nobody"
+    ]
+
+
+@pytest.mark.netns
+def test_cap_net_admin_and_cap_net_raw_are_all_it_needs(lab: Lab) -> None:
+    """Root's uid but only CAP_NET_ADMIN and CAP_NET_RAW in the bounding set: the tunnel works."""
+    import shutil
+
+    assert shutil.which("setpriv")
+    lab.start(lab.b, ["--local", UNDER_B, "--remote", "198.51.100.1", "--name", "tun0", "--address", f"{INNER_B}/30"])
+    argv = ["setpriv", "--bounding-set=-all,+net_admin,+net_raw", "--inh-caps=-all", sys.executable, "-m",
+            "usertunnel", "up", "--local", "198.51.100.1", "--remote", UNDER_B, "--name", "tun0",
+            "--address", f"{INNER_A}/30"]  # fmt: skip
+    proc = netns.popen(lab.a, argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline().decode()
+        assert ": up " in line, line
+        assert int(_proc_status(proc.pid)["CapEff"], 16) == (1 << 12) | (1 << 13)  # CAP_NET_ADMIN | CAP_NET_RAW
+        assert lab.ping(lab.a, INNER_B).returncode == 0
+    finally:
+        proc.terminate()
+        proc.wait(5)
+    assert proc.returncode == 0

@@ -197,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="inner address to put on the device, e.g. 203.0.113.1/30 (repeatable, IPv6 too with gre)",
     )
 
+    up.add_argument(
+        "--user",
+        metavar="USER",
+        help="after creating the device and opening the raw socket, drop to USER (e.g. nobody) with no "
+        "capabilities; the tunnel keeps forwarding. Without it usertunnel keeps the privileges it started with",
+    )
     see = up.add_argument_group("seeing inside the tunnel")
     see.add_argument(
         "--trace",
@@ -259,7 +265,13 @@ def _cmd_up(args: argparse.Namespace) -> int:
     _check_address_families(params, args.address)
     return up(
         UpOptions(
-            params=params, device=args.dev, mtu=args.mtu, addresses=args.address, trace=args.trace, pcap=args.pcap
+            params=params,
+            device=args.dev,
+            mtu=args.mtu,
+            addresses=args.address,
+            trace=args.trace,
+            pcap=args.pcap,
+            user=args.user,
         )
     )
 

@@ -27,6 +27,7 @@ from .core.params import ConfigError, TunnelParams
 from .io import netlink
 from .io.loop import Dataplane, Interface
 from .io.observe import Observer
+from .io.privilege import drop_to, lookup_user
 from .io.raw import open_raw
 from .io.tun import Tun
 from .pcap import PcapNgWriter
@@ -44,6 +45,7 @@ class UpOptions:
     addresses: list[Address] = field(default_factory=list)
     trace: bool = False
     pcap: str | None = None
+    user: str | None = None
 
 
 def describe(params: TunnelParams, mtu: int) -> str:
@@ -77,6 +79,7 @@ class Prepared:
     mtu: int
     observer: Observer | None = None
     device: str | None = None
+    user: str | None = None
 
     def close(self) -> None:
         self.tun.close()
@@ -88,6 +91,8 @@ class Prepared:
 def prepare(options: UpOptions) -> Prepared:
     """Check, open and configure everything; on any failure undo what was done and raise ConfigError."""
     params = options.params
+    if options.user is not None:
+        lookup_user(options.user)  # refuse an unknown user before anything is created
     if "%" not in params.name and netlink.link_exists(params.name):
         raise ConfigError(f"device {params.name!r} already exists: choose another --name or remove it")
     underlay = netlink.underlay_mtu(params.remote, options.device)
@@ -109,7 +114,9 @@ def prepare(options: UpOptions) -> Prepared:
         if observer is not None:
             observer.close()
         raise
-    return Prepared(Tunnel(params, ident=random.getrandbits(16)), tun, sock, mtu, observer, options.device)
+    return Prepared(
+        Tunnel(params, ident=random.getrandbits(16)), tun, sock, mtu, observer, options.device, options.user
+    )
 
 
 def _observer(options: UpOptions) -> Observer | None:
@@ -147,6 +154,9 @@ async def serve(prepared: Prepared) -> Demux:
             lambda: [snapshot_of(tunnel.params, tunnel.counters, demux.unmatched, prepared.mtu, pid, prepared.device)],
         )
         try:
+            if prepared.user is not None:
+                # Everything privileged is done: TUN, raw socket, netlink, control socket.
+                log.info("%s: %s", prepared.tun.name, drop_to(prepared.user))
             log.info("%s: up %s", prepared.tun.name, describe(prepared.tunnel.params, prepared.mtu))
             await stop.wait()
             log.info("%s: stopping", prepared.tun.name)
