@@ -150,6 +150,7 @@ MATRIX_START, MATRIX_END = "<!-- interop-matrix:start -->", "<!-- interop-matrix
 PEERS = {
     "test_kernel": "Linux 6.1 (user-mode-linux): ip_gre, ipip",
     "test_kernel_refusals": "Linux 6.1 (user-mode-linux): refusals, both directions",
+    "test_kernel_keepalive": "Linux 6.1 (user-mode-linux): Cisco-style keepalives",
     "test_ovs": "Open vSwitch 3.1, userspace datapath",
 }
 GRID_MODULES = {"test_kernel"}  # a row per configuration, a column per check; elsewhere a row per check

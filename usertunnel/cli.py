@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from . import __version__, control, explain
+from .core.keepalive import parse_keepalive
 from .core.params import (
     ConfigError,
     Mode,
@@ -149,6 +150,30 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--icsum", action="store_true", help="require a GRE checksum (one present is always verified)")
     g.add_argument("--ocsum", action="store_true", help="send a checksum over the GRE header and inner packet")
 
+    k = up.add_argument_group(
+        "keepalives (Cisco IOS's; Linux has none)",
+        "Every PERIOD seconds a GRE packet goes to the remote carrying an IPv4 packet addressed back to us; "
+        "any peer that decapsulates and routes returns it. After RETRIES keepalives in a row go unanswered "
+        "the line protocol goes down and the device's carrier is turned off (routes over it fail over); the "
+        "first answer brings it up. Keepalives also keep a NAT's GRE mapping alive.",
+    )
+    k.add_argument(
+        "--keepalive",
+        type=_checked(parse_keepalive),
+        metavar="PERIOD[,RETRIES]",
+        help="send keepalives (Cisco's defaults: 10,3); needs --local and --remote",
+    )
+    k.add_argument(
+        "--no-reflect-keepalives",
+        dest="reflect_keepalives",
+        action="store_false",
+        default=True,
+        help="do not send a peer's keepalives back. By default they are reflected at once, as a Cisco router "
+        "does (Linux needs accept_local=1 and forwarding for it): only a packet from our local address to the "
+        "configured remote carrying a bare GRE header of type 0 is reflected, so no loop can form "
+        "(RFC 2784 section 3 asks decapsulators to guard against loops)",
+    )
+
     o = up.add_argument_group("outer header (as Linux's ip_tunnel_xmit sets it)")
     o.add_argument(
         "--ttl",
@@ -255,6 +280,8 @@ def params_from_args(args: argparse.Namespace) -> TunnelParams:
         ttl=args.ttl,
         tos=args.tos,
         pmtudisc=args.pmtudisc,
+        keepalive=args.keepalive,
+        reflect_keepalives=args.reflect_keepalives,
     )
 
 

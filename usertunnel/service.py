@@ -20,9 +20,11 @@ import signal
 import socket
 import sys
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from .control import ControlServer, snapshot_of
 from .core.encap import Demux, Tunnel
+from .core.keepalive import Change, LineProtocol
 from .core.params import ConfigError, TunnelParams
 from .io import netlink
 from .io.loop import Dataplane, Interface
@@ -65,6 +67,8 @@ def describe(params: TunnelParams, mtu: int) -> str:
     parts.append(f"tos {'inherit' if p.tos is None else format(p.tos, '#04x')}")
     parts.append("pmtudisc" if p.pmtudisc else "nopmtudisc")
     parts.extend(flag for flag in ("iseq", "oseq", "icsum", "ocsum") if getattr(p, flag))
+    if p.keepalive is not None:
+        parts.append(f"keepalive {p.keepalive.period:g},{p.keepalive.retries}")
     parts.append(f"mtu {mtu}")
     return " ".join(parts)
 
@@ -148,10 +152,11 @@ async def serve(prepared: Prepared) -> Demux:
         dataplane.add_socket(prepared.tunnel.params.mode.value.ip_protocol, prepared.sock)
         dataplane.add_interface(Interface(prepared.tunnel, prepared.tun, prepared.sock))
         tunnel, pid = prepared.tunnel, os.getpid()
+        keepalives = _start_keepalives(loop, dataplane, prepared)
         # Started before the readiness line, so whoever waits for "up" can query at once.
         control = await ControlServer.start(
             prepared.tun.name,
-            lambda: [snapshot_of(tunnel.params, tunnel.counters, demux.unmatched, prepared.mtu, pid, prepared.device)],
+            lambda: [_snapshot(tunnel, demux, prepared, pid)],
         )
         try:
             if prepared.user is not None:
@@ -161,12 +166,66 @@ async def serve(prepared: Prepared) -> Demux:
             await stop.wait()
             log.info("%s: stopping", prepared.tun.name)
         finally:
+            if keepalives is not None:
+                keepalives.cancel()
             await control.close()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         dataplane.close()
     return demux
+
+
+def _snapshot(tunnel: Tunnel, demux: Demux, prepared: Prepared, pid: int) -> dict[str, Any]:
+    snap = snapshot_of(tunnel.params, tunnel.counters, demux.unmatched, prepared.mtu, pid, prepared.device)
+    snap["keepalives_reflected"] = tunnel.reflected
+    if tunnel.line is not None:
+        snap["keepalive"] = tunnel.line.as_dict()
+    return snap
+
+
+class _Keepalives:
+    """Sends a keepalive every PERIOD and follows the line protocol (core.keepalive) on the TUN carrier."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, prepared: Prepared, line: LineProtocol) -> None:
+        self.loop = loop
+        self.prepared = prepared
+        self.line = line
+        remote = prepared.tunnel.params.remote
+        assert remote is not None
+        self.destination = (socket.inet_ntoa(remote), 0)
+        self.handle = loop.call_soon(self.send)
+
+    def send(self) -> None:
+        p = self.prepared
+        try:
+            p.sock.sendto(p.tunnel.keepalive_request(), self.destination)
+        except OSError as exc:
+            log.debug("%s: keepalive not sent: %s", p.tun.name, exc.strerror)
+        if self.line.sending() is Change.DOWN:
+            p.tun.set_carrier(False)
+            log.warning(
+                "%s: line protocol down: %d keepalives unanswered (period %gs, retries %d); carrier off",
+                p.tun.name, self.line.missed, self.line.params.period, self.line.params.retries,
+            )  # fmt: skip
+        self.handle = self.loop.call_later(self.line.params.period, self.send)
+
+    def reply(self, tunnel: Tunnel) -> None:
+        if tunnel is self.prepared.tunnel and self.line.reply() is Change.UP:
+            self.prepared.tun.set_carrier(True)
+            log.warning("%s: line protocol up: keepalive reply received; carrier on", self.prepared.tun.name)
+
+    def cancel(self) -> None:
+        self.handle.cancel()
+
+
+def _start_keepalives(loop: asyncio.AbstractEventLoop, dataplane: Dataplane, prepared: Prepared) -> _Keepalives | None:
+    line = prepared.tunnel.line
+    if line is None:
+        return None
+    keepalives = _Keepalives(loop, prepared, line)
+    dataplane.on_keepalive_reply = keepalives.reply
+    return keepalives
 
 
 def log_stats(demux: Demux) -> None:

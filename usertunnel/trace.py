@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from .core import ecn, gre, ipv4
 from .core.drops import Drop
-from .core.encap import Demux, Received, Tunnel
+from .core.encap import Demux, KeepaliveReply, Reflect, Result, Tunnel
 from .core.lookup import Rule
 
 ECN_NAMES = {ecn.NOT_ECT: "Not-ECT", ecn.ECT_0: "ECT(0)", ecn.ECT_1: "ECT(1)", ecn.CE: "CE"}
@@ -124,7 +124,7 @@ def rx_context(demux: Demux, packet: bytes | bytearray | memoryview) -> RxContex
 
 
 def describe_rx(
-    packet: bytes | bytearray | memoryview, context: RxContext, result: Received | Drop, write_error: Drop | None = None
+    packet: bytes | bytearray | memoryview, context: RxContext, result: Result, write_error: Drop | None = None
 ) -> list[str]:
     """The receive path of one packet read from the raw socket."""
     data = bytes(packet)
@@ -170,6 +170,16 @@ def describe_rx(
             lines.append(f"  key: tunnel {t.name} matches the addresses but expects {want}")
     if isinstance(result, Drop):
         return [*lines, f"  dropped: {result.value}: {result.description}"]
+    if isinstance(result, KeepaliveReply):
+        line = result.tunnel.line
+        state = f"line protocol {'up' if line.up else 'down'}" if line is not None else ""
+        return [*lines, f"  keepalive reply: our keepalive came back (GRE protocol type 0); {state}"]
+    if isinstance(result, Reflect):
+        return [
+            *lines,
+            f"  keepalive from the peer: its inner packet ({len(result.packet)} bytes, to "
+            f"{_v4(bytes(result.packet[16:20]))}) is sent straight back (--reflect-keepalives)",
+        ]
     if write_error is not None:
         return [*lines, f"  dropped: {write_error.value}: {write_error.description}"]
     stripped = outer.header_length + (header.length if isinstance(header, gre.GREHeader) else 0)

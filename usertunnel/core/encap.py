@@ -29,6 +29,7 @@ from typing import NamedTuple
 from . import ecn, gre, ipv4, ipv6
 from .checksum import checksum_is_valid, fold, ones_complement_sum
 from .drops import Drop
+from .keepalive import LineProtocol, inner_request, is_request_to_reflect
 from .lookup import Rule, TunnelTable
 from .params import TunnelParams
 from .sequence import SequenceWindow
@@ -92,6 +93,8 @@ class Tunnel:
         "_dst",
         "_max_inner",
         "ident",
+        "line",
+        "reflected",
     )
 
     def __init__(self, params: TunnelParams, ident: int = 0) -> None:
@@ -100,6 +103,8 @@ class Tunnel:
         # next value of a per-destination counter (ip_select_ident). The I/O shell starts ours at a
         # random value, as the kernel's counters start; the core takes it as given.
         self.ident = ident & 0xFFFF
+        self.line = LineProtocol(params.keepalive) if params.keepalive is not None else None
+        self.reflected = 0  # peers' keepalives sent back (with or without keepalives of our own)
         self.counters = Counters()
         self.iseq_window = SequenceWindow()
         self.oseq_next = 0  # Linux sends the first packet with sequence number 0
@@ -191,6 +196,14 @@ class Tunnel:
         c.tx_bytes += n
         return outer + tunnel_hdr
 
+    def keepalive_request(self) -> bytes:
+        """A Cisco keepalive to send now (see core.keepalive), counted on the line protocol."""
+        p = self.params
+        assert p.local is not None and p.remote is not None
+        packet = self.encapsulate(inner_request(p.local, p.remote, p.ikey, p.icsum))
+        assert isinstance(packet, bytes)
+        return packet
+
     def encapsulate(self, inner: bytes | bytearray | memoryview) -> bytes | Drop:
         """The whole outer packet for `inner`, or why not (see `encapsulate_header`)."""
         header = self.encapsulate_header(inner)
@@ -205,6 +218,22 @@ class Received(NamedTuple):
     tunnel: Tunnel
     rule: Rule
     inner: bytes | bytearray | memoryview
+
+
+class KeepaliveReply(NamedTuple):
+    """Our own keepalive came back (GRE protocol type 0, nothing after the header)."""
+
+    tunnel: Tunnel
+
+
+class Reflect(NamedTuple):
+    """A peer's keepalive: `packet` (an IPv4 packet from us to the peer) is to be sent back as it is."""
+
+    tunnel: Tunnel
+    packet: bytes | bytearray | memoryview
+
+
+Result = Received | KeepaliveReply | Reflect | Drop
 
 
 class Demux:
@@ -222,7 +251,7 @@ class Demux:
         if table is not None:
             table.remove(tunnel)
 
-    def decapsulate(self, packet: bytes | bytearray | memoryview) -> Received | Drop:
+    def decapsulate(self, packet: bytes | bytearray | memoryview) -> Result:
         """Check a packet from the raw socket and return its inner packet, or why it was dropped."""
         view = memoryview(packet)
         n = len(view)
@@ -284,6 +313,10 @@ class Demux:
                 return counters.drop(Drop.CSUM_UNEXPECTED)
         elif p.icsum:
             return counters.drop(Drop.CSUM_MISSING)
+        if proto == gre.PROTO_KEEPALIVE and len(payload) == hlen and tunnel.line is not None:
+            # Our keepalive, reflected by the peer. It carries no sequence number (the peer only
+            # routed it back), so it is recognised before the sequence check.
+            return KeepaliveReply(tunnel)
         if p.iseq:
             if sequence is None:
                 return counters.drop(Drop.SEQ_MISSING)
@@ -306,6 +339,9 @@ class Demux:
                 return counters.drop(Drop.INNER_MALFORMED)
             inner = inner[:inner_total]
             inner_tos = inner[1]
+            if inner[9] == 47 and p.reflect_keepalives and is_request_to_reflect(inner, p.local, p.remote):
+                tunnel.reflected += 1
+                return Reflect(tunnel, inner)
         elif proto == gre.PROTO_IPV6:
             if version != 6 or m < ipv6.HEADER_LEN:
                 return counters.drop(Drop.INNER_MALFORMED)

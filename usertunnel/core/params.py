@@ -12,8 +12,12 @@ import enum
 import ipaddress
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import gre, ipv4
+
+if TYPE_CHECKING:
+    from .keepalive import KeepaliveParams
 
 
 class ConfigError(ValueError):
@@ -68,6 +72,8 @@ class TunnelParams:
     ttl: int | None = None
     tos: int | None = 0
     pmtudisc: bool = True
+    keepalive: KeepaliveParams | None = None  # Cisco-style keepalives (core.keepalive); Linux has none
+    reflect_keepalives: bool = True  # send a peer's keepalives back at once (see README: RFC 2784 section 3)
 
     def __post_init__(self) -> None:
         if not _IFNAME.match(self.name):
@@ -87,6 +93,8 @@ class TunnelParams:
             raise ConfigError(f"ttl {self.ttl} out of range: 1..255 or 'inherit'")
         if self.tos is not None and not 0 <= self.tos <= 0xFF:
             raise ConfigError(f"tos {self.tos:#x} out of range: 00..ff or 'inherit'")
+        if self.keepalive is not None and (not self.mode.value.is_gre or self.local is None or self.remote is None):
+            raise ConfigError("keepalives need mode gre with both --local and --remote: they are sent to the remote")
         if self.ttl is not None and not self.pmtudisc:
             # iproute2 refuses this combination with the same words.
             raise ConfigError("ttl != 0 and nopmtudisc are incompatible")

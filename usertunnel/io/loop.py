@@ -14,10 +14,11 @@ import asyncio
 import errno
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..core.drops import Drop
-from ..core.encap import Demux, Tunnel
+from ..core.encap import Demux, KeepaliveReply, Received, Reflect, Tunnel
 from .observe import Observer
 from .tun import Tun
 
@@ -57,6 +58,8 @@ class Dataplane:
         self.demux = demux
         # --trace / --pcap. Without them the per-packet cost is one `is None` test on a local.
         self.observer = observer
+        # Called with the tunnel when one of our keepalives comes back (set by the service).
+        self.on_keepalive_reply: Callable[[Tunnel], None] | None = None
         self.interfaces: dict[Tunnel, Interface] = {}
         self.sockets: dict[int, socket.socket] = {}
         self._buffer = bytearray(RECV_BUFFER)
@@ -130,7 +133,7 @@ class Dataplane:
                 context = observer.rx_context(demux, packet)
             received = demux.decapsulate(packet)
             error = None
-            if not isinstance(received, Drop):
+            if isinstance(received, Received):
                 iface = interfaces.get(received.tunnel)
                 if iface is not None:
                     try:
@@ -138,5 +141,17 @@ class Dataplane:
                     except OSError:
                         error = Drop.TUN_WRITE_ERROR
                         received.tunnel.counters.rx_failed(len(received.inner), error)
+            elif isinstance(received, (KeepaliveReply, Reflect)):
+                self._keepalive(sock, received)
             if observer is not None:
                 observer.rx(packet, context, received, error)
+
+    def _keepalive(self, sock: socket.socket, result: KeepaliveReply | Reflect) -> None:
+        if isinstance(result, Reflect):
+            # A peer's keepalive: its inner packet goes straight back, as a Cisco router would route it.
+            try:
+                sock.sendto(result.packet, (socket.inet_ntoa(bytes(result.packet[16:20])), 0))
+            except OSError as exc:
+                result.tunnel.counters.drop(_SEND_ERRORS.get(exc.errno or 0, Drop.SEND_ERROR))
+        elif self.on_keepalive_reply is not None:
+            self.on_keepalive_reply(result.tunnel)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from .. import trace
 from ..core.drops import Drop
-from ..core.encap import Demux, Received, Tunnel
+from ..core.encap import Demux, Received, Result, Tunnel
 from ..pcap import INBOUND, OUTBOUND, TUN, UNDERLAY, PcapNgWriter
 
 
@@ -33,12 +33,10 @@ class Observer:
     def rx_context(self, demux: Demux, packet: memoryview) -> trace.RxContext | None:
         return trace.rx_context(demux, packet) if self.tracer is not None else None
 
-    def rx(
-        self, packet: memoryview, context: trace.RxContext | None, result: Received | Drop, write_error: Drop | None
-    ) -> None:
+    def rx(self, packet: memoryview, context: trace.RxContext | None, result: Result, write_error: Drop | None) -> None:
         if self.pcap is not None:
             self.pcap.write(UNDERLAY, packet, INBOUND)
-            if not isinstance(result, Drop) and write_error is None:
+            if isinstance(result, Received) and write_error is None:
                 self.pcap.write(TUN, result.inner, INBOUND)
         if self.tracer is not None and context is not None:
             for line in trace.describe_rx(packet, context, result, write_error):

@@ -8,11 +8,15 @@ file descriptor removes it, so even a killed process leaves nothing behind.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import struct
 
 import pytun
 
 from ..core.params import ConfigError
+
+TUNSETCARRIER = 0x400454E2  # _IOW('T', 226, int)
 
 
 class Tun:
@@ -29,6 +33,10 @@ class Tun:
         self.name: str = self._dev.name
         self.fd: int = self._dev.fileno()
         os.set_blocking(self.fd, False)
+
+    def set_carrier(self, on: bool) -> None:
+        """Carrier on or off (TUNSETCARRIER, Linux 5.0+): off, routes over the device stop being used."""
+        fcntl.ioctl(self.fd, TUNSETCARRIER, struct.pack("i", 1 if on else 0))
 
     def close(self) -> None:
         """Close the device; the kernel removes the interface with it."""
