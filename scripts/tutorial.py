@@ -10,6 +10,9 @@ it produced, so no output in the tutorial is typed by hand:
   <!-- ping -->              ping host B's inner address from host A, three times
   <!-- run: CMD -->          run CMD on this machine and show it with its output
   <!-- run on A: CMD -->     run CMD on host A (inside ut-tut-a)
+  <!-- stop B -->            stop host B's tunnel (its peer goes away)
+  <!-- start B -->           start host B's tunnel again, as it was
+  <!-- wait: SECONDS -->     let time pass (keepalive timers), shown as a comment
   <!-- stop -->              stop both tunnels and remove the hosts
 
 A CMD may end in `| grep REGEX` or `| head N` (applied in Python, in order), and
@@ -34,13 +37,14 @@ from usertunnel import netns
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE, TARGET = ROOT / "docs" / "tutorial.src.md", ROOT / "docs" / "tutorial.md"
 NS_A, NS_B = "ut-tut-a", "ut-tut-b"
-DIRECTIVE = re.compile(r"<!-- (tunnels|ping|run|run on A|stop)(?::\s*(.*?))? -->")
+DIRECTIVE = re.compile(r"<!-- (tunnels|ping|run|run on A|stop B|start B|stop|wait)(?::\s*(.*?))? -->")
 
 
 class Session:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.ends: list[netns.UpProcess] = []
+        self.b_args: list[str] = []
 
     def tunnels(self, args: str) -> str:
         self.stop()
@@ -52,11 +56,11 @@ class Session:
             (NS_A, "198.51.100.1", "198.51.100.2", "203.0.113.1", ["--pcap", str(self.tmp / "a.pcapng")]),
             (NS_B, "198.51.100.2", "198.51.100.1", "203.0.113.2", []),
         ):
-            end = netns.UpProcess(
-                ns, ["--local", local, "--remote", remote, "--name", "tun0", "--address", f"{inner}/30", *words, *extra]
-            )
+            args = ["--local", local, "--remote", remote, "--name", "tun0", "--address", f"{inner}/30", *words, *extra]
+            end = netns.UpProcess(ns, args)
             self.ends.append(end)
             end.wait_ready()
+            self.b_args = args
         shown = " ".join(["usertunnel up --local 198.51.100.1 --remote 198.51.100.2 --name tun0",
                           "--address 203.0.113.1/30", *words])  # fmt: skip
         return f"```\n# host A (host B the same, with the addresses swapped)\n$ {shown}\n```\n"
@@ -99,6 +103,21 @@ class Session:
         prompt = f"{where} $ " if where else "$ "
         return f"```\n{prompt}{command}\n{output.rstrip()}\n```\n"
 
+    def stop_b(self) -> str:
+        self.ends.pop().stop()
+        return "```\n# host B's tunnel stopped\n```\n"
+
+    def start_b(self) -> str:
+        end = netns.UpProcess(NS_B, self.b_args)
+        self.ends.append(end)
+        end.wait_ready()
+        return "```\n# host B's tunnel started again\n```\n"
+
+    @staticmethod
+    def wait(seconds: str) -> str:
+        time.sleep(float(seconds))
+        return f"```\n# ... {seconds} seconds later\n```\n"
+
     def stop(self) -> str:
         for end in self.ends:
             end.stop()
@@ -136,6 +155,12 @@ def build() -> str:
                     out.append(session.run(arg))
                 elif kind == "run on A":
                     out.append(session.run(arg, NS_A))
+                elif kind == "stop B":
+                    out.append(session.stop_b())
+                elif kind == "start B":
+                    out.append(session.start_b())
+                elif kind == "wait":
+                    out.append(session.wait(arg))
                 else:
                     out.append(session.stop())
                 pos = m.end()

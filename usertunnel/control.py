@@ -521,7 +521,14 @@ def _tunnel_lines(t: Tunnel) -> list[str]:
 
 
 def _extras_line(t: Tunnel) -> str:
-    return f"  usertunnel: pid {t['pid']} mtu {t['mtu']}"
+    line = f"  usertunnel: pid {t['pid']} mtu {t['mtu']}"
+    keepalive = t.get("keepalive")
+    if keepalive:
+        line += (
+            f"\n  keepalive {keepalive['period']:g},{keepalive['retries']}: line protocol {keepalive['state']}"
+            f" (sent {keepalive['sent']}, replies {keepalive['replies']}, unanswered {keepalive['unanswered']})"
+        )
+    return line
 
 
 def _drop_lines(drops: dict[str, int]) -> list[str]:
