@@ -140,12 +140,20 @@ def _trace_line(line: str) -> None:
     sys.stderr.write(f"trace: {line}\n")
 
 
-async def serve(prepared: Prepared) -> Demux:
-    """Move packets until SIGINT or SIGTERM; return the demux with its counters."""
+async def serve(prepared: Prepared) -> tuple[Demux, str | None]:
+    """Move packets until SIGINT or SIGTERM (reason None) or until the data path cannot go on
+    (the reason); return the demux with its counters and that reason."""
     loop = asyncio.get_running_loop()
     demux = Demux()
     dataplane = Dataplane(loop, demux, prepared.observer)
     stop = asyncio.Event()
+    fatal: list[str] = []
+
+    def on_fatal(reason: str) -> None:
+        fatal.append(reason)
+        stop.set()
+
+    dataplane.on_fatal = on_fatal
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
@@ -164,7 +172,10 @@ async def serve(prepared: Prepared) -> Demux:
                 log.info("%s: %s", prepared.tun.name, drop_to(prepared.user))
             log.info("%s: up %s", prepared.tun.name, describe(prepared.tunnel.params, prepared.mtu))
             await stop.wait()
-            log.info("%s: stopping", prepared.tun.name)
+            if fatal:
+                log.error("%s: %s; stopping", prepared.tun.name, fatal[0])
+            else:
+                log.info("%s: stopping", prepared.tun.name)
         finally:
             if keepalives is not None:
                 keepalives.cancel()
@@ -173,7 +184,7 @@ async def serve(prepared: Prepared) -> Demux:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         dataplane.close()
-    return demux
+    return demux, (fatal[0] if fatal else None)
 
 
 def _snapshot(tunnel: Tunnel, demux: Demux, prepared: Prepared, pid: int) -> dict[str, Any]:
@@ -251,8 +262,8 @@ def up(options: UpOptions) -> int:
     prepared = prepare(options)
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            demux = runner.run(serve(prepared))
+            demux, fatal = runner.run(serve(prepared))
         log_stats(demux)
     finally:
         prepared.close()
-    return 0
+    return 1 if fatal else 0

@@ -60,6 +60,8 @@ class Dataplane:
         self.observer = observer
         # Called with the tunnel when one of our keepalives comes back (set by the service).
         self.on_keepalive_reply: Callable[[Tunnel], None] | None = None
+        # Called with a sentence when the data path cannot go on (the TUN device vanished).
+        self.on_fatal: Callable[[str], None] | None = None
         self.interfaces: dict[Tunnel, Interface] = {}
         self.sockets: dict[int, socket.socket] = {}
         self._buffer = bytearray(RECV_BUFFER)
@@ -98,8 +100,8 @@ class Dataplane:
                 inner = os.read(fd, RECV_BUFFER)
             except BlockingIOError:
                 return
-            except OSError:
-                tunnel.counters.drop(Drop.INNER_MALFORMED)
+            except OSError as exc:
+                self._tun_failed(iface, exc)
                 return
             header = tunnel.encapsulate_header(inner)
             error = None
@@ -111,6 +113,16 @@ class Dataplane:
                     tunnel.counters.tx_failed(len(inner), error)
             if observer is not None:
                 observer.tx(tunnel, inner, header, error)
+
+    def _tun_failed(self, iface: Interface, exc: OSError) -> None:
+        """A read from the TUN device failed. EBADFD: the device was deleted (ip link del) under us;
+        the descriptor is dead for good, so stop watching it and say so."""
+        if exc.errno in (errno.EBADFD, errno.ENODEV, errno.EIO):
+            self.loop.remove_reader(iface.tun.fd)
+            if self.on_fatal is not None:
+                self.on_fatal(f"the TUN device {iface.tun.name} was removed from outside ({exc.strerror})")
+        else:
+            iface.tunnel.counters.drop(Drop.TUN_READ_ERROR)
 
     def _on_raw_readable(self, sock: socket.socket) -> None:
         view = self._view
