@@ -449,6 +449,7 @@ DIRECTION: dict[Drop, str] = {
     Drop.SEND_NOBUFS: TX,
     Drop.SEND_MSGSIZE: TX,
     Drop.ICMP_ERROR: TX,
+    Drop.TUN_READ_ERROR: TX,
 }
 
 # The columns of `ip -s tunnel show` (iproute2's tnl_print_stats) that usertunnel has reasons for.
