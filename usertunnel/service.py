@@ -209,10 +209,15 @@ class _Keepalives:
 
     def send(self) -> None:
         p = self.prepared
+        packet = p.tunnel.keepalive_request()
         try:
-            p.sock.sendto(p.tunnel.keepalive_request(), self.destination)
+            p.sock.sendto(packet, self.destination)
         except OSError as exc:
             log.debug("%s: keepalive not sent: %s", p.tun.name, exc.strerror)
+        else:
+            if p.observer is not None:
+                state = "up" if self.line.up else "down"
+                p.observer.sent(packet, f"keepalive to {self.destination[0]} (line protocol {state})")
         if self.line.sending() is Change.DOWN:
             p.tun.set_carrier(False)
             log.warning(
@@ -243,7 +248,11 @@ def log_stats(demux: Demux) -> None:
     """The counters, one JSON object per tunnel (and one for packets no tunnel owns)."""
     for table in demux.tables.values():
         for tunnel in table:
-            log.info("%s: stats %s", tunnel.name, json.dumps(tunnel.counters.as_dict(), sort_keys=True))
+            stats = tunnel.counters.as_dict()
+            stats["keepalives_reflected"] = tunnel.reflected  # read from the raw socket and sent back
+            if tunnel.line is not None:
+                stats["keepalive"] = tunnel.line.as_dict()  # its "replies" were read from the raw socket too
+            log.info("%s: stats %s", tunnel.name, json.dumps(stats, sort_keys=True))
     log.info("unmatched: stats %s", json.dumps(demux.unmatched.as_dict(), sort_keys=True))
 
 

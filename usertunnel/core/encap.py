@@ -339,9 +339,6 @@ class Demux:
                 return counters.drop(Drop.INNER_MALFORMED)
             inner = inner[:inner_total]
             inner_tos = inner[1]
-            if inner[9] == 47 and p.reflect_keepalives and is_request_to_reflect(inner, p.local, p.remote):
-                tunnel.reflected += 1
-                return Reflect(tunnel, inner)
         elif proto == gre.PROTO_IPV6:
             if version != 6 or m < ipv6.HEADER_LEN:
                 return counters.drop(Drop.INNER_MALFORMED)
@@ -358,6 +355,15 @@ class Demux:
             if action is ecn.Decap.DROP:
                 return counters.drop(Drop.ECN_CE_NOT_ECT)
             inner = set_ce(inner)
+        # A peer's keepalive goes back as a router would route it, after the same RFC 6040 rule.
+        if (
+            inner[9] == 47
+            and inner[0] >> 4 == 4
+            and p.reflect_keepalives
+            and is_request_to_reflect(inner, p.local, p.remote)
+        ):
+            tunnel.reflected += 1
+            return Reflect(tunnel, inner)
         counters.rx_packets += 1
         counters.rx_bytes += len(inner)
         return Received(tunnel, rule, inner)

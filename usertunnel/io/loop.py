@@ -161,9 +161,13 @@ class Dataplane:
     def _keepalive(self, sock: socket.socket, result: KeepaliveReply | Reflect) -> None:
         if isinstance(result, Reflect):
             # A peer's keepalive: its inner packet goes straight back, as a Cisco router would route it.
+            destination = socket.inet_ntoa(bytes(result.packet[16:20]))
             try:
-                sock.sendto(result.packet, (socket.inet_ntoa(bytes(result.packet[16:20])), 0))
+                sock.sendto(result.packet, (destination, 0))
             except OSError as exc:
                 result.tunnel.counters.drop(_SEND_ERRORS.get(exc.errno or 0, Drop.SEND_ERROR))
+            else:
+                if self.observer is not None:
+                    self.observer.sent(result.packet, f"reflected a keepalive back to {destination}")
         elif self.on_keepalive_reply is not None:
             self.on_keepalive_reply(result.tunnel)

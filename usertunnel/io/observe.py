@@ -30,6 +30,13 @@ class Observer:
             for line in trace.describe_tx(tunnel, inner, result, send_error):
                 self.tracer(line)
 
+    def sent(self, packet: bytes | bytearray | memoryview, what: str) -> None:
+        """A packet the tunnel sent on the underlay by itself (a keepalive, or a peer's reflected)."""
+        if self.pcap is not None:
+            self.pcap.write(UNDERLAY, packet, OUTBOUND)
+        if self.tracer is not None:
+            self.tracer(f"tx: sent {len(packet)} bytes on the underlay: {what}")
+
     def rx_context(self, demux: Demux, packet: memoryview) -> trace.RxContext | None:
         return trace.rx_context(demux, packet) if self.tracer is not None else None
 
