@@ -12,7 +12,7 @@ import time
 
 import pytest
 from conftest import INNER_A, INNER_B, UNDER_A, UNDER_B, Lab
-from traffic import corrupt_last_byte, echo_replies_seen, echo_request
+from traffic import corrupt_last_byte, echo_replies_seen, echo_request, fix_total_length
 
 ECHO_ID = 0x5554
 
@@ -86,10 +86,7 @@ def test_malformed_gre_from_the_peer_is_counted_and_the_tunnel_keeps_working(lab
         good[: ihl + 8] + b"\x45\x00\x00\xff" + good[ihl + 12 :],  # inner total length lies
     ]
     for packet in bad:
-        # Fix the outer total length for the truncated one so the kernel delivers it.
-        fixed = bytearray(packet)
-        fixed[2:4] = len(fixed).to_bytes(2, "big")
-        tx.sendto(bytes(fixed), (UNDER_B, 0))
+        tx.sendto(fix_total_length(packet), (UNDER_B, 0))  # the truncated one needs it to be delivered
     tx.close()
     time.sleep(0.3)
     ping = lab.ping(lab.a, INNER_B, count=2)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import INNER_A, INNER_B, UNDER_A, UNDER_B, Lab
-from traffic import corrupt_last_byte, echo_request
+from traffic import corrupt_last_byte, echo_request, fix_total_length
 
 RX_DROPS = {
     "outer_malformed", "outer_fragment", "gre_truncated", "gre_version", "gre_routing", "gre_protocol", "no_tunnel",
@@ -55,9 +55,7 @@ def test_trace_and_pcap_show_every_packet_and_the_counters_add_up(lab: Lab, tmp_
         echo_request(outer, inner, 9, 4, key=7, seq=10**6 + 1)[:30],
     ]
     for packet in crafted:
-        fixed = bytearray(packet)
-        fixed[2:4] = len(fixed).to_bytes(2, "big")
-        tx.sendto(bytes(fixed), (UNDER_A, 0))
+        tx.sendto(fix_total_length(packet), (UNDER_A, 0))
     tx.close()
     time.sleep(0.3)
     stats = end_a.stop()

@@ -53,7 +53,7 @@ from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 from scapy.utils import RawPcapNgReader, checksum
-from traffic import tcp_transfer
+from traffic import fix_total_length, tcp_transfer
 
 KEY = 7
 SPOOFED = "198.51.100.9"
@@ -137,13 +137,6 @@ def accept_inner(n: int) -> Packet:
 def keepalive_request(tag: int) -> Packet:
     """The inner packet of a Cisco keepalive from B: from A back to B, a bare GRE header of type 0."""
     return IP(src=UNDER_A, dst=UNDER_B, ttl=255, id=tag) / GRE(proto=0)
-
-
-def fix_total_length(packet: bytes) -> bytes:
-    """The outer total length set to what is left (the kernel also does this for IP_HDRINCL, and the checksum)."""
-    out = bytearray(packet)
-    out[2:4] = len(out).to_bytes(2, "big")
-    return bytes(out)
 
 
 def gre_checksum_valid(packet: bytes) -> bool:

@@ -83,6 +83,14 @@ def echo_request(
     return bytes(outer_ip / header / payload)
 
 
+def fix_total_length(packet: bytes) -> bytes:
+    """The outer IPv4 total length set to the packet's length (after truncating a crafted packet), so that
+    the receiving kernel delivers it; with IP_HDRINCL the sending kernel fills in the header checksum."""
+    out = bytearray(packet)
+    out[2:4] = len(out).to_bytes(2, "big")
+    return bytes(out)
+
+
 def corrupt_last_byte(packet: bytes) -> bytes:
     out = bytearray(packet)
     out[-1] ^= 0x55
