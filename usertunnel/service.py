@@ -187,12 +187,18 @@ async def serve(prepared: Prepared) -> tuple[Demux, str | None]:
     return demux, (fatal[0] if fatal else None)
 
 
+def _keepalive_fields(tunnel: Tunnel) -> dict[str, Any]:
+    """What a tunnel counts besides its Counters: peers' keepalives reflected (read from the raw socket
+    and sent back) and, with --keepalive, the line protocol (whose replies were read from it too)."""
+    fields: dict[str, Any] = {"keepalives_reflected": tunnel.reflected}
+    if tunnel.line is not None:
+        fields["keepalive"] = tunnel.line.as_dict()
+    return fields
+
+
 def _snapshot(tunnel: Tunnel, demux: Demux, prepared: Prepared, pid: int) -> dict[str, Any]:
     snap = snapshot_of(tunnel.params, tunnel.counters, demux.unmatched, prepared.mtu, pid, prepared.device)
-    snap["keepalives_reflected"] = tunnel.reflected
-    if tunnel.line is not None:
-        snap["keepalive"] = tunnel.line.as_dict()
-    return snap
+    return snap | _keepalive_fields(tunnel)
 
 
 class _Keepalives:
@@ -248,10 +254,7 @@ def log_stats(demux: Demux) -> None:
     """The counters, one JSON object per tunnel (and one for packets no tunnel owns)."""
     for table in demux.tables.values():
         for tunnel in table:
-            stats = tunnel.counters.as_dict()
-            stats["keepalives_reflected"] = tunnel.reflected  # read from the raw socket and sent back
-            if tunnel.line is not None:
-                stats["keepalive"] = tunnel.line.as_dict()  # its "replies" were read from the raw socket too
+            stats = tunnel.counters.as_dict() | _keepalive_fields(tunnel)
             log.info("%s: stats %s", tunnel.name, json.dumps(stats, sort_keys=True))
     log.info("unmatched: stats %s", json.dumps(demux.unmatched.as_dict(), sort_keys=True))
 

@@ -86,8 +86,6 @@ class Dataplane:
             sock.close()
         self.interfaces.clear()
         self.sockets.clear()
-        if self.observer is not None:
-            self.observer.close()
 
     def _on_tun_readable(self, iface: Interface) -> None:
         fd = iface.tun.fd
