@@ -30,6 +30,10 @@ class Drop(enum.Enum):
     SEQ_MISSING = "seq_missing"
     SEQ_OLD = "seq_old"
     ECN_CE_NOT_ECT = "ecn_ce_not_ect"
+    # Point-to-multipoint hub (core.neighbors).
+    NO_NEIGHBOR = "no_neighbor"
+    SPOKE_SOURCE = "spoke_source"
+    HUB_FULL = "hub_full"
     # Inner packet (either direction).
     INNER_MALFORMED = "inner_malformed"
     FAMILY = "family"
@@ -62,6 +66,9 @@ _DESCRIPTIONS: dict[Drop, str] = {
     Drop.SEQ_MISSING: "tunnel requires sequence numbers (iseq) and the packet has none",
     Drop.SEQ_OLD: "sequence number not newer than the last one accepted (replayed or reordered)",
     Drop.ECN_CE_NOT_ECT: "outer header marked CE over an inner packet that is not ECN-capable (RFC 6040)",
+    Drop.NO_NEIGHBOR: "hub: no spoke learned or configured for the inner destination (--remote any)",
+    Drop.SPOKE_SOURCE: "hub: inner source outside the prefixes of the spoke key it carries (--spoke)",
+    Drop.HUB_FULL: "hub: neighbor table full (max peers), a new spoke was refused",
     Drop.INNER_MALFORMED: "inner IP header truncated, with a bad checksum, or lying about its length",
     Drop.FAMILY: "inner address family this mode cannot carry (e.g. IPv6 into ipip)",
     Drop.OVERSIZE: "inner packet too large: with the outer headers it would exceed 65535 bytes",

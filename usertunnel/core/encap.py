@@ -31,6 +31,7 @@ from .checksum import checksum_is_valid, fold, ones_complement_sum
 from .drops import Drop
 from .keepalive import LineProtocol, inner_request, is_request_to_reflect
 from .lookup import Rule, TunnelTable
+from .neighbors import NeighborTable, Peer
 from .params import TunnelParams
 from .sequence import SequenceWindow
 
@@ -95,6 +96,9 @@ class Tunnel:
         "ident",
         "line",
         "reflected",
+        "hub",
+        "_outer_sum_base",
+        "_gre_by_key",
     )
 
     def __init__(self, params: TunnelParams, ident: int = 0) -> None:
@@ -124,19 +128,37 @@ class Tunnel:
                 self._gre_fixed[proto] = hdr.pack()
         # Sum of the outer IPv4 header words that never change for this tunnel
         # (version/IHL, protocol, addresses); TOS, length, flags and TTL are added per packet.
-        self._outer_sum = (
-            0x4500 + params.mode.value.ip_protocol + ones_complement_sum(self._src) + ones_complement_sum(self._dst)
-        )
+        self._outer_sum_base = 0x4500 + params.mode.value.ip_protocol + ones_complement_sum(self._src)
+        self._outer_sum = self._outer_sum_base + ones_complement_sum(self._dst)
+        # Point-to-multipoint (`--remote any`): the outer destination, key and sequence number
+        # come from the neighbor table, per packet (core.neighbors).
+        self.hub = NeighborTable(params.hub, params.okey) if params.hub is not None else None
+        self._gre_by_key: dict[int | None, dict[int, bytes]] = {params.okey: self._gre_fixed}
 
     @property
     def name(self) -> str:
         return self.params.name
 
-    def encapsulate_header(self, inner: bytes | bytearray | memoryview) -> bytes | Drop:
+    def _gre_headers(self, okey: int | None) -> dict[int, bytes]:
+        """The GRE headers (checksum and sequence fields zero) this tunnel sends with `okey`, per protocol."""
+        headers = self._gre_by_key.get(okey)
+        if headers is None:
+            p = self.params
+            headers = self._gre_by_key[okey] = {
+                proto: gre.GREHeader(
+                    proto, checksum=0 if p.ocsum else None, key=okey, sequence=0 if p.oseq else None
+                ).pack()
+                for proto in (gre.PROTO_IPV4, gre.PROTO_IPV6)
+            }
+        return headers
+
+    def encapsulate_header(self, inner: bytes | bytearray | memoryview, now: float = 0.0) -> bytes | Drop:
         """The outer IPv4 header and GRE header to send in front of `inner`, or why not.
 
         The outer identification is the tunnel's next `ident`, as Linux gives
-        one to every tunnel packet (RFC 6864 allows any value with DF).
+        one to every tunnel packet (RFC 6864 allows any value with DF). A hub
+        (`params.hub`) picks the outer destination from its neighbor table at
+        time `now`; the outer destination is then the header's bytes 16..20.
         """
         p = self.params
         n = len(inner)
@@ -164,13 +186,30 @@ class Tunnel:
         if n > self._max_inner:
             return self.counters.drop(Drop.OVERSIZE)
 
+        hub = self.hub
+        sender: Tunnel | Peer = self  # who owns the output sequence number
+        if hub is None:
+            dst = self._dst
+            outer_sum = self._outer_sum
+            gre_fixed = self._gre_fixed
+        else:
+            peer = hub.route(bytes(inner[16:20]) if version == 4 else bytes(inner[24:40]), now)
+            if peer is None:
+                return self.counters.drop(Drop.NO_NEIGHBOR)
+            if peer.gre_fixed is None:
+                peer.gre_fixed = self._gre_headers(peer.okey)
+            sender = peer
+            dst = peer.outer
+            outer_sum = self._outer_sum_base + peer.outer_sum
+            gre_fixed = peer.gre_fixed
+
         if p.mode.value.is_gre:
-            fixed = self._gre_fixed[proto]
+            fixed = gre_fixed[proto]
             if p.oseq or p.ocsum:
                 hdr = bytearray(fixed)
                 if p.oseq:
-                    _U32.pack_into(hdr, len(hdr) - 4, self.oseq_next)
-                    self.oseq_next = (self.oseq_next + 1) & 0xFFFFFFFF
+                    _U32.pack_into(hdr, len(hdr) - 4, sender.oseq_next)
+                    sender.oseq_next = (sender.oseq_next + 1) & 0xFFFFFFFF
                 if p.ocsum:
                     # RFC 2784 section 2.5: over the GRE header and payload, checksum field zero.
                     total = fold(ones_complement_sum(hdr) + ones_complement_sum(inner))
@@ -187,10 +226,8 @@ class Tunnel:
         total_length = ipv4.MIN_HEADER_LEN + len(tunnel_hdr) + n
         ident = self.ident
         self.ident = (ident + 1) & 0xFFFF
-        csum = ~fold(self._outer_sum + tos + total_length + ident + frag + (ttl << 8)) & 0xFFFF
-        outer = _OUTER.pack(
-            0x45, tos, total_length, ident, frag, ttl, p.mode.value.ip_protocol, csum, self._src, self._dst
-        )
+        csum = ~fold(outer_sum + tos + total_length + ident + frag + (ttl << 8)) & 0xFFFF
+        outer = _OUTER.pack(0x45, tos, total_length, ident, frag, ttl, p.mode.value.ip_protocol, csum, self._src, dst)
         c = self.counters
         c.tx_packets += 1
         c.tx_bytes += n
@@ -204,9 +241,9 @@ class Tunnel:
         assert isinstance(packet, bytes)
         return packet
 
-    def encapsulate(self, inner: bytes | bytearray | memoryview) -> bytes | Drop:
+    def encapsulate(self, inner: bytes | bytearray | memoryview, now: float = 0.0) -> bytes | Drop:
         """The whole outer packet for `inner`, or why not (see `encapsulate_header`)."""
-        header = self.encapsulate_header(inner)
+        header = self.encapsulate_header(inner, now)
         if isinstance(header, Drop):
             return header
         return header + bytes(inner)
@@ -251,8 +288,11 @@ class Demux:
         if table is not None:
             table.remove(tunnel)
 
-    def decapsulate(self, packet: bytes | bytearray | memoryview) -> Result:
-        """Check a packet from the raw socket and return its inner packet, or why it was dropped."""
+    def decapsulate(self, packet: bytes | bytearray | memoryview, now: float = 0.0) -> Result:
+        """Check a packet from the raw socket and return its inner packet, or why it was dropped.
+
+        `now` (seconds, monotonic) matters only to hubs, which learn where each spoke was last seen.
+        """
         view = memoryview(packet)
         n = len(view)
         unmatched = self.unmatched
@@ -317,10 +357,19 @@ class Demux:
             # Our keepalive, reflected by the peer. It carries no sequence number (the peer only
             # routed it back), so it is recognised before the sequence check.
             return KeepaliveReply(tunnel)
+        hub = tunnel.hub
+        peer = None
+        window = tunnel.iseq_window
+        if hub is not None:
+            # Every spoke (outer source, key) has its own sequence stream and learned hosts.
+            peer = hub.peer(src, key, now)
+            if peer is None:
+                return counters.drop(Drop.HUB_FULL)
+            window = peer.window
         if p.iseq:
             if sequence is None:
                 return counters.drop(Drop.SEQ_MISSING)
-            if not tunnel.iseq_window.accept(sequence):
+            if not window.accept(sequence):
                 return counters.drop(Drop.SEQ_OLD)
 
         inner: bytes | bytearray | memoryview = payload[hlen:]
@@ -356,17 +405,34 @@ class Demux:
                 return counters.drop(Drop.ECN_CE_NOT_ECT)
             inner = set_ce(inner)
         # A peer's keepalive goes back as a router would route it, after the same RFC 6040 rule.
-        if (
-            inner[9] == 47
-            and inner[0] >> 4 == 4
-            and p.reflect_keepalives
-            and is_request_to_reflect(inner, p.local, p.remote)
-        ):
-            tunnel.reflected += 1
-            return Reflect(tunnel, inner)
+        if inner[0] >> 4 == 4 and inner[9] == 47 and p.reflect_keepalives:
+            if peer is None:
+                if is_request_to_reflect(inner, p.local, p.remote):
+                    tunnel.reflected += 1
+                    return Reflect(tunnel, inner)
+            elif is_request_to_reflect(inner, p.local, bytes(inner[16:20])):
+                # A spoke's keepalive is addressed to the spoke's own (maybe private) address; send its
+                # GRE header back to the outer address it came from, through the spoke's NAT.
+                peer.last_seen = now
+                tunnel.reflected += 1
+                return Reflect(tunnel, reflect_to(inner, dst, src))
+        if peer is not None:
+            assert hub is not None
+            source = bytes(inner[12:16]) if proto == gre.PROTO_IPV4 else bytes(inner[8:24])
+            if not hub.source_allowed(key, source):
+                return counters.drop(Drop.SPOKE_SOURCE)
+            hub.learn(peer, source, now)
         counters.rx_packets += 1
         counters.rx_bytes += len(inner)
         return Received(tunnel, rule, inner)
+
+
+def reflect_to(inner: bytes | bytearray | memoryview, source: bytes, destination: bytes) -> bytes:
+    """A hub's reply to a spoke's keepalive: the keepalive's GRE part under a new IPv4 header to `destination`."""
+    ihl = (inner[0] & 0x0F) << 2
+    body = bytes(inner[ihl:])
+    header = ipv4.IPv4Header(0, ipv4.MIN_HEADER_LEN + len(body), 0, ipv4.FLAG_DF, 255, 47, 0, source, destination)
+    return header.with_checksum().pack() + body
 
 
 def set_ce(packet: bytes | bytearray | memoryview) -> bytearray:

@@ -61,23 +61,27 @@ class TunnelTable(Generic[T]):
         self._by_addresses: dict[tuple[_Addr, _Addr], list[T]] = {}
 
     def __len__(self) -> int:
-        return len(self._by_key)
+        return sum(len(same) for same in self._by_addresses.values())
 
     def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(list(self._by_key.values()))
+        return iter([t for same in self._by_addresses.values() for t in same])
 
     def add(self, tunnel: T) -> None:
         p = tunnel.params
-        key = (p.local, p.remote, p.ikey)
-        if key in self._by_key:
-            other = self._by_key[key].params.name
-            raise ConfigError(f"tunnel {p.name!r} has the same local, remote and ikey as {other!r}: File exists")
-        self._by_key[key] = tunnel
+        keys = [(p.local, p.remote, ikey) for ikey in p.ikeys]
+        for key in keys:
+            if key in self._by_key:
+                other = self._by_key[key].params.name
+                raise ConfigError(f"tunnel {p.name!r} has the same local, remote and ikey as {other!r}: File exists")
+        for key in keys:
+            self._by_key[key] = tunnel
         self._by_addresses.setdefault((p.local, p.remote), []).append(tunnel)
 
     def remove(self, tunnel: T) -> None:
         p = tunnel.params
-        self._by_key.pop((p.local, p.remote, p.ikey), None)
+        for ikey in p.ikeys:
+            if self._by_key.get((p.local, p.remote, ikey)) is tunnel:
+                del self._by_key[(p.local, p.remote, ikey)]
         same = self._by_addresses.get((p.local, p.remote), [])
         if tunnel in same:
             same.remove(tunnel)

@@ -18,6 +18,7 @@ from . import gre, ipv4
 
 if TYPE_CHECKING:
     from .keepalive import KeepaliveParams
+    from .neighbors import HubParams
 
 
 class ConfigError(ValueError):
@@ -74,6 +75,7 @@ class TunnelParams:
     pmtudisc: bool = True
     keepalive: KeepaliveParams | None = None  # Cisco-style keepalives (core.keepalive); Linux has none
     reflect_keepalives: bool = True  # send a peer's keepalives back at once (see README: RFC 2784 section 3)
+    hub: HubParams | None = None  # point-to-multipoint (--remote any): core.neighbors; Linux has none
 
     def __post_init__(self) -> None:
         if not _IFNAME.match(self.name):
@@ -95,9 +97,27 @@ class TunnelParams:
             raise ConfigError(f"tos {self.tos:#x} out of range: 00..ff or 'inherit'")
         if self.keepalive is not None and (not self.mode.value.is_gre or self.local is None or self.remote is None):
             raise ConfigError("keepalives need mode gre with both --local and --remote: they are sent to the remote")
+        if self.hub is not None:
+            if self.remote is not None:
+                raise ConfigError("neighbors and spokes belong to a hub: use them with --remote any")
+            if self.hub.spokes and not self.mode.value.is_gre:
+                raise ConfigError(f"spoke keys are GRE keys; mode {self.mode.value.name} has none")
+            if self.hub.spokes and self.okey is not None and self.okey != self.ikey:
+                raise ConfigError("a hub with --spoke keys answers each spoke with its own key: --okey cannot differ")
         if self.ttl is not None and not self.pmtudisc:
             # iproute2 refuses this combination with the same words.
             raise ConfigError("ttl != 0 and nopmtudisc are incompatible")
+
+    @property
+    def ikeys(self) -> tuple[int | None, ...]:
+        """Every key this tunnel accepts (None: no key): its ikey, and a hub's spoke keys.
+
+        A hub given only --spoke keys accepts those keys and nothing else (no keyless packets).
+        """
+        if self.hub is None or not self.hub.spokes:
+            return (self.ikey,)
+        extra = (self.ikey,) if self.ikey is not None else ()
+        return extra + self.hub.spoke_keys
 
     @property
     def header_length(self) -> int:
