@@ -59,3 +59,30 @@ def test_interrupted_lab_still_removes_everything_it_created(sig: signal.Signals
     assert b"removed ut-lab-a and ut-lab-b" in out
     assert not netns.exists(NS_A) and not netns.exists(NS_B)
     assert not netns.pids(NS_A)
+
+
+@pytest.mark.netns
+def test_nat_lab_shows_the_seeds_failing_setup_then_the_two_that_work() -> None:
+    require_netns()
+    result = subprocess.run(lab_command("nat"), capture_output=True, text=True, timeout=90)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "summary: 1. fails, 2. works, 3. works" in out
+    # The failing attempt is explained by the POP's counters: packets from the NAT's address, no tunnel for it.
+    first = out.split("== 2.")[0]
+    assert "0 received" in first and "no_tunnel" in first
+    assert "198.51.100.12 key 1234 (learned" in out
+    assert not any(name.startswith("ut-nat-") for name in os.listdir("/run/netns"))
+
+
+@pytest.mark.netns
+def test_p2mp_lab_connects_three_spokes_through_a_hub_that_learned_them() -> None:
+    require_netns()
+    result = subprocess.run(lab_command("p2mp"), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "every ping answered" in out and "100% packet loss" not in out
+    for outer, inner in (("198.51.100.11", "203.0.113.11"), ("198.51.100.12", "203.0.113.12")):
+        assert f"{outer} key 1234 (learned" in out and inner in out
+    assert "hub: 3 neighbor(s)" in out
+    assert not any(name.startswith("ut-p2mp-") for name in os.listdir("/run/netns"))

@@ -370,4 +370,12 @@ def test_the_neighbor_table_lists_peers_for_show() -> None:
     table.learn(peer, ip4("203.0.113.11"), 10.0)
     listed = table.as_list(12.5)
     assert listed[0]["outer"] == "198.51.100.20" and listed[0]["static"] is True
-    assert listed[1] == {"outer": "198.51.100.11", "key": KEY, "static": False, "idle": 2.5, "hosts": ["203.0.113.11"]}
+    assert listed[0]["prefixes"] == ["203.0.113.64/26"]
+    assert listed[1] == {
+        "outer": "198.51.100.11",
+        "key": KEY,
+        "static": False,
+        "idle": 2.5,
+        "hosts": ["203.0.113.11"],
+        "prefixes": [],
+    }

@@ -17,6 +17,7 @@ from typing import NoReturn
 
 from . import __version__, control, explain
 from .core.keepalive import parse_keepalive
+from .core.neighbors import HubParams, parse_neighbor, parse_spoke, parse_timeout
 from .core.params import (
     ConfigError,
     Mode,
@@ -52,6 +53,9 @@ examples:
   # every GRE option: different keys each way, sequence numbers, checksums
   usertunnel up --local 198.51.100.1 --remote 198.51.100.2 \\
       --ikey 1 --okey 2 --seq --csum --name gre-lab
+  # a point-to-multipoint hub (the seed's "POP" with local and key only): spokes
+  # point at 198.51.100.1 with key 1234 and are learned, even behind NAT
+  usertunnel up --local 198.51.100.1 --remote any --key 1234 --address 203.0.113.1/24
 
 The packets: outer IPv4 header (TTL, TOS, DF as below) + GRE header
 (flags C/K/S, protocol type 0x0800 or 0x86DD, then checksum, key, sequence
@@ -86,6 +90,11 @@ def _address(text: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
         raise ConfigError(
             f"invalid address {text!r}: an address with prefix length, such as 203.0.113.1/30 or 2001:db8::1/64"
         ) from None
+
+
+def _remote(text: str) -> bytes | None:
+    """The peer's outer address, or None for `any` (a point-to-multipoint hub)."""
+    return None if text == "any" else parse_ipv4_address(text, "remote")
 
 
 def _mtu(text: str) -> int:
@@ -124,9 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     ends.add_argument(
         "--remote",
         required=True,
-        type=_checked(lambda t: parse_ipv4_address(t, "remote")),
-        metavar="ADDR",
-        help="the peer's outer address: where we send, and the only sender we accept",
+        type=_checked(_remote),
+        metavar="ADDR|any",
+        help="the peer's outer address: where we send, and the only sender we accept; 'any' makes a "
+        "point-to-multipoint hub (see below)",
     )
     ends.add_argument("--dev", metavar="PHYS_DEV", help="send through this device only; its MTU sets the default MTU")
 
@@ -172,6 +182,40 @@ def build_parser() -> argparse.ArgumentParser:
         "does (Linux needs accept_local=1 and forwarding for it): only a packet from our local address to the "
         "configured remote carrying a bare GRE header of type 0 is reflected, so no loop can form "
         "(RFC 2784 section 3 asks decapsulators to guard against loops)",
+    )
+
+    h = up.add_argument_group(
+        "point-to-multipoint hub (--remote any; Linux has none)",
+        "A hub accepts packets carrying its key from any outer address and learns each spoke: the inner "
+        "source address of what it sends -> its outer source address as seen here (after any NAT) and its key. "
+        "Each inner packet goes to the spoke learned or configured for its destination, longest prefix first; "
+        "one with no neighbor is dropped and counted (no_neighbor). A spoke needs nothing special: "
+        "--remote HUB_ADDR and the key. A GRE key is no password: anyone who can send to the hub and guesses "
+        "the key is accepted; per-spoke keys keep honest spokes from claiming each other's addresses.",
+    )
+    h.add_argument(
+        "--neighbor",
+        type=_checked(parse_neighbor),
+        action="append",
+        default=[],
+        metavar="PREFIX=OUTER_ADDR",
+        help="send inner destinations in PREFIX to OUTER_ADDR, e.g. 203.0.113.8/29=198.51.100.8 (repeatable)",
+    )
+    h.add_argument(
+        "--spoke",
+        type=_checked(parse_spoke),
+        action="append",
+        default=[],
+        metavar="KEY=PREFIX[,PREFIX]",
+        help="a spoke with its own key: packets with KEY are accepted only from inner sources in the "
+        "prefixes, which route to wherever KEY was last seen from (repeatable)",
+    )
+    h.add_argument(
+        "--neighbor-timeout",
+        type=_checked(parse_timeout),
+        default=300.0,
+        metavar="SECONDS",
+        help="forget a spoke silent this long (default 300); its keepalives count as traffic",
     )
 
     o = up.add_argument_group("outer header (as Linux's ip_tunnel_xmit sets it)")
@@ -249,6 +293,15 @@ def build_parser() -> argparse.ArgumentParser:
         "a GRE tunnel with key 1234 between them carrying 203.0.113.0/30, a few pings through it, and every "
         "packet dissected field by field. Everything it creates is removed at the end, Ctrl-C included.",
     )
+    lab.add_argument(
+        "scenario",
+        nargs="?",
+        default="basic",
+        choices=["basic", "nat", "p2mp"],
+        help="basic (default): two hosts and one tunnel, every packet dissected; nat: the seed's CPE behind "
+        "NAT and a POP, with the failing and the working configurations; p2mp: a hub and three spokes, "
+        "two behind NAT",
+    )
     lab.add_argument("--mode", default="gre", choices=["gre", "ipip"], help="tunnel mode (default gre)")
     lab.add_argument("--count", type=int, default=3, help="pings to send (default 3)")
     lab.add_argument("--key", type=_checked(parse_key), default=1234, help="GRE key (default 1234, the seed's)")
@@ -266,6 +319,11 @@ def params_from_args(args: argparse.Namespace) -> TunnelParams:
         raise ConfigError("--key sets both keys: give either --key, or --ikey and/or --okey")
     ikey = args.key if args.key is not None else args.ikey
     okey = args.key if args.key is not None else args.okey
+    hub = None
+    if args.remote is None:
+        hub = HubParams(tuple(args.neighbor), tuple(args.spoke), args.neighbor_timeout)
+    elif args.neighbor or args.spoke:
+        raise ConfigError("--neighbor and --spoke belong to a hub: use them with --remote any")
     return TunnelParams(
         name=args.name or f"{mode.value.name}%d",
         mode=mode,
@@ -282,6 +340,7 @@ def params_from_args(args: argparse.Namespace) -> TunnelParams:
         pmtudisc=args.pmtudisc,
         keepalive=args.keepalive,
         reflect_keepalives=args.reflect_keepalives,
+        hub=hub,
     )
 
 
@@ -315,6 +374,15 @@ def _check_address_families(
 
 def _cmd_lab(args: argparse.Namespace) -> int:
     from .lab import run_lab
+
+    if args.scenario != "basic":
+        from .lab_nat import run_nat_lab, run_p2mp_lab
+
+        if args.mode != "gre" or args.seq or args.csum or args.trace:
+            raise ConfigError(
+                f"the {args.scenario} lab runs GRE with key 1234; --mode/--seq/--csum/--trace are for the basic lab"
+            )
+        return run_nat_lab(args.count) if args.scenario == "nat" else run_p2mp_lab(args.count)
 
     if args.mode != "gre" and (args.seq or args.csum):
         raise ConfigError("--seq and --csum are GRE options; the ipip lab has none")

@@ -444,7 +444,10 @@ DIRECTION: dict[Drop, str] = {
     Drop.INNER_MALFORMED: RX,
     Drop.FAMILY: RX,
     Drop.TUN_WRITE_ERROR: RX,
+    Drop.SPOKE_SOURCE: RX,
+    Drop.HUB_FULL: RX,
     Drop.OVERSIZE: TX,
+    Drop.NO_NEIGHBOR: TX,
     Drop.SEND_ERROR: TX,
     Drop.SEND_NOBUFS: TX,
     Drop.SEND_MSGSIZE: TX,
@@ -456,7 +459,7 @@ DIRECTION: dict[Drop, str] = {
 # Errors are every drop of that direction; the kernel also counts csum and seq drops in rx_errors.
 RX_CSUM_ERRS = (Drop.CSUM_BAD, Drop.CSUM_MISSING, Drop.CSUM_UNEXPECTED)
 RX_OUT_OF_SEQ = (Drop.SEQ_OLD, Drop.SEQ_MISSING)
-TX_NO_ROUTE = (Drop.ICMP_ERROR,)  # the underlay said the remote is unreachable
+TX_NO_ROUTE = (Drop.ICMP_ERROR, Drop.NO_NEIGHBOR)  # the remote is unreachable, or a hub knows no spoke for it
 TX_NO_BUFS = (Drop.SEND_NOBUFS,)
 
 _RX_HEADER = "RX: Packets    Bytes        Errors CsumErrs OutOfSeq Mcasts"
@@ -529,6 +532,17 @@ def _extras_line(t: Tunnel) -> str:
             f"\n  keepalive {keepalive['period']:g},{keepalive['retries']}: line protocol {keepalive['state']}"
             f" (sent {keepalive['sent']}, replies {keepalive['replies']}, unanswered {keepalive['unanswered']})"
         )
+    neighbors = t.get("neighbors")
+    if neighbors is not None:
+        hub = t.get("hub") or {}
+        line += f"\n  hub: {len(neighbors)} neighbor(s)"
+        if hub:
+            line += f" (learned {hub['learned']}, moved {hub['moved']}, expired {hub['expired']})"
+        for n in neighbors:
+            how = "static" if n["static"] else f"learned, idle {n['idle']:g}s"
+            key = "" if n["key"] is None else f" key {n['key']}"
+            hosts = " ".join(n.get("prefixes", []) + n["hosts"]) or "-"
+            line += f"\n    {n['outer']}{key} ({how}): {hosts}"
     return line
 
 
@@ -640,7 +654,7 @@ the columns, in iproute2's order, from usertunnel's drop reasons:
   TX Packets, Bytes  inner packets read from the TUN device and sent, and their bytes
   TX Errors          every packet dropped on the way out (the tx reasons below)
   TX DeadLoop        always 0: Linux counts packets routed back into their own tunnel
-  TX NoRoute         {" + ".join(r.value for r in TX_NO_ROUTE)}: the underlay said the remote is unreachable
+  TX NoRoute         {" + ".join(r.value for r in TX_NO_ROUTE)}: the remote is unreachable, or a hub has no neighbor for it
   TX NoBufs          {" + ".join(r.value for r in TX_NO_BUFS)}: the raw socket's send buffer was full
 {rx}
 {tx}

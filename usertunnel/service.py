@@ -19,6 +19,7 @@ import random
 import signal
 import socket
 import sys
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -69,6 +70,9 @@ def describe(params: TunnelParams, mtu: int) -> str:
     parts.extend(flag for flag in ("iseq", "oseq", "icsum", "ocsum") if getattr(p, flag))
     if p.keepalive is not None:
         parts.append(f"keepalive {p.keepalive.period:g},{p.keepalive.retries}")
+    if p.hub is not None:
+        h = p.hub
+        parts.append(f"hub (neighbors {len(h.neighbors)}, spokes {len(h.spokes)}, neighbor-timeout {h.timeout:g}s)")
     parts.append(f"mtu {mtu}")
     return " ".join(parts)
 
@@ -161,6 +165,7 @@ async def serve(prepared: Prepared) -> tuple[Demux, str | None]:
         dataplane.add_interface(Interface(prepared.tunnel, prepared.tun, prepared.sock))
         tunnel, pid = prepared.tunnel, os.getpid()
         keepalives = _start_keepalives(loop, dataplane, prepared)
+        sweeper = _start_sweeper(loop, prepared)
         # Started before the readiness line, so whoever waits for "up" can query at once.
         control = await ControlServer.start(
             prepared.tun.name,
@@ -179,6 +184,8 @@ async def serve(prepared: Prepared) -> tuple[Demux, str | None]:
         finally:
             if keepalives is not None:
                 keepalives.cancel()
+            if sweeper is not None:
+                sweeper.cancel()
             await control.close()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -189,16 +196,22 @@ async def serve(prepared: Prepared) -> tuple[Demux, str | None]:
 
 def _keepalive_fields(tunnel: Tunnel) -> dict[str, Any]:
     """What a tunnel counts besides its Counters: peers' keepalives reflected (read from the raw socket
-    and sent back) and, with --keepalive, the line protocol (whose replies were read from it too)."""
+    and sent back) and, with --keepalive, the line protocol (whose replies were read from it too);
+    a hub's neighbor counters."""
     fields: dict[str, Any] = {"keepalives_reflected": tunnel.reflected}
     if tunnel.line is not None:
         fields["keepalive"] = tunnel.line.as_dict()
+    if tunnel.hub is not None:
+        fields["hub"] = tunnel.hub.counters.as_dict()
     return fields
 
 
 def _snapshot(tunnel: Tunnel, demux: Demux, prepared: Prepared, pid: int) -> dict[str, Any]:
     snap = snapshot_of(tunnel.params, tunnel.counters, demux.unmatched, prepared.mtu, pid, prepared.device)
-    return snap | _keepalive_fields(tunnel)
+    snap |= _keepalive_fields(tunnel)
+    if tunnel.hub is not None:
+        snap["neighbors"] = tunnel.hub.as_list(time.monotonic())
+    return snap
 
 
 class _Keepalives:
@@ -248,6 +261,31 @@ def _start_keepalives(loop: asyncio.AbstractEventLoop, dataplane: Dataplane, pre
     keepalives = _Keepalives(loop, prepared, line)
     dataplane.on_keepalive_reply = keepalives.reply
     return keepalives
+
+
+class _Sweeper:
+    """A hub forgets spokes silent past --neighbor-timeout even when nobody sends to them (bounded memory)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, prepared: Prepared) -> None:
+        assert prepared.tunnel.hub is not None
+        self.loop = loop
+        self.name = prepared.tun.name
+        self.table = prepared.tunnel.hub
+        self.interval = min(self.table.params.timeout / 4, 30.0)
+        self.handle = loop.call_later(self.interval, self.sweep)
+
+    def sweep(self) -> None:
+        forgotten = self.table.expire(time.monotonic())
+        if forgotten:
+            log.info("%s: forgot %d spoke(s) silent for over %gs", self.name, forgotten, self.table.params.timeout)
+        self.handle = self.loop.call_later(self.interval, self.sweep)
+
+    def cancel(self) -> None:
+        self.handle.cancel()
+
+
+def _start_sweeper(loop: asyncio.AbstractEventLoop, prepared: Prepared) -> _Sweeper | None:
+    return _Sweeper(loop, prepared) if prepared.tunnel.hub is not None else None
 
 
 def log_stats(demux: Demux) -> None:

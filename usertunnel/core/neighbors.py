@@ -324,4 +324,14 @@ class NeighborTable:
     def as_list(self, now: float) -> list[dict[str, object]]:
         """The table for `show`: one entry per peer, static first, then by outer address."""
         peers = sorted(self.peers.values(), key=lambda p: (not p.static, p.outer, p.key or 0))
-        return [p.as_dict(now) for p in peers]
+        listed = []
+        for peer in peers:
+            entry = peer.as_dict(now)
+            prefixes: list[Network] = []
+            if peer.static:
+                prefixes = [n.prefix for n in self.params.neighbors if n.outer == peer.outer]
+            elif peer.key is not None and self._spoke_peer.get(peer.key) is peer:
+                prefixes = list(self._spoke_prefixes[peer.key])
+            entry["prefixes"] = [str(p) for p in prefixes if p.prefixlen != p.max_prefixlen]
+            listed.append(entry)
+        return listed

@@ -14,6 +14,7 @@ import asyncio
 import errno
 import os
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -93,6 +94,10 @@ class Dataplane:
         sendmsg = iface.sock.sendmsg
         destination = iface.destination
         observer = self.observer
+        # A hub (--remote any) sends each packet to the spoke its neighbor table picks: the outer
+        # destination is then per packet, the header's bytes 16..20.
+        hub = tunnel.hub
+        now = time.monotonic() if hub is not None else 0.0
         for _ in range(BATCH):
             try:
                 inner = os.read(fd, RECV_BUFFER)
@@ -101,9 +106,11 @@ class Dataplane:
             except OSError as exc:
                 self._tun_failed(iface, exc)
                 return
-            header = tunnel.encapsulate_header(inner)
+            header = tunnel.encapsulate_header(inner, now)
             error = None
             if not isinstance(header, Drop):
+                if hub is not None:
+                    destination = (socket.inet_ntoa(header[16:20]), 0)
                 try:
                     sendmsg((header, inner), (), 0, destination)
                 except OSError as exc:
@@ -128,6 +135,7 @@ class Dataplane:
         interfaces = self.interfaces
         observer = self.observer
         context = None
+        now = time.monotonic()
         for _ in range(BATCH):
             try:
                 n = sock.recv_into(self._buffer)
@@ -141,7 +149,7 @@ class Dataplane:
             packet = view[:n]
             if observer is not None:
                 context = observer.rx_context(demux, packet)
-            received = demux.decapsulate(packet)
+            received = demux.decapsulate(packet, now)
             error = None
             if isinstance(received, Received):
                 iface = interfaces.get(received.tunnel)
