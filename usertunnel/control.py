@@ -654,7 +654,7 @@ the columns, in iproute2's order, from usertunnel's drop reasons:
   TX Packets, Bytes  inner packets read from the TUN device and sent, and their bytes
   TX Errors          every packet dropped on the way out (the tx reasons below)
   TX DeadLoop        always 0: Linux counts packets routed back into their own tunnel
-  TX NoRoute         {" + ".join(r.value for r in TX_NO_ROUTE)}: the remote is unreachable, or a hub has no neighbor for it
+  TX NoRoute         {" + ".join(r.value for r in TX_NO_ROUTE)}: remote unreachable, or no hub neighbor for it
   TX NoBufs          {" + ".join(r.value for r in TX_NO_BUFS)}: the raw socket's send buffer was full
 {rx}
 {tx}
