@@ -27,6 +27,7 @@ from .core.params import (
     parse_tos,
     parse_ttl,
 )
+from .core.sequence import SeqPolicy, parse_seq_policy
 
 EXIT_USAGE = 2
 
@@ -156,6 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="require sequence numbers and drop packets not newer than the last accepted (reordered or replayed)",
     )
     g.add_argument("--oseq", action="store_true", help="number sent packets 0, 1, 2, ... (as Linux does)")
+    g.add_argument(
+        "--seq-policy",
+        type=_checked(parse_seq_policy),
+        default=SeqPolicy.KERNEL,
+        metavar="kernel|rfc2890|resync",
+        help="how --iseq enforces order. kernel (default, Linux's): drop what is not newer than the last "
+        "accepted. rfc2890: hold early packets in a reorder buffer (64 packets, 30 ms) and deliver in order, "
+        "giving up on a gap when the timer expires (RFC 2890 section 2.2). resync: as kernel, but a peer "
+        "that restarted its numbering is taken back after 8 consecutive packets or when keepalives return, "
+        "where Linux drops it until its numbers catch up",
+    )
     g.add_argument("--csum", action="store_true", help="--icsum and --ocsum")
     g.add_argument("--icsum", action="store_true", help="require a GRE checksum (one present is always verified)")
     g.add_argument("--ocsum", action="store_true", help="send a checksum over the GRE header and inner packet")
@@ -341,6 +353,7 @@ def params_from_args(args: argparse.Namespace) -> TunnelParams:
         keepalive=args.keepalive,
         reflect_keepalives=args.reflect_keepalives,
         hub=hub,
+        seq_policy=args.seq_policy,
     )
 
 

@@ -68,6 +68,8 @@ def describe(params: TunnelParams, mtu: int) -> str:
     parts.append(f"tos {'inherit' if p.tos is None else format(p.tos, '#04x')}")
     parts.append("pmtudisc" if p.pmtudisc else "nopmtudisc")
     parts.extend(flag for flag in ("iseq", "oseq", "icsum", "ocsum") if getattr(p, flag))
+    if p.iseq:
+        parts.append(f"seq-policy {p.seq_policy.value}")
     if p.keepalive is not None:
         parts.append(f"keepalive {p.keepalive.period:g},{p.keepalive.retries}")
     if p.hub is not None:
@@ -203,6 +205,8 @@ def _keepalive_fields(tunnel: Tunnel) -> dict[str, Any]:
         fields["keepalive"] = tunnel.line.as_dict()
     if tunnel.hub is not None:
         fields["hub"] = tunnel.hub.counters.as_dict()
+    if tunnel.params.iseq and tunnel.hub is None:
+        fields["sequence"] = tunnel.iseq_window.as_dict()
     return fields
 
 
@@ -247,6 +251,8 @@ class _Keepalives:
 
     def reply(self, tunnel: Tunnel) -> None:
         if tunnel is self.prepared.tunnel and self.line.reply() is Change.UP:
+            # The peer may have restarted while the line was down: --seq-policy resync starts afresh.
+            tunnel.iseq_window.restart()
             self.prepared.tun.set_carrier(True)
             log.warning("%s: line protocol up: keepalive reply received; carrier on", self.prepared.tun.name)
 

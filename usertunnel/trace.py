@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 from .core import ecn, gre, ipv4
 from .core.drops import Drop
-from .core.encap import Demux, KeepaliveReply, Reflect, Result, Tunnel
+from .core.encap import Demux, Held, KeepaliveReply, Reflect, Result, Tunnel
 from .core.lookup import Rule
+from .core.sequence import MOD, SequenceState
 
 ECN_NAMES = {ecn.NOT_ECT: "Not-ECT", ecn.ECT_0: "ECT(0)", ecn.ECT_1: "ECT(1)", ecn.CE: "CE"}
 PROTOCOLS = {1: "ICMP", 4: "IPIP", 6: "TCP", 17: "UDP", 41: "IPv6", 47: "GRE", 58: "ICMPv6"}
@@ -118,9 +119,18 @@ def rx_context(demux: Demux, packet: bytes | bytearray | memoryview) -> RxContex
     found = table.lookup(outer.dst, outer.src, key)
     if isinstance(found, Drop):
         blamed = table.address_match(outer.dst, outer.src)
-        return RxContext(blamed, None, blamed.iseq_window.last_accepted if blamed else None)
+        return RxContext(blamed, None, _last_accepted(blamed.iseq_window) if blamed else None)
     tunnel, rule = found
-    return RxContext(tunnel, rule, tunnel.iseq_window.last_accepted)
+    window = tunnel.iseq_window
+    if tunnel.hub is not None:
+        peer = tunnel.hub.peers.get((outer.src, key))
+        window = peer.window if peer is not None else tunnel.new_window()
+    return RxContext(tunnel, rule, _last_accepted(window))
+
+
+def _last_accepted(window: SequenceState) -> int | None:
+    expected = window.next_expected
+    return None if expected is None else (expected - 1) % MOD
 
 
 def describe_rx(
@@ -174,6 +184,9 @@ def describe_rx(
         line = result.tunnel.line
         state = f"line protocol {'up' if line.up else 'down'}" if line is not None else ""
         return [*lines, f"  keepalive reply: our keepalive came back (GRE protocol type 0); {state}"]
+    if isinstance(result, Held):
+        released = f"; an overflow released {len(result.released)}" if result.released else ""
+        return [*lines, f"  held: early, waits in the reorder buffer for the packets before it (rfc2890){released}"]
     if isinstance(result, Reflect):
         return [
             *lines,
@@ -185,4 +198,6 @@ def describe_rx(
     stripped = outer.header_length + (header.length if isinstance(header, gre.GREHeader) else 0)
     ce = " (marked CE: the outer header was CE, RFC 6040)" if result.inner[1] != data[stripped + 1] else ""
     written = f"wrote {len(result.inner)} bytes to TUN: {inner_summary(result.inner)}{ce}"
+    if result.then:
+        written += f"; then {len(result.then)} held packet(s) now in order (rfc2890)"
     return [*lines, f"  stripped {stripped} bytes of outer headers; {written}"]

@@ -24,6 +24,7 @@ otherwise on the `Demux`.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from . import ecn, gre, ipv4, ipv6
@@ -33,7 +34,7 @@ from .keepalive import LineProtocol, inner_request, is_request_to_reflect
 from .lookup import Rule, TunnelTable
 from .neighbors import NeighborTable, Peer
 from .params import TunnelParams
-from .sequence import SequenceWindow
+from .sequence import SeqPolicy, SequenceState, Verdict, new_sequence_state
 
 _OUTER = struct.Struct("!BBHHHBBH4s4s")
 _U16 = struct.Struct("!H")
@@ -110,7 +111,7 @@ class Tunnel:
         self.line = LineProtocol(params.keepalive) if params.keepalive is not None else None
         self.reflected = 0  # peers' keepalives sent back (with or without keepalives of our own)
         self.counters = Counters()
-        self.iseq_window = SequenceWindow()
+        self.iseq_window: SequenceState = self.new_window()
         self.oseq_next = 0  # Linux sends the first packet with sequence number 0
         self._src = params.local or bytes(4)
         self._dst = params.remote or bytes(4)
@@ -132,12 +133,16 @@ class Tunnel:
         self._outer_sum = self._outer_sum_base + ones_complement_sum(self._dst)
         # Point-to-multipoint (`--remote any`): the outer destination, key and sequence number
         # come from the neighbor table, per packet (core.neighbors).
-        self.hub = NeighborTable(params.hub, params.okey) if params.hub is not None else None
+        self.hub = NeighborTable(params.hub, params.okey, new_window=self.new_window) if params.hub else None
         self._gre_by_key: dict[int | None, dict[int, bytes]] = {params.okey: self._gre_fixed}
 
     @property
     def name(self) -> str:
         return self.params.name
+
+    def new_window(self) -> SequenceState:
+        """A fresh receive sequence state under this tunnel's --seq-policy."""
+        return new_sequence_state(self.params.seq_policy)
 
     def _gre_headers(self, okey: int | None) -> dict[int, bytes]:
         """The GRE headers (checksum and sequence fields zero) this tunnel sends with `okey`, per protocol."""
@@ -255,6 +260,15 @@ class Received(NamedTuple):
     tunnel: Tunnel
     rule: Rule
     inner: bytes | bytearray | memoryview
+    then: Sequence[bytes] = ()  # rfc2890 policy: held packets this one put back in order, to deliver after it
+
+
+class Held(NamedTuple):
+    """rfc2890 policy: the packet came early and waits in its tunnel's reorder buffer; `released` are
+    packets an overflow pushed out, in order, to be delivered now."""
+
+    tunnel: Tunnel
+    released: list[bytes]
 
 
 class KeepaliveReply(NamedTuple):
@@ -270,7 +284,7 @@ class Reflect(NamedTuple):
     packet: bytes | bytearray | memoryview
 
 
-Result = Received | KeepaliveReply | Reflect | Drop
+Result = Received | Held | KeepaliveReply | Reflect | Drop
 
 
 class Demux:
@@ -279,6 +293,25 @@ class Demux:
     def __init__(self) -> None:
         self.tables: dict[int, TunnelTable[Tunnel]] = {}
         self.unmatched = Counters()  # drops no tunnel can be blamed for
+        # rfc2890 policy: receive states that hold packets, and whose tunnel they belong to.
+        self.holding: dict[SequenceState, Tunnel] = {}
+
+    def deadline(self) -> float | None:
+        """When `expire` next has work (the earliest OUTOFORDER_TIMER), or None."""
+        deadlines = [d for d in (w.deadline() for w in self.holding) if d is not None]
+        return min(deadlines) if deadlines else None
+
+    def expire(self, now: float) -> list[tuple[Tunnel, list[bytes]]]:
+        """OUTOFORDER_TIMER: packets whose wait in a reorder buffer is over, to deliver now, per tunnel."""
+        out = []
+        for window, tunnel in list(self.holding.items()):
+            released = window.expire(now)
+            if released:
+                _count_rx(tunnel.counters, released)
+                out.append((tunnel, released))
+            if window.deadline() is None:
+                del self.holding[window]
+        return out
 
     def add(self, tunnel: Tunnel) -> None:
         self.tables.setdefault(tunnel.params.mode.value.ip_protocol, TunnelTable()).add(tunnel)
@@ -366,10 +399,12 @@ class Demux:
             if peer is None:
                 return counters.drop(Drop.HUB_FULL)
             window = peer.window
+        verdict = None
         if p.iseq:
             if sequence is None:
                 return counters.drop(Drop.SEQ_MISSING)
-            if not window.accept(sequence):
+            verdict = window.check(sequence, now)
+            if verdict is _OLD:
                 return counters.drop(Drop.SEQ_OLD)
 
         inner: bytes | bytearray | memoryview = payload[hlen:]
@@ -422,9 +457,32 @@ class Demux:
             if not hub.source_allowed(key, source):
                 return counters.drop(Drop.SPOKE_SOURCE)
             hub.learn(peer, source, now)
+        if p.seq_policy is SeqPolicy.RFC2890 and verdict is not None:
+            assert sequence is not None
+            if verdict is _HOLD:
+                released = window.hold(sequence, inner, now)
+                self.holding[window] = tunnel
+                _count_rx(counters, released)
+                return Held(tunnel, released)
+            then = window.release()
+            if window.deadline() is None:
+                self.holding.pop(window, None)
+            _count_rx(counters, then)
+            counters.rx_packets += 1
+            counters.rx_bytes += len(inner)
+            return Received(tunnel, rule, inner, then)
         counters.rx_packets += 1
         counters.rx_bytes += len(inner)
         return Received(tunnel, rule, inner)
+
+
+_OLD = Verdict.OLD
+_HOLD = Verdict.HOLD
+
+
+def _count_rx(counters: Counters, packets: Sequence[bytes]) -> None:
+    counters.rx_packets += len(packets)
+    counters.rx_bytes += sum(len(packet) for packet in packets)
 
 
 def reflect_to(inner: bytes | bytearray | memoryview, source: bytes, destination: bytes) -> bytes:

@@ -32,10 +32,11 @@ packets are still delivered but nothing new is learned, and that is counted.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .params import ConfigError
-from .sequence import SequenceWindow
+from .sequence import KernelSequence, SequenceState
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -149,14 +150,22 @@ class Peer:
         "outer_sum",
     )
 
-    def __init__(self, outer: bytes, key: int | None, okey: int | None, now: float, static: bool = False) -> None:
+    def __init__(
+        self,
+        outer: bytes,
+        key: int | None,
+        okey: int | None,
+        now: float,
+        static: bool = False,
+        window: SequenceState | None = None,
+    ) -> None:
         self.outer = outer
         self.key = key  # the key it sends (our ikey for it)
         self.okey = okey  # the key we send to it
         self.static = static
         self.last_seen = now
         self.oseq_next = 0
-        self.window = SequenceWindow()
+        self.window: SequenceState = window if window is not None else KernelSequence()
         self.hosts: set[bytes] = set()
         self.gre_fixed: dict[int, bytes] | None = None  # filled by the tunnel that sends to it
         self.outer_sum = (outer[0] << 8 | outer[1]) + (outer[2] << 8 | outer[3])
@@ -211,8 +220,15 @@ class _PrefixRoutes:
 class NeighborTable:
     """The hub's view of its spokes (see the module docstring)."""
 
-    def __init__(self, hub: HubParams, okey: int | None, now: float = 0.0) -> None:
+    def __init__(
+        self,
+        hub: HubParams,
+        okey: int | None,
+        now: float = 0.0,
+        new_window: Callable[[], SequenceState] = KernelSequence,
+    ) -> None:
         self.params = hub
+        self.new_window = new_window  # each peer's receive sequence state, under the tunnel's policy
         self.okey = okey  # what we send to a spoke that uses the shared key
         self.counters = NeighborCounters()
         self.peers: dict[tuple[bytes, int | None], Peer] = {}
@@ -224,7 +240,8 @@ class NeighborTable:
         for n in hub.neighbors:
             peer = self.peers.get((n.outer, okey))
             if peer is None:
-                peer = self.peers[(n.outer, okey)] = Peer(n.outer, okey, okey, now, static=True)
+                peer = Peer(n.outer, okey, okey, now, static=True, window=new_window())
+                self.peers[(n.outer, okey)] = peer
             if n.prefix.prefixlen == n.prefix.max_prefixlen:
                 host = n.prefix.network_address.packed
                 self.hosts[host] = peer
@@ -248,7 +265,7 @@ class NeighborTable:
                     self.counters.table_full += 1
                     return None
             okey = key if key in self._spoke_prefixes else self.okey
-            peer = self.peers[(outer, key)] = Peer(outer, key, okey, now)
+            peer = self.peers[(outer, key)] = Peer(outer, key, okey, now, window=self.new_window())
         return peer
 
     def source_allowed(self, key: int | None, inner_source: bytes) -> bool:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import gre, ipv4
+from .sequence import SeqPolicy
 
 if TYPE_CHECKING:
     from .keepalive import KeepaliveParams
@@ -76,6 +77,7 @@ class TunnelParams:
     keepalive: KeepaliveParams | None = None  # Cisco-style keepalives (core.keepalive); Linux has none
     reflect_keepalives: bool = True  # send a peer's keepalives back at once (see README: RFC 2784 section 3)
     hub: HubParams | None = None  # point-to-multipoint (--remote any): core.neighbors; Linux has none
+    seq_policy: SeqPolicy = SeqPolicy.KERNEL  # how iseq enforces order (core.sequence); Linux: kernel
 
     def __post_init__(self) -> None:
         if not _IFNAME.match(self.name):
@@ -97,6 +99,11 @@ class TunnelParams:
             raise ConfigError(f"tos {self.tos:#x} out of range: 00..ff or 'inherit'")
         if self.keepalive is not None and (not self.mode.value.is_gre or self.local is None or self.remote is None):
             raise ConfigError("keepalives need mode gre with both --local and --remote: they are sent to the remote")
+        if self.seq_policy is not SeqPolicy.KERNEL and not self.iseq:
+            raise ConfigError(
+                f"--seq-policy {self.seq_policy.value} says how received sequence numbers are enforced: "
+                "use it with --seq or --iseq"
+            )
         if self.hub is not None:
             if self.remote is not None:
                 raise ConfigError("neighbors and spokes belong to a hub: use them with --remote any")

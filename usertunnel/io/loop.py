@@ -15,11 +15,11 @@ import errno
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..core.drops import Drop
-from ..core.encap import Demux, KeepaliveReply, Received, Reflect, Tunnel
+from ..core.encap import Demux, Held, KeepaliveReply, Received, Reflect, Tunnel
 from .observe import Observer
 from .tun import Tun
 
@@ -67,6 +67,7 @@ class Dataplane:
         self.sockets: dict[int, socket.socket] = {}
         self._buffer = bytearray(RECV_BUFFER)
         self._view = memoryview(self._buffer)
+        self._expiry: asyncio.TimerHandle | None = None  # rfc2890 policy: the OUTOFORDER_TIMER
 
     def add_socket(self, protocol: int, sock: socket.socket) -> None:
         self.sockets[protocol] = sock
@@ -78,6 +79,8 @@ class Dataplane:
         self.loop.add_reader(iface.tun.fd, self._on_tun_readable, iface)
 
     def close(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
         for iface in self.interfaces.values():
             if iface.tun.fd >= 0:
                 self.loop.remove_reader(iface.tun.fd)
@@ -163,6 +166,41 @@ class Dataplane:
                 self._keepalive(sock, received)
             if observer is not None:
                 observer.rx(packet, context, received, error)
+            # rfc2890 policy: packets a reorder buffer released go in after the one that freed them.
+            if isinstance(received, Received):
+                if received.then:
+                    self._deliver(received.tunnel, received.then)
+            elif isinstance(received, Held) and received.released:
+                self._deliver(received.tunnel, received.released)
+        if demux.holding:
+            self._arm_expiry()
+
+    def _deliver(self, tunnel: Tunnel, packets: Sequence[bytes]) -> None:
+        """Write packets a reorder buffer released (rfc2890 policy) into the tunnel's TUN device."""
+        iface = self.interfaces.get(tunnel)
+        if iface is None:
+            return
+        for inner in packets:
+            try:
+                os.write(iface.tun.fd, inner)
+            except OSError:
+                tunnel.counters.rx_failed(len(inner), Drop.TUN_WRITE_ERROR)
+            if self.observer is not None:
+                self.observer.released(inner)
+
+    def _arm_expiry(self) -> None:
+        """Run `_expire` when the earliest reorder-buffer deadline comes (once; re-armed as needed)."""
+        deadline = self.demux.deadline()
+        if deadline is None or self._expiry is not None:
+            return
+        self._expiry = self.loop.call_later(max(0.0, deadline - time.monotonic()), self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        for tunnel, packets in self.demux.expire(time.monotonic()):
+            self._deliver(tunnel, packets)
+        if self.demux.holding:
+            self._arm_expiry()
 
     def _keepalive(self, sock: socket.socket, result: KeepaliveReply | Reflect) -> None:
         if isinstance(result, Reflect):

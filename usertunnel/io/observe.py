@@ -37,6 +37,13 @@ class Observer:
         if self.tracer is not None:
             self.tracer(f"tx: sent {len(packet)} bytes on the underlay: {what}")
 
+    def released(self, inner: bytes) -> None:
+        """A packet a reorder buffer released (rfc2890 policy), written into TUN after its predecessors."""
+        if self.pcap is not None:
+            self.pcap.write(TUN, inner, INBOUND)
+        if self.tracer is not None:
+            self.tracer(f"rx: released from the reorder buffer, {len(inner)} bytes to TUN")
+
     def rx_context(self, demux: Demux, packet: memoryview) -> trace.RxContext | None:
         return trace.rx_context(demux, packet) if self.tracer is not None else None
 
