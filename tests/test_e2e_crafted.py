@@ -94,3 +94,32 @@ def test_malformed_gre_from_the_peer_is_counted_and_the_tunnel_keeps_working(lab
     stats = end_b.stop()
     assert stats["unmatched"]["drops"] == {"gre_truncated": 1, "gre_version": 1, "gre_routing": 1}
     assert stats["tun0"]["drops"].get("inner_malformed") == 1
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize(
+    ("policy", "order", "drops"),
+    [
+        # Linux's rule: what comes late is dropped (11, and 14 after the stream moved on).
+        ("kernel", [10, 12, 13, 15, 16], {"seq_old": 2}),
+        # RFC 2890: 12 and 13 wait for 11; 15 waits for 14 until the timer gives up on it; 14, late, is old.
+        ("rfc2890", [10, 11, 12, 13, 15, 16], {"seq_old": 1}),
+    ],
+)
+def test_a_reordered_stream_is_delivered_as_the_sequence_policy_says(
+    lab: Lab, policy: str, order: list[int], drops: dict[str, int]
+) -> None:
+    args = ["--local", UNDER_B, "--remote", UNDER_A, "--name", "tun0", "--address", f"{INNER_B}/30"]
+    end_b = lab.start(lab.b, [*args, "--key", "7", "--iseq", "--seq-policy", policy])
+    tx = lab.socket(lab.a, socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    rx = lab.socket(lab.a, socket.AF_INET, socket.SOCK_RAW, 47)
+    for seq, pause in ((10, 0), (12, 0), (13, 0), (11, 0), (15, 0.2), (16, 0), (14, 0)):
+        tx.sendto(gre_packet(seq, seq=seq, csum=False), (UNDER_B, 0))  # ICMP sequence = GRE sequence
+        time.sleep(pause or 0.005)
+    replies = echo_replies_seen(rx, ECHO_ID, in_order=True)
+    tx.close()
+    rx.close()
+    stats = end_b.stop()["tun0"]
+    assert replies == order
+    assert stats["drops"] == drops
+    assert stats["rx_packets"] == len(order)

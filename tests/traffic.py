@@ -97,15 +97,16 @@ def corrupt_last_byte(packet: bytes) -> bytes:
     return bytes(out)
 
 
-def echo_replies_seen(sock: socket.socket, echo_id: int, quiet: float = 1.0) -> list[int]:
-    """Sequence numbers of the echo replies with `echo_id` read from raw socket `sock` until `quiet` s of silence."""
+def echo_replies_seen(sock: socket.socket, echo_id: int, quiet: float = 1.0, in_order: bool = False) -> list[int]:
+    """Sequence numbers of the echo replies with `echo_id` read from raw socket `sock` until `quiet` s of
+    silence: sorted, or with `in_order` as they arrived."""
     seqs = []
     sock.settimeout(quiet)
     while True:
         try:
             data = sock.recv(65535)
         except TimeoutError:
-            return sorted(seqs)
+            return seqs if in_order else sorted(seqs)
         pkt = IP(data)
         if ICMP in pkt and pkt[ICMP].type == 0 and pkt[ICMP].id == echo_id:
             seqs.append(pkt[ICMP].seq)

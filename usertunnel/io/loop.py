@@ -143,7 +143,7 @@ class Dataplane:
             try:
                 n = sock.recv_into(self._buffer)
             except BlockingIOError:
-                return
+                break
             except OSError:
                 # An ICMP error from the underlay (only queued with IP_RECVERR or a
                 # connected socket, neither of which we use, but never let it stop us).
