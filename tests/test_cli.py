@@ -20,7 +20,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     [
         (["up", "--remote", "198.51.100"], "invalid remote address"),
         (["up", "--remote", "198.51.100.2", "--local", "nonsense"], "invalid local address"),
-        (["up", "--remote", "2001:db8::2"], "is IPv6"),
+        (["up", "--remote", "2001:db8::2"], "runs over IPv4: remote must be an IPv4 address"),
         (["up", "--remote", "198.51.100.2", "--key", "4294967296"], 'invalid key "4294967296"'),
         (["up", "--remote", "198.51.100.2", "--key", "-1"], "invalid key"),
         (["up", "--remote", "198.51.100.2", "--mode", "vxlan"], "unknown mode 'vxlan'; accepted: gre, ipip"),

@@ -980,7 +980,7 @@ def test_decapsulate_of_arbitrary_bytes_after_a_valid_outer_prefix_never_raises_
 @st.composite
 def tunnel_pairs(draw: st.DrawFn) -> tuple[Tunnel, Tunnel, bytes]:
     """Our tunnel, a peer configured to match it, and an inner packet that mode can carry."""
-    mode = draw(st.sampled_from(list(Mode)))
+    mode = draw(st.sampled_from([Mode.GRE, Mode.IPIP]))
     ours: dict[str, Any] = {}
     theirs: dict[str, Any] = {}
     if mode is Mode.GRE:
@@ -1097,9 +1097,10 @@ def test_ttl_and_tos_out_of_range_are_refused(kw: dict[str, Any], message: str) 
 
 
 def test_unknown_mode_lists_the_accepted_ones() -> None:
-    with pytest.raises(ConfigError, match="unknown mode 'sit'; accepted: gre, ipip"):
-        Mode.from_name("sit")
+    with pytest.raises(ConfigError, match="unknown mode 'vti'; accepted: gre, ipip, sit, isatap, ipip6, ip6ip6, ip6gre"):
+        Mode.from_name("vti")
     assert Mode.from_name("ipip") is Mode.IPIP
+    assert Mode.from_name("ip6gre") is Mode.IP6GRE
 
 
 @pytest.mark.parametrize(

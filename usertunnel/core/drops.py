@@ -34,6 +34,10 @@ class Drop(enum.Enum):
     NO_NEIGHBOR = "no_neighbor"
     SPOKE_SOURCE = "spoke_source"
     HUB_FULL = "hub_full"
+    # IPv6 tunnels: sit's address rules (core.sit), RFC 2473's encapsulation limit.
+    NO_IPV4_DESTINATION = "no_ipv4_destination"
+    SIT_SPOOFED = "sit_spoofed"
+    ENCAP_LIMIT = "encap_limit"
     # Inner packet (either direction).
     INNER_MALFORMED = "inner_malformed"
     FAMILY = "family"
@@ -52,7 +56,7 @@ class Drop(enum.Enum):
 
 
 _DESCRIPTIONS: dict[Drop, str] = {
-    Drop.OUTER_MALFORMED: "outer IPv4 header truncated, lying about its length, or not IPv4",
+    Drop.OUTER_MALFORMED: "outer IP header truncated, lying about its length, or of the wrong version",
     Drop.OUTER_FRAGMENT: "outer packet is a fragment (the kernel reassembles before raw delivery)",
     Drop.GRE_TRUNCATED: "GRE header shorter than its flags announce",
     Drop.GRE_VERSION: "GRE version is not 0 (RFC 2784 section 2.3.1)",
@@ -69,6 +73,9 @@ _DESCRIPTIONS: dict[Drop, str] = {
     Drop.NO_NEIGHBOR: "hub: no spoke learned or configured for the inner destination (--remote any)",
     Drop.SPOKE_SOURCE: "hub: inner source outside the prefixes of the spoke key it carries (--spoke)",
     Drop.HUB_FULL: "hub: neighbor table full (max peers), a new spoke was refused",
+    Drop.NO_IPV4_DESTINATION: "sit: no IPv4 address follows from the IPv6 destination (6to4, 6rd, ISATAP)",
+    Drop.SIT_SPOOFED: "sit: the inner IPv6 address does not match the outer IPv4 one (the kernel's packet_is_spoofed)",
+    Drop.ENCAP_LIMIT: "inner IPv6 packet's tunnel encapsulation limit is 0: no more tunnels (RFC 2473 4.1.1)",
     Drop.INNER_MALFORMED: "inner IP header truncated, with a bad checksum, or lying about its length",
     Drop.FAMILY: "inner address family this mode cannot carry (e.g. IPv6 into ipip)",
     Drop.OVERSIZE: "inner packet too large: with the outer headers it would exceed 65535 bytes",

@@ -27,7 +27,7 @@ import struct
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from . import ecn, gre, ipv4, ipv6
+from . import ecn, gre, ipv4, ipv6, sit
 from .checksum import checksum_is_valid, fold, ones_complement_sum
 from .drops import Drop
 from .keepalive import LineProtocol, inner_request, is_request_to_reflect
@@ -37,6 +37,10 @@ from .params import TunnelParams
 from .sequence import SeqPolicy, SequenceState, Verdict, new_sequence_state
 
 _OUTER = struct.Struct("!BBHHHBBH4s4s")
+_OUTER6 = struct.Struct("!IHBB16s16s")
+# IPv6 inner packets whose extension headers may carry a tunnel encapsulation limit (RFC 2473 4.1.1).
+_EXTENSIONS = frozenset({ipv6.NEXTHDR_HOP, ipv6.NEXTHDR_ROUTING, ipv6.NEXTHDR_FRAGMENT, ipv6.NEXTHDR_AUTH,
+                         ipv6.NEXTHDR_DEST})  # fmt: skip
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _GRE_FIXED = struct.Struct("!HH")
@@ -100,6 +104,12 @@ class Tunnel:
         "hub",
         "_outer_sum_base",
         "_gre_by_key",
+        "dynamic_destination",
+        "_sixrd",
+        "_isatap_router",
+        "device_addresses",
+        "sit_rules",
+        "prl",
     )
 
     def __init__(self, params: TunnelParams, ident: int = 0) -> None:
@@ -113,9 +123,12 @@ class Tunnel:
         self.counters = Counters()
         self.iseq_window: SequenceState = self.new_window()
         self.oseq_next = 0  # Linux sends the first packet with sequence number 0
-        self._src = params.local or bytes(4)
-        self._dst = params.remote or bytes(4)
-        self._max_inner = 0xFFFF - params.header_length  # the outer total length is 16 bits
+        mode = params.mode.value
+        size = 4 if mode.outer == 4 else 16
+        self._src = params.local or bytes(size)
+        self._dst = params.remote or bytes(size)
+        # The outer total length (IPv4) or payload length (IPv6) is 16 bits.
+        self._max_inner = 0xFFFF - params.header_length + (ipv6.HEADER_LEN if mode.outer == 6 else 0)
         # GRE header without checksum and sequence values, per inner protocol.
         self._gre_fixed: dict[int, bytes] = {}
         if params.mode.value.is_gre:
@@ -135,6 +148,17 @@ class Tunnel:
         # come from the neighbor table, per packet (core.neighbors).
         self.hub = NeighborTable(params.hub, params.okey, new_window=self.new_window) if params.hub else None
         self._gre_by_key: dict[int | None, dict[int, bytes]] = {params.okey: self._gre_fixed}
+        # sit --remote any: the IPv4 destination comes from each packet's IPv6 destination
+        # (6to4, 6rd; ISATAP: the address itself, or the default router of the PRL).
+        sit_any = mode.ip_protocol == 41 and mode.outer == 4 and params.remote is None
+        self._sixrd = (params.sixrd or sit.SIX_TO_FOUR) if sit_any else None
+        self._isatap_router = next((e.address for e in params.prl if e.default), None)
+        # The outer destination changes per packet (hub, sit any): the shell reads it from the header.
+        self.dynamic_destination = self.hub is not None or sit_any
+        # The IPv6 addresses on the tunnel device (sit's only_dnatted check); set by the shell.
+        self.device_addresses: tuple[sit.DeviceAddress, ...] = ()
+        self.sit_rules = mode.ip_protocol == 41 and mode.outer == 4  # sit and isatap check sources
+        self.prl = sit.PotentialRouterList(params.prl) if mode.isatap else None
 
     @property
     def name(self) -> str:
@@ -193,11 +217,16 @@ class Tunnel:
 
         hub = self.hub
         sender: Tunnel | Peer = self  # who owns the output sequence number
-        if hub is None:
-            dst = self._dst
-            outer_sum = self._outer_sum
-            gre_fixed = self._gre_fixed
-        else:
+        dst = self._dst
+        outer_sum = self._outer_sum
+        gre_fixed = self._gre_fixed
+        if self._sixrd is not None:
+            found = self._sit_destination(bytes(inner[24:40]))
+            if found is None:
+                return self.counters.drop(Drop.NO_IPV4_DESTINATION)
+            dst = found
+            outer_sum = self._outer_sum_base + ones_complement_sum(dst)
+        elif hub is not None:
             peer = hub.route(bytes(inner[16:20]) if version == 4 else bytes(inner[24:40]), now)
             if peer is None:
                 return self.counters.drop(Drop.NO_NEIGHBOR)
@@ -227,6 +256,8 @@ class Tunnel:
 
         tos = ecn.encapsulate(inner_tos if p.tos is None else p.tos, inner_tos)
         ttl = inner_ttl if p.ttl is None else p.ttl
+        if p.mode.value.outer == 6:
+            return self._outer6(inner, tunnel_hdr, tos, ttl)
         frag = ipv4.FLAG_DF if p.pmtudisc else inner_df
         total_length = ipv4.MIN_HEADER_LEN + len(tunnel_hdr) + n
         ident = self.ident
@@ -237,6 +268,45 @@ class Tunnel:
         c.tx_packets += 1
         c.tx_bytes += n
         return outer + tunnel_hdr
+
+    def _outer6(
+        self, inner: bytes | bytearray | memoryview, tunnel_hdr: bytes, tclass: int, hop_limit: int
+    ) -> bytes | Drop:
+        """The outer IPv6 header (and encapsulation limit option) as ip6_tnl_xmit builds it, then `tunnel_hdr`."""
+        p = self.params
+        limit = p.encaplimit
+        if inner[0] >> 4 == 6 and inner[6] in _EXTENSIONS:
+            # An inner limit wins over ours, one less; a limit of 0 stops here (RFC 2473 section 4.1.1).
+            found = ipv6.next_encap_limit(inner, limit)
+            if isinstance(found, ipv6.EncapLimitExhausted):
+                return self.counters.drop(Drop.ENCAP_LIMIT)
+            limit = found
+        label = ipv6.outer_flow_label(p.flowlabel, inner)
+        protocol = p.mode.value.ip_protocol
+        n = len(inner)
+        if limit is None:
+            first = _OUTER6.pack(0x60000000 | tclass << 20 | label, len(tunnel_hdr) + n, protocol, hop_limit,
+                                 self._src, self._dst)  # fmt: skip
+            header = first + tunnel_hdr
+        else:
+            length = ipv6.ENCAP_LIMIT_OPTION_LEN + len(tunnel_hdr) + n
+            first = _OUTER6.pack(0x60000000 | tclass << 20 | label, length, ipv6.NEXTHDR_DEST, hop_limit,
+                                 self._src, self._dst)  # fmt: skip
+            header = first + ipv6.encap_limit_option(limit, protocol) + tunnel_hdr
+        c = self.counters
+        c.tx_packets += 1
+        c.tx_bytes += n
+        return header
+
+    def _sit_destination(self, destination: bytes) -> bytes | None:
+        """sit --remote any: the IPv4 address an IPv6 destination leads to (ipip6_tunnel_xmit), or None."""
+        if self.params.mode.value.isatap:
+            # RFC 5214: an on-link ISATAP address carries it; anything else goes to the default router.
+            embedded = sit.isatap_ipv4(destination)
+            return embedded if embedded is not None else self._isatap_router
+        assert self._sixrd is not None
+        # No routing table here: the destination itself is the next hop (an on-link route, `::` in the kernel).
+        return sit.ipv4_destination(destination, sixrd=self._sixrd, next_hop=sit.ZERO6)
 
     def keepalive_request(self) -> bytes:
         """A Cisco keepalive to send now (see core.keepalive), counted on the line protocol."""
@@ -314,10 +384,10 @@ class Demux:
         return out
 
     def add(self, tunnel: Tunnel) -> None:
-        self.tables.setdefault(tunnel.params.mode.value.ip_protocol, TunnelTable()).add(tunnel)
+        self.tables.setdefault(tunnel.params.mode.value.table, TunnelTable()).add(tunnel)
 
     def remove(self, tunnel: Tunnel) -> None:
-        table = self.tables.get(tunnel.params.mode.value.ip_protocol)
+        table = self.tables.get(tunnel.params.mode.value.table)
         if table is not None:
             table.remove(tunnel)
 
@@ -338,18 +408,36 @@ class Demux:
             return unmatched.drop(Drop.OUTER_MALFORMED)
         if ((view[6] << 8) | view[7]) & _FRAGMENT_BITS:
             return unmatched.drop(Drop.OUTER_FRAGMENT)
-        table = self.tables.get(view[9])
+        return self._decapsulate(view[9], bytes(view[12:16]), bytes(view[16:20]), view[1], view[ihl:total], now)
+
+    def decapsulate6(
+        self,
+        protocol: int,
+        src: bytes,
+        dst: bytes,
+        tclass: int,
+        payload: bytes | bytearray | memoryview,
+        now: float = 0.0,
+    ) -> Result:
+        """A packet read from a raw IPv6 socket, which delivers no IPv6 header: the kernel has checked it
+        and stepped over its extension headers (an encapsulation limit option included); the source,
+        destination and traffic class come with it as ancillary data (IPV6_PKTINFO, IPV6_TCLASS)."""
+        return self._decapsulate(protocol + 256, src, dst, tclass, memoryview(payload), now)
+
+    def _decapsulate(
+        self, table_id: int, src: bytes, dst: bytes, outer_tos: int, payload: memoryview, now: float
+    ) -> Result:
+        """Everything after the outer IP header: GRE, lookup, receive rules, the inner packet."""
+        unmatched = self.unmatched
+        table = self.tables.get(table_id)
         if table is None:
             return unmatched.drop(Drop.NO_TUNNEL)
-        src = bytes(view[12:16])
-        dst = bytes(view[16:20])
-        payload = view[ihl:total]
-
+        protocol = table_id & 0xFF
         flags = 0
         key = sequence = None
-        proto = gre.PROTO_IPV4
+        proto = gre.PROTO_IPV4 if protocol == 4 else gre.PROTO_IPV6
         hlen = 0
-        if view[9] == 47:
+        if protocol == 47:
             if len(payload) < gre.BASE_LEN:
                 return unmatched.drop(Drop.GRE_TRUNCATED)
             flags, proto = _GRE_FIXED.unpack_from(payload)
@@ -424,7 +512,9 @@ class Demux:
             inner = inner[:inner_total]
             inner_tos = inner[1]
         elif proto == gre.PROTO_IPV6:
-            if version != 6 or m < ipv6.HEADER_LEN:
+            if version != 6:
+                return counters.drop(Drop.INNER_MALFORMED if p.mode.value.is_gre else Drop.FAMILY)
+            if m < ipv6.HEADER_LEN:
                 return counters.drop(Drop.INNER_MALFORMED)
             inner_total = ipv6.HEADER_LEN + ((inner[4] << 8) | inner[5])
             if inner_total > m:
@@ -434,11 +524,20 @@ class Demux:
         else:
             return counters.drop(Drop.GRE_PROTOCOL)
 
-        action = ecn.decapsulate(view[1], inner_tos)
+        action = ecn.decapsulate(outer_tos, inner_tos)
         if action is not ecn.Decap.KEEP:
             if action is ecn.Decap.DROP:
                 return counters.drop(Drop.ECN_CE_NOT_ECT)
             inner = set_ce(inner)
+        if tunnel.sit_rules:
+            # ipip6_rcv's packet_is_spoofed: the IPv6 addresses must agree with the IPv4 ones.
+            spoof = sit.check_source(
+                src, dst, bytes(inner[8:24]), bytes(inner[24:40]),
+                point_to_point=p.remote is not None, isatap=p.mode.value.isatap,
+                sixrd=p.sixrd or sit.SIX_TO_FOUR, prl=tunnel.prl, device=tunnel.device_addresses,
+            )  # fmt: skip
+            if not spoof.accepted:
+                return counters.drop(Drop.SIT_SPOOFED)
         # A peer's keepalive goes back as a router would route it, after the same RFC 6040 rule.
         if inner[0] >> 4 == 4 and inner[9] == 47 and p.reflect_keepalives:
             if peer is None:

@@ -14,12 +14,13 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import gre, ipv4
+from . import gre, ipv4, ipv6
 from .sequence import SeqPolicy
 
 if TYPE_CHECKING:
     from .keepalive import KeepaliveParams
     from .neighbors import HubParams
+    from .sit import PrlEntry, SixRd
 
 
 class ConfigError(ValueError):
@@ -29,16 +30,28 @@ class ConfigError(ValueError):
 @dataclass(frozen=True, slots=True)
 class ModeSpec:
     name: str
-    ip_protocol: int  # outer IP protocol number
+    ip_protocol: int  # outer IP protocol number (IPv6: the next header)
     families: frozenset[int]  # inner IP versions this mode carries
     is_gre: bool
+    outer: int = 4  # the outer header's IP version
+    isatap: bool = False  # sit with RFC 5214's ISATAP rules
+
+    @property
+    def table(self) -> int:
+        """The demultiplexing table this mode's packets arrive on: the protocol, plus 256 over IPv6."""
+        return self.ip_protocol + (256 if self.outer == 6 else 0)
 
 
 class Mode(enum.Enum):
-    """Tunnel modes. Modes differ by data (protocol number, inner families), not by code."""
+    """Tunnel modes, named as iproute2 names them. Modes differ by data (protocol numbers, families), not by code."""
 
-    GRE = ModeSpec("gre", 47, frozenset({4, 6}), True)  # RFC 2784
-    IPIP = ModeSpec("ipip", 4, frozenset({4}), False)  # RFC 2003
+    GRE = ModeSpec("gre", 47, frozenset({4, 6}), True)  # RFC 2784 over IPv4
+    IPIP = ModeSpec("ipip", 4, frozenset({4}), False)  # RFC 2003: IPv4 in IPv4
+    SIT = ModeSpec("sit", 41, frozenset({6}), False)  # RFC 4213: IPv6 in IPv4 (6to4, 6rd with --remote any)
+    ISATAP = ModeSpec("isatap", 41, frozenset({6}), False, isatap=True)  # RFC 5214
+    IPIP6 = ModeSpec("ipip6", 4, frozenset({4}), False, outer=6)  # RFC 2473: IPv4 in IPv6
+    IP6IP6 = ModeSpec("ip6ip6", 41, frozenset({6}), False, outer=6)  # RFC 2473: IPv6 in IPv6
+    IP6GRE = ModeSpec("ip6gre", 47, frozenset({4, 6}), True, outer=6)  # GRE over IPv6 (RFC 7676)
 
     @classmethod
     def from_name(cls, name: str) -> Mode:
@@ -78,6 +91,14 @@ class TunnelParams:
     reflect_keepalives: bool = True  # send a peer's keepalives back at once (see README: RFC 2784 section 3)
     hub: HubParams | None = None  # point-to-multipoint (--remote any): core.neighbors; Linux has none
     seq_policy: SeqPolicy = SeqPolicy.KERNEL  # how iseq enforces order (core.sequence); Linux: kernel
+    # IPv6 outer header (ipip6, ip6ip6, ip6gre), as ip6_tunnel / ip6_gre: `ttl` is the hop limit and
+    # `tos` the traffic class; the flow label is fixed or None (inherit, automatic where it is 0);
+    # the RFC 2473 tunnel encapsulation limit is sent in a destination option, None: `encaplimit none`.
+    flowlabel: int | None = 0
+    encaplimit: int | None = ipv6.DEFAULT_ENCAP_LIMIT
+    # sit --remote any: 6to4 (the default) or 6rd (`ip tunnel 6rd`); isatap: the potential router list.
+    sixrd: SixRd | None = None
+    prl: tuple[PrlEntry, ...] = ()
 
     def __post_init__(self) -> None:
         if not _IFNAME.match(self.name):
@@ -114,6 +135,33 @@ class TunnelParams:
         if self.ttl is not None and not self.pmtudisc:
             # iproute2 refuses this combination with the same words.
             raise ConfigError("ttl != 0 and nopmtudisc are incompatible")
+        self._check_families()
+
+    def _check_families(self) -> None:
+        """Addresses of the outer family; IPv6-only and sit-only options only where they mean something."""
+        mode = self.mode.value
+        size = 4 if mode.outer == 4 else 16
+        for label, address in (("local", self.local), ("remote", self.remote)):
+            if address is not None and len(address) != size:
+                want = "an IPv4" if size == 4 else "an IPv6"
+                raise ConfigError(f"mode {mode.name} runs over IPv{mode.outer}: {label} must be {want} address")
+        if mode.outer == 6:
+            if self.hub is not None or self.keepalive is not None:
+                raise ConfigError(f"mode {mode.name}: hubs and keepalives run over IPv4 (gre, ipip) for now")
+            if self.encaplimit is not None and not 0 <= self.encaplimit <= 255:
+                raise ConfigError(f"encaplimit {self.encaplimit} out of range: 0..255 or 'none'")
+            if self.flowlabel is not None and not 0 <= self.flowlabel <= ipv6.FLOW_LABEL_MASK:
+                raise ConfigError(f"flowlabel {self.flowlabel:#x} out of range: 0..0xfffff or 'inherit'")
+        elif self.flowlabel != 0 or self.encaplimit != ipv6.DEFAULT_ENCAP_LIMIT:
+            raise ConfigError(f"flowlabel and encaplimit belong to IPv6 outer headers; mode {mode.name} runs over IPv4")
+        if self.sixrd is not None and (mode.ip_protocol != 41 or mode.outer != 4 or mode.isatap):
+            raise ConfigError("6rd prefixes belong to mode sit")
+        if self.prl and not mode.isatap:
+            raise ConfigError("a potential router list (--prl) belongs to mode isatap")
+        if mode.isatap and self.remote is not None:
+            raise ConfigError("mode isatap has no fixed remote: give --remote any")
+        if mode.ip_protocol == 41 and mode.outer == 4 and self.hub is not None:
+            raise ConfigError(f"mode {mode.name} --remote any derives each destination from the IPv6 address; no hub")
 
     @property
     def ikeys(self) -> tuple[int | None, ...]:
@@ -128,8 +176,12 @@ class TunnelParams:
 
     @property
     def header_length(self) -> int:
-        """Bytes added in front of each inner packet: outer IPv4 plus GRE with its options."""
-        n = ipv4.MIN_HEADER_LEN
+        """Bytes added in front of each inner packet: the outer IP header (IPv6: with the encapsulation
+        limit option, 8 bytes, unless `encaplimit none`) plus GRE with its options."""
+        if self.mode.value.outer == 6:
+            n = ipv6.HEADER_LEN + (ipv6.ENCAP_LIMIT_OPTION_LEN if self.encaplimit is not None else 0)
+        else:
+            n = ipv4.MIN_HEADER_LEN
         if self.mode.value.is_gre:
             flags = (gre.FLAG_CSUM if self.ocsum else 0) | (gre.FLAG_KEY if self.okey is not None else 0)
             flags |= gre.FLAG_SEQ if self.oseq else 0
@@ -205,3 +257,37 @@ def parse_ipv4_address(text: str, what: str) -> bytes:
     except ipaddress.AddressValueError:
         raise ConfigError(f"invalid {what} address {text!r}: an IPv4 address such as 198.51.100.1") from None
     raise ConfigError(f"{what} address {text!r} is IPv6, but this mode runs over IPv4: give an IPv4 address")
+
+
+def parse_address(text: str, what: str) -> bytes:
+    """An outer address, IPv4 or IPv6, packed (4 or 16 bytes); the mode says which family it must be."""
+    try:
+        return ipaddress.ip_address(text).packed
+    except ValueError:
+        raise ConfigError(
+            f"invalid {what} address {text!r}: an IPv4 address such as 198.51.100.1 "
+            "or an IPv6 address such as 2001:db8:1::1"
+        ) from None
+
+
+def parse_encaplimit(text: str) -> int | None:
+    """`none` -> None (no encapsulation limit option); otherwise 0..255, as iproute2's `encaplimit`."""
+    if text == "none":
+        return None
+    value = strtoul(text)
+    if value is None or value > 255:
+        raise ConfigError(f'invalid encaplimit "{text}": a number 0..255 or "none"')
+    return value
+
+
+def parse_flowlabel(text: str) -> int | None:
+    """`inherit` -> None; otherwise a hex value 0..fffff, as iproute2's `flowlabel`."""
+    if text == "inherit":
+        return None
+    try:
+        value = int(text, 16)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= ipv6.FLOW_LABEL_MASK:
+        raise ConfigError(f'invalid flowlabel "{text}": a hex value 0..fffff or "inherit"')
+    return value
