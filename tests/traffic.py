@@ -19,8 +19,10 @@ from usertunnel import netns
 def tcp_transfer(
     sender: str, receiver: str, address: str, port: int, size: int, timeout: float = 60
 ) -> tuple[str, str]:
-    """`size` pseudo-random bytes from namespace `sender` to `address`:`port` in `receiver`; both SHA-256."""
-    server = netns.open_socket(receiver, socket.AF_INET, socket.SOCK_STREAM)
+    """`size` pseudo-random bytes from namespace `sender` to `address`:`port` in `receiver` (IPv4 or IPv6);
+    both SHA-256."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    server = netns.open_socket(receiver, family, socket.SOCK_STREAM)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     server.bind((address, port))
     server.listen(1)
@@ -41,7 +43,7 @@ def tcp_transfer(
     thread = threading.Thread(target=serve)
     thread.start()
     data = random.Random(size).randbytes(size)
-    client = netns.open_socket(sender, socket.AF_INET, socket.SOCK_STREAM)
+    client = netns.open_socket(sender, family, socket.SOCK_STREAM)
     client.settimeout(timeout)
     try:
         client.connect((address, port))

@@ -13,7 +13,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import __version__, control, explain
 from .core.keepalive import parse_keepalive
@@ -22,12 +22,15 @@ from .core.params import (
     ConfigError,
     Mode,
     TunnelParams,
-    parse_ipv4_address,
+    parse_address,
+    parse_encaplimit,
+    parse_flowlabel,
     parse_key,
     parse_tos,
     parse_ttl,
 )
 from .core.sequence import SeqPolicy, parse_seq_policy
+from .core.sit import PrlEntry, SixRd
 
 EXIT_USAGE = 2
 
@@ -93,9 +96,23 @@ def _address(text: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
         ) from None
 
 
+_DEFAULT: object = object()  # an option not given: the mode decides
+
+
+def _prl_entry(text: str) -> PrlEntry:
+    """`ADDR`, `ADDR=default` or `ADDR=nodefault`: an entry of ISATAP's potential router list."""
+    address, _, flag = text.partition("=")
+    if flag not in ("", "default", "nodefault"):
+        raise ConfigError(f"invalid prl {text!r}: ADDR, ADDR=default or ADDR=nodefault")
+    packed = parse_address(address, "prl")
+    if len(packed) != 4:
+        raise ConfigError(f"invalid prl {text!r}: a potential router is an IPv4 address")
+    return PrlEntry(packed, flag != "nodefault")
+
+
 def _remote(text: str) -> bytes | None:
     """The peer's outer address, or None for `any` (a point-to-multipoint hub)."""
-    return None if text == "any" else parse_ipv4_address(text, "remote")
+    return None if text == "any" else parse_address(text, "remote")
 
 
 def _mtu(text: str) -> int:
@@ -123,10 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ends = up.add_argument_group("endpoints (the outer IPv4 header's addresses)")
-    ends.add_argument("--mode", default="gre", type=_checked(Mode.from_name), help="gre (default) or ipip")
+    ends.add_argument(
+        "--mode",
+        default="gre",
+        type=_checked(Mode.from_name),
+        metavar="MODE",
+        help="over IPv4: gre (default; carries IPv4 and IPv6), ipip (IPv4 in IPv4), sit (IPv6 in IPv4), "
+        "isatap (sit with RFC 5214's rules); over IPv6: ipip6 (IPv4 in IPv6), ip6ip6 (IPv6 in IPv6), "
+        "ip6gre (GRE over IPv6). --local and --remote are of the outer family",
+    )
     ends.add_argument(
         "--local",
-        type=_checked(lambda t: parse_ipv4_address(t, "local")),
+        type=_checked(lambda t: parse_address(t, "local")),
         metavar="ADDR",
         help="our outer address: the source of what we send, the destination of what we accept "
         "(default: any address of this host)",
@@ -137,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_checked(_remote),
         metavar="ADDR|any",
         help="the peer's outer address: where we send, and the only sender we accept; 'any' makes a "
-        "point-to-multipoint hub (see below)",
+        "point-to-multipoint hub (gre, ipip: see below), or with sit derives each IPv4 destination from "
+        "the IPv6 one (6to4, 6rd; isatap always)",
     )
     ends.add_argument("--dev", metavar="PHYS_DEV", help="send through this device only; its MTU sets the default MTU")
 
@@ -233,18 +259,37 @@ def build_parser() -> argparse.ArgumentParser:
     o = up.add_argument_group("outer header (as Linux's ip_tunnel_xmit sets it)")
     o.add_argument(
         "--ttl",
+        "--hoplimit",
         type=_checked(parse_ttl),
-        default=None,
+        default=_DEFAULT,
         metavar="1..255|inherit",
-        help="outer TTL; inherit (the default, as in Linux) copies the inner TTL or hop limit",
+        help="outer TTL (IPv6: hop limit); inherit copies the inner TTL or hop limit. Default as in Linux: "
+        "inherit over IPv4, 64 over IPv6",
     )
     o.add_argument(
         "--tos",
+        "--tclass",
         type=_checked(parse_tos),
         default=0,
         metavar="00..ff|inherit",
-        help="outer TOS in hex (default 00); inherit copies the inner DSCP. ECN always follows RFC 6040: "
-        "the inner ECN field is copied, CE sent as ECT(0)",
+        help="outer TOS (IPv6: traffic class) in hex (default 00); inherit copies the inner DSCP. ECN always "
+        "follows RFC 6040: the inner ECN field is copied, CE sent as ECT(0)",
+    )
+    o.add_argument(
+        "--encaplimit",
+        type=_checked(parse_encaplimit),
+        default=_DEFAULT,
+        metavar="0..255|none",
+        help="IPv6 outer only: the RFC 2473 tunnel encapsulation limit sent in a destination option "
+        "(default 4, as Linux; none: no option, 8 bytes less per packet)",
+    )
+    o.add_argument(
+        "--flowlabel",
+        type=_checked(parse_flowlabel),
+        default=_DEFAULT,
+        metavar="0..fffff|inherit",
+        help="IPv6 outer only: the flow label in hex (default 0, which becomes a hash of the inner flow, as "
+        "Linux's auto_flowlabels); inherit copies an IPv6 inner packet's label",
     )
     df = o.add_mutually_exclusive_group()
     df.add_argument(
@@ -259,6 +304,31 @@ def build_parser() -> argparse.ArgumentParser:
         dest="pmtudisc",
         action="store_false",
         help="copy DF from the inner IPv4 header instead (not with a fixed --ttl, as in iproute2)",
+    )
+
+    six = up.add_argument_group(
+        "sit without a fixed remote (`ip tunnel 6rd`, `ip tunnel prl`)",
+        "With --mode sit --remote any the IPv4 destination of each packet is read from its IPv6 destination: "
+        "6to4 (RFC 3056: 2002:V4ADDR::/48) by default, or 6rd (RFC 5969) with --6rd-prefix. --mode isatap "
+        "(RFC 5214) sends to the IPv4 address in an ISATAP interface identifier (::5efe:a.b.c.d) and the rest "
+        "to a default router of the potential router list. Received packets whose IPv6 addresses do not match "
+        "the IPv4 ones are dropped (sit_spoofed), as Linux's sit does.",
+    )
+    six.add_argument("--6rd-prefix", dest="sixrd_prefix", metavar="PREFIX", help="e.g. 2001:db8::/32")
+    six.add_argument(
+        "--6rd-relay-prefix",
+        dest="sixrd_relay_prefix",
+        metavar="PREFIX",
+        default="0.0.0.0/0",
+        help="the IPv4 bits common to all 6rd relays, e.g. 198.51.100.0/24 (default 0.0.0.0/0)",
+    )
+    six.add_argument(
+        "--prl",
+        type=_checked(_prl_entry),
+        action="append",
+        default=[],
+        metavar="ADDR[=default|nodefault]",
+        help="an ISATAP potential router (repeatable; default: a default router)",
     )
 
     d = up.add_argument_group("the TUN device")
@@ -332,10 +402,24 @@ def params_from_args(args: argparse.Namespace) -> TunnelParams:
     ikey = args.key if args.key is not None else args.ikey
     okey = args.key if args.key is not None else args.okey
     hub = None
-    if args.remote is None:
+    spec = mode.value
+    sit_family = spec.ip_protocol == 41 and spec.outer == 4
+    if args.remote is None and not sit_family:
         hub = HubParams(tuple(args.neighbor), tuple(args.spoke), args.neighbor_timeout)
     elif args.neighbor or args.spoke:
-        raise ConfigError("--neighbor and --spoke belong to a hub: use them with --remote any")
+        raise ConfigError("--neighbor and --spoke belong to a hub: use them with --remote any (gre, ipip)")
+    sixrd = None
+    if args.sixrd_prefix is not None:
+        if mode is not Mode.SIT:
+            raise ConfigError("--6rd-prefix belongs to --mode sit")
+        sixrd = SixRd.from_text(args.sixrd_prefix, args.sixrd_relay_prefix)
+    ipv6_only = {"encaplimit": args.encaplimit, "flowlabel": args.flowlabel}
+    if spec.outer == 4:
+        given = [f"--{name}" for name, value in ipv6_only.items() if value is not _DEFAULT]
+        if given:
+            raise ConfigError(f"{' and '.join(given)} belong to IPv6 outer headers; mode {spec.name} runs over IPv4")
+    outer6: dict[str, Any] = {k: v for k, v in ipv6_only.items() if v is not _DEFAULT}
+    ttl = args.ttl if args.ttl is not _DEFAULT else (64 if spec.outer == 6 else None)
     return TunnelParams(
         name=args.name or f"{mode.value.name}%d",
         mode=mode,
@@ -347,13 +431,16 @@ def params_from_args(args: argparse.Namespace) -> TunnelParams:
         oseq=args.seq or args.oseq,
         icsum=args.csum or args.icsum,
         ocsum=args.csum or args.ocsum,
-        ttl=args.ttl,
+        ttl=ttl,
         tos=args.tos,
         pmtudisc=args.pmtudisc,
         keepalive=args.keepalive,
         reflect_keepalives=args.reflect_keepalives,
         hub=hub,
         seq_policy=args.seq_policy,
+        sixrd=sixrd,
+        prl=tuple(args.prl),
+        **outer6,
     )
 
 

@@ -40,6 +40,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import json
 import os
 import socket
@@ -89,7 +90,7 @@ def snapshot_of(
     """One tunnel as a JSON object (fields in the module docstring), from the core's own values."""
 
     def address(packed: bytes | None) -> str | None:
-        return socket.inet_ntoa(packed) if packed else None
+        return ipaddress.ip_address(packed).compressed if packed else None
 
     return {
         "name": params.name,

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .control import ControlServer, snapshot_of
+from .core import sit
 from .core.encap import Demux, Tunnel
 from .core.keepalive import Change, LineProtocol
 from .core.params import ConfigError, TunnelParams
@@ -31,11 +32,13 @@ from .io import netlink
 from .io.loop import Dataplane, Interface
 from .io.observe import Observer
 from .io.privilege import drop_to, lookup_user
-from .io.raw import open_raw
+from .io.raw import open_raw, open_raw6_receiver, open_raw6_sender
 from .io.tun import Tun
 from .pcap import PcapNgWriter
 
 log = logging.getLogger("usertunnel")
+
+IPV6_MIN_MTU = 1280
 
 Address = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -55,8 +58,8 @@ def describe(params: TunnelParams, mtu: int) -> str:
     """One line for the log, in the words of `ip tunnel show`."""
     p = params
     parts = [f"mode {p.mode.value.name}"]
-    parts.append(f"local {socket.inet_ntoa(p.local) if p.local else 'any'}")
-    parts.append(f"remote {socket.inet_ntoa(p.remote) if p.remote else 'any'}")
+    parts.append(f"local {ipaddress.ip_address(p.local).compressed if p.local else 'any'}")
+    parts.append(f"remote {ipaddress.ip_address(p.remote).compressed if p.remote else 'any'}")
     if p.ikey is not None and p.ikey == p.okey:
         parts.append(f"key {p.ikey}")
     else:
@@ -64,9 +67,22 @@ def describe(params: TunnelParams, mtu: int) -> str:
             parts.append(f"ikey {p.ikey}")
         if p.okey is not None:
             parts.append(f"okey {p.okey}")
-    parts.append(f"ttl {p.ttl if p.ttl is not None else 'inherit'}")
-    parts.append(f"tos {'inherit' if p.tos is None else format(p.tos, '#04x')}")
-    parts.append("pmtudisc" if p.pmtudisc else "nopmtudisc")
+    if p.mode.value.outer == 6:
+        # `ip -6 tunnel show`'s words for an IPv6 outer header.
+        parts.append(f"encaplimit {'none' if p.encaplimit is None else p.encaplimit}")
+        parts.append(f"hoplimit {p.ttl if p.ttl is not None else 'inherit'}")
+        parts.append(f"tclass {'inherit' if p.tos is None else format(p.tos, '#04x')}")
+        parts.append(f"flowlabel {'inherit' if p.flowlabel is None else format(p.flowlabel, '#07x')}")
+    else:
+        parts.append(f"ttl {p.ttl if p.ttl is not None else 'inherit'}")
+        parts.append(f"tos {'inherit' if p.tos is None else format(p.tos, '#04x')}")
+        parts.append("pmtudisc" if p.pmtudisc else "nopmtudisc")
+    if p.sixrd is not None:
+        r = p.sixrd
+        parts.append(f"6rd-prefix {ipaddress.ip_address(r.prefix)}/{r.prefixlen}")
+        parts.append(f"6rd-relay_prefix {ipaddress.ip_address(r.relay_prefix)}/{r.relay_prefixlen}")
+    for entry in p.prl:
+        parts.append(f"prl {ipaddress.ip_address(entry.address)}{'' if entry.default else ' (nodefault)'}")
     parts.extend(flag for flag in ("iseq", "oseq", "icsum", "ocsum") if getattr(p, flag))
     if p.iseq:
         parts.append(f"seq-policy {p.seq_policy.value}")
@@ -90,10 +106,13 @@ class Prepared:
     observer: Observer | None = None
     device: str | None = None
     user: str | None = None
+    receiver: socket.socket | None = None  # IPv6: the socket that receives (`sock` only sends)
 
     def close(self) -> None:
         self.tun.close()
         self.sock.close()
+        if self.receiver is not None:
+            self.receiver.close()
         if self.observer is not None:
             self.observer.close()
 
@@ -109,8 +128,24 @@ def prepare(options: UpOptions) -> Prepared:
     mtu = options.mtu if options.mtu is not None else params.default_mtu(underlay)
     if not 68 <= mtu <= 65535 - params.header_length:
         raise ConfigError(f"mtu {mtu} out of range: 68..{65535 - params.header_length}")
+    carries_ipv6 = params.mode.value.families == {6} or any(a.version == 6 for a in options.addresses)
+    if carries_ipv6 and mtu < IPV6_MIN_MTU:
+        # RFC 8200 section 5: every IPv6 link carries 1280 bytes; Linux turns IPv6 off on a smaller device.
+        raise ConfigError(
+            f"mtu {mtu} is below IPv6's minimum of {IPV6_MIN_MTU}, and this tunnel carries IPv6: give --mtu "
+            f"{IPV6_MIN_MTU} or more (the underlay then needs {IPV6_MIN_MTU + params.header_length}), or no IPv6"
+        )
     observer = _observer(options)
-    sock = open_raw(params.mode.value.ip_protocol, options.device)
+    receiver = None
+    if params.mode.value.outer == 6:
+        sock = open_raw6_sender(options.device)
+        try:
+            receiver = open_raw6_receiver(params.mode.value.ip_protocol, options.device)
+        except BaseException:
+            sock.close()
+            raise
+    else:
+        sock = open_raw(params.mode.value.ip_protocol, options.device)
     tun: Tun | None = None
     try:
         tun = Tun(params.name)
@@ -121,12 +156,15 @@ def prepare(options: UpOptions) -> Prepared:
         if tun is not None:
             tun.close()
         sock.close()
+        if receiver is not None:
+            receiver.close()
         if observer is not None:
             observer.close()
         raise
-    return Prepared(
-        Tunnel(params, ident=random.getrandbits(16)), tun, sock, mtu, observer, options.device, options.user
-    )
+    tunnel = Tunnel(params, ident=random.getrandbits(16))
+    tunnel.device_addresses = tuple(sit.DeviceAddress(a.ip.packed, a.network.prefixlen) for a in options.addresses
+                                    if a.version == 6)  # fmt: skip
+    return Prepared(tunnel, tun, sock, mtu, observer, options.device, options.user, receiver)
 
 
 def _observer(options: UpOptions) -> Observer | None:
@@ -163,7 +201,11 @@ async def serve(prepared: Prepared) -> tuple[Demux, str | None]:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        dataplane.add_socket(prepared.tunnel.params.mode.value.ip_protocol, prepared.sock)
+        if prepared.receiver is not None:
+            dataplane.add_socket(prepared.tunnel.params.mode.value.table, prepared.receiver)
+            dataplane.add_sender(prepared.sock)
+        else:
+            dataplane.add_socket(prepared.tunnel.params.mode.value.table, prepared.sock)
         dataplane.add_interface(Interface(prepared.tunnel, prepared.tun, prepared.sock))
         tunnel, pid = prepared.tunnel, os.getpid()
         keepalives = _start_keepalives(loop, dataplane, prepared)

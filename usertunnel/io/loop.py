@@ -14,17 +14,20 @@ import asyncio
 import errno
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..core.drops import Drop
-from ..core.encap import Demux, Held, KeepaliveReply, Received, Reflect, Tunnel
+from ..core.encap import Demux, Held, KeepaliveReply, Received, Reflect, Result, Tunnel
 from .observe import Observer
 from .tun import Tun
 
 BATCH = 64
 RECV_BUFFER = 65536
+# Room for IPV6_PKTINFO (struct in6_pktinfo, 20 bytes) and IPV6_TCLASS (an int), with their headers.
+_ANCILLARY6 = socket.CMSG_SPACE(20) + socket.CMSG_SPACE(4)
 
 _SEND_ERRORS = {
     errno.ENOBUFS: Drop.SEND_NOBUFS,
@@ -48,7 +51,10 @@ class Interface:
 
     def __post_init__(self) -> None:
         remote = self.tunnel.params.remote
-        self.destination = (socket.inet_ntoa(remote) if remote else "0.0.0.0", 0)
+        if self.tunnel.params.mode.value.outer == 6:
+            self.destination = (socket.inet_ntop(socket.AF_INET6, remote) if remote else "::", 0)
+        else:
+            self.destination = (socket.inet_ntoa(remote) if remote else "0.0.0.0", 0)
 
 
 class Dataplane:
@@ -68,10 +74,19 @@ class Dataplane:
         self._buffer = bytearray(RECV_BUFFER)
         self._view = memoryview(self._buffer)
         self._expiry: asyncio.TimerHandle | None = None  # rfc2890 policy: the OUTOFORDER_TIMER
+        self._senders: list[socket.socket] = []
 
     def add_socket(self, protocol: int, sock: socket.socket) -> None:
+        """Read outer packets of `protocol` from `sock`: a raw IPv4 socket, or (protocol + 256) a raw IPv6 one."""
         self.sockets[protocol] = sock
-        self.loop.add_reader(sock.fileno(), self._on_raw_readable, sock)
+        if protocol < 256:
+            self.loop.add_reader(sock.fileno(), self._on_raw_readable, sock)
+        else:
+            self.loop.add_reader(sock.fileno(), self._on_raw6_readable, sock, protocol - 256)
+
+    def add_sender(self, sock: socket.socket) -> None:
+        """A socket that only sends (IPv6's IPPROTO_RAW): closed with the rest."""
+        self._senders.append(sock)
 
     def add_interface(self, iface: Interface) -> None:
         self.demux.add(iface.tunnel)
@@ -88,8 +103,11 @@ class Dataplane:
         for sock in self.sockets.values():
             self.loop.remove_reader(sock.fileno())
             sock.close()
+        for sock in self._senders:
+            sock.close()
         self.interfaces.clear()
         self.sockets.clear()
+        self._senders.clear()
 
     def _on_tun_readable(self, iface: Interface) -> None:
         fd = iface.tun.fd
@@ -97,10 +115,10 @@ class Dataplane:
         sendmsg = iface.sock.sendmsg
         destination = iface.destination
         observer = self.observer
-        # A hub (--remote any) sends each packet to the spoke its neighbor table picks: the outer
-        # destination is then per packet, the header's bytes 16..20.
-        hub = tunnel.hub
-        now = time.monotonic() if hub is not None else 0.0
+        # A hub (--remote any) sends each packet to the spoke its neighbor table picks, sit any to the
+        # address in the IPv6 destination: the outer destination is then per packet, the header's bytes 16..20.
+        dynamic = tunnel.dynamic_destination  # a hub, or sit --remote any (6to4, 6rd, ISATAP)
+        now = time.monotonic() if dynamic else 0.0
         for _ in range(BATCH):
             try:
                 inner = os.read(fd, RECV_BUFFER)
@@ -112,7 +130,7 @@ class Dataplane:
             header = tunnel.encapsulate_header(inner, now)
             error = None
             if not isinstance(header, Drop):
-                if hub is not None:
+                if dynamic:
                     destination = (socket.inet_ntoa(header[16:20]), 0)
                 try:
                     sendmsg((header, inner), (), 0, destination)
@@ -174,6 +192,51 @@ class Dataplane:
                 self._deliver(received.tunnel, received.released)
         if demux.holding:
             self._arm_expiry()
+
+    def _on_raw6_readable(self, sock: socket.socket, protocol: int) -> None:
+        """The receive path over IPv6: the payload comes without its IPv6 header; the destination and
+        traffic class come as ancillary data, the source as the sender's address."""
+        demux = self.demux
+        observer = self.observer
+        buffers = [self._buffer]
+        now = time.monotonic()
+        for _ in range(BATCH):
+            try:
+                n, ancillary, _flags, address = sock.recvmsg_into(buffers, _ANCILLARY6)
+            except BlockingIOError:
+                break
+            except OSError:
+                demux.unmatched.drop(Drop.ICMP_ERROR)
+                continue
+            dst = b""
+            tclass = 0
+            for level, kind, data in ancillary:
+                if level == socket.IPPROTO_IPV6:
+                    if kind == socket.IPV6_PKTINFO:
+                        dst = data[:16]
+                    elif kind == socket.IPV6_TCLASS:
+                        tclass = int.from_bytes(data[:4], sys.byteorder)
+            src = socket.inet_pton(socket.AF_INET6, address[0].partition("%")[0])
+            received = demux.decapsulate6(protocol, src, dst, tclass, self._view[:n], now)
+            self._hand_over(sock, received)
+            if observer is not None:
+                observer.rx6(protocol, src, dst, self._view[:n], received)
+        if demux.holding:
+            self._arm_expiry()
+
+    def _hand_over(self, sock: socket.socket, received: Result) -> None:
+        """Write what the core accepted into TUN (IPv6 path; the IPv4 path inlines this for speed)."""
+        if isinstance(received, Received):
+            iface = self.interfaces.get(received.tunnel)
+            if iface is not None:
+                try:
+                    os.write(iface.tun.fd, received.inner)
+                except OSError:
+                    received.tunnel.counters.rx_failed(len(received.inner), Drop.TUN_WRITE_ERROR)
+            if received.then:
+                self._deliver(received.tunnel, received.then)
+        elif isinstance(received, Held) and received.released:
+            self._deliver(received.tunnel, received.released)
 
     def _deliver(self, tunnel: Tunnel, packets: Sequence[bytes]) -> None:
         """Write packets a reorder buffer released (rfc2890 policy) into the tunnel's TUN device."""

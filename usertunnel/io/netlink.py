@@ -37,7 +37,8 @@ def underlay_mtu(remote: bytes | None, device: str | None) -> int:
                 raise ConfigError(f"cannot find device {device!r}: give an existing interface name with --dev")
         elif remote is not None:
             try:
-                routes = ipr.route("get", dst=socket.inet_ntoa(remote))
+                family = socket.AF_INET if len(remote) == 4 else socket.AF_INET6
+                routes = ipr.route("get", dst=socket.inet_ntop(family, remote), family=family)
             except NetlinkError:
                 routes = []
             if routes:

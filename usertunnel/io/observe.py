@@ -8,6 +8,7 @@ the reverse for what arrives.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 
 from .. import trace
@@ -43,6 +44,18 @@ class Observer:
             self.pcap.write(TUN, inner, INBOUND)
         if self.tracer is not None:
             self.tracer(f"rx: released from the reorder buffer, {len(inner)} bytes to TUN")
+
+    def rx6(self, protocol: int, src: bytes, dst: bytes, payload: memoryview, result: Result) -> None:
+        """A packet read from a raw IPv6 socket (which gives no IPv6 header): pcap gets the inner packet;
+        --trace one line with the addresses and the outcome."""
+        if self.pcap is not None and isinstance(result, Received):
+            self.pcap.write(TUN, result.inner, INBOUND)
+        if self.tracer is not None:
+            outcome = result.value if isinstance(result, Drop) else type(result).__name__.lower()
+            self.tracer(
+                f"rx: read {len(payload)} bytes (next header {protocol}) from {socket.inet_ntop(socket.AF_INET6, src)} "
+                f"to {socket.inet_ntop(socket.AF_INET6, dst) if dst else '?'}: {outcome}"
+            )
 
     def rx_context(self, demux: Demux, packet: memoryview) -> trace.RxContext | None:
         return trace.rx_context(demux, packet) if self.tracer is not None else None

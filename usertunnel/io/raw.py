@@ -1,4 +1,11 @@
-"""Raw IPv4 sockets, one per outer IP protocol (47 for GRE, 4 for IPIP).
+"""Raw sockets: IPv4 ones per outer protocol (47 GRE, 4 IPIP, 41 sit), and IPv6 ones.
+
+IPv6 (ipip6, ip6ip6, ip6gre): one IPPROTO_RAW socket sends (it implies
+IPV6_HDRINCL: we write the whole IPv6 header and the encapsulation limit
+option, as ip6_tnl_xmit does), and one socket per next header receives. A raw
+IPv6 socket delivers no IPv6 header: IPV6_RECVPKTINFO gives the destination
+address (for the lookup by local address), IPV6_RECVTCLASS the traffic class
+(for RFC 6040), and the source comes as the sender's address.
 
 - IP_HDRINCL: we write the whole outer IPv4 header, so TTL, TOS and DF are
   per packet, as the kernel's ip_tunnel_xmit sets them. The kernel still fills
@@ -32,14 +39,46 @@ def _set_buffer(sock: socket.socket, force: int, plain: int, size: int) -> None:
 
 def open_raw(protocol: int, device: str | None = None, buffer: int = SOCKET_BUFFER) -> socket.socket:
     """A non-blocking raw IPv4 socket for `protocol`, with IP_HDRINCL and large buffers."""
-    try:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, protocol)
-    except PermissionError:
-        raise ConfigError(
-            f"cannot open a raw socket for IP protocol {protocol}: permission denied; run as root or with CAP_NET_RAW"
-        ) from None
+    sock = _raw(socket.AF_INET, protocol)
     try:
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
+    except BaseException:
+        sock.close()
+        raise
+    return _configure(sock, device, buffer)
+
+
+def open_raw6_sender(device: str | None = None, buffer: int = SOCKET_BUFFER) -> socket.socket:
+    """A non-blocking IPv6 IPPROTO_RAW socket: every packet written carries its own IPv6 header."""
+    return _configure(_raw(socket.AF_INET6, socket.IPPROTO_RAW), device, buffer)
+
+
+def open_raw6_receiver(protocol: int, device: str | None = None, buffer: int = SOCKET_BUFFER) -> socket.socket:
+    """A non-blocking raw IPv6 socket receiving next header `protocol`, with the destination address and
+    traffic class of each packet as ancillary data."""
+    sock = _raw(socket.AF_INET6, protocol)
+    try:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVTCLASS, 1)
+    except BaseException:
+        sock.close()
+        raise
+    return _configure(sock, device, buffer)
+
+
+def _raw(family: int, protocol: int) -> socket.socket:
+    try:
+        return socket.socket(family, socket.SOCK_RAW, protocol)
+    except PermissionError:
+        version = 4 if family == socket.AF_INET else 6
+        raise ConfigError(
+            f"cannot open a raw IPv{version} socket for protocol {protocol}: permission denied; "
+            "run as root or with CAP_NET_RAW"
+        ) from None
+
+
+def _configure(sock: socket.socket, device: str | None, buffer: int) -> socket.socket:
+    try:
         _set_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, buffer)
         _set_buffer(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, buffer)
         if device is not None:
