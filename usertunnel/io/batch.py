@@ -65,6 +65,9 @@ _sendmmsg.restype = ctypes.c_int
 
 _IOV_SIZE = ctypes.sizeof(_IOVec)
 _MMSG_SIZE = ctypes.sizeof(_MMsgHdr)
+_MMSG_WORDS = _MMSG_SIZE // 4
+_LEN_WORD = _MMsgHdr.msg_len.offset // 4
+_NAMELEN_WORD = _MsgHdr.msg_namelen.offset // 4
 _IOV_PAIR = struct.Struct("@PNPN")  # two struct iovec, written in one call
 _AF_INET = struct.pack("=H", socket.AF_INET)
 
@@ -110,7 +113,11 @@ class RecvBatch:
         self._buffer = bytearray(count * size)
         self._view = memoryview(self._buffer)
         self._names = bytearray(count * _SOCKADDR_IN)
-        self._msgs = (_MMsgHdr * count)()
+        # The mmsghdr array lives in a bytearray so that msg_len and msg_namelen are read and reset
+        # through a uint32 view (tens of ns each) rather than through ctypes attribute access.
+        self._raw_msgs = bytearray(count * _MMSG_SIZE)
+        self._msgs = (_MMsgHdr * count).from_buffer(self._raw_msgs)
+        self._u32 = memoryview(self._raw_msgs).cast("I")
         self._iovs = (_IOVec * count)()
         base = ctypes.addressof((ctypes.c_char * len(self._buffer)).from_buffer(self._buffer))
         names = ctypes.addressof((ctypes.c_char * len(self._names)).from_buffer(self._names))
@@ -119,21 +126,25 @@ class RecvBatch:
             self._iovs[i].iov_len = size
             hdr = self._msgs[i].msg_hdr
             hdr.msg_name = names + i * _SOCKADDR_IN
+            hdr.msg_namelen = _SOCKADDR_IN
             hdr.msg_iov = ctypes.addressof(self._iovs[i])
             hdr.msg_iovlen = 1
         self._msgs_address = ctypes.addressof(self._msgs)
+        self._used = 0  # messages the last call filled (whose msg_namelen the kernel rewrote)
 
     def recv(self) -> list[memoryview]:
         """The packets waiting on the socket (at most `count`), oldest first; empty when there are none."""
         fd = self.sock.fileno()
-        msgs = self._msgs
-        for i in range(self.count):
-            msgs[i].msg_hdr.msg_namelen = _SOCKADDR_IN  # value-result: the kernel overwrites it
+        u32 = self._u32
+        for i in range(self._used):
+            u32[i * _MMSG_WORDS + _NAMELEN_WORD] = _SOCKADDR_IN  # value-result: the kernel rewrote it
+        self._used = 0
         for _ in range(self.count + 1):  # each round consumes a packet or a queued error
             n = _recvmmsg(fd, self._msgs_address, self.count, MSG_DONTWAIT, None)
             if n >= 0:
+                self._used = n
                 size, view = self.size, self._view
-                return [view[i * size : i * size + msgs[i].msg_len] for i in range(n)]
+                return [view[i * size : i * size + u32[i * _MMSG_WORDS + _LEN_WORD]] for i in range(n)]
             code = ctypes.get_errno()
             if code in (errno.EAGAIN, errno.EWOULDBLOCK):
                 return []
