@@ -666,8 +666,32 @@ def command_line() -> str:
     return shlex.join([Path(interpreter).name, *rest])
 
 
+def git_head() -> str:
+    """The checkout's commit (read-only: other people commit in this checkout while we run)."""
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return result.stdout.strip() or "unknown"
+
+
+def code_line(heads: tuple[str, str]) -> str:
+    if heads[0] == heads[1]:
+        return f"commit {heads[0]} (tunnel processes start from the working tree, uncommitted changes included)"
+    return (
+        f"commit {heads[0]} at the start, {heads[1]} at the end: the checkout changed during the run, and each "
+        "tunnel process ran the working tree as it was when it started"
+    )
+
+
 def report(
-    samples: dict[Route, list[Sample]], loads: list[float], args: argparse.Namespace, started: datetime.datetime
+    samples: dict[Route, list[Sample]],
+    loads: list[float],
+    args: argparse.Namespace,
+    started: datetime.datetime,
+    heads: tuple[str, str],
 ) -> str:
     summaries = {path: Summary.of(runs) for path, runs in samples.items()}
     date = started.strftime("%Y-%m-%d %H:%M UTC")
@@ -677,6 +701,7 @@ def report(
 
 - date: {date}
 - command: `{command_line()}`
+- code: {code_line(heads)}
 {facts}
 - 1-minute load average: {load}
 
@@ -708,8 +733,9 @@ process. "RTT added" is a path's p50 minus the bare veth's. Tunnel MTUs: vxlan 1
 usertunnel gre 1476, gre key+seq+csum 1464, ipip 1480. The baseline loop (benchmarks/baseline_loop.py) reads
 one packet per ready descriptor per `epoll.poll()`, lets the kernel build the outer IPv4 header and checks
 nothing. The kernel VXLAN's CPU time is spent in softirq context and cannot be attributed to a process, hence
-no per-core figure for it. On this shared {len(os.sched_getaffinity(0))}-core machine compare ratios within a
-run, not absolute figures across runs.
+no per-core figure for it. The traffic runs keep every core busy, so much of the load average during the run is
+the run's own. On this shared {len(os.sched_getaffinity(0))}-core machine compare ratios within a run, not
+absolute figures across runs.
 """
 
 
@@ -790,6 +816,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, _interrupt_on_sigterm)  # so `finally` removes the namespaces on SIGTERM too
     started = datetime.datetime.now(datetime.UTC)
+    head_at_start = git_head()
     loads = [os.getloadavg()[0]]
     log(f"bench.py: 1-minute load average {loads[0]:.2f}")
     try:
@@ -804,7 +831,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         remove_lab()
     loads += [s.load for runs in samples.values() for s in runs] + [os.getloadavg()[0]]
-    text = report(samples, loads, args, started)
+    text = report(samples, loads, args, started, (head_at_start, git_head()))
     if not args.no_core_scale:
         passes, packets = (3, 1000) if args.quick else (21, 5000)
         scale = core_scale.run(passes, packets, progress=log)

@@ -1,0 +1,231 @@
+"""Batched raw-socket I/O: recvmmsg(2) and sendmmsg(2) through ctypes, with buffers allocated once.
+
+Theory of operation: one system call moves up to `count` packets. Every
+structure the kernel reads or writes (the mmsghdr array, the iovecs, the
+sockaddr_in names, the receive buffers) is allocated in `__init__` and reused;
+a call allocates only the memoryviews and the list it returns.
+
+- `RecvBatch.recv()` returns views into its own buffer: they are valid until
+  the next `recv()`. It never blocks (MSG_DONTWAIT) and never raises for what
+  the network can cause: EAGAIN ends the batch; an error queued on the socket
+  (an ICMP error from the underlay, as a raw socket reports them) is counted in
+  `errors` / `last_errno` and the batch goes on. Only errors that mean a bug
+  here (EBADF, EFAULT, EINVAL, ENOTSOCK) raise OSError.
+- `SendBatch.add()` queues a packet as two iovecs (header, payload) pointing at
+  the caller's objects, which it keeps alive until `flush()`: no concatenation.
+  `flush()` sends them with as few sendmmsg calls as it can. sendmmsg stops at
+  the first message that fails; the failing one is retried alone to learn its
+  errno, counted in `failed`, and skipped. EAGAIN / ENOBUFS (the socket buffer
+  is full) drop the rest of the batch rather than spin.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import socket
+import struct
+
+MSG_DONTWAIT = socket.MSG_DONTWAIT
+_SOCKADDR_IN = 16
+_FATAL = frozenset({errno.EBADF, errno.EFAULT, errno.EINVAL, errno.ENOTSOCK})
+_FULL = frozenset({errno.EAGAIN, errno.ENOBUFS})
+
+Payload = bytes | bytearray | memoryview
+
+
+class _IOVec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class _MsgHdr(ctypes.Structure):
+    _fields_ = [
+        ("msg_name", ctypes.c_void_p),
+        ("msg_namelen", ctypes.c_uint32),
+        ("msg_iov", ctypes.c_void_p),
+        ("msg_iovlen", ctypes.c_size_t),
+        ("msg_control", ctypes.c_void_p),
+        ("msg_controllen", ctypes.c_size_t),
+        ("msg_flags", ctypes.c_int),
+    ]
+
+
+class _MMsgHdr(ctypes.Structure):
+    _fields_ = [("msg_hdr", _MsgHdr), ("msg_len", ctypes.c_uint)]
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_recvmmsg = _libc.recvmmsg
+_recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
+_recvmmsg.restype = ctypes.c_int
+_sendmmsg = _libc.sendmmsg
+_sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+_sendmmsg.restype = ctypes.c_int
+
+_IOV_SIZE = ctypes.sizeof(_IOVec)
+_MMSG_SIZE = ctypes.sizeof(_MMsgHdr)
+_MMSG_WORDS = _MMSG_SIZE // 4
+_LEN_WORD = _MMsgHdr.msg_len.offset // 4
+_NAMELEN_WORD = _MsgHdr.msg_namelen.offset // 4
+_IOV_PAIR = struct.Struct("@PNPN")  # two struct iovec, written in one call
+_AF_INET = struct.pack("=H", socket.AF_INET)
+
+
+def _bytes_data_offset() -> int | None:
+    """Where a bytes object's data starts relative to id() (CPython), checked against ctypes; None if not."""
+    probe = b"usertunnel"
+    offset = bytes.__basicsize__ - 1
+    address = ctypes.cast(ctypes.c_char_p(probe), ctypes.c_void_p).value
+    return offset if address == id(probe) + offset else None
+
+
+_BYTES_OFFSET = _bytes_data_offset()
+
+
+def _buffer_address(data: Payload, keep: list[object]) -> int:
+    """The address of `data`'s bytes, without copying when possible; whatever must stay alive goes in `keep`."""
+    if type(data) is bytes:
+        keep.append(data)
+        if _BYTES_OFFSET is not None:
+            return id(data) + _BYTES_OFFSET
+        return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
+    if not len(data):
+        return 0
+    try:
+        view = (ctypes.c_char * len(data)).from_buffer(data)  # writable buffers: bytearray, their memoryviews
+    except TypeError:
+        copy = bytes(data)  # a read-only memoryview: one copy
+        return _buffer_address(copy, keep)
+    keep.append(view)
+    return ctypes.addressof(view)
+
+
+class RecvBatch:
+    """Receive up to `count` packets of up to `size` bytes per call on a (raw) socket."""
+
+    def __init__(self, sock: socket.socket, count: int = 64, size: int = 65536) -> None:
+        self.sock = sock
+        self.count = count
+        self.size = size
+        self.errors = 0  # errors queued on the socket (ICMP from the underlay, and the like)
+        self.last_errno = 0
+        self._buffer = bytearray(count * size)
+        self._view = memoryview(self._buffer)
+        self._names = bytearray(count * _SOCKADDR_IN)
+        # The mmsghdr array lives in a bytearray so that msg_len and msg_namelen are read and reset
+        # through a uint32 view (tens of ns each) rather than through ctypes attribute access.
+        self._raw_msgs = bytearray(count * _MMSG_SIZE)
+        self._msgs = (_MMsgHdr * count).from_buffer(self._raw_msgs)
+        self._u32 = memoryview(self._raw_msgs).cast("I")
+        self._iovs = (_IOVec * count)()
+        base = ctypes.addressof((ctypes.c_char * len(self._buffer)).from_buffer(self._buffer))
+        names = ctypes.addressof((ctypes.c_char * len(self._names)).from_buffer(self._names))
+        for i in range(count):
+            self._iovs[i].iov_base = base + i * size
+            self._iovs[i].iov_len = size
+            hdr = self._msgs[i].msg_hdr
+            hdr.msg_name = names + i * _SOCKADDR_IN
+            hdr.msg_namelen = _SOCKADDR_IN
+            hdr.msg_iov = ctypes.addressof(self._iovs[i])
+            hdr.msg_iovlen = 1
+        self._msgs_address = ctypes.addressof(self._msgs)
+        self._used = 0  # messages the last call filled (whose msg_namelen the kernel rewrote)
+
+    def recv(self) -> list[memoryview]:
+        """The packets waiting on the socket (at most `count`), oldest first; empty when there are none."""
+        fd = self.sock.fileno()
+        u32 = self._u32
+        for i in range(self._used):
+            u32[i * _MMSG_WORDS + _NAMELEN_WORD] = _SOCKADDR_IN  # value-result: the kernel rewrote it
+        self._used = 0
+        for _ in range(self.count + 1):  # each round consumes a packet or a queued error
+            n = _recvmmsg(fd, self._msgs_address, self.count, MSG_DONTWAIT, None)
+            if n >= 0:
+                self._used = n
+                size, view = self.size, self._view
+                return [view[i * size : i * size + u32[i * _MMSG_WORDS + _LEN_WORD]] for i in range(n)]
+            code = ctypes.get_errno()
+            if code in (errno.EAGAIN, errno.EWOULDBLOCK):
+                return []
+            if code in _FATAL:
+                raise OSError(code, f"recvmmsg: {errno.errorcode.get(code, code)}")
+            self.errors += 1
+            self.last_errno = code
+        return []
+
+    def source(self, index: int) -> bytes:
+        """The source IPv4 address (4 bytes) of packet `index` of the last `recv()`."""
+        start = index * _SOCKADDR_IN + 4
+        return bytes(self._names[start : start + 4])
+
+
+class SendBatch:
+    """Queue up to `count` packets (header + payload, each to its IPv4 destination) and send them at once."""
+
+    def __init__(self, sock: socket.socket, count: int = 64) -> None:
+        self.sock = sock
+        self.count = count
+        self.pending = 0
+        self.failed: list[tuple[int, int]] = []  # (index in the last flush, errno)
+        self._keep: list[object] = []
+        self._names = bytearray(_AF_INET + bytes(_SOCKADDR_IN - 2)) * count
+        self._iovs = bytearray(count * 2 * _IOV_SIZE)
+        self._msgs = (_MMsgHdr * count)()
+        names = ctypes.addressof((ctypes.c_char * len(self._names)).from_buffer(self._names))
+        iovs = ctypes.addressof((ctypes.c_char * len(self._iovs)).from_buffer(self._iovs))
+        for i in range(count):
+            hdr = self._msgs[i].msg_hdr
+            hdr.msg_name = names + i * _SOCKADDR_IN
+            hdr.msg_namelen = _SOCKADDR_IN
+            hdr.msg_iov = iovs + i * 2 * _IOV_SIZE
+            hdr.msg_iovlen = 2
+        self._msgs_address = ctypes.addressof(self._msgs)
+
+    def add(self, header: Payload, payload: Payload, dest_ipv4: bytes) -> bool:
+        """Queue one packet; False (nothing queued) when the batch is full: flush first."""
+        i = self.pending
+        if i >= self.count:
+            return False
+        keep = self._keep
+        _IOV_PAIR.pack_into(
+            self._iovs,
+            i * 2 * _IOV_SIZE,
+            _buffer_address(header, keep),
+            len(header),
+            _buffer_address(payload, keep),
+            len(payload),
+        )
+        start = i * _SOCKADDR_IN + 4
+        self._names[start : start + 4] = dest_ipv4
+        self.pending = i + 1
+        return True
+
+    def flush(self) -> tuple[int, int]:
+        """Send what is queued: (packets sent, packets that failed); the failures are in `failed`."""
+        fd = self.sock.fileno()
+        total = self.pending
+        sent = done = 0
+        failed: list[tuple[int, int]] = []
+        while done < total:
+            n = _sendmmsg(fd, self._msgs_address + done * _MMSG_SIZE, total - done, MSG_DONTWAIT)
+            if n > 0:
+                sent += n
+                done += n
+                continue
+            code = ctypes.get_errno()
+            if code in _FATAL and code != errno.EINVAL:  # EINVAL can be one bad packet (e.g. a bad length)
+                self._reset()
+                raise OSError(code, f"sendmmsg: {errno.errorcode.get(code, code)}")
+            if code in _FULL:
+                failed.extend((i, code) for i in range(done, total))
+                break
+            failed.append((done, code))
+            done += 1
+        self.failed = failed
+        self._reset()
+        return sent, len(failed)
+
+    def _reset(self) -> None:
+        self.pending = 0
+        self._keep.clear()
