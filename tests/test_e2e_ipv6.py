@@ -91,10 +91,10 @@ def test_every_mode_carries_ping_and_a_10_mb_tcp_transfer(pair: Pair, mode: str)
         assert pair.ping(target), f"{mode}: no answer from {target}"
         sent, received = tcp_transfer(pair.ns[0], pair.ns[1], target, 5201, SIZE)
         assert sent == received, f"{mode}: {target}: data differs"
-    stats = [proc.stop() for proc in pair.procs]
-    for s in stats:
-        tun = s["tun0"]
-        assert tun["rx_packets"] > 1000 and tun["drops"] == {}, tun
+    a, b = (proc.stop()["tun0"] for proc in pair.procs)
+    # Every transfer went A -> B: at least its bytes crossed, and nothing was dropped either way.
+    assert a["tx_bytes"] >= SIZE * len(CASES[mode]) and b["rx_bytes"] >= SIZE * len(CASES[mode]), (a, b)
+    assert a["drops"] == {} and b["drops"] == {}, (a, b)
 
 
 @pytest.mark.netns

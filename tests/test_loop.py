@@ -33,6 +33,10 @@ class FakeTun:
         self.theirs.setblocking(False)
         self.fd = self.ours.fileno()
         self.name = "fake0"
+        self.vnet_hdr = False
+
+    def write(self, packet: bytes | bytearray | memoryview) -> None:
+        os.write(self.fd, packet)
 
     def close(self) -> None:
         self.ours.close()
@@ -83,7 +87,7 @@ def test_send_errors_are_counted_by_errno_and_later_packets_still_go_out(loop: a
     tunnel = Tunnel(TunnelParams("fake0", Mode.GRE, A, B))
     tun = FakeTun()
     sock = FailingRawSocket([errno.ENOBUFS, errno.EMSGSIZE, errno.ECONNREFUSED, errno.EPERM], [])
-    dp = Dataplane(loop, Demux())
+    dp = Dataplane(loop, Demux(), batched=False)
     dp.interfaces[tunnel] = Interface(tunnel, tun, sock)  # type: ignore[arg-type]
     for n in range(6):
         tun.theirs.send(inner_packet(n))
@@ -105,7 +109,7 @@ def test_icmp_errors_on_the_raw_socket_do_not_stop_receiving(loop: asyncio.Abstr
     tun = FakeTun()
     sock = FailingRawSocket([], [errno.ENOPROTOOPT, errno.ECONNREFUSED, packet])
     demux = Demux()
-    dp = Dataplane(loop, demux)
+    dp = Dataplane(loop, demux, batched=False)
     demux.add(tunnel)
     dp.interfaces[tunnel] = Interface(tunnel, tun, sock)  # type: ignore[arg-type]
     dp._on_raw_readable(sock)  # type: ignore[arg-type]

@@ -354,6 +354,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="after creating the device and opening the raw socket, drop to USER (e.g. nobody) with no "
         "capabilities; the tunnel keeps forwarding. Without it usertunnel keeps the privileges it started with",
     )
+    up.add_argument(
+        "--no-coalesce",
+        dest="coalesce",
+        action="store_false",
+        default=True,
+        help="write each received packet into TUN on its own. By default in-order TCP segments of a flow "
+        "received together are written as one large packet with a virtio_net_hdr (GSO), one trip through "
+        "the kernel's stack instead of many; when the host forwards, each segment's checksum is checked first",
+    )
     see = up.add_argument_group("seeing inside the tunnel")
     see.add_argument(
         "--trace",
@@ -458,6 +467,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             trace=args.trace,
             pcap=args.pcap,
             user=args.user,
+            coalesce=args.coalesce,
         )
     )
 

@@ -52,6 +52,7 @@ class UpOptions:
     trace: bool = False
     pcap: str | None = None
     user: str | None = None
+    coalesce: bool = True  # receive coalescing into a TUN with a vnet header (core.gro)
 
 
 def describe(params: TunnelParams, mtu: int) -> str:
@@ -107,6 +108,7 @@ class Prepared:
     device: str | None = None
     user: str | None = None
     receiver: socket.socket | None = None  # IPv6: the socket that receives (`sock` only sends)
+    forwarding: bool = False  # the host routes packets on: coalescing checks every segment first
 
     def close(self) -> None:
         self.tun.close()
@@ -148,7 +150,7 @@ def prepare(options: UpOptions) -> Prepared:
         sock = open_raw(params.mode.value.ip_protocol, options.device)
     tun: Tun | None = None
     try:
-        tun = Tun(params.name)
+        tun = Tun(params.name, vnet_hdr=options.coalesce)
         if tun.name != params.name:  # a name pattern such as gre%d, resolved by the kernel
             params = replace(params, name=tun.name)
         netlink.configure(tun.name, mtu, options.addresses, ipv6=6 in params.mode.value.families)
@@ -164,7 +166,21 @@ def prepare(options: UpOptions) -> Prepared:
     tunnel = Tunnel(params, ident=random.getrandbits(16))
     tunnel.device_addresses = tuple(sit.DeviceAddress(a.ip.packed, a.network.prefixlen) for a in options.addresses
                                     if a.version == 6)  # fmt: skip
-    return Prepared(tunnel, tun, sock, mtu, observer, options.device, options.user, receiver)
+    return Prepared(tunnel, tun, sock, mtu, observer, options.device, options.user, receiver, _forwarding())
+
+
+def _forwarding() -> bool:
+    """Does this host (network namespace) forward IPv4 or IPv6? Then received TCP segments may be routed on,
+    and the kernel would give a coalesced packet fresh checksums when it splits it again: coalescing must
+    check each segment's own checksum first (core.gro's `verify`)."""
+    for path in ("/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"):
+        try:
+            with open(path) as f:
+                if f.read().strip() != "0":
+                    return True
+        except OSError:
+            return True
+    return False
 
 
 def _observer(options: UpOptions) -> Observer | None:
@@ -206,7 +222,9 @@ async def serve(prepared: Prepared) -> tuple[Demux, str | None]:
             dataplane.add_sender(prepared.sock)
         else:
             dataplane.add_socket(prepared.tunnel.params.mode.value.table, prepared.sock)
-        dataplane.add_interface(Interface(prepared.tunnel, prepared.tun, prepared.sock))
+        dataplane.add_interface(
+            Interface(prepared.tunnel, prepared.tun, prepared.sock, verify_segments=prepared.forwarding)
+        )
         tunnel, pid = prepared.tunnel, os.getpid()
         keepalives = _start_keepalives(loop, dataplane, prepared)
         sweeper = _start_sweeper(loop, prepared)

@@ -70,10 +70,10 @@ class Counters:
         self.tx_bytes -= nbytes
         self.drop(reason)
 
-    def rx_failed(self, nbytes: int, reason: Drop) -> None:
-        self.rx_packets -= 1
+    def rx_failed(self, nbytes: int, reason: Drop, packets: int = 1) -> None:
+        self.rx_packets -= packets
         self.rx_bytes -= nbytes
-        self.drop(reason)
+        self.drops[reason] = self.drops.get(reason, 0) + packets
 
     def as_dict(self) -> dict[str, object]:
         return {

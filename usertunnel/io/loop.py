@@ -21,10 +21,13 @@ from dataclasses import dataclass, field
 
 from ..core.drops import Drop
 from ..core.encap import Demux, Held, KeepaliveReply, Received, Reflect, Result, Tunnel
+from ..core.gro import coalesce
+from .batch import RecvBatch, SendBatch
 from .observe import Observer
-from .tun import Tun
+from .tun import VNET_HDR_LEN, Tun, read_packet
 
 BATCH = 64
+RECV_ROUNDS = 4  # recvmmsg calls per wakeup at most (BATCH packets each), so TUN reads get their turn
 RECV_BUFFER = 65536
 # Room for IPV6_PKTINFO (struct in6_pktinfo, 20 bytes) and IPV6_TCLASS (an int), with their headers.
 _ANCILLARY6 = socket.CMSG_SPACE(20) + socket.CMSG_SPACE(4)
@@ -40,7 +43,7 @@ _SEND_ERRORS = {
 }
 
 
-@dataclass
+@dataclass(eq=False)
 class Interface:
     """A tunnel bound to its TUN device and the raw socket of its protocol."""
 
@@ -48,6 +51,11 @@ class Interface:
     tun: Tun
     sock: socket.socket
     destination: tuple[str, int] = field(init=False)
+    # IPv4 outer: packets read in one wakeup leave in one sendmmsg call.
+    batch: SendBatch | None = field(init=False, default=None)
+    # Receive coalescing (core.gro) when the TUN has a vnet header; `verify` checks each segment's own
+    # TCP checksum first, needed when the host forwards what it receives (see `Dataplane`).
+    verify_segments: bool = False
 
     def __post_init__(self) -> None:
         remote = self.tunnel.params.remote
@@ -56,12 +64,32 @@ class Interface:
         else:
             self.destination = (socket.inet_ntoa(remote) if remote else "0.0.0.0", 0)
 
+    def write_many(self, packets: list[bytes | bytearray | memoryview]) -> None:
+        """Write received inner packets into TUN: coalesced TCP segments go in as one GSO packet each."""
+        fd = self.tun.fd
+        if not self.tun.vnet_hdr:
+            for packet in packets:
+                try:
+                    os.write(fd, packet)
+                except OSError:
+                    self.tunnel.counters.rx_failed(len(packet), Drop.TUN_WRITE_ERROR)
+            return
+        for item in coalesce(packets, VNET_HDR_LEN, self.verify_segments):
+            try:
+                os.writev(fd, (item.vnet, item.packet))
+            except OSError:
+                self.tunnel.counters.rx_failed(len(item.packet), Drop.TUN_WRITE_ERROR, item.segments)
+
 
 class Dataplane:
     """Wires interfaces and raw sockets to an event loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, demux: Demux, observer: Observer | None = None) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, demux: Demux, observer: Observer | None = None, batched: bool = True
+    ) -> None:
         self.loop = loop
+        # recvmmsg / sendmmsg on raw IPv4 sockets (io.batch); off, one system call per packet.
+        self.batched = batched
         self.demux = demux
         # --trace / --pcap. Without them the per-packet cost is one `is None` test on a local.
         self.observer = observer
@@ -75,6 +103,7 @@ class Dataplane:
         self._view = memoryview(self._buffer)
         self._expiry: asyncio.TimerHandle | None = None  # rfc2890 policy: the OUTOFORDER_TIMER
         self._senders: list[socket.socket] = []
+        self._recv_batches: dict[socket.socket, RecvBatch] = {}
 
     def add_socket(self, protocol: int, sock: socket.socket) -> None:
         """Read outer packets of `protocol` from `sock`: a raw IPv4 socket, or (protocol + 256) a raw IPv6 one."""
@@ -89,6 +118,8 @@ class Dataplane:
         self._senders.append(sock)
 
     def add_interface(self, iface: Interface) -> None:
+        if self.batched and iface.tunnel.params.mode.value.outer == 4:
+            iface.batch = SendBatch(iface.sock, BATCH)
         self.demux.add(iface.tunnel)
         self.interfaces[iface.tunnel] = iface
         self.loop.add_reader(iface.tun.fd, self._on_tun_readable, iface)
@@ -115,19 +146,29 @@ class Dataplane:
         sendmsg = iface.sock.sendmsg
         destination = iface.destination
         observer = self.observer
+        vnet = iface.tun.vnet_hdr
         # A hub (--remote any) sends each packet to the spoke its neighbor table picks, sit any to the
         # address in the IPv6 destination: the outer destination is then per packet, the header's bytes 16..20.
         dynamic = tunnel.dynamic_destination  # a hub, or sit --remote any (6to4, 6rd, ISATAP)
         now = time.monotonic() if dynamic else 0.0
+        batch = iface.batch if observer is None else None  # --trace/--pcap want each send's outcome
+        remote = tunnel.params.remote or bytes(4)
+        lengths: list[int] = []
         for _ in range(BATCH):
             try:
-                inner = os.read(fd, RECV_BUFFER)
+                data = os.read(fd, RECV_BUFFER)
             except BlockingIOError:
-                return
+                break
             except OSError as exc:
                 self._tun_failed(iface, exc)
-                return
+                break
+            inner = read_packet(data) if vnet else data
             header = tunnel.encapsulate_header(inner, now)
+            if batch is not None:
+                if not isinstance(header, Drop):
+                    batch.add(header, inner, header[16:20] if dynamic else remote)
+                    lengths.append(len(inner))
+                continue
             error = None
             if not isinstance(header, Drop):
                 if dynamic:
@@ -138,7 +179,14 @@ class Dataplane:
                     error = _SEND_ERRORS.get(exc.errno or 0, Drop.SEND_ERROR)
                     tunnel.counters.tx_failed(len(inner), error)
             if observer is not None:
-                observer.tx(tunnel, inner, header, error)
+                observer.tx(tunnel, bytes(inner), header, error)
+        if batch is not None and batch.pending:
+            try:
+                batch.flush()
+            except OSError:
+                batch.failed = [(i, 0) for i in range(len(lengths))]
+            for index, code in batch.failed:
+                tunnel.counters.tx_failed(lengths[index], _SEND_ERRORS.get(code, Drop.SEND_ERROR))
 
     def _tun_failed(self, iface: Interface, exc: OSError) -> None:
         """A read from the TUN device failed. EBADFD: the device was deleted (ip link del) under us;
@@ -150,7 +198,51 @@ class Dataplane:
         else:
             iface.tunnel.counters.drop(Drop.TUN_READ_ERROR)
 
+    def _on_raw_batch(self, sock: socket.socket, batch: RecvBatch) -> None:
+        """The IPv4 receive path without --trace/--pcap: recvmmsg, decapsulate, then one write per
+        tunnel and coalesced run (core.gro) instead of one per packet."""
+        demux = self.demux
+        interfaces = self.interfaces
+        now = time.monotonic()
+        for _ in range(RECV_ROUNDS):
+            packets = batch.recv()
+            if not packets:
+                break
+            out: dict[Interface, list[bytes | bytearray | memoryview]] = {}
+            for packet in packets:
+                received = demux.decapsulate(packet, now)
+                if isinstance(received, Received):
+                    iface = interfaces.get(received.tunnel)
+                    if iface is not None:
+                        inners = out.get(iface)
+                        if inners is None:
+                            inners = out[iface] = []
+                        inners.append(received.inner)
+                        if received.then:
+                            inners.extend(received.then)
+                elif isinstance(received, Held):
+                    iface = interfaces.get(received.tunnel)
+                    if iface is not None and received.released:
+                        out.setdefault(iface, []).extend(received.released)
+                elif isinstance(received, (KeepaliveReply, Reflect)):
+                    self._keepalive(sock, received)
+            for iface, inners in out.items():
+                iface.write_many(inners)
+            if batch.errors:
+                demux.unmatched.drops[Drop.ICMP_ERROR] = demux.unmatched.drops.get(Drop.ICMP_ERROR, 0) + batch.errors
+                batch.errors = 0
+            if len(packets) < batch.count:
+                break
+        if demux.holding:
+            self._arm_expiry()
+
     def _on_raw_readable(self, sock: socket.socket) -> None:
+        if self.observer is None and self.batched:
+            batch = self._recv_batches.get(sock)
+            if batch is None:
+                batch = self._recv_batches[sock] = RecvBatch(sock, BATCH, RECV_BUFFER)
+            self._on_raw_batch(sock, batch)
+            return
         view = self._view
         demux = self.demux
         interfaces = self.interfaces
@@ -176,7 +268,7 @@ class Dataplane:
                 iface = interfaces.get(received.tunnel)
                 if iface is not None:
                     try:
-                        os.write(iface.tun.fd, received.inner)
+                        iface.tun.write(received.inner)
                     except OSError:
                         error = Drop.TUN_WRITE_ERROR
                         received.tunnel.counters.rx_failed(len(received.inner), error)
@@ -230,7 +322,7 @@ class Dataplane:
             iface = self.interfaces.get(received.tunnel)
             if iface is not None:
                 try:
-                    os.write(iface.tun.fd, received.inner)
+                    iface.tun.write(received.inner)
                 except OSError:
                     received.tunnel.counters.rx_failed(len(received.inner), Drop.TUN_WRITE_ERROR)
             if received.then:
@@ -245,7 +337,7 @@ class Dataplane:
             return
         for inner in packets:
             try:
-                os.write(iface.tun.fd, inner)
+                iface.tun.write(inner)
             except OSError:
                 tunnel.counters.rx_failed(len(inner), Drop.TUN_WRITE_ERROR)
             if self.observer is not None:
