@@ -130,7 +130,11 @@ BASELINE = Route("baseline loop", "baseline")
 GRE = Route("usertunnel gre", "usertunnel")
 GRE_KSC = Route("usertunnel gre key+seq+csum", "usertunnel", ("--key", "1234", "--seq", "--csum"))
 IPIP = Route("usertunnel ipip", "usertunnel", ("--mode", "ipip"))
-PATHS = (VETH, VXLAN, BASELINE, GRE, GRE_KSC, IPIP)
+# What each data-path technique buys, measured beside the rest: gre without receive coalescing, and
+# gre with neither coalescing nor batched system calls (one recv/send per packet).
+GRE_NO_COALESCE = Route("usertunnel gre, no coalescing", "usertunnel", ("--no-coalesce",))
+GRE_PER_PACKET = Route("usertunnel gre, per-packet I/O", "usertunnel", ("--no-coalesce", "--no-batch"))
+PATHS = (VETH, VXLAN, BASELINE, GRE, GRE_KSC, IPIP, GRE_NO_COALESCE, GRE_PER_PACKET)
 
 
 # --- the lab -----------------------------------------------------------------------------------------------------

@@ -363,6 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
         "received together are written as one large packet with a virtio_net_hdr (GSO), one trip through "
         "the kernel's stack instead of many; when the host forwards, each segment's checksum is checked first",
     )
+    up.add_argument(
+        "--no-batch",
+        dest="batch",
+        action="store_false",
+        default=True,
+        help="one system call per packet instead of recvmmsg/sendmmsg batches (for measurements)",
+    )
     see = up.add_argument_group("seeing inside the tunnel")
     see.add_argument(
         "--trace",
@@ -468,6 +475,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             pcap=args.pcap,
             user=args.user,
             coalesce=args.coalesce,
+            batch=args.batch,
         )
     )
 

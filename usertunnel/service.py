@@ -53,6 +53,7 @@ class UpOptions:
     pcap: str | None = None
     user: str | None = None
     coalesce: bool = True  # receive coalescing into a TUN with a vnet header (core.gro)
+    batch: bool = True  # recvmmsg / sendmmsg on raw IPv4 sockets (io.batch)
 
 
 def describe(params: TunnelParams, mtu: int) -> str:
@@ -109,6 +110,7 @@ class Prepared:
     user: str | None = None
     receiver: socket.socket | None = None  # IPv6: the socket that receives (`sock` only sends)
     forwarding: bool = False  # the host routes packets on: coalescing checks every segment first
+    batch: bool = True
 
     def close(self) -> None:
         self.tun.close()
@@ -166,7 +168,9 @@ def prepare(options: UpOptions) -> Prepared:
     tunnel = Tunnel(params, ident=random.getrandbits(16))
     tunnel.device_addresses = tuple(sit.DeviceAddress(a.ip.packed, a.network.prefixlen) for a in options.addresses
                                     if a.version == 6)  # fmt: skip
-    return Prepared(tunnel, tun, sock, mtu, observer, options.device, options.user, receiver, _forwarding())
+    return Prepared(
+        tunnel, tun, sock, mtu, observer, options.device, options.user, receiver, _forwarding(), options.batch
+    )
 
 
 def _forwarding() -> bool:
@@ -205,7 +209,7 @@ async def serve(prepared: Prepared) -> tuple[Demux, str | None]:
     (the reason); return the demux with its counters and that reason."""
     loop = asyncio.get_running_loop()
     demux = Demux()
-    dataplane = Dataplane(loop, demux, prepared.observer)
+    dataplane = Dataplane(loop, demux, prepared.observer, batched=prepared.batch)
     stop = asyncio.Event()
     fatal: list[str] = []
 
