@@ -179,6 +179,8 @@ def test_three_hosts_reach_each_other_over_sit_with_no_per_peer_configuration(fl
             done = netns.run(hosts[i].namespace, ["ping", "-c", "2", "-i", "0.2", "-W", "2", addresses[j][0]],
                              timeout=20)  # fmt: skip
             assert done.returncode == 0, f"{flavour}: {hosts[i].namespace} -> {addresses[j][0]}: {done.stdout!r}"
+        sent, received = tcp_transfer(hosts[0].namespace, hosts[1].namespace, addresses[1][0], 5201, SIZE)
+        assert sent == received, f"{flavour}: TCP data differs"
         # A spoofed source: host 3 claims host 2's IPv6 address; host 1 drops it (sit_spoofed).
         from scapy.layers.inet import IP
         from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6

@@ -449,6 +449,7 @@ DIRECTION: dict[Drop, str] = {
     Drop.HUB_FULL: RX,
     Drop.SIT_SPOOFED: RX,
     Drop.OVERSIZE: TX,
+    Drop.FRAG_NEEDED: TX,
     Drop.NO_NEIGHBOR: TX,
     Drop.NO_IPV4_DESTINATION: TX,
     Drop.ENCAP_LIMIT: TX,

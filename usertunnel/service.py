@@ -32,7 +32,7 @@ from .io import netlink
 from .io.loop import Dataplane, Interface
 from .io.observe import Observer
 from .io.privilege import drop_to, lookup_user
-from .io.raw import open_raw, open_raw6_receiver, open_raw6_sender
+from .io.raw import open_icmp_listener, open_raw, open_raw6_receiver, open_raw6_sender
 from .io.tun import Tun
 from .pcap import PcapNgWriter
 
@@ -111,12 +111,15 @@ class Prepared:
     receiver: socket.socket | None = None  # IPv6: the socket that receives (`sock` only sends)
     forwarding: bool = False  # the host routes packets on: coalescing checks every segment first
     batch: bool = True
+    icmp: socket.socket | None = None  # sees "fragmentation needed" about our packets (path MTU)
 
     def close(self) -> None:
         self.tun.close()
         self.sock.close()
         if self.receiver is not None:
             self.receiver.close()
+        if self.icmp is not None:
+            self.icmp.close()
         if self.observer is not None:
             self.observer.close()
 
@@ -150,6 +153,13 @@ def prepare(options: UpOptions) -> Prepared:
             raise
     else:
         sock = open_raw(params.mode.value.ip_protocol, options.device)
+    icmp = None
+    if params.mode.value.outer == 4:
+        try:
+            icmp = open_icmp_listener(options.device)
+        except BaseException:
+            sock.close()
+            raise
     tun: Tun | None = None
     try:
         tun = Tun(params.name, vnet_hdr=options.coalesce)
@@ -162,14 +172,17 @@ def prepare(options: UpOptions) -> Prepared:
         sock.close()
         if receiver is not None:
             receiver.close()
+        if icmp is not None:
+            icmp.close()
         if observer is not None:
             observer.close()
         raise
     tunnel = Tunnel(params, ident=random.getrandbits(16))
+    tunnel.link_mtu = underlay
     tunnel.device_addresses = tuple(sit.DeviceAddress(a.ip.packed, a.network.prefixlen) for a in options.addresses
                                     if a.version == 6)  # fmt: skip
     return Prepared(
-        tunnel, tun, sock, mtu, observer, options.device, options.user, receiver, _forwarding(), options.batch
+        tunnel, tun, sock, mtu, observer, options.device, options.user, receiver, _forwarding(), options.batch, icmp
     )
 
 
@@ -226,6 +239,8 @@ async def serve(prepared: Prepared) -> tuple[Demux, str | None]:
             dataplane.add_sender(prepared.sock)
         else:
             dataplane.add_socket(prepared.tunnel.params.mode.value.table, prepared.sock)
+        if prepared.icmp is not None:
+            dataplane.add_icmp(prepared.icmp)
         dataplane.add_interface(
             Interface(prepared.tunnel, prepared.tun, prepared.sock, verify_segments=prepared.forwarding)
         )

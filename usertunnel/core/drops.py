@@ -42,6 +42,7 @@ class Drop(enum.Enum):
     INNER_MALFORMED = "inner_malformed"
     FAMILY = "family"
     OVERSIZE = "oversize"
+    FRAG_NEEDED = "frag_needed"
     # I/O shell.
     SEND_ERROR = "send_error"
     SEND_NOBUFS = "send_nobufs"
@@ -79,6 +80,7 @@ _DESCRIPTIONS: dict[Drop, str] = {
     Drop.INNER_MALFORMED: "inner IP header truncated, with a bad checksum, or lying about its length",
     Drop.FAMILY: "inner address family this mode cannot carry (e.g. IPv6 into ipip)",
     Drop.OVERSIZE: "inner packet too large: with the outer headers it would exceed 65535 bytes",
+    Drop.FRAG_NEEDED: "inner packet (DF, or IPv6) larger than the path MTU to the remote: ICMP sent to its source",
     Drop.SEND_ERROR: "sending on the raw socket failed",
     Drop.SEND_NOBUFS: "raw socket send buffer full (ENOBUFS)",
     Drop.SEND_MSGSIZE: "outer packet larger than the path MTU (EMSGSIZE)",

@@ -27,7 +27,7 @@ import struct
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from . import ecn, gre, ipv4, ipv6, sit
+from . import ecn, gre, icmp, ipv4, ipv6, sit
 from .checksum import checksum_is_valid, fold, ones_complement_sum
 from .drops import Drop
 from .keepalive import LineProtocol, inner_request, is_request_to_reflect
@@ -110,6 +110,9 @@ class Tunnel:
         "device_addresses",
         "sit_rules",
         "prl",
+        "path_mtu",
+        "path_mtu_expires",
+        "link_mtu",
     )
 
     def __init__(self, params: TunnelParams, ident: int = 0) -> None:
@@ -158,6 +161,13 @@ class Tunnel:
         # The IPv6 addresses on the tunnel device (sit's only_dnatted check); set by the shell.
         self.device_addresses: tuple[sit.DeviceAddress, ...] = ()
         self.sit_rules = mode.ip_protocol == 41 and mode.outer == 4  # sit and isatap check sources
+        # The path MTU to the remote, learned from an ICMP "fragmentation needed" about our outer
+        # packets (ipgre_err -> ipv4_update_pmtu); forgotten after PMTU_EXPIRES, as the kernel's.
+        self.path_mtu: int | None = None
+        self.path_mtu_expires = 0.0
+        # The MTU of the underlay device the outer packets leave by (set by the I/O shell): a raw socket
+        # does not fragment, so larger outer packets are refused with ICMP (DF) or cut by the shell.
+        self.link_mtu = 0xFFFF
         self.prl = sit.PotentialRouterList(params.prl) if mode.isatap else None
 
     @property
@@ -214,6 +224,12 @@ class Tunnel:
             return self.counters.drop(Drop.FAMILY)
         if n > self._max_inner:
             return self.counters.drop(Drop.OVERSIZE)
+        if n + p.header_length > self.link_mtu and (version == 6 or inner_df or p.pmtudisc):
+            return self.counters.drop(Drop.FRAG_NEEDED)
+        if self.path_mtu is not None and n + p.header_length > self.path_mtu and (version == 6 or inner_df):
+            if now < self.path_mtu_expires:
+                return self.counters.drop(Drop.FRAG_NEEDED)
+            self.path_mtu = None
 
         hub = self.hub
         sender: Tunnel | Peer = self  # who owns the output sequence number
@@ -268,6 +284,26 @@ class Tunnel:
         c.tx_packets += 1
         c.tx_bytes += n
         return outer + tunnel_hdr
+
+    def update_path_mtu(self, mtu: int, now: float) -> bool:
+        """An ICMP "fragmentation needed" said the path to the remote carries `mtu` bytes (RFC 1191).
+
+        Kept for PMTU_EXPIRES seconds; values below 552 are raised to 552 and never above the MTU we
+        already know, as the kernel's ip_rt_min_pmtu / __ip_rt_update_pmtu. True when it lowered the MTU.
+        """
+        mtu = max(mtu, MIN_PMTU)
+        if self.path_mtu is not None and mtu >= self.path_mtu and now < self.path_mtu_expires:
+            return False
+        self.path_mtu = mtu
+        self.path_mtu_expires = now + PMTU_EXPIRES
+        return True
+
+    def too_big(self, inner: bytes | bytearray | memoryview) -> bytes | None:
+        """The ICMP error for an inner packet dropped as FRAG_NEEDED, to write back into TUN (None: no MTU known)."""
+        if not inner:
+            return None
+        mtu = min(self.path_mtu or 0xFFFF, self.link_mtu) - self.params.header_length
+        return icmp.packet_too_big(inner, max(mtu, 1280)) if inner[0] >> 4 == 6 else icmp.frag_needed(inner, mtu)
 
     def _outer6(
         self, inner: bytes | bytearray | memoryview, tunnel_hdr: bytes, tclass: int, hop_limit: int
@@ -577,6 +613,8 @@ class Demux:
 
 _OLD = Verdict.OLD
 _HOLD = Verdict.HOLD
+MIN_PMTU = 552  # the kernel's net.ipv4.route.min_pmtu
+PMTU_EXPIRES = 600.0  # the kernel's net.ipv4.route.mtu_expires, seconds
 # GRE on the receive path, as module constants (a global is cheaper than a module attribute).
 _PROTO_IPV4 = gre.PROTO_IPV4
 _PROTO_IPV6 = gre.PROTO_IPV6

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, replace
 
-from .checksum import checksum_is_valid, internet_checksum
+from .checksum import checksum_is_valid, internet_checksum, ones_complement_sum
 from .drops import Drop
 
 VERSION = 4
@@ -99,3 +99,30 @@ def header_checksum_ok(data: bytes | bytearray | memoryview) -> bool:
     """True when the IPv4 header at the start of `data` has a valid checksum."""
     ihl = (data[0] & 0x0F) * 4
     return checksum_is_valid(data[:ihl])
+
+
+def fragment(packet: bytes | bytearray | memoryview, mtu: int) -> list[bytes]:
+    """`packet` (an IPv4 packet without DF and without options) cut into fragments of at most `mtu`
+    bytes (RFC 791 section 3.2): what the kernel's ip_fragment does for a tunnel with `nopmtudisc`
+    whose outer packet is larger than the link it leaves by. Each fragment keeps the identification;
+    all but the last carry MF and a multiple of 8 bytes."""
+    ihl = (packet[0] & 0x0F) << 2
+    header = bytearray(packet[:ihl])
+    flags_offset = (header[6] << 8) | header[7]
+    base = flags_offset & OFFSET_MASK
+    more = flags_offset & FLAG_MF
+    payload = memoryview(packet)[ihl:]
+    step = ((mtu - ihl) // 8) * 8
+    if step <= 0:
+        raise ValueError(f"mtu {mtu} leaves no room for a fragment after a {ihl}-byte header")
+    out = []
+    for start in range(0, len(payload), step):
+        chunk = payload[start : start + step]
+        last = start + step >= len(payload)
+        word = (flags_offset & FLAG_DF) | (base + start // 8) | (more if last else FLAG_MF)
+        header[2:4] = (ihl + len(chunk)).to_bytes(2, "big")
+        header[6:8] = word.to_bytes(2, "big")
+        header[10:12] = b"\x00\x00"
+        header[10:12] = (~ones_complement_sum(header) & 0xFFFF).to_bytes(2, "big")
+        out.append(bytes(header) + bytes(chunk))
+    return out

@@ -11,7 +11,9 @@ and the loop goes on; nothing here may stop the tunnel.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import logging
 import os
 import socket
 import sys
@@ -19,12 +21,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from ..core import ipv4
 from ..core.drops import Drop
 from ..core.encap import Demux, Held, KeepaliveReply, Received, Reflect, Result, Tunnel
 from ..core.gro import coalesce
 from .batch import RecvBatch, SendBatch
 from .observe import Observer
 from .tun import VNET_HDR_LEN, Tun, read_packet
+
+log = logging.getLogger("usertunnel")
 
 BATCH = 64
 RECV_ROUNDS = 4  # recvmmsg calls per wakeup at most (BATCH packets each), so TUN reads get their turn
@@ -150,9 +155,10 @@ class Dataplane:
         # A hub (--remote any) sends each packet to the spoke its neighbor table picks, sit any to the
         # address in the IPv6 destination: the outer destination is then per packet, the header's bytes 16..20.
         dynamic = tunnel.dynamic_destination  # a hub, or sit --remote any (6to4, 6rd, ISATAP)
-        now = time.monotonic() if dynamic else 0.0
+        now = time.monotonic()
         batch = iface.batch if observer is None else None  # --trace/--pcap want each send's outcome
         remote = tunnel.params.remote or bytes(4)
+        link_mtu = tunnel.link_mtu
         lengths: list[int] = []
         for _ in range(BATCH):
             try:
@@ -164,6 +170,11 @@ class Dataplane:
                 break
             inner = read_packet(data) if vnet else data
             header = tunnel.encapsulate_header(inner, now)
+            if header is Drop.FRAG_NEEDED:
+                self._too_big(iface, inner)
+            elif not isinstance(header, Drop) and len(header) + len(inner) > link_mtu:
+                self._send_fragments(iface, header + bytes(inner))  # no DF (--nopmtudisc): cut it, as the kernel
+                continue
             if batch is not None:
                 if not isinstance(header, Drop):
                     batch.add(header, inner, header[16:20] if dynamic else remote)
@@ -188,6 +199,57 @@ class Dataplane:
             for index, code in batch.failed:
                 tunnel.counters.tx_failed(lengths[index], _SEND_ERRORS.get(code, Drop.SEND_ERROR))
 
+    def _send_fragments(self, iface: Interface, packet: bytes) -> None:
+        """An outer IPv4 packet without DF, larger than the underlay link: send it as fragments (RFC 791),
+        which a raw socket will not make for us."""
+        tunnel = iface.tunnel
+        destination = (socket.inet_ntoa(packet[16:20]), 0)
+        try:
+            for piece in ipv4.fragment(packet, tunnel.link_mtu):
+                iface.sock.sendto(piece, destination)
+        except (OSError, ValueError) as exc:
+            code = exc.errno if isinstance(exc, OSError) else None
+            tunnel.counters.tx_failed(len(packet), _SEND_ERRORS.get(code or 0, Drop.SEND_ERROR))
+
+    def _too_big(self, iface: Interface, inner: bytes | bytearray | memoryview) -> None:
+        """Tell the inner sender the path MTU (ICMP fragmentation needed / packet too big, into TUN)."""
+        reply = iface.tunnel.too_big(inner)
+        if reply is not None:
+            with contextlib.suppress(OSError):
+                iface.tun.write(reply)
+
+    def add_icmp(self, sock: socket.socket) -> None:
+        """Watch a raw ICMP socket that sees "fragmentation needed" errors (io.raw.open_icmp_listener)."""
+        self.sockets[-1] = sock
+        self.loop.add_reader(sock.fileno(), self._on_icmp_readable, sock)
+
+    def _on_icmp_readable(self, sock: socket.socket) -> None:
+        """An ICMP "fragmentation needed" quoting one of our outer packets sets its tunnel's path MTU
+        (RFC 1191, the kernel's ipgre_err / ipip_err); the tunnel then answers inner packets that no
+        longer fit (`_too_big`)."""
+        now = time.monotonic()
+        for _ in range(BATCH):
+            try:
+                data = sock.recv(1024)
+            except OSError:
+                return
+            ihl = (data[0] & 0x0F) << 2 if data else 0
+            if len(data) < ihl + 8 + 20 or data[ihl] != 3 or data[ihl + 1] != 4:
+                continue
+            quoted = data[ihl + 8 :]
+            if quoted[9] in (4, 41, 47):
+                mtu = (data[ihl + 6] << 8) | data[ihl + 7]
+                self._path_mtu(bytes(quoted[16:20]), mtu, now)
+
+    def _path_mtu(self, remote: bytes, mtu: int, now: float) -> None:
+        for tunnel in self.interfaces:
+            if tunnel.params.remote == remote and tunnel.update_path_mtu(mtu, now):
+                inner_mtu = mtu - tunnel.params.header_length
+                log.info(
+                    "%s: path MTU to %s is %d (ICMP fragmentation needed); inner packets over %d get ICMP back",
+                    tunnel.name, socket.inet_ntoa(remote), tunnel.path_mtu, inner_mtu,
+                )  # fmt: skip
+
     def _tun_failed(self, iface: Interface, exc: OSError) -> None:
         """A read from the TUN device failed. EBADFD: the device was deleted (ip link del) under us;
         the descriptor is dead for good, so stop watching it and say so."""
@@ -206,6 +268,9 @@ class Dataplane:
         now = time.monotonic()
         for _ in range(RECV_ROUNDS):
             packets = batch.recv()
+            if batch.errors:  # errors queued on the socket (none are expected: no IP_RECVERR, not connected)
+                demux.unmatched.drops[Drop.ICMP_ERROR] = demux.unmatched.drops.get(Drop.ICMP_ERROR, 0) + batch.errors
+                batch.errors = 0
             if not packets:
                 break
             out: dict[Interface, list[bytes | bytearray | memoryview]] = {}
@@ -228,9 +293,6 @@ class Dataplane:
                     self._keepalive(sock, received)
             for iface, inners in out.items():
                 iface.write_many(inners)
-            if batch.errors:
-                demux.unmatched.drops[Drop.ICMP_ERROR] = demux.unmatched.drops.get(Drop.ICMP_ERROR, 0) + batch.errors
-                batch.errors = 0
             if len(packets) < batch.count:
                 break
         if demux.holding:

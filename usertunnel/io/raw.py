@@ -13,17 +13,23 @@ address (for the lookup by local address), IPV6_RECVTCLASS the traffic class
 - Never connect(): after a peer's ICMP protocol-unreachable a connected raw
   socket fails recv() with ENOPROTOOPT, and under uvloop the reader is then
   dropped for good. We sendto() the remote and let the lookup filter senders.
+- Never IP_RECVERR either: an ICMP error about one of our packets would then
+  set the socket's error (POLLERR), and libuv stops watching a socket on
+  POLLERR. The path MTU comes from a separate ICMP socket (`open_icmp_listener`).
 - The default receive buffer (~212 KB) overflows under TCP load: ask for
   several megabytes (SO_RCVBUFFORCE as root, SO_RCVBUF otherwise).
 """
 
 from __future__ import annotations
 
+import ctypes
 import socket
+import struct
 
 from ..core.params import ConfigError
 
 SOCKET_BUFFER = 8 * 1024 * 1024
+SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
 
 # Linux values missing from Python's socket module on some builds.
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
@@ -91,3 +97,32 @@ def _configure(sock: socket.socket, device: str | None, buffer: int) -> socket.s
         sock.close()
         raise
     return sock
+
+
+# Classic BPF, run on each ICMP packet from its IPv4 header on: keep type 3 code 4 (destination
+# unreachable, fragmentation needed), drop the rest before it reaches us.
+_FRAG_NEEDED_FILTER = (
+    (0xB1, 0, 0, 0),  # ldxb 4*([0]&0xf): X = IPv4 header length
+    (0x50, 0, 0, 0),  # ldb [x+0]: ICMP type
+    (0x15, 0, 3, 3),  # jeq #3 (destination unreachable), else drop
+    (0x50, 0, 0, 1),  # ldb [x+1]: ICMP code
+    (0x15, 0, 1, 4),  # jeq #4 (fragmentation needed), else drop
+    (0x06, 0, 0, 0xFFFF),  # ret #65535: keep
+    (0x06, 0, 0, 0),  # ret #0: drop
+)
+
+
+def open_icmp_listener(device: str | None = None) -> socket.socket:
+    """A non-blocking raw ICMP socket that sees only "fragmentation needed" (a copy; the kernel handles
+    them too): how a tunnel learns the path MTU to its remote without IP_RECVERR on its own socket."""
+    sock = _raw(socket.AF_INET, socket.IPPROTO_ICMP)
+    try:
+        program = (ctypes.c_uint8 * (8 * len(_FRAG_NEEDED_FILTER)))()
+        for i, (code, jt, jf, k) in enumerate(_FRAG_NEEDED_FILTER):
+            struct.pack_into("=HBBI", program, 8 * i, code, jt, jf, k)
+        fprog = struct.pack("@HP", len(_FRAG_NEEDED_FILTER), ctypes.addressof(program))
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+    except BaseException:
+        sock.close()
+        raise
+    return _configure(sock, device, 256 * 1024)
