@@ -45,7 +45,7 @@ def test_property_anything_else_is_summed_byte_by_byte(data: bytes) -> None:
 
 
 def test_udp_without_a_checksum_fragments_and_extension_headers_fall_back_to_the_full_sum() -> None:
-    no_csum = bytearray(IP(src="203.0.113.1", dst="203.0.113.2") / UDP(sport=1, dport=2) / (b"x" * 100))
+    no_csum = bytearray(bytes(IP(src="203.0.113.1", dst="203.0.113.2") / UDP(sport=1, dport=2) / (b"x" * 100)))
     no_csum[26:28] = b"\x00\x00"
     fragment = bytes(IP(src="203.0.113.1", dst="203.0.113.2", flags="MF") / UDP() / (b"y" * 100))
     ext = bytes(IPv6(src="2001:db8::1", dst="2001:db8::2") / IPv6ExtHdrDestOpt() / UDP() / (b"z" * 100))

@@ -16,7 +16,8 @@ import pytest
 from conftest import require_netns
 
 ROOT = Path(__file__).resolve().parent.parent
-NUMBERISH = re.compile(r"0x[0-9a-fA-F]+|[0-9a-fA-F]*\d[0-9a-fA-F.]*")
+# Numbers, hex values, and 4-digit hex words without a decimal digit (an identification such as "abfa").
+NUMBERISH = re.compile(r"0x[0-9a-fA-F]+|[0-9a-fA-F]*\d[0-9a-fA-F.]*|\b[a-f]{4}\b")
 
 
 ASCII_DUMP = re.compile(r"\|.*\|$")  # explain's printable view of payload bytes (ping timestamps)
