@@ -75,7 +75,7 @@ def measure(mode: str, seconds: int) -> tuple[float, float]:
     ends = []
     try:
         for i, name in enumerate(NS):
-            args = ["--mode", mode, "--local", outer[i], "--remote", outer[1 - i], "--name", "tun0", "-q"]
+            args = ["--mode", mode, "--local", outer[i], "--remote", outer[1 - i], "--name", "tun0"]
             end = UpProcess(name, [*args, "--address", f"{inner[i]}/{plen}"])
             ends.append(end)
         for end in ends:
