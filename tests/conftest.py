@@ -149,11 +149,15 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 MATRIX_START, MATRIX_END = "<!-- interop-matrix:start -->", "<!-- interop-matrix:end -->"
 PEERS = {
     "test_kernel": "Linux 6.1 (user-mode-linux): ip_gre, ipip",
+    "test_kernel_ipv6": "Linux 6.1 (user-mode-linux): sit, ip6_tunnel, ip6_gre",
     "test_kernel_refusals": "Linux 6.1 (user-mode-linux): refusals, both directions",
     "test_kernel_keepalive": "Linux 6.1 (user-mode-linux): Cisco-style keepalives",
     "test_ovs": "Open vSwitch 3.1, userspace datapath",
 }
-GRID_MODULES = {"test_kernel"}  # a row per configuration, a column per check; elsewhere a row per check
+GRID_MODULES = {
+    "test_kernel",
+    "test_kernel_ipv6",
+}  # a row per configuration, a column per check; elsewhere a row per check
 _interop_results: dict[str, str] = {}
 _interop_collected: list[str] = []
 _interop_deselected: list[str] = []

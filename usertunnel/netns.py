@@ -202,17 +202,19 @@ class UpProcess:
 
 
 class Capture:
-    """IPv4 packets seen on one interface of a namespace, both directions, read by a background thread.
+    """IPv4 (and with `ipv6`, IPv6) packets seen on one interface of a namespace, both directions, read by a
+    background thread.
 
     Each entry of `packets` is (monotonic time, outgoing?, the IPv4 packet without its Ethernet header).
     """
 
-    def __init__(self, namespace: str, ifname: str) -> None:
+    def __init__(self, namespace: str, ifname: str, ipv6: bool = False) -> None:
         # ETH_P_ALL: the kernel shows outgoing frames only to sockets that asked for every protocol.
         self.sock = open_socket(namespace, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(_ETH_P_ALL))
         self.sock.bind((ifname, 0))
         self.sock.settimeout(0.2)
         self.packets: list[tuple[float, bool, bytes]] = []
+        self.ipv6 = ipv6  # IPv6 packets too (their version nibble tells them apart)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -225,7 +227,7 @@ class Capture:
                 continue
             except OSError:
                 return
-            if frame[12:14] == b"\x08\x00":
+            if frame[12:14] == b"\x08\x00" or (self.ipv6 and frame[12:14] == b"\x86\xdd"):
                 self.packets.append((time.monotonic(), address[2] == socket.PACKET_OUTGOING, frame[14:]))
 
     def stop(self) -> None:

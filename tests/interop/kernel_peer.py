@@ -29,11 +29,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pyroute2 import NetNS
+
 from usertunnel import netns
 
 NS_HOST, NS_GUEST = "ut-ix-h", "ut-ix-g"
 VETH_HOST, VETH_GUEST = "ut-ix-vh", "ut-ix-vg"
 HOST_ADDR, GUEST_ADDR = "198.51.100.1", "198.51.100.2"
+HOST_ADDR6, GUEST_ADDR6 = "2001:db8:1::1", "2001:db8:1::2"  # the same link, IPv6 (ip6_tunnel, ip6_gre)
 AGENT_PORT = 7777
 BOOT_TIMEOUT = 60.0
 
@@ -64,6 +67,7 @@ done
 ip link set lo up
 ip link set vec0 up
 ip addr add {guest}/24 dev vec0
+ip -6 addr add {guest6}/64 dev vec0 nodad
 sysctl -q -w net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
 echo GUEST-INIT-DONE
 exec {python} -I -S {agent} {guest} {port}
@@ -100,7 +104,10 @@ class KernelPeer:
     def start(self) -> None:
         for name in (NS_HOST, NS_GUEST):
             netns.create(name)
+        netns.run(NS_HOST, ["sysctl", "-q", "-w", "net.ipv6.conf.default.accept_dad=0"], check=True)
         netns.veth(NS_HOST, VETH_HOST, NS_GUEST, VETH_GUEST, HOST_ADDR, None, 24)
+        with NetNS(NS_HOST) as ns:
+            ns.addr("add", index=ns.link_lookup(ifname=VETH_HOST)[0], address=HOST_ADDR6, prefixlen=64)
         # The guest's vector device takes checksum and segmentation offload from the host (vnet
         # headers), so its GRE checksums and TCP segments would cross the veth unfinished: a
         # real NIC finishes them. Turning the offloads off on the veth end makes the host kernel
@@ -115,6 +122,7 @@ class KernelPeer:
                 modules=" ".join(MODULES),
                 moddir=moddir,
                 guest=GUEST_ADDR,
+                guest6=GUEST_ADDR6,
                 python=os.path.realpath(sys.executable),
                 agent=Path(__file__).with_name("guest_agent.py").resolve(),
                 port=AGENT_PORT,
