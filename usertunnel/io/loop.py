@@ -109,6 +109,7 @@ class Dataplane:
         self._expiry: asyncio.TimerHandle | None = None  # rfc2890 policy: the OUTOFORDER_TIMER
         self._senders: list[socket.socket] = []
         self._recv_batches: dict[socket.socket, RecvBatch] = {}
+        self._buffers6: list[bytearray] | None = None  # the IPv6 receive path's, one per packet of a wakeup
 
     def add_socket(self, protocol: int, sock: socket.socket) -> None:
         """Read outer packets of `protocol` from `sock`: a raw IPv4 socket, or (protocol + 256) a raw IPv6 one."""
@@ -349,14 +350,17 @@ class Dataplane:
 
     def _on_raw6_readable(self, sock: socket.socket, protocol: int) -> None:
         """The receive path over IPv6: the payload comes without its IPv6 header; the destination and
-        traffic class come as ancillary data, the source as the sender's address."""
+        traffic class come as ancillary data, the source as the sender's address. Each packet of a wakeup
+        gets its own buffer, so what the core accepted is written once at the end, coalesced (core.gro)."""
         demux = self.demux
         observer = self.observer
-        buffers = [self._buffer]
+        if self._buffers6 is None:
+            self._buffers6 = [bytearray(RECV_BUFFER) for _ in range(BATCH)]
         now = time.monotonic()
-        for _ in range(BATCH):
+        out: dict[Interface, list[bytes | bytearray | memoryview]] = {}
+        for buffer in self._buffers6:
             try:
-                n, ancillary, _flags, address = sock.recvmsg_into(buffers, _ANCILLARY6)
+                n, ancillary, _flags, address = sock.recvmsg_into((buffer,), _ANCILLARY6)
             except BlockingIOError:
                 break
             except OSError:
@@ -371,10 +375,21 @@ class Dataplane:
                     elif kind == socket.IPV6_TCLASS:
                         tclass = int.from_bytes(data[:4], sys.byteorder)
             src = socket.inet_pton(socket.AF_INET6, address[0].partition("%")[0])
-            received = demux.decapsulate6(protocol, src, dst, tclass, self._view[:n], now)
-            self._hand_over(sock, received)
+            payload = memoryview(buffer)[:n]
+            received = demux.decapsulate6(protocol, src, dst, tclass, payload, now)
             if observer is not None:
-                observer.rx6(protocol, src, dst, self._view[:n], received)
+                self._hand_over(sock, received)
+                observer.rx6(protocol, src, dst, payload, received)
+            elif isinstance(received, Received):
+                iface = self.interfaces.get(received.tunnel)
+                if iface is not None:
+                    out.setdefault(iface, []).append(received.inner)
+                    if received.then:
+                        out[iface].extend(received.then)
+            else:
+                self._hand_over(sock, received)
+        for iface, inners in out.items():
+            iface.write_many(inners)
         if demux.holding:
             self._arm_expiry()
 
