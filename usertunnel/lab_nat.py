@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import TextIO
 
 from . import netns
@@ -68,52 +69,15 @@ def _drops(stats: dict[str, dict[str, object]]) -> str:
     return ", ".join(f"{reason} {n}" for reason, n in sorted(found.items())) or "none"
 
 
-def run_nat_lab(count: int = 3) -> int:
+def _guarded(body: Callable[[_Stop, list[netns.UpProcess], list[Topology], TextIO], int]) -> int:
+    """Run a lab's `body`; whatever happens (Ctrl-C, SIGTERM, an error), stop its tunnels and remove its
+    namespaces. `body` appends what it creates to the lists it is given."""
     out = sys.stdout
-    topo: Topology | None = None
     procs: list[netns.UpProcess] = []
-    results: list[bool] = []
+    topos: list[Topology] = []
     with _Stop() as stop:
         try:
-            print("== building the seed's NAT scenario: CPE -> NAT -> POP", file=out)
-            topo = Topology("ut-nat")
-            pop = topo.public_host("pop", HUB_PUBLIC)
-            nat = topo.nat("nat", "198.51.100.12")
-            cpe = topo.private_host("cpe", nat)
-            print(
-                f"   {pop.namespace} {pop.address} (public); {nat.namespace} {nat.public} masquerading {nat.inside};"
-                f" {cpe.namespace} {cpe.address} behind it",
-                file=out,
-            )
-            stop.check()
-            print(f"== the CPE points at the POP's public address (keepalives every 2 s, key {KEY})", file=out)
-            cpe_args = ["--local", cpe.address, "--remote", HUB_PUBLIC, "--key", str(KEY)]
-            cpe_args += ["--address", "203.0.113.2/30", "--keepalive", "2", "--name", "tun0"]
-            _start(stop, procs, cpe, cpe_args, out)
-            attempts = [
-                (f"remote {cpe.address}: the CPE's own, private address (the seed: does not work)", cpe.address),
-                (f"remote {nat.public}: the NAT's public address (the seed's working setup)", nat.public),
-                ("remote any: usertunnel's hub, nothing known in advance", "any"),
-            ]
-            for number, (title, remote) in enumerate(attempts, 1):
-                print(f"== {number}. POP with {title}", file=out)
-                pop_args = ["--local", HUB_PUBLIC, "--remote", remote, "--key", str(KEY)]
-                pop_args += ["--address", "203.0.113.1/30", "--name", "tun0"]
-                pop_proc = _start(stop, procs, pop, pop_args, out)
-                ok = _ping(stop, cpe, "203.0.113.1", count, out)
-                if ok:
-                    _ping(stop, pop, "203.0.113.2", count, out)  # and back, through the NAT's mapping
-                if remote == "any":
-                    _show(stop, pop, out)
-                stats = pop_proc.stop()
-                procs.remove(pop_proc)
-                print(f"   the POP's drops: {_drops(stats)}", file=out)
-                results.append(ok)
-            expected = [False, True, True]
-            verdict = "as the seed says, and fixed" if results == expected else "UNEXPECTED"
-            marks = ", ".join(f"{n}. {'works' if r else 'fails'}" for n, r in enumerate(results, 1))
-            print(f"== summary: {marks} ({verdict})", file=out)
-            return 0 if results == expected else 1
+            return body(stop, procs, topos, out)
         except (_Interrupted, KeyboardInterrupt):
             print("\n== interrupted", file=out)
             return 130
@@ -121,62 +85,102 @@ def run_nat_lab(count: int = 3) -> int:
             print(f"usertunnel lab: error: {exc}", file=sys.stderr)
             return 1
         finally:
-            _cleanup(procs, topo, out)
+            _cleanup(procs, topos[0] if topos else None, out)
+
+
+def run_nat_lab(count: int = 3) -> int:
+    return _guarded(lambda stop, procs, topos, out: _nat_lab(stop, procs, topos, out, count))
 
 
 def run_p2mp_lab(count: int = 2) -> int:
-    out = sys.stdout
-    topo: Topology | None = None
-    procs: list[netns.UpProcess] = []
-    with _Stop() as stop:
-        try:
-            print("== building a hub and three spokes, two of them behind NAT", file=out)
-            topo = Topology("ut-p2mp")
-            hub = topo.public_host("hub", HUB_PUBLIC)
-            spokes = [
-                topo.public_host("spoke1", "198.51.100.11"),
-                topo.private_host("spoke2", topo.nat("nat2", "198.51.100.12")),
-                topo.private_host("spoke3", topo.nat("nat3", "198.51.100.13")),
-            ]
-            for s in spokes:
-                behind = f" behind {s.nat.namespace} ({s.nat.public})" if s.nat else " (public)"
-                print(f"   {s.namespace} {s.address}{behind}", file=out)
-            # The hub routes spoke-to-spoke traffic back into the tunnel: forwarding on, no ICMP redirects.
-            for key in ("ip_forward", "conf.all.send_redirects", "conf.default.send_redirects"):
-                value = "1" if key == "ip_forward" else "0"
-                netns.run(hub.namespace, ["sysctl", "-q", "-w", f"net.ipv4.{key}={value}"], check=True)
-            stop.check()
-            print(f"== the hub: local and key only, as in the seed's point-to-multipoint example (key {KEY})", file=out)
-            hub_args = ["--local", HUB_PUBLIC, "--remote", "any", "--key", str(KEY)]
-            hub_proc = _start(stop, procs, hub, [*hub_args, "--address", "203.0.113.1/24", "--name", "hub0"], out)
-            print("== the spokes: remote = the hub, nothing else to know", file=out)
-            inner = {}
-            for number, s in enumerate(spokes, 1):
-                inner[s.namespace] = f"203.0.113.1{number}"
-                args = ["--local", s.address, "--remote", HUB_PUBLIC, "--key", str(KEY), "--keepalive", "2"]
-                _start(stop, procs, s, [*args, "--address", f"{inner[s.namespace]}/24", "--name", "tun0"], out)
-            print("== each spoke pings the hub", file=out)
-            ok = all([_ping(stop, s, "203.0.113.1", count, out) for s in spokes])
-            print("== spokes ping each other through the hub", file=out)
-            for a, b in ((0, 1), (0, 2), (1, 2)):
-                ok = _ping(stop, spokes[a], inner[spokes[b].namespace], count, out) and ok
-            print("== the hub's neighbor table (usertunnel show)", file=out)
-            _show(stop, hub, out)
-            stats = hub_proc.stop()
-            procs.remove(hub_proc)
-            hub_stats = stats.get("hub0", {})
-            print(f"== the hub's counters: {json.dumps(hub_stats.get('hub', {}), sort_keys=True)}", file=out)
-            print(f"   drops: {_drops(stats)}", file=out)
-            print(f"== summary: {'every ping answered' if ok else 'PINGS FAILED'}", file=out)
-            return 0 if ok else 1
-        except (_Interrupted, KeyboardInterrupt):
-            print("\n== interrupted", file=out)
-            return 130
-        except RuntimeError as exc:
-            print(f"usertunnel lab: error: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            _cleanup(procs, topo, out)
+    return _guarded(lambda stop, procs, topos, out: _p2mp_lab(stop, procs, topos, out, count))
+
+
+def _nat_lab(stop: _Stop, procs: list[netns.UpProcess], topos: list[Topology], out: TextIO, count: int) -> int:
+    results: list[bool] = []
+    print("== building the seed's NAT scenario: CPE -> NAT -> POP", file=out)
+    topo = Topology("ut-nat")
+    topos.append(topo)
+    pop = topo.public_host("pop", HUB_PUBLIC)
+    nat = topo.nat("nat", "198.51.100.12")
+    cpe = topo.private_host("cpe", nat)
+    print(
+        f"   {pop.namespace} {pop.address} (public); {nat.namespace} {nat.public} masquerading {nat.inside};"
+        f" {cpe.namespace} {cpe.address} behind it",
+        file=out,
+    )
+    stop.check()
+    print(f"== the CPE points at the POP's public address (keepalives every 2 s, key {KEY})", file=out)
+    cpe_args = ["--local", cpe.address, "--remote", HUB_PUBLIC, "--key", str(KEY)]
+    cpe_args += ["--address", "203.0.113.2/30", "--keepalive", "2", "--name", "tun0"]
+    _start(stop, procs, cpe, cpe_args, out)
+    attempts = [
+        (f"remote {cpe.address}: the CPE's own, private address (the seed: does not work)", cpe.address),
+        (f"remote {nat.public}: the NAT's public address (the seed's working setup)", nat.public),
+        ("remote any: usertunnel's hub, nothing known in advance", "any"),
+    ]
+    for number, (title, remote) in enumerate(attempts, 1):
+        print(f"== {number}. POP with {title}", file=out)
+        pop_args = ["--local", HUB_PUBLIC, "--remote", remote, "--key", str(KEY)]
+        pop_args += ["--address", "203.0.113.1/30", "--name", "tun0"]
+        pop_proc = _start(stop, procs, pop, pop_args, out)
+        ok = _ping(stop, cpe, "203.0.113.1", count, out)
+        if ok:
+            _ping(stop, pop, "203.0.113.2", count, out)  # and back, through the NAT's mapping
+        if remote == "any":
+            _show(stop, pop, out)
+        stats = pop_proc.stop()
+        procs.remove(pop_proc)
+        print(f"   the POP's drops: {_drops(stats)}", file=out)
+        results.append(ok)
+    expected = [False, True, True]
+    verdict = "as the seed says, and fixed" if results == expected else "UNEXPECTED"
+    marks = ", ".join(f"{n}. {'works' if r else 'fails'}" for n, r in enumerate(results, 1))
+    print(f"== summary: {marks} ({verdict})", file=out)
+    return 0 if results == expected else 1
+
+
+def _p2mp_lab(stop: _Stop, procs: list[netns.UpProcess], topos: list[Topology], out: TextIO, count: int) -> int:
+    print("== building a hub and three spokes, two of them behind NAT", file=out)
+    topo = Topology("ut-p2mp")
+    topos.append(topo)
+    hub = topo.public_host("hub", HUB_PUBLIC)
+    spokes = [
+        topo.public_host("spoke1", "198.51.100.11"),
+        topo.private_host("spoke2", topo.nat("nat2", "198.51.100.12")),
+        topo.private_host("spoke3", topo.nat("nat3", "198.51.100.13")),
+    ]
+    for s in spokes:
+        behind = f" behind {s.nat.namespace} ({s.nat.public})" if s.nat else " (public)"
+        print(f"   {s.namespace} {s.address}{behind}", file=out)
+    # The hub routes spoke-to-spoke traffic back into the tunnel: forwarding on, no ICMP redirects.
+    for key in ("ip_forward", "conf.all.send_redirects", "conf.default.send_redirects"):
+        value = "1" if key == "ip_forward" else "0"
+        netns.run(hub.namespace, ["sysctl", "-q", "-w", f"net.ipv4.{key}={value}"], check=True)
+    stop.check()
+    print(f"== the hub: local and key only, as in the seed's point-to-multipoint example (key {KEY})", file=out)
+    hub_args = ["--local", HUB_PUBLIC, "--remote", "any", "--key", str(KEY)]
+    hub_proc = _start(stop, procs, hub, [*hub_args, "--address", "203.0.113.1/24", "--name", "hub0"], out)
+    print("== the spokes: remote = the hub, nothing else to know", file=out)
+    inner = {}
+    for number, s in enumerate(spokes, 1):
+        inner[s.namespace] = f"203.0.113.1{number}"
+        args = ["--local", s.address, "--remote", HUB_PUBLIC, "--key", str(KEY), "--keepalive", "2"]
+        _start(stop, procs, s, [*args, "--address", f"{inner[s.namespace]}/24", "--name", "tun0"], out)
+    print("== each spoke pings the hub", file=out)
+    ok = all([_ping(stop, s, "203.0.113.1", count, out) for s in spokes])
+    print("== spokes ping each other through the hub", file=out)
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        ok = _ping(stop, spokes[a], inner[spokes[b].namespace], count, out) and ok
+    print("== the hub's neighbor table (usertunnel show)", file=out)
+    _show(stop, hub, out)
+    stats = hub_proc.stop()
+    procs.remove(hub_proc)
+    hub_stats = stats.get("hub0", {})
+    print(f"== the hub's counters: {json.dumps(hub_stats.get('hub', {}), sort_keys=True)}", file=out)
+    print(f"   drops: {_drops(stats)}", file=out)
+    print(f"== summary: {'every ping answered' if ok else 'PINGS FAILED'}", file=out)
+    return 0 if ok else 1
 
 
 def _cleanup(procs: list[netns.UpProcess], topo: Topology | None, out: TextIO) -> None:

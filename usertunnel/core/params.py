@@ -235,14 +235,19 @@ def parse_ttl(text: str) -> int | None:
 
 def parse_tos(text: str) -> int | None:
     """`inherit` -> None; otherwise a hex byte, as iproute2 reads `tos` (00..ff, 0x optional)."""
+    return _hex_or_inherit(text, 0xFF, f'invalid tos "{text}": a hex byte 00..ff or "inherit"')
+
+
+def _hex_or_inherit(text: str, maximum: int, refusal: str) -> int | None:
+    """`inherit` -> None; otherwise a hex number 0..maximum (0x optional), or ConfigError(refusal)."""
     if text == "inherit":
         return None
     try:
         value = int(text, 16)
     except ValueError:
         value = -1
-    if not 0 <= value <= 0xFF:
-        raise ConfigError(f'invalid tos "{text}": a hex byte 00..ff or "inherit"')
+    if not 0 <= value <= maximum:
+        raise ConfigError(refusal)
     return value
 
 
@@ -282,12 +287,4 @@ def parse_encaplimit(text: str) -> int | None:
 
 def parse_flowlabel(text: str) -> int | None:
     """`inherit` -> None; otherwise a hex value 0..fffff, as iproute2's `flowlabel`."""
-    if text == "inherit":
-        return None
-    try:
-        value = int(text, 16)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= ipv6.FLOW_LABEL_MASK:
-        raise ConfigError(f'invalid flowlabel "{text}": a hex value 0..fffff or "inherit"')
-    return value
+    return _hex_or_inherit(text, ipv6.FLOW_LABEL_MASK, f'invalid flowlabel "{text}": a hex value 0..fffff or "inherit"')

@@ -191,7 +191,26 @@ class SequenceState(Protocol):
         ...
 
 
-class KernelSequence(SequenceWindow):
+class _InOrderOnly:
+    """The part of `SequenceState` a policy without a reorder buffer shares: nothing is ever held."""
+
+    __slots__ = ()
+    policy: SeqPolicy
+
+    def hold(self, sequence: int, packet: bytes | bytearray | memoryview, now: float) -> list[bytes]:
+        raise ValueError(f"hold({sequence}): the {self.policy.value} policy never answers HOLD")
+
+    def release(self) -> list[bytes]:
+        return []
+
+    def expire(self, now: float) -> list[bytes]:
+        return []
+
+    def deadline(self) -> float | None:
+        return None
+
+
+class KernelSequence(_InOrderOnly, SequenceWindow):
     """Linux's ip_tunnel_rcv rule: a `SequenceWindow` that answers in verdicts."""
 
     __slots__ = ()
@@ -205,18 +224,6 @@ class KernelSequence(SequenceWindow):
         self.next_expected = (sequence + 1) & _MASK
         return _ACCEPT
 
-    def hold(self, sequence: int, packet: bytes | bytearray | memoryview, now: float) -> list[bytes]:
-        raise ValueError(f"hold({sequence}): the kernel policy never answers HOLD")
-
-    def release(self) -> list[bytes]:
-        return []
-
-    def expire(self, now: float) -> list[bytes]:
-        return []
-
-    def deadline(self) -> float | None:
-        return None
-
     def restart(self) -> None:
         pass
 
@@ -224,7 +231,7 @@ class KernelSequence(SequenceWindow):
         return {"policy": self.policy.value, "next_expected": self.next_expected}
 
 
-class ResyncSequence:
+class ResyncSequence(_InOrderOnly):
     """Kernel's rule, and a peer that restarted is taken back after a run of consecutive old packets."""
 
     __slots__ = ("next_expected", "resync_after", "resyncs", "restarts", "_run", "_run_next")
@@ -254,18 +261,6 @@ class ResyncSequence:
         self._run = 0
         self.next_expected = self._run_next
         return _ACCEPT
-
-    def hold(self, sequence: int, packet: bytes | bytearray | memoryview, now: float) -> list[bytes]:
-        raise ValueError(f"hold({sequence}): the resync policy never answers HOLD")
-
-    def release(self) -> list[bytes]:
-        return []
-
-    def expire(self, now: float) -> list[bytes]:
-        return []
-
-    def deadline(self) -> float | None:
-        return None
 
     def restart(self) -> None:
         self.next_expected = None
