@@ -150,6 +150,7 @@ MATRIX_START, MATRIX_END = "<!-- interop-matrix:start -->", "<!-- interop-matrix
 PEERS = {
     "test_kernel": "Linux 6.1 (user-mode-linux): ip_gre, ipip",
     "test_kernel_ipv6": "Linux 6.1 (user-mode-linux): sit, ip6_tunnel, ip6_gre",
+    "test_kernel_gretap": "Linux 6.1 (user-mode-linux): gretap",
     "test_kernel_refusals": "Linux 6.1 (user-mode-linux): refusals, both directions",
     "test_kernel_keepalive": "Linux 6.1 (user-mode-linux): Cisco-style keepalives",
     "test_ovs": "Open vSwitch 3.1, userspace datapath",

@@ -162,7 +162,8 @@ def prepare(options: UpOptions) -> Prepared:
             raise
     tun: Tun | None = None
     try:
-        tun = Tun(params.name, vnet_hdr=options.coalesce)
+        ethernet = params.mode.value.ethernet
+        tun = Tun(params.name, vnet_hdr=options.coalesce and not ethernet, tap=ethernet)
         if tun.name != params.name:  # a name pattern such as gre%d, resolved by the kernel
             params = replace(params, name=tun.name)
         netlink.configure(tun.name, mtu, options.addresses, ipv6=6 in params.mode.value.families)

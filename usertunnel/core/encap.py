@@ -135,7 +135,7 @@ class Tunnel:
         # GRE header without checksum and sequence values, per inner protocol.
         self._gre_fixed: dict[int, bytes] = {}
         if params.mode.value.is_gre:
-            for proto in (gre.PROTO_IPV4, gre.PROTO_IPV6):
+            for proto in (gre.PROTO_IPV4, gre.PROTO_IPV6, gre.PROTO_TEB):
                 hdr = gre.GREHeader(
                     proto,
                     checksum=0 if params.ocsum else None,
@@ -187,7 +187,7 @@ class Tunnel:
                 proto: gre.GREHeader(
                     proto, checksum=0 if p.ocsum else None, key=okey, sequence=0 if p.oseq else None
                 ).pack()
-                for proto in (gre.PROTO_IPV4, gre.PROTO_IPV6)
+                for proto in (gre.PROTO_IPV4, gre.PROTO_IPV6, gre.PROTO_TEB)
             }
         return headers
 
@@ -203,8 +203,20 @@ class Tunnel:
         n = len(inner)
         if n == 0:
             return self.counters.drop(Drop.INNER_MALFORMED)
-        version = inner[0] >> 4
-        if version == 4:
+        if p.mode.value.ethernet:
+            # gretap: an Ethernet frame. TOS, TTL and DF come from the IP packet inside, if any (ipgre_tap_xmit
+            # -> ip_tunnel_xmit); for anything else the outer TTL is the default 64 and the TOS 0.
+            if n < 14:
+                return self.counters.drop(Drop.INNER_MALFORMED)
+            ethertype = (inner[12] << 8) | inner[13]
+            inner_tos, inner_ttl, inner_df = 0, 64, 0
+            if ethertype == 0x0800 and n >= 34 and inner[14] >> 4 == 4:
+                inner_tos, inner_ttl, inner_df = inner[15], inner[22], (inner[20] << 8) & ipv4.FLAG_DF
+            elif ethertype == 0x86DD and n >= 54 and inner[14] >> 4 == 6:
+                inner_tos, inner_ttl = ((inner[14] & 0x0F) << 4) | (inner[15] >> 4), inner[21]
+            version = 0  # no ICMP about a frame: path MTU answers are for IP packets
+            proto = gre.PROTO_TEB
+        elif (version := inner[0] >> 4) == 4:
             if n < ipv4.MIN_HEADER_LEN:
                 return self.counters.drop(Drop.INNER_MALFORMED)
             inner_tos = inner[1]
@@ -220,7 +232,7 @@ class Tunnel:
             proto = gre.PROTO_IPV6
         else:
             return self.counters.drop(Drop.INNER_MALFORMED)
-        if version not in p.mode.value.families:
+        if version and version not in p.mode.value.families:
             return self.counters.drop(Drop.FAMILY)
         if n > self._max_inner:
             return self.counters.drop(Drop.OVERSIZE)
@@ -300,7 +312,7 @@ class Tunnel:
 
     def too_big(self, inner: bytes | bytearray | memoryview) -> bytes | None:
         """The ICMP error for an inner packet dropped as FRAG_NEEDED, to write back into TUN (None: no MTU known)."""
-        if not inner:
+        if not inner or self.params.mode.value.ethernet:
             return None
         mtu = min(self.path_mtu or 0xFFFF, self.link_mtu) - self.params.header_length
         return icmp.packet_too_big(inner, max(mtu, 1280)) if inner[0] >> 4 == 6 else icmp.frag_needed(inner, mtu)
@@ -460,13 +472,31 @@ class Demux:
         destination and traffic class come with it as ancillary data (IPV6_PKTINFO, IPV6_TCLASS)."""
         return self._decapsulate(protocol + 256, src, dst, tclass, memoryview(payload), now)
 
+    def _frame(self, tunnel: Tunnel, rule: Rule, frame: bytes | bytearray | memoryview, outer_tos: int) -> Result:
+        """gretap: an Ethernet frame for the TAP device. An outer CE reaches an IP packet inside it
+        (RFC 6040; Linux's ip_tunnel_rcv reads the inner header after eth_type_trans)."""
+        counters = tunnel.counters
+        out: bytes | bytearray | memoryview = frame
+        if outer_tos & 3 == 3:
+            ethertype = (frame[12] << 8) | frame[13]
+            ip = frame[14:]
+            if (ethertype == 0x0800 and len(ip) >= 20) or (ethertype == 0x86DD and len(ip) >= 40):
+                inner_tos = ip[1] if ethertype == 0x0800 else ipv6.traffic_class(ip)
+                if inner_tos & 3 == 0:
+                    return counters.drop(Drop.ECN_CE_NOT_ECT)
+                if inner_tos & 3 != 3:
+                    out = bytes(frame[:14]) + set_ce(ip)
+        counters.rx_packets += 1
+        counters.rx_bytes += len(out)
+        return Received(tunnel, rule, out)
+
     def _decapsulate(
         self, table_id: int, src: bytes, dst: bytes, outer_tos: int, payload: memoryview, now: float
     ) -> Result:
         """Everything after the outer IP header: GRE, lookup, receive rules, the inner packet."""
         unmatched = self.unmatched
         table = self.tables.get(table_id)
-        if table is None:
+        if table is None and table_id + 512 not in self.tables:  # gretap tunnels only: decided by the GRE type
             return unmatched.drop(Drop.NO_TUNNEL)
         protocol = table_id & 0xFF
         flags = 0
@@ -490,6 +520,14 @@ class Demux:
                 if flags & _GRE_SEQ:
                     (sequence,) = _U32.unpack_from(payload, off)
 
+        if proto == _PROTO_TEB:
+            # Ethernet frames belong to gretap tunnels, which Linux looks up apart (gre_tap_net); with none,
+            # a gre tunnel finds the packet and drops it for its protocol type, as before.
+            tap_table = self.tables.get(table_id + 512)
+            if tap_table is not None:
+                table = tap_table
+        if table is None:
+            return unmatched.drop(Drop.NO_TUNNEL)
         found = table.lookup(dst, src, key)
         if isinstance(found, Drop):
             if found is Drop.KEY_MISMATCH:
@@ -557,6 +595,10 @@ class Demux:
                 return counters.drop(Drop.INNER_MALFORMED)
             inner = inner[:inner_total]
             inner_tos = ipv6.traffic_class(inner)
+        elif proto == _PROTO_TEB and p.mode.value.ethernet:
+            if m < 14:
+                return counters.drop(Drop.INNER_MALFORMED)
+            return self._frame(tunnel, rule, inner, outer_tos)
         else:
             return counters.drop(Drop.GRE_PROTOCOL)
 
@@ -613,6 +655,7 @@ class Demux:
 
 _OLD = Verdict.OLD
 _HOLD = Verdict.HOLD
+_PROTO_TEB = gre.PROTO_TEB
 MIN_PMTU = 552  # the kernel's net.ipv4.route.min_pmtu
 PMTU_EXPIRES = 600.0  # the kernel's net.ipv4.route.mtu_expires, seconds
 # GRE on the receive path, as module constants (a global is cheaper than a module attribute).

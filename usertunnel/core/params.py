@@ -35,11 +35,13 @@ class ModeSpec:
     is_gre: bool
     outer: int = 4  # the outer header's IP version
     isatap: bool = False  # sit with RFC 5214's ISATAP rules
+    ethernet: bool = False  # Ethernet frames through a TAP device (GRE protocol type 0x6558)
 
     @property
     def table(self) -> int:
-        """The demultiplexing table this mode's packets arrive on: the protocol, plus 256 over IPv6."""
-        return self.ip_protocol + (256 if self.outer == 6 else 0)
+        """The demultiplexing table this mode's packets arrive on: the protocol, plus 256 over IPv6, plus
+        512 for Ethernet (Linux keeps gretap tunnels apart from gre ones: gre_tap_net vs ipgre_net)."""
+        return self.ip_protocol + (256 if self.outer == 6 else 0) + (512 if self.ethernet else 0)
 
 
 class Mode(enum.Enum):
@@ -52,6 +54,7 @@ class Mode(enum.Enum):
     IPIP6 = ModeSpec("ipip6", 4, frozenset({4}), False, outer=6)  # RFC 2473: IPv4 in IPv6
     IP6IP6 = ModeSpec("ip6ip6", 41, frozenset({6}), False, outer=6)  # RFC 2473: IPv6 in IPv6
     IP6GRE = ModeSpec("ip6gre", 47, frozenset({4, 6}), True, outer=6)  # GRE over IPv6 (RFC 7676)
+    GRETAP = ModeSpec("gretap", 47, frozenset({4, 6}), True, ethernet=True)  # Ethernet over GRE (RFC 1701 0x6558)
 
     @classmethod
     def from_name(cls, name: str) -> Mode:
@@ -63,6 +66,7 @@ class Mode(enum.Enum):
 
 
 IFNAMSIZ = 16
+ETHERNET_HEADER = 14
 _IFNAME = re.compile(r"^[^\s/:]{1,15}$")
 
 
@@ -124,6 +128,12 @@ class TunnelParams:
             raise ConfigError(
                 f"--seq-policy {self.seq_policy.value} says how received sequence numbers are enforced: "
                 "use it with --seq or --iseq"
+            )
+        if self.mode.value.ethernet and (
+            self.hub is not None or self.keepalive is not None or self.seq_policy is SeqPolicy.RFC2890
+        ):
+            raise ConfigError(
+                "mode gretap carries Ethernet frames: no hub (--remote any), keepalives or rfc2890 reordering yet"
             )
         if self.hub is not None:
             if self.remote is not None:
@@ -189,8 +199,9 @@ class TunnelParams:
         return n
 
     def default_mtu(self, underlay_mtu: int) -> int:
-        """The tunnel MTU Linux picks: the underlay MTU minus the exact overhead."""
-        return underlay_mtu - self.header_length
+        """The tunnel MTU Linux picks: the underlay MTU minus the exact overhead (and, for gretap, the
+        14-byte Ethernet header the frame carries: 1462 on a 1500-byte underlay)."""
+        return underlay_mtu - self.header_length - (ETHERNET_HEADER if self.mode.value.ethernet else 0)
 
 
 _STRTOUL = re.compile(r"^(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$")

@@ -111,13 +111,14 @@ class Dataplane:
         self._recv_batches: dict[socket.socket, RecvBatch] = {}
         self._buffers6: list[bytearray] | None = None  # the IPv6 receive path's, one per packet of a wakeup
 
-    def add_socket(self, protocol: int, sock: socket.socket) -> None:
-        """Read outer packets of `protocol` from `sock`: a raw IPv4 socket, or (protocol + 256) a raw IPv6 one."""
-        self.sockets[protocol] = sock
-        if protocol < 256:
-            self.loop.add_reader(sock.fileno(), self._on_raw_readable, sock)
+    def add_socket(self, table: int, sock: socket.socket) -> None:
+        """Read the outer packets of demultiplexing table `table` (`ModeSpec.table`: the IP protocol, +256
+        over IPv6, +512 for gretap) from `sock`, a raw IPv4 or IPv6 socket."""
+        self.sockets[table] = sock
+        if table & 256:
+            self.loop.add_reader(sock.fileno(), self._on_raw6_readable, sock, table & 0xFF)
         else:
-            self.loop.add_reader(sock.fileno(), self._on_raw6_readable, sock, protocol - 256)
+            self.loop.add_reader(sock.fileno(), self._on_raw_readable, sock)
 
     def add_sender(self, sock: socket.socket) -> None:
         """A socket that only sends (IPv6's IPPROTO_RAW): closed with the rest."""

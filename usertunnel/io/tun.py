@@ -34,8 +34,10 @@ _NEEDS_CSUM = 1  # VIRTIO_NET_HDR_F_NEEDS_CSUM
 
 
 class Tun:
-    def __init__(self, name: str, vnet_hdr: bool = False) -> None:
-        flags = pytun.IFF_TUN | pytun.IFF_NO_PI | (pytun.IFF_VNET_HDR if vnet_hdr else 0)
+    def __init__(self, name: str, vnet_hdr: bool = False, tap: bool = False) -> None:
+        # A TAP device (gretap) reads and writes Ethernet frames instead of IP packets.
+        kind = pytun.IFF_TAP if tap else pytun.IFF_TUN
+        flags = kind | pytun.IFF_NO_PI | (pytun.IFF_VNET_HDR if vnet_hdr else 0)
         try:
             self._dev = pytun.TunTapDevice(name=name, flags=flags)
         except pytun.Error as exc:
