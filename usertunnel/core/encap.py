@@ -236,7 +236,7 @@ class Tunnel:
             return self.counters.drop(Drop.FAMILY)
         if n > self._max_inner:
             return self.counters.drop(Drop.OVERSIZE)
-        if n + p.header_length > self.link_mtu and (version == 6 or inner_df or p.pmtudisc):
+        if n + p.header_length > self.link_mtu and (version == 6 or inner_df or p.pmtudisc or p.mode.value.outer == 6):
             return self.counters.drop(Drop.FRAG_NEEDED)
         if self.path_mtu is not None and n + p.header_length > self.path_mtu and (version == 6 or inner_df):
             if now < self.path_mtu_expires:

@@ -29,6 +29,7 @@ import struct
 
 MSG_DONTWAIT = socket.MSG_DONTWAIT
 _SOCKADDR_IN = 16
+_SOCKADDR_IN6 = 28
 _FATAL = frozenset({errno.EBADF, errno.EFAULT, errno.EINVAL, errno.ENOTSOCK})
 _FULL = frozenset({errno.EAGAIN, errno.ENOBUFS})
 
@@ -161,7 +162,10 @@ class RecvBatch:
 
 
 class SendBatch:
-    """Queue up to `count` packets (header + payload, each to its IPv4 destination) and send them at once."""
+    """Queue up to `count` packets (header + payload, each to its destination) and send them at once.
+
+    Destinations are IPv4 (sockaddr_in) or, on an AF_INET6 socket, IPv6 (sockaddr_in6).
+    """
 
     def __init__(self, sock: socket.socket, count: int = 64) -> None:
         self.sock = sock
@@ -169,20 +173,26 @@ class SendBatch:
         self.pending = 0
         self.failed: list[tuple[int, int]] = []  # (index in the last flush, errno)
         self._keep: list[object] = []
-        self._names = bytearray(_AF_INET + bytes(_SOCKADDR_IN - 2)) * count
+        six = sock.family == socket.AF_INET6
+        size = _SOCKADDR_IN6 if six else _SOCKADDR_IN
+        self._name_size = size
+        self._address_at = 8 if six else 4  # sin6_addr after family, port and flow info; sin_addr after port
+        self._address_len = 16 if six else 4
+        family = struct.pack("=H", socket.AF_INET6 if six else socket.AF_INET)
+        self._names = bytearray(family + bytes(size - 2)) * count
         self._iovs = bytearray(count * 2 * _IOV_SIZE)
         self._msgs = (_MMsgHdr * count)()
         names = ctypes.addressof((ctypes.c_char * len(self._names)).from_buffer(self._names))
         iovs = ctypes.addressof((ctypes.c_char * len(self._iovs)).from_buffer(self._iovs))
         for i in range(count):
             hdr = self._msgs[i].msg_hdr
-            hdr.msg_name = names + i * _SOCKADDR_IN
-            hdr.msg_namelen = _SOCKADDR_IN
+            hdr.msg_name = names + i * size
+            hdr.msg_namelen = size
             hdr.msg_iov = iovs + i * 2 * _IOV_SIZE
             hdr.msg_iovlen = 2
         self._msgs_address = ctypes.addressof(self._msgs)
 
-    def add(self, header: Payload, payload: Payload, dest_ipv4: bytes) -> bool:
+    def add(self, header: Payload, payload: Payload, destination: bytes) -> bool:
         """Queue one packet; False (nothing queued) when the batch is full: flush first."""
         i = self.pending
         if i >= self.count:
@@ -196,8 +206,12 @@ class SendBatch:
             _buffer_address(payload, keep),
             len(payload),
         )
-        start = i * _SOCKADDR_IN + 4
-        self._names[start : start + 4] = dest_ipv4
+        if len(destination) != self._address_len:
+            raise ValueError(
+                f"destination of {len(destination)} bytes on a socket of {self._address_len}-byte addresses"
+            )
+        start = i * self._name_size + self._address_at
+        self._names[start : start + self._address_len] = destination
         self.pending = i + 1
         return True
 

@@ -125,7 +125,7 @@ class Dataplane:
         self._senders.append(sock)
 
     def add_interface(self, iface: Interface) -> None:
-        if self.batched and iface.tunnel.params.mode.value.outer == 4:
+        if self.batched:
             iface.batch = SendBatch(iface.sock, BATCH)
         self.demux.add(iface.tunnel)
         self.interfaces[iface.tunnel] = iface
@@ -159,7 +159,7 @@ class Dataplane:
         dynamic = tunnel.dynamic_destination  # a hub, or sit --remote any (6to4, 6rd, ISATAP)
         now = time.monotonic()
         batch = iface.batch if observer is None else None  # --trace/--pcap want each send's outcome
-        remote = tunnel.params.remote or bytes(4)
+        remote = tunnel.params.remote or bytes(4 if tunnel.params.mode.value.outer == 4 else 16)
         link_mtu = tunnel.link_mtu
         lengths: list[int] = []
         for _ in range(BATCH):
