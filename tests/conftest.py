@@ -142,6 +142,22 @@ def kernel() -> Iterator[Any]:
         peer.stop()
 
 
+@pytest.fixture
+def pair_factory(kernel: Any) -> Iterator[Any]:
+    """`pair_factory(Pair, variant)`: a kernel tunnel and a usertunnel pointing at each other (the module's
+    `Pair` class builds both); each is closed at the end of the test if its usertunnel still runs."""
+    made: list[Any] = []
+
+    def make(pair_type: Any, variant: Any) -> Any:
+        made.append(pair_type(kernel, variant))
+        return made[-1]
+
+    yield make
+    for pair in made:
+        if pair.ours.returncode is None:
+            pair.close()
+
+
 # --- the interoperability matrix, written by the suite --------------------------------------------------------
 
 MATRIX_FILE = Path(__file__).resolve().parent / "interop" / "MATRIX.md"

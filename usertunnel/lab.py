@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any, TextIO
 
@@ -94,58 +94,83 @@ def run_lab(
     and with `trace` host A's tunnel runs with --trace and its lines are shown."""
     out = sys.stdout
     procs: list[netns.UpProcess] = []
-    capture: netns.Capture | None = None
+    captures: list[netns.Capture] = []
+
+    def cleanup() -> None:
+        for capture in captures:
+            capture.stop()
+        for proc in procs:
+            proc.kill()
+        for name in (NS_A, NS_B):
+            netns.remove(name)
+        print(f"== removed {NS_A} and {NS_B}", file=out)
+
+    return guarded(lambda stop: _basic_lab(stop, procs, captures, out, mode, count, key, options, trace), cleanup)
+
+
+def guarded(body: Callable[[_Stop], int], cleanup: Callable[[], None]) -> int:
+    """Run a lab's steps under `_Stop`: Ctrl-C, SIGTERM and SIGHUP end it with status 130, a step that
+    fails (RuntimeError) with 1; `cleanup` runs however it ends."""
     with _Stop() as stop:
         try:
-            print(f"== building the lab: namespaces {NS_A}, {NS_B}; underlay {UNDER_A} <-> {UNDER_B}", file=out)
-            for name in (NS_A, NS_B):
-                # IPv4 only: the kernel's IPv6 router solicitations would add noise to what is shown.
-                netns.create(name, ipv6=False)
-            netns.veth(NS_A, VETH_A, NS_B, VETH_B, UNDER_A, UNDER_B, 24)
-            capture = netns.Capture(NS_B, VETH_B)
-            stop.check()
-            words = " ".join([mode, *([f"key {key}"] if mode == "gre" else []), *options])
-            print(f"== starting both ends of the tunnel ({words})", file=out)
-            traced = [*options, "--trace"] if trace else list(options)
-            procs.append(_start_end(NS_A, UNDER_A, UNDER_B, INNER_A, mode, key, traced))
-            procs.append(_start_end(NS_B, UNDER_B, UNDER_A, INNER_B, mode, key, options))
-            for label, proc in zip((NS_A, NS_B), procs, strict=True):
-                print(f"   {label}: {proc.wait_ready(READY_TIMEOUT).removeprefix('usertunnel: ')}", file=out)
-                stop.check()
-            start = time.monotonic()
-            print(f"== {NS_A}: ping -c {count} {INNER_B} (through the tunnel)", file=out)
-            status, ping_out = stop.run(NS_A, ["ping", "-c", str(count), "-i", "0.2", "-W", "2", INNER_B], 30 + count)
-            for line in ping_out.splitlines():
-                print(f"   {line}", file=out)
-            time.sleep(0.2)
-            capture.stop()
-            packets = [p for p in capture.packets if p[0] >= start and p[2][9] in (4, 47)]
-            _show_packets(packets, out)
-            print("== counters of each end (usertunnel's own view)", file=out)
-            for label, proc in zip((NS_A, NS_B), procs, strict=True):
-                for name, stats in proc.stop().items():
-                    print(f"   {label}: {name}: {json.dumps(stats, sort_keys=True)}", file=out)
-            if trace:
-                print(f"== {NS_A}'s --trace: each packet's journey through its tunnel", file=out)
-                for line in procs[0].lines:
-                    if line.startswith("trace: "):
-                        print(f"   {line.removeprefix('trace: ')}", file=out)
-            _summary(packets, status == 0, out)
-            return 0 if status == 0 and packets else 1
+            return body(stop)
         except (_Interrupted, KeyboardInterrupt):
-            print("\n== interrupted", file=out)
+            print("\n== interrupted", file=sys.stdout)
             return 130
         except RuntimeError as exc:
             print(f"usertunnel lab: error: {exc}", file=sys.stderr)
             return 1
         finally:
-            if capture is not None:
-                capture.stop()
-            for proc in procs:
-                proc.kill()
-            for name in (NS_A, NS_B):
-                netns.remove(name)
-            print(f"== removed {NS_A} and {NS_B}", file=out)
+            cleanup()
+
+
+def _basic_lab(
+    stop: _Stop,
+    procs: list[netns.UpProcess],
+    captures: list[netns.Capture],
+    out: TextIO,
+    mode: str,
+    count: int,
+    key: int,
+    options: Sequence[str],
+    trace: bool,
+) -> int:
+    print(f"== building the lab: namespaces {NS_A}, {NS_B}; underlay {UNDER_A} <-> {UNDER_B}", file=out)
+    for name in (NS_A, NS_B):
+        # IPv4 only: the kernel's IPv6 router solicitations would add noise to what is shown.
+        netns.create(name, ipv6=False)
+    netns.veth(NS_A, VETH_A, NS_B, VETH_B, UNDER_A, UNDER_B, 24)
+    capture = netns.Capture(NS_B, VETH_B)
+    captures.append(capture)
+    stop.check()
+    words = " ".join([mode, *([f"key {key}"] if mode == "gre" else []), *options])
+    print(f"== starting both ends of the tunnel ({words})", file=out)
+    traced = [*options, "--trace"] if trace else list(options)
+    procs.append(_start_end(NS_A, UNDER_A, UNDER_B, INNER_A, mode, key, traced))
+    procs.append(_start_end(NS_B, UNDER_B, UNDER_A, INNER_B, mode, key, options))
+    for label, proc in zip((NS_A, NS_B), procs, strict=True):
+        print(f"   {label}: {proc.wait_ready(READY_TIMEOUT).removeprefix('usertunnel: ')}", file=out)
+        stop.check()
+    start = time.monotonic()
+    print(f"== {NS_A}: ping -c {count} {INNER_B} (through the tunnel)", file=out)
+    status, ping_out = stop.run(NS_A, ["ping", "-c", str(count), "-i", "0.2", "-W", "2", INNER_B], 30 + count)
+    for line in ping_out.splitlines():
+        print(f"   {line}", file=out)
+    time.sleep(0.2)
+    capture.stop()
+    packets = [p for p in capture.packets if p[0] >= start and p[2][9] in (4, 47)]
+    _show_packets(packets, out)
+    print("== counters of each end (usertunnel's own view)", file=out)
+    for label, proc in zip((NS_A, NS_B), procs, strict=True):
+        for name, stats in proc.stop().items():
+            print(f"   {label}: {name}: {json.dumps(stats, sort_keys=True)}", file=out)
+    if trace:
+        print(f"== {NS_A}'s --trace: each packet's journey through its tunnel", file=out)
+        for line in procs[0].lines:
+            if line.startswith("trace: "):
+                print(f"   {line.removeprefix('trace: ')}", file=out)
+    _summary(packets, status == 0, out)
+    return 0 if status == 0 and packets else 1
 
 
 def _show_packets(packets: list[tuple[float, bool, bytes]], out: TextIO) -> None:

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from . import netns
-from .lab import READY_TIMEOUT, _Interrupted, _Stop
+from .lab import READY_TIMEOUT, _Stop, guarded
 from .topology import Host, Topology
 
 KEY = 1234
@@ -70,22 +70,14 @@ def _drops(stats: dict[str, dict[str, object]]) -> str:
 
 
 def _guarded(body: Callable[[_Stop, list[netns.UpProcess], list[Topology], TextIO], int]) -> int:
-    """Run a lab's `body`; whatever happens (Ctrl-C, SIGTERM, an error), stop its tunnels and remove its
-    namespaces. `body` appends what it creates to the lists it is given."""
+    """Run a lab's `body` under lab.guarded: however it ends, its tunnels stop and its namespaces go.
+    `body` appends what it creates to the lists it is given."""
     out = sys.stdout
     procs: list[netns.UpProcess] = []
     topos: list[Topology] = []
-    with _Stop() as stop:
-        try:
-            return body(stop, procs, topos, out)
-        except (_Interrupted, KeyboardInterrupt):
-            print("\n== interrupted", file=out)
-            return 130
-        except RuntimeError as exc:
-            print(f"usertunnel lab: error: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            _cleanup(procs, topos[0] if topos else None, out)
+    return guarded(
+        lambda stop: body(stop, procs, topos, out), lambda: _cleanup(procs, topos[0] if topos else None, out)
+    )
 
 
 def run_nat_lab(count: int = 3) -> int:

@@ -14,7 +14,6 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -125,20 +124,6 @@ class Pair:
         return stats
 
 
-@pytest.fixture
-def pair_factory(kernel: KernelPeer) -> Iterator:
-    made: list[Pair] = []
-
-    def make(variant: Variant) -> Pair:
-        made.append(Pair(kernel, variant))
-        return made[-1]
-
-    yield make
-    for p in made:
-        if p.ours.returncode is None:
-            p.close()
-
-
 def ping_from_us(count: int = 3) -> bool:
     return netns.run(NS_HOST, ["ping", "-c", str(count), "-i", "0.2", "-W", "2", THEIRS]).returncode == 0
 
@@ -220,7 +205,7 @@ def rebuilt_by_our_core(variant: Variant, packet: bytes) -> bytes:
 @pytest.mark.parametrize("variant", VARIANTS, ids=[v.name for v in VARIANTS])
 @pytest.mark.matrix("ping + 5 MB TCP, both directions")
 def test_kernel_and_usertunnel_carry_ping_and_5mb_tcp_both_ways(pair_factory, variant: Variant) -> None:
-    pair = pair_factory(variant)
+    pair = pair_factory(Pair, variant)
     kernel = pair.kernel
     before = kernel.link_stats("kt0")
     assert ping_from_us(), "ping from usertunnel's side to the kernel's inner address failed"
@@ -240,7 +225,7 @@ def test_kernel_and_usertunnel_carry_ping_and_5mb_tcp_both_ways(pair_factory, va
 @pytest.mark.parametrize("variant", VARIANTS, ids=[v.name for v in VARIANTS])
 @pytest.mark.matrix("kernel's packets = our core's bytes")
 def test_kernel_packets_equal_our_core_encapsulation_byte_for_byte(pair_factory, variant: Variant) -> None:
-    pair = pair_factory(variant)
+    pair = pair_factory(Pair, variant)
     capture = netns.Capture(NS_HOST, VETH_HOST)
     try:
         # Inner TOS/ECN and TTL values that exercise inherit and ECN rules: ECT(0) and a DSCP.

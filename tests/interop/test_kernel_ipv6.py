@@ -13,7 +13,6 @@ from __future__ import annotations
 import ipaddress
 import struct
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -123,20 +122,6 @@ class Pair:
         return stats
 
 
-@pytest.fixture
-def pair_factory(kernel: KernelPeer) -> Iterator:
-    made: list[Pair] = []
-
-    def make(variant: Variant) -> Pair:
-        made.append(Pair(kernel, variant))
-        return made[-1]
-
-    yield make
-    for p in made:
-        if p.ours.returncode is None:
-            p.close()
-
-
 def ping_argv(target: str) -> list[str]:
     return ["ping", "-c", "3", "-i", "0.2", "-W", "2", target]
 
@@ -145,7 +130,7 @@ def ping_argv(target: str) -> list[str]:
 @pytest.mark.parametrize("variant", VARIANTS, ids=[v.name for v in VARIANTS])
 @pytest.mark.matrix("ping both ways")
 def test_kernel_and_usertunnel_ping_each_other_through_every_ipv6_mode(pair_factory, variant: Variant) -> None:
-    pair = pair_factory(variant)
+    pair = pair_factory(Pair, variant)
     ours, theirs = pair.inner
     time.sleep(0.2)
     assert netns.run(NS_HOST, ping_argv(theirs), timeout=30).returncode == 0, "ping from our side failed"
@@ -183,7 +168,7 @@ def split(variant: Variant, packet: bytes) -> tuple[int, int | None, int | None]
 @pytest.mark.parametrize("variant", VARIANTS, ids=[v.name for v in VARIANTS])
 @pytest.mark.matrix("kernel's packets = our core's bytes")
 def test_kernel_ipv6_mode_packets_equal_our_core_encapsulation_byte_for_byte(pair_factory, variant: Variant) -> None:
-    pair = pair_factory(variant)
+    pair = pair_factory(Pair, variant)
     ours, _ = pair.inner
     capture = netns.Capture(NS_HOST, VETH_HOST, ipv6=True)
     try:
