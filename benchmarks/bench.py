@@ -766,24 +766,20 @@ def with_history(new: str, old: str) -> str:
 # --- command line ------------------------------------------------------------------------------------------------
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text, 10)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: a whole number of at least 1")
-    return value
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="bench.py",
         description="usertunnel against veth, kernel VXLAN and a minimal Python GRE loop, in namespaces utb-a/utb-b.",
     )
-    parser.add_argument("--rounds", type=positive_int, default=5, help="round-robin rounds over all paths (default 5)")
-    parser.add_argument("--seconds", type=positive_int, default=4, help="seconds of TCP and of UDP (default 4)")
-    parser.add_argument("--pings", type=positive_int, default=2000, help="RTT probes per measurement (default 2000)")
+    parser.add_argument(
+        "--rounds", type=core_scale.positive_int, default=5, help="round-robin rounds over all paths (default 5)"
+    )
+    parser.add_argument(
+        "--seconds", type=core_scale.positive_int, default=4, help="seconds of TCP and of UDP (default 4)"
+    )
+    parser.add_argument(
+        "--pings", type=core_scale.positive_int, default=2000, help="RTT probes per measurement (default 2000)"
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 round, 2 s, 300 probes, short core scale")
     parser.add_argument("--write", type=Path, metavar="FILE", help="write the report to FILE (e.g. RESULTS.md)")
     parser.add_argument("--no-core-scale", action="store_true", help="skip benchmarks/core_scale.py")
