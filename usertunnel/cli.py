@@ -122,6 +122,16 @@ def _mtu(text: str) -> int:
         raise ConfigError(f"invalid mtu {text!r}: a number of bytes such as 1476") from None
 
 
+def _queues(text: str) -> int:
+    try:
+        n = int(text, 10)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 64:
+        raise ConfigError(f"invalid queues {text!r}: a number of worker processes, 1..64")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="usertunnel",
@@ -371,6 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="one system call per packet instead of recvmmsg/sendmmsg batches (for measurements)",
     )
+    up.add_argument(
+        "--queues",
+        type=_checked(_queues),
+        default=1,
+        metavar="N",
+        help="N worker processes, each with its own queue of a multi-queue TUN device and its own raw socket; "
+        "received packets are shared out by flow, so each flow stays in order (default 1: one process)",
+    )
     see = up.add_argument_group("seeing inside the tunnel")
     see.add_argument(
         "--trace",
@@ -477,6 +495,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             user=args.user,
             coalesce=args.coalesce,
             batch=args.batch,
+            queues=args.queues,
         )
     )
 

@@ -54,6 +54,7 @@ class UpOptions:
     user: str | None = None
     coalesce: bool = True  # receive coalescing into a TUN with a vnet header (core.gro)
     batch: bool = True  # recvmmsg / sendmmsg on raw IPv4 sockets (io.batch)
+    queues: int = 1  # worker processes over a multi-queue TUN (usertunnel.workers)
 
 
 def describe(params: TunnelParams, mtu: int) -> str:
@@ -395,6 +396,10 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 def up(options: UpOptions) -> int:
     """`usertunnel up`: prepare, serve until a signal, clean up. Returns the exit status."""
+    if options.queues > 1:
+        from .workers import up_queues
+
+        return up_queues(options)
     prepared = prepare(options)
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
