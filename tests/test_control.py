@@ -492,7 +492,8 @@ def test_unmatched_drops_are_shown_once_per_instance() -> None:
 
 DOCUMENTED = {
     "name", "mode", "local", "remote", "dev", "ikey", "okey", "iseq", "oseq", "icsum", "ocsum",
-    "ttl", "tos", "pmtudisc", "mtu", "pid", "stats", "unmatched",
+    "ttl", "tos", "pmtudisc", "encaplimit", "flowlabel", "sixrd", "prl", "seq_policy", "mtu", "pid",
+    "stats", "unmatched",
 }  # fmt: skip
 
 
@@ -551,7 +552,8 @@ def test_cli_with_a_name_not_running_exits_1_with_one_line(run_dir: Path, capsys
     assert len(lines) == 1
     assert (
         lines[0]
-        == f"usertunnel show: error: no usertunnel instance named 'gre9' is running (no socket {run_dir}/gre9.sock)"
+        == f"usertunnel show: error: no usertunnel instance named 'gre9' is running (no socket {run_dir}/gre9.sock; "
+        "no daemon tunnel either)"
     )
 
 

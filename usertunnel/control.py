@@ -23,10 +23,14 @@ of the namespace it runs in. USERTUNNEL_RUN_DIR replaces /run/usertunnel on
 both sides (the netns part stays); `--dir` names the exact directory.
 
 The JSON tunnel object (`snapshot_of`); field names are stable:
-  name, mode ("gre" | "ipip"), local, remote (dotted quad, null = any),
+  name, mode (a --mode name: "gre", "ipip", "sit", "isatap", "ipip6", "ip6ip6",
+  "ip6gre", "gretap"), local, remote (address text, null = any),
   dev (underlay device or null), ikey, okey (0..4294967295, null = none),
   iseq, oseq, icsum, ocsum, pmtudisc (booleans), ttl (1..255, null = inherit),
-  tos (0..255, null = inherit), mtu, pid,
+  tos (0..255, null = inherit), encaplimit (0..255, null = none),
+  flowlabel (0..0xfffff, null = inherit), sixrd ({prefix, relay_prefix} text
+  or null), prl ([{address, default}]), seq_policy ("kernel" | "rfc2890" |
+  "resync"), mtu, pid,
   stats {rx_packets, rx_bytes, tx_packets, tx_bytes, drops {reason: count}},
   unmatched {drops {reason: count}}: packets this instance's raw socket received
     that none of its tunnels owned. Each instance has its own raw socket and so
@@ -49,7 +53,7 @@ import struct
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +72,13 @@ EXIT_ERROR = 1
 
 Tunnel = dict[str, Any]  # one JSON tunnel object, as documented above
 Snapshot = Callable[[], list[Tunnel]]
+# A command besides show/stats (the daemon's tunnel add/change/del and reload): the request in, the answer out.
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+# `usertunnel daemon` listens on DIR/usertunnel-daemon.sock: 17 characters, longer than any interface
+# name (15 at most), so it can never be a tunnel's socket.
+DAEMON = "usertunnel-daemon"
+COMMAND_TIMEOUT = 60.0  # seconds for a command that changes tunnels (netlink work, a reload of many)
 
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
@@ -92,6 +103,7 @@ def snapshot_of(
     def address(packed: bytes | None) -> str | None:
         return ipaddress.ip_address(packed).compressed if packed else None
 
+    sixrd = params.sixrd
     return {
         "name": params.name,
         "mode": params.mode.value.name,
@@ -107,6 +119,16 @@ def snapshot_of(
         "ttl": params.ttl,
         "tos": params.tos,
         "pmtudisc": params.pmtudisc,
+        "encaplimit": params.encaplimit,
+        "flowlabel": params.flowlabel,
+        "sixrd": None
+        if sixrd is None
+        else {
+            "prefix": f"{ipaddress.ip_address(sixrd.prefix)}/{sixrd.prefixlen}",
+            "relay_prefix": f"{ipaddress.ip_address(sixrd.relay_prefix)}/{sixrd.relay_prefixlen}",
+        },
+        "prl": [{"address": address(e.address), "default": e.default} for e in params.prl],
+        "seq_policy": params.seq_policy.value,
         "mtu": mtu,
         "pid": pid,
         "stats": counters.as_dict(),
@@ -114,15 +136,25 @@ def snapshot_of(
     }
 
 
-def _answer(request: bytes, snapshot: Snapshot) -> dict[str, Any]:
+async def _answer(request: bytes, snapshot: Snapshot, commands: Mapping[str, Handler]) -> dict[str, Any]:
     """The answer to one request line."""
     try:
         message = json.loads(request)
     except (ValueError, UnicodeDecodeError):
         return {"error": f'a request is one JSON line such as {{"cmd": "show"}}; got {request[:80]!r}'}
     cmd = message.get("cmd") if isinstance(message, dict) else None
+    handler = commands.get(cmd) if isinstance(cmd, str) else None
+    if handler is not None:
+        assert isinstance(message, dict)
+        try:
+            return await handler(message)
+        except ConfigError as exc:
+            return {"error": str(exc)}
+        except Exception as exc:  # a bug in a command must not take the tunnels down
+            return {"error": f"internal error: {type(exc).__name__}: {exc}"}
     if cmd not in COMMANDS:
-        return {"error": f"unknown cmd {cmd!r}; accepted: {', '.join(COMMANDS)}"}
+        accepted = (*COMMANDS, *commands)
+        return {"error": f"unknown cmd {cmd!r}; accepted: {', '.join(accepted)}"}
     try:
         tunnels = snapshot()
     except Exception as exc:  # a bug in a snapshot must not take the tunnel down
@@ -171,6 +203,11 @@ def socket_path(directory: Path, name: str) -> Path:
     return directory / f"{name}.sock"
 
 
+def daemon_path(directory: Path) -> Path:
+    """DIR/usertunnel-daemon.sock: where `usertunnel daemon` listens."""
+    return directory / f"{DAEMON}.sock"
+
+
 def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
@@ -204,24 +241,32 @@ def _make_directory(directory: Path) -> None:
 class ControlServer:
     """The control socket of one `usertunnel up`: answers `show` and `stats` from `snapshot`."""
 
-    def __init__(self, path: Path, snapshot: Snapshot) -> None:
+    def __init__(self, path: Path, snapshot: Snapshot, commands: Mapping[str, Handler] | None = None) -> None:
         """Use `await ControlServer.start(...)`; this only holds the state."""
         self.path = path
         self._snapshot = snapshot
+        self._commands: Mapping[str, Handler] = commands or {}
         self._server: asyncio.AbstractServer | None = None
         self._identity: os.stat_result | None = None  # our socket file: close() never removes another's
         self._handlers: set[asyncio.Task[Any]] = set()
 
     @classmethod
-    async def start(cls, name: str, snapshot: Snapshot, directory: Path | None = None) -> ControlServer:
+    async def start(
+        cls,
+        name: str,
+        snapshot: Snapshot,
+        directory: Path | None = None,
+        commands: Mapping[str, Handler] | None = None,
+    ) -> ControlServer:
         """Listen on DIR/NAME.sock; ConfigError if an instance of that name already listens there.
 
         A socket file nobody listens on is a crashed instance's, and is removed.
-        `directory` defaults to `run_directory()`.
+        `directory` defaults to `run_directory()`. `commands` answers requests besides show and stats
+        (NAME is then `DAEMON`).
         """
         directory = run_directory() if directory is None else directory
         try:
-            path = socket_path(directory, name)
+            path = daemon_path(directory) if name == DAEMON else socket_path(directory, name)
         except ControlError as exc:
             raise ConfigError(str(exc)) from None
         try:
@@ -240,7 +285,7 @@ class ControlServer:
                 raise ConfigError(f"a usertunnel instance named {name!r} is starting right now ({path})") from None
             raise ConfigError(f"cannot create the control socket {path}: {exc.strerror}") from None
         # Not yet listening, so nobody can connect before the mode is root's only.
-        self = cls(path, snapshot)
+        self = cls(path, snapshot, commands)
         try:
             os.chmod(path, 0o600)
             self._identity = os.lstat(path)
@@ -260,7 +305,8 @@ class ControlServer:
             line = await asyncio.wait_for(reader.readline(), TIMEOUT)
             if not line:
                 return  # connected and left without asking (another instance checking the name is taken)
-            writer.write(json.dumps(_answer(line, self._snapshot)).encode() + b"\n")
+            answer = await _answer(line, self._snapshot, self._commands)
+            writer.write(json.dumps(answer).encode() + b"\n")
             await asyncio.wait_for(writer.drain(), TIMEOUT)
         except (TimeoutError, ValueError, ConnectionError):
             pass  # a slow, oversized or vanished client: nothing to answer
@@ -326,7 +372,17 @@ class _Denied(ControlError):
 
 
 def _ask(path: Path, cmd: str, timeout: float) -> list[Tunnel]:
-    """One request to one socket, bounded by `timeout` in all; the tunnels it answered."""
+    """One show/stats request to one socket, bounded by `timeout` in all; the tunnels it answered."""
+    answer = request(path, {"cmd": cmd}, timeout)
+    tunnels = answer.get("tunnels")
+    if not isinstance(tunnels, list) or not all(isinstance(t, dict) for t in tunnels):
+        raise ControlError(f"{path}: not a usertunnel answer: {json.dumps(answer)[:80]!r}")
+    return tunnels
+
+
+def request(path: Path, message: dict[str, Any], timeout: float = TIMEOUT) -> dict[str, Any]:
+    """Send one request to one socket and return its answer, bounded by `timeout` in all.
+    ControlError if it cannot be asked or refused (its "error"); _Stale if nobody listens."""
     try:
         seen = os.lstat(path)
     except FileNotFoundError:
@@ -347,7 +403,7 @@ def _ask(path: Path, cmd: str, timeout: float) -> list[Tunnel]:
         except OSError as exc:
             raise ControlError(f"{path}: {exc.strerror or exc}") from None
         try:
-            sock.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+            sock.sendall(json.dumps(message).encode() + b"\n")
             while not data.endswith(b"\n"):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -367,12 +423,19 @@ def _ask(path: Path, cmd: str, timeout: float) -> list[Tunnel]:
         answer = json.loads(data)
     except (ValueError, UnicodeDecodeError):
         raise ControlError(f"{path}: not a usertunnel answer: {bytes(data[:80])!r}") from None
-    if isinstance(answer, dict) and isinstance(answer.get("error"), str):
-        raise ControlError(f"{path}: the instance refused: {answer['error']}")
-    tunnels = answer.get("tunnels") if isinstance(answer, dict) else None
-    if not isinstance(tunnels, list) or not all(isinstance(t, dict) for t in tunnels):
+    if not isinstance(answer, dict):
         raise ControlError(f"{path}: not a usertunnel answer: {bytes(data[:80])!r}")
-    return tunnels
+    if isinstance(answer.get("error"), str):
+        raise Refused(path, answer["error"])
+    return answer
+
+
+class Refused(ControlError):
+    """The instance answered with an error: `reason` is its own words."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: the instance refused: {reason}")
+        self.reason = reason
 
 
 def query(
@@ -397,7 +460,13 @@ def query(
             return _ask(path, cmd, timeout)
         except _Stale as stale:
             why = f"removed its stale socket {path}" if stale.removed else f"no socket {path}"
-            raise ControlError(f"no usertunnel instance named {name!r} is running ({why})") from None
+        try:  # not a `usertunnel up` of its own: perhaps one of the daemon's tunnels
+            found = [t for t in _ask(daemon_path(directory), cmd, timeout) if t.get("name") == name]
+        except _Stale:
+            found = []
+        if not found:
+            raise ControlError(f"no usertunnel instance named {name!r} is running ({why}; no daemon tunnel either)")
+        return found
     try:
         paths = sorted(p for p in directory.iterdir() if p.name.endswith(".sock"))
     except FileNotFoundError:
@@ -670,9 +739,12 @@ instance's raw socket sees every GRE (or IPIP) packet, so this includes
 packets for other instances and other hosts' tunnels.
 
 -j prints a JSON list, one object per tunnel, with these stable fields:
-  name, mode ("gre"|"ipip"), local, remote (null = any), dev (null = none),
+  name, mode ("gre"|"ipip"|"sit"|"isatap"|"ipip6"|"ip6ip6"|"ip6gre"|"gretap"),
+  local, remote (null = any), dev (null = none),
   ikey, okey (null = no key), iseq, oseq, icsum, ocsum, pmtudisc (booleans),
-  ttl (null = inherit), tos (null = inherit), mtu, pid,
+  ttl (null = inherit), tos (null = inherit), encaplimit (null = none),
+  flowlabel (null = inherit), sixrd ({{prefix, relay_prefix}} or null),
+  prl ([{{address, default}}]), seq_policy, mtu, pid,
   stats {{rx_packets, rx_bytes, tx_packets, tx_bytes, drops {{reason: count}}}},
   unmatched {{drops {{reason: count}}}} (this instance's, as above)
 
@@ -730,3 +802,18 @@ def run(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"usertunnel {command}: error: {problem}", file=sys.stderr)
     return EXIT_ERROR if problems else 0
+
+
+def ask_daemon(
+    message: dict[str, Any], directory: Path | None = None, timeout: float = COMMAND_TIMEOUT
+) -> dict[str, Any]:
+    """Send one command to `usertunnel daemon` in this network namespace; its answer.
+    Refused when the daemon says no; ControlError when there is no daemon or it cannot be asked."""
+    directory = run_directory() if directory is None else directory
+    path = daemon_path(directory)
+    try:
+        return request(path, message, timeout)
+    except _Stale:
+        raise ControlError(
+            f"no usertunnel daemon is running in this network namespace (no {path}): start one with `usertunnel daemon`"
+        ) from None

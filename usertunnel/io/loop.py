@@ -102,6 +102,9 @@ class Dataplane:
         self.on_keepalive_reply: Callable[[Tunnel], None] | None = None
         # Called with a sentence when the data path cannot go on (the TUN device vanished).
         self.on_fatal: Callable[[str], None] | None = None
+        # If set, called instead of `on_fatal` with the interface whose TUN device vanished: a daemon
+        # with many tunnels removes that one and goes on.
+        self.on_tun_gone: Callable[[Interface, str], None] | None = None
         self.interfaces: dict[Tunnel, Interface] = {}
         self.sockets: dict[int, socket.socket] = {}
         self._buffer = bytearray(RECV_BUFFER)
@@ -120,6 +123,13 @@ class Dataplane:
         else:
             self.loop.add_reader(sock.fileno(), self._on_raw_readable, sock)
 
+    def remove_socket(self, table: int) -> None:
+        """Stop reading the raw socket of `table` (the caller closes it)."""
+        sock = self.sockets.pop(table, None)
+        if sock is not None:
+            self.loop.remove_reader(sock.fileno())
+            self._recv_batches.pop(sock, None)
+
     def add_sender(self, sock: socket.socket) -> None:
         """A socket that only sends (IPv6's IPPROTO_RAW): closed with the rest."""
         self._senders.append(sock)
@@ -130,6 +140,20 @@ class Dataplane:
         self.demux.add(iface.tunnel)
         self.interfaces[iface.tunnel] = iface
         self.loop.add_reader(iface.tun.fd, self._on_tun_readable, iface)
+
+    def remove_interface(self, tunnel: Tunnel) -> Interface | None:
+        """Stop moving `tunnel`'s packets; the others' go on. Its TUN device stays open (the caller closes
+        it, or gives it to the tunnel's next version); packets its reorder buffer held are dropped."""
+        iface = self.interfaces.pop(tunnel, None)
+        if iface is None:
+            return None
+        if iface.tun.fd >= 0:
+            self.loop.remove_reader(iface.tun.fd)
+        self.demux.remove(tunnel)
+        for window, owner in list(self.demux.holding.items()):
+            if owner is tunnel:
+                del self.demux.holding[window]
+        return iface
 
     def close(self) -> None:
         if self._expiry is not None:
@@ -257,8 +281,11 @@ class Dataplane:
         the descriptor is dead for good, so stop watching it and say so."""
         if exc.errno in (errno.EBADFD, errno.ENODEV, errno.EIO):
             self.loop.remove_reader(iface.tun.fd)
-            if self.on_fatal is not None:
-                self.on_fatal(f"the TUN device {iface.tun.name} was removed from outside ({exc.strerror})")
+            reason = f"the TUN device {iface.tun.name} was removed from outside ({exc.strerror})"
+            if self.on_tun_gone is not None:
+                self.on_tun_gone(iface, reason)
+            elif self.on_fatal is not None:
+                self.on_fatal(reason)
         else:
             iface.tunnel.counters.drop(Drop.TUN_READ_ERROR)
 

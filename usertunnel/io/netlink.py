@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import socket
+from collections.abc import Sequence
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -54,8 +55,11 @@ def configure(
     mtu: int,
     addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
     ipv6: bool = True,
+    routes: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
+    up: bool = True,
 ) -> None:
-    """Set the MTU, add the addresses, bring the link up.
+    """Set the MTU, add the addresses, bring the link up (unless `up` is False, as `ip tunnel add` leaves
+    a new device down), and route `routes` through it.
 
     With `ipv6=False` (a mode that cannot carry IPv6, such as ipip) IPv6 is
     disabled on the device first, so the host does not send it router
@@ -78,4 +82,25 @@ def configure(
                 ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
             except NetlinkError as exc:
                 raise ConfigError(f"cannot add address {iface} to {name}: {exc.args[-1]}") from None
-        ipr.link("set", index=index, state="up")
+        if routes and not up:
+            raise ConfigError(f"routes via {name} need the device up (up = true)")
+        if up:
+            ipr.link("set", index=index, state="up")
+        for network in routes:
+            family = socket.AF_INET if network.version == 4 else socket.AF_INET6
+            try:
+                ipr.route("add", dst=str(network), oif=index, family=family)
+            except NetlinkError as exc:
+                raise ConfigError(f"cannot route {network} via {name}: {exc.args[-1]}") from None
+
+
+def set_mtu(name: str, mtu: int) -> None:
+    """`ip link set NAME mtu MTU`."""
+    with IPRoute() as ipr:
+        index = _ifindex(ipr, name)
+        if index is None:
+            raise ConfigError(f"device {name!r} vanished while being configured")
+        try:
+            ipr.link("set", index=index, mtu=mtu)
+        except NetlinkError as exc:
+            raise ConfigError(f"cannot set MTU {mtu} on {name}: {exc.args[-1]}") from None
