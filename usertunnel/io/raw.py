@@ -18,6 +18,17 @@ address (for the lookup by local address), IPV6_RECVTCLASS the traffic class
   POLLERR. The path MTU comes from a separate ICMP socket (`open_icmp_listener`).
 - The default receive buffer (~212 KB) overflows under TCP load: ask for
   several megabytes (SO_RCVBUFFORCE as root, SO_RCVBUF otherwise).
+
+Every raw socket of a protocol gets its own copy of every packet of that
+protocol. `usertunnel up --queues N` runs N workers, each with its own
+socket, so each socket carries a classic BPF filter (`shard_filter`) that
+keeps one worker's share: the packets whose inner flow hashes to it. The hash
+is over the inner addresses and ports, read at fixed offsets for the tunnel's
+header layout (`ShardLayout`), and is symmetric (a flow and its reverse go to
+the same worker). Whatever the filter cannot hash at those offsets (outer or
+inner IPv4 options, fragments, inner protocols other than TCP and UDP, IPv6
+extension headers, a GRE header other than the tunnel's, a truncated packet)
+goes to worker 0: each packet is kept by exactly one of the N filters.
 """
 
 from __future__ import annotations
@@ -25,6 +36,8 @@ from __future__ import annotations
 import ctypes
 import socket
 import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from ..core.params import ConfigError
 
@@ -117,12 +130,138 @@ def open_icmp_listener(device: str | None = None) -> socket.socket:
     them too): how a tunnel learns the path MTU to its remote without IP_RECVERR on its own socket."""
     sock = _raw(socket.AF_INET, socket.IPPROTO_ICMP)
     try:
-        program = (ctypes.c_uint8 * (8 * len(_FRAG_NEEDED_FILTER)))()
-        for i, (code, jt, jf, k) in enumerate(_FRAG_NEEDED_FILTER):
-            struct.pack_into("=HBBI", program, 8 * i, code, jt, jf, k)
-        fprog = struct.pack("@HP", len(_FRAG_NEEDED_FILTER), ctypes.addressof(program))
-        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+        _attach_filter(sock, _FRAG_NEEDED_FILTER)
     except BaseException:
         sock.close()
         raise
     return _configure(sock, device, 256 * 1024)
+
+
+Instruction = tuple[int, int, int, int]  # struct sock_filter: code, jt, jf, k
+
+
+def _attach_filter(sock: socket.socket, program: Sequence[Instruction]) -> None:
+    """SO_ATTACH_FILTER: the kernel copies the program, replacing any filter the socket had."""
+    buffer = (ctypes.c_uint8 * (8 * len(program)))()
+    for i, (code, jt, jf, k) in enumerate(program):
+        struct.pack_into("=HBBI", buffer, 8 * i, code, jt, jf, k)
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, struct.pack("@HP", len(program), ctypes.addressof(buffer)))
+
+
+# --- sharding received packets over worker processes (usertunnel up --queues N) ---------------------------
+
+OUTER_HEADER = 20  # an outer IPv4 header without options: anything longer goes to worker 0
+_HASH_MULTIPLIER = 0x9E3779B1  # Knuth's multiplicative hash (2^32 / golden ratio); the high half is kept
+_KEEP = 0xFFFFFFFF  # a filter's "keep the whole packet"
+
+# Classic BPF opcodes (linux/filter.h, linux/bpf_common.h).
+_LD_W, _LD_H, _LD_B, _LD_LEN = 0x20, 0x28, 0x30, 0x80  # A = word / half / byte at [k]; A = packet length
+_TAX, _ADD_X = 0x07, 0x0C  # X = A; A += X
+_AND, _MUL, _RSH, _MOD = 0x54, 0x24, 0x74, 0x94  # A &= k, A *= k, A >>= k, A %= k
+_JA, _JEQ, _JGE, _JSET = 0x05, 0x15, 0x35, 0x45  # jump always; if A == k / A >= k / A & k
+_RET = 0x06
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """Where the inner IP header sits in the packets of one tunnel's raw socket (seen from the outer IPv4
+    header on), and how to recognise the packets whose inner flow can be read there.
+
+    `families` pairs each inner IP version the tunnel carries with the first 4 bytes its GRE header must
+    have (flags, version and protocol type, RFC 2784), or None for a mode without GRE (ipip, sit), which
+    carries a single family; `inner_offset` is 20 plus that GRE header's length.
+    """
+
+    inner_offset: int
+    families: tuple[tuple[int, int | None], ...]
+
+
+def shard_filter(layout: ShardLayout, index: int, count: int) -> list[Instruction]:
+    """The classic BPF program of worker `index` of `count`: keep the packets whose inner flow hash % count
+    is `index`, and (worker 0 only) every packet the hash cannot be read from (see the module docstring).
+
+    hash = ((src + dst + sport + dport) * 0x9E3779B1 mod 2^32) >> 16, with src and dst the inner IPv4
+    addresses or the last 32 bits of the inner IPv6 ones: a sum, so the same for a flow and its reverse.
+    """
+    if not 0 <= index < count:
+        raise ValueError(f"worker {index} of {count}")
+    inner = layout.inner_offset
+    code: list[tuple[int, int | str, int | str, int | str] | str] = []  # a str alone is a label; jumps name them
+
+    def need(length: int) -> None:  # shorter packets go to worker 0 (a load past the end would drop them)
+        code.extend([(_LD_LEN, 0, 0, 0), (_JGE, 0, "other", length)])
+
+    need(OUTER_HEADER)
+    code.extend([(_LD_B, 0, 0, 0), (_JEQ, 0, "other", 0x45)])  # version 4, no options
+    code.extend([(_LD_H, 0, 0, 6), (_JSET, "other", 0, 0x3FFF)])  # not a fragment (MF or an offset)
+    gre = [(version, word) for version, word in layout.families if word is not None]
+    if gre:
+        need(OUTER_HEADER + 4)
+        code.append((_LD_W, 0, 0, OUTER_HEADER))
+        code.extend((_JEQ, f"inner{version}", 0, word) for version, word in gre)
+        code.append((_JA, 0, 0, "other"))
+    for version, _ in layout.families:
+        code.append(f"inner{version}")
+        if version == 4:
+            need(inner + 24)
+            code.extend([(_LD_B, 0, 0, inner), (_JEQ, 0, "other", 0x45)])
+            code.extend([(_LD_H, 0, 0, inner + 6), (_JSET, "other", 0, 0x3FFF)])
+            code.extend([(_LD_B, 0, 0, inner + 9), (_JEQ, "ports4", 0, 6), (_JEQ, "ports4", "other", 17)])
+            code.append("ports4")
+            addresses, ports = (inner + 12, inner + 16), inner + 20
+        else:
+            need(inner + 44)
+            code.extend([(_LD_B, 0, 0, inner), (_AND, 0, 0, 0xF0), (_JEQ, 0, "other", 0x60)])
+            code.extend([(_LD_B, 0, 0, inner + 6), (_JEQ, "ports6", 0, 6), (_JEQ, "ports6", "other", 17)])
+            code.append("ports6")
+            addresses, ports = (inner + 20, inner + 36), inner + 40
+        code.extend([(_LD_W, 0, 0, addresses[0]), (_TAX, 0, 0, 0), (_LD_W, 0, 0, addresses[1]), (_ADD_X, 0, 0, 0)])
+        code.extend([(_TAX, 0, 0, 0), (_LD_H, 0, 0, ports), (_ADD_X, 0, 0, 0)])
+        code.extend([(_TAX, 0, 0, 0), (_LD_H, 0, 0, ports + 2), (_ADD_X, 0, 0, 0)])
+        code.append((_JA, 0, 0, "hash"))
+    code.append("hash")
+    code.extend([(_MUL, 0, 0, _HASH_MULTIPLIER), (_RSH, 0, 0, 16), (_MOD, 0, 0, count)])
+    code.extend([(_JEQ, 0, 1, index), (_RET, 0, 0, _KEEP), (_RET, 0, 0, 0)])
+    code.extend(["other", (_RET, 0, 0, _KEEP if index == 0 else 0)])
+    return _resolve(code)
+
+
+def _resolve(code: Sequence[tuple[int, int | str, int | str, int | str] | str]) -> list[Instruction]:
+    """Replace label names in jumps by offsets (classic BPF jumps forward only, relative to the next
+    instruction; a conditional jump's offsets are a byte each)."""
+    where: dict[str, int] = {}
+    position = 0
+    for item in code:
+        if isinstance(item, str):
+            where[item] = position
+        else:
+            position += 1
+    program: list[Instruction] = []
+    for item in code:
+        if isinstance(item, str):
+            continue
+        op, jt, jf, k = item
+        here = len(program) + 1
+        if op == _JA:
+            k = where[k] - here if isinstance(k, str) else k
+        jt = where[jt] - here if isinstance(jt, str) else jt
+        jf = where[jf] - here if isinstance(jf, str) else jf
+        assert isinstance(k, int) and 0 <= jt <= 255 and 0 <= jf <= 255
+        program.append((op, jt, jf, k))
+    return program
+
+
+def attach_shard_filter(sock: socket.socket, layout: ShardLayout, index: int, count: int) -> None:
+    """Make `sock` keep worker `index`'s share only. Packets it queued before are discarded: a filter
+    applies to what arrives after it, so the socket drops everything, is drained, then takes the shard."""
+    _attach_filter(sock, [(_RET, 0, 0, 0)])
+    blocking = sock.getblocking()
+    sock.setblocking(False)
+    try:
+        while True:
+            sock.recv(1)
+    except BlockingIOError:
+        pass
+    finally:
+        sock.setblocking(blocking)
+    _attach_filter(sock, shard_filter(layout, index, count))

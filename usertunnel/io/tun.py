@@ -13,13 +13,24 @@ stack instead of one per segment. No offloads are enabled (no TUNSETOFFLOAD),
 so what we read is always one complete packet with its checksums done; the
 header we read is skipped (`read_packet` completes a checksum should the
 kernel ever leave one partial).
+
+With `multi_queue` (IFF_MULTI_QUEUE, for `usertunnel up --queues N`) the
+device can have several queues, each a file descriptor of its own: `queue()`
+attaches another one (TUNSETIFF with the same name and flags on a new
+descriptor). The kernel spreads what the host sends into the device over the
+queues by flow: a flow goes to the queue that last wrote a packet of that flow
+into the device (the tun driver's flow table, kept a few seconds), else to one
+picked by the flow's hash; so each flow is read from one queue, in order. The
+device lasts until its last queue is closed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import struct
+from collections.abc import Iterator
 
 import pytun
 
@@ -33,11 +44,33 @@ VNET_NONE = bytes(VNET_HDR_LEN)  # no GSO, no checksum offload: a plain packet
 _NEEDS_CSUM = 1  # VIRTIO_NET_HDR_F_NEEDS_CSUM
 
 
+_multi_queue_default = False  # see `multi_queue_devices`
+
+
+@contextlib.contextmanager
+def multi_queue_devices() -> Iterator[None]:
+    """Devices created inside the block without an explicit `multi_queue` are multi-queue.
+
+    For code that creates the device through a caller that does not pass the flag
+    itself (usertunnel.workers around service.prepare). Not thread-safe: call it
+    from the one thread that sets up the tunnel, before any worker exists.
+    """
+    global _multi_queue_default
+    previous, _multi_queue_default = _multi_queue_default, True
+    try:
+        yield
+    finally:
+        _multi_queue_default = previous
+
+
 class Tun:
-    def __init__(self, name: str, vnet_hdr: bool = False, tap: bool = False) -> None:
+    def __init__(self, name: str, vnet_hdr: bool = False, tap: bool = False, multi_queue: bool | None = None) -> None:
         # A TAP device (gretap) reads and writes Ethernet frames instead of IP packets.
         kind = pytun.IFF_TAP if tap else pytun.IFF_TUN
+        if multi_queue is None:
+            multi_queue = _multi_queue_default
         flags = kind | pytun.IFF_NO_PI | (pytun.IFF_VNET_HDR if vnet_hdr else 0)
+        flags |= pytun.IFF_MULTI_QUEUE if multi_queue else 0
         try:
             self._dev = pytun.TunTapDevice(name=name, flags=flags)
         except pytun.Error as exc:
@@ -47,12 +80,20 @@ class Tun:
                     f"cannot create TUN device {name!r}: {text}; run as root or with CAP_NET_ADMIN"
                 ) from None
             raise ConfigError(f"cannot create TUN device {name!r}: {text}") from None
+        self.tap = tap
+        self.multi_queue = multi_queue
         self.name: str = self._dev.name
         self.fd: int = self._dev.fileno()
         os.set_blocking(self.fd, False)
         self.vnet_hdr = vnet_hdr
         if vnet_hdr:
             fcntl.ioctl(self.fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_LEN))
+
+    def queue(self) -> Tun:
+        """Another queue of this multi-queue device, on a descriptor of its own, with the same flags."""
+        if not self.multi_queue:
+            raise ConfigError(f"TUN device {self.name!r} has one queue only: it was created without IFF_MULTI_QUEUE")
+        return Tun(self.name, vnet_hdr=self.vnet_hdr, tap=self.tap, multi_queue=True)
 
     def write(self, packet: bytes | bytearray | memoryview) -> None:
         """One plain IP packet into the stack (behind an empty virtio_net_hdr with `vnet_hdr`)."""
