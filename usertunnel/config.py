@@ -1,0 +1,800 @@
+"""The daemon's configuration file: TOML tables of tunnels in, checked `UpOptions` out, and what a reload changes.
+
+Rules for this file: it reads text and builds values; it never touches the
+system (no device, socket or signal), so every rule here is testable with a
+string. A file is taken whole or not at all: `parse_config` builds and checks
+every tunnel before it returns anything, and a refusal is a `ConfigError`
+whose lines read `PATH:LINE: reason`, one per mistake. The converters are the
+command line's (core.params, core.neighbors, core.keepalive, core.sequence,
+core.sit, and cli's own), so a setting means here what its `usertunnel up`
+flag means, and the same settings build the same `TunnelParams`.
+
+Theory of operation:
+
+  text --tomllib--> dict --canonical()--> one table per tunnel, in the canonical
+  vocabulary (aliases folded: key -> ikey + okey, seq -> iseq + oseq, csum ->
+  icsum + ocsum, hoplimit -> ttl, tclass/dsfield -> tos) --tunnel_from_table()-->
+  TunnelConfig (UpOptions, routes, up) --whole-file checks (collisions)-->
+  DaemonConfig.
+
+  tomllib gives no positions for values, so `_Lines` reads the text once more
+  (it is valid TOML by then) and notes the line where each key path is first
+  written: a `[tunnel.NAME]` header, a `key = value` line (dotted keys and
+  inline tables too), an array's element. An error names the key as written
+  and, for a list, the element; its line is that path's, or its nearest
+  enclosing one's (the tunnel's header at worst).
+
+  A reload is `plan(running, wanted)`: tunnels only in the file are added, those
+  only running are removed, those whose built configuration differs are
+  restarted, the rest are left alone. Two spellings of one setting (`key =
+  1234`, `key = "0.0.4.210"`) build the same configuration, so they restart nothing.
+"""
+
+from __future__ import annotations
+
+import bisect
+import difflib
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .core.keepalive import parse_keepalive
+from .core.neighbors import DEFAULT_TIMEOUT, HubParams, parse_neighbor, parse_spoke, parse_timeout
+from .core.params import (
+    IFNAMSIZ,
+    ConfigError,
+    Mode,
+    ModeSpec,
+    TunnelParams,
+    parse_address,
+    parse_encaplimit,
+    parse_flowlabel,
+    parse_key,
+    parse_tos,
+    parse_ttl,
+)
+from .core.sequence import SeqPolicy, parse_seq_policy
+from .core.sit import SixRd
+from .service import UpOptions
+
+T = TypeVar("T")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+IPV6_MIN_MTU = 1280  # RFC 8200 section 5, as service.prepare checks it
+IPV6_OUTER_TTL = 64  # ip6_tunnel's default hop limit, as `usertunnel up` picks it
+DEFAULT_TOS: int | None = 0  # as Linux: a fixed TOS of 0 (None: inherit)
+
+
+class TableError(ConfigError):
+    """A tunnel table is wrong at `key` (as written; None: the table as a whole), element `index` of a list."""
+
+    def __init__(self, message: str, key: str | None = None, index: int | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.index = index
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One mistake in a configuration file: its line (1-based) and what was wrong."""
+
+    line: int
+    reason: str
+
+
+class ConfigFileError(ConfigError):
+    """A configuration file refused as a whole; the message has one `PATH:LINE: reason` line per problem."""
+
+    def __init__(self, path: str, problems: Sequence[Problem]) -> None:
+        self.path = path
+        self.problems = tuple(sorted(problems, key=lambda p: p.line))
+        super().__init__("\n".join(f"{path}:{p.line}: {p.reason}" for p in self.problems))
+
+
+# --- the vocabulary -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    types: tuple[type, ...]  # the TOML values accepted (a bool is never taken for an integer; list: of strings)
+    expect: str  # what is accepted, in the words of the error
+
+
+_ADDRESS = 'an address such as "198.51.100.1" or "2001:db8::1", or "any"'
+_GRE_KEY = 'an integer 0..4294967295 or a dotted quad such as "0.0.4.210"'
+_BOOL = "true or false"
+_STRINGS = "an array of strings such as "
+
+# Canonical keys, in the order a canonical table lists them.
+_KEYS: dict[str, _Key] = {
+    "mode": _Key((str,), '"' + '", "'.join(m.value.name for m in Mode) + '"'),
+    "local": _Key((str,), _ADDRESS),
+    "remote": _Key((str,), _ADDRESS),
+    "ikey": _Key((int, str), _GRE_KEY),
+    "okey": _Key((int, str), _GRE_KEY),
+    "iseq": _Key((bool,), _BOOL),
+    "oseq": _Key((bool,), _BOOL),
+    "icsum": _Key((bool,), _BOOL),
+    "ocsum": _Key((bool,), _BOOL),
+    "ttl": _Key((int, str), 'an integer 1..255 or "inherit"'),
+    "tos": _Key((int, str), 'an integer 0..255, a hex string such as "0x10", or "inherit"'),
+    "pmtudisc": _Key((bool,), _BOOL),
+    "dev": _Key((str,), 'a device name such as "eth0"'),
+    "mtu": _Key((int,), "an integer number of bytes such as 1476"),
+    "encaplimit": _Key((int, str), 'an integer 0..255 or "none"'),
+    "flowlabel": _Key((int, str), 'an integer 0..0xfffff, a hex string such as "0x12345", or "inherit"'),
+    "6rd_prefix": _Key((str,), 'an IPv6 prefix such as "2001:db8::/32"'),
+    "6rd_relay_prefix": _Key((str,), 'an IPv4 prefix such as "198.51.100.0/24"'),
+    "prl": _Key((list,), _STRINGS + '["192.0.2.1", "192.0.2.2=nodefault"]'),
+    "keepalive": _Key((str, int, float), 'a number of seconds, or a string "PERIOD[,RETRIES]" such as "10,3"'),
+    "reflect_keepalives": _Key((bool,), _BOOL),
+    "seq_policy": _Key((str,), '"kernel", "rfc2890" or "resync"'),
+    "neighbors": _Key((list,), _STRINGS + '["203.0.113.8/29=198.51.100.8"]'),
+    "spokes": _Key((list,), _STRINGS + '["1001=203.0.113.16/28"]'),
+    "neighbor_timeout": _Key((int, float), "a number of seconds 1..604800"),
+    "addresses": _Key((list,), _STRINGS + '["203.0.113.1/30"]'),
+    "routes": _Key((list,), _STRINGS + '["203.0.113.128/25"]'),
+    "up": _Key((bool,), _BOOL),
+}
+
+# Aliases, as iproute2 has them: each sets the canonical keys it names.
+_ALIASES: dict[str, tuple[str, ...]] = {
+    "key": ("ikey", "okey"),
+    "seq": ("iseq", "oseq"),
+    "csum": ("icsum", "ocsum"),
+    "hoplimit": ("ttl",),
+    "tclass": ("tos",),
+    "dsfield": ("tos",),
+}
+
+ACCEPTED_KEYS: tuple[str, ...] = tuple(_KEYS) + tuple(_ALIASES)
+
+_DAEMON_KEYS: dict[str, _Key] = {"coalesce": _Key((bool,), _BOOL), "batch": _Key((bool,), _BOOL)}
+_TOP_KEYS = ("daemon", "tunnel")
+
+
+def _is_sit(m: ModeSpec) -> bool:
+    return m.ip_protocol == 41 and m.outer == 4 and not m.isatap
+
+
+# Which modes a key means something for: (keys, what they are, the modes that have them).
+_BELONGS: tuple[tuple[frozenset[str], str, Callable[[ModeSpec], bool]], ...] = (
+    (
+        frozenset({"ikey", "okey", "iseq", "oseq", "icsum", "ocsum", "seq_policy", "spokes"}),
+        "a GRE option",
+        lambda m: m.is_gre,
+    ),
+    (frozenset({"encaplimit", "flowlabel"}), "an IPv6 outer header's option", lambda m: m.outer == 6),
+    (frozenset({"6rd_prefix", "6rd_relay_prefix"}), "a 6rd setting", _is_sit),
+    (frozenset({"prl"}), "an ISATAP potential router list", lambda m: m.isatap),
+    (frozenset({"keepalive"}), "a keepalive (GRE over IPv4)", lambda m: m.is_gre and m.outer == 4 and not m.ethernet),
+)
+_HUB_KEYS = ("neighbors", "spokes", "neighbor_timeout")
+
+
+# --- canonical tables -----------------------------------------------------------------------------------------
+
+
+def _unknown(key: str, accepted: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, accepted, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown key {key!r}{hint}; accepted: {', '.join(accepted)}"
+
+
+def _fold(table: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The canonical table, and for each of its keys the key as written (to name it in errors)."""
+    folded: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for key, value in table.items():
+        targets = _ALIASES.get(key, (key,))
+        if key not in _ALIASES and key not in _KEYS:
+            raise TableError(_unknown(key, ACCEPTED_KEYS), key)
+        for target in targets:
+            if target in origin:
+                raise TableError(f"{key}: {_conflict(origin[target], key, target)}", key)
+            folded[target] = list(value) if isinstance(value, list) else value
+            origin[target] = key
+    return {k: folded[k] for k in _KEYS if k in folded}, origin
+
+
+def _conflict(first: str, second: str, target: str) -> str:
+    for alias in (first, second):
+        both = _ALIASES.get(alias, ())
+        if len(both) == 2:
+            a, b = both
+            return f"{alias} sets both {a} and {b}: give either {alias}, or {a} and/or {b}"
+    return f"{first} and {second} are the same setting ({target}): give one"
+
+
+def canonical(table: Mapping[str, Any]) -> dict[str, Any]:
+    """`table` in the canonical vocabulary: aliases folded, keys in a fixed order. Refuses unknown keys and
+    two keys for one setting (key with ikey, ttl with hoplimit). Values are kept as given; `None` is kept
+    (for `merge`: back to the default)."""
+    return _fold(table)[0]
+
+
+def merge(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """`tunnel change`: canonical(old) updated by canonical(new); a key set to None in `new` is removed."""
+    merged = canonical(old)
+    merged.update(canonical(new))
+    return {k: v for k, v in merged.items() if v is not None}
+
+
+# --- one tunnel -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TunnelConfig:
+    """One tunnel of the file: its canonical table (what was written) and what it builds."""
+
+    name: str
+    table: Mapping[str, Any]
+    options: UpOptions
+    routes: tuple[Network, ...]
+    up: bool
+
+    def same_as(self, other: TunnelConfig) -> bool:
+        """True if running `other` instead of this changes nothing (the tables may spell it differently)."""
+        return self.options == other.options and self.routes == other.routes and self.up == other.up
+
+
+_ANY: Any = object()  # get()'s "no default: the key must be there"
+
+
+def _toml_type(value: object) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a float", str: "a string", list: "an array"}
+    return names.get(type(value), "a table" if isinstance(value, dict) else "a date or time")
+
+
+def _show(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+@contextmanager
+def _at(key: str | None, index: int | None = None) -> Iterator[None]:
+    """A converter's ConfigError, named by the key (as written) it came from."""
+    try:
+        yield
+    except TableError:
+        raise
+    except ConfigError as exc:
+        raise TableError(f"{key}: {exc}" if key else str(exc), key, index) from None
+
+
+class _Reader:
+    """Typed access to a canonical table; every refusal names the key as written."""
+
+    def __init__(self, table: dict[str, Any], origin: dict[str, str]) -> None:
+        self.table = table
+        self.origin = origin
+        for key, value in table.items():
+            self._check_type(key, value)
+
+    def named(self, key: str) -> str:
+        return self.origin.get(key, key)
+
+    def _check_type(self, key: str, value: object) -> None:
+        spec = _KEYS[key]
+        ok = isinstance(value, bool) == (bool in spec.types) and isinstance(value, spec.types)
+        if not ok:
+            named = self.named(key)
+            raise TableError(f"{named}: expected {spec.expect}, got {_show(value)} ({_toml_type(value)})", named)
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                if not isinstance(item, str):
+                    raise TableError(
+                        f"{self.named(key)}: expected {spec.expect}, got {_show(item)} ({_toml_type(item)}) "
+                        f"as element {i + 1}",
+                        self.named(key),
+                        i,
+                    )
+
+    def get(self, key: str, convert: Callable[[Any], T], default: T = _ANY) -> T:
+        if key not in self.table:
+            if default is _ANY:
+                raise TableError(f"{key}: missing", key)
+            return default
+        with _at(self.named(key)):
+            return convert(self.table[key])
+
+    def each(self, key: str, convert: Callable[[str], T]) -> list[T]:
+        out: list[T] = []
+        for i, item in enumerate(self.table.get(key, [])):
+            with _at(self.named(key), i):
+                out.append(convert(item))
+        return out
+
+    def refuse(self, key: str, reason: str) -> TableError:
+        return TableError(f"{self.named(key)}: {reason}", self.named(key))
+
+
+def _check_name(name: str) -> None:
+    """A Linux device name (dev_valid_name): 1..15 bytes, no whitespace, '/' or ':', not '.' or '..'."""
+    size = len(name.encode())
+    if not 1 <= size < IFNAMSIZ or name in (".", "..") or re.search(r"[\s/:]", name):
+        raise TableError(
+            f"invalid tunnel name {name!r} ({size} bytes): a device name is 1..{IFNAMSIZ - 1} bytes, "
+            "without whitespace, '/' or ':', and not '.' or '..'"
+        )
+
+
+def _endpoint(what: str, spec: ModeSpec) -> Callable[[str], bytes | None]:
+    """`any` -> None; otherwise an address of the mode's outer family, packed."""
+
+    def read(text: str) -> bytes | None:
+        if text == "any":
+            return None
+        packed = parse_address(text, what)
+        if len(packed) != (4 if spec.outer == 4 else 16):
+            raise ConfigError(
+                f"mode {spec.name} runs over IPv{spec.outer}: give an IPv{spec.outer} address, not {text!r}"
+            )
+        return packed
+
+    return read
+
+
+def _decimal(convert: Callable[[str], T]) -> Callable[[int | str], T]:
+    """A converter of iproute2 text, also given TOML integers (read as the decimal they are)."""
+    return lambda value: convert(str(value))
+
+
+def _hex_or_int(convert: Callable[[str], int | None], maximum: int, what: str) -> Callable[[int | str], int | None]:
+    """A string is read as the command line reads it (hex: "10" is 16); an integer is the number it is."""
+
+    def read(value: int | str) -> int | None:
+        if isinstance(value, str):
+            return convert(value)
+        if not 0 <= value <= maximum:
+            raise ConfigError(f"invalid {what} {value}: 0..{maximum} ({maximum:#x}), or a hex string, or 'inherit'")
+        return value
+
+    return read
+
+
+def _route(text: str) -> Network:
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise ConfigError(
+            f"invalid route {text!r} ({exc}): a network such as 203.0.113.128/25 or 2001:db8:1::/48"
+        ) from None
+
+
+def _device(text: str) -> str:
+    if not 1 <= len(text.encode()) < IFNAMSIZ or re.search(r"[\s/:]", text):
+        raise ConfigError(f"invalid device name {text!r}: 1..{IFNAMSIZ - 1} bytes, no whitespace, '/' or ':'")
+    return text
+
+
+def tunnel_from_table(
+    name: str, table: Mapping[str, Any], *, coalesce: bool = True, batch: bool = True
+) -> TunnelConfig:
+    """The tunnel `table` describes, built as `usertunnel up` builds it from the same settings.
+
+    Raises TableError (a ConfigError) whose message starts with the key as written
+    ("ttl: invalid ttl ..."); `key` None means the table as a whole. `coalesce`
+    and `batch` are the daemon's settings, carried into the UpOptions.
+    """
+    from . import cli  # cli's converters; imported here because cli may import this module
+
+    folded, origin = _fold(table)
+    folded = {k: v for k, v in folded.items() if v is not None}
+    _check_name(name)
+    r = _Reader(folded, origin)
+    if "mode" not in folded:
+        raise TableError(f"mode: missing: every tunnel needs one of {_KEYS['mode'].expect}")
+    mode = r.get("mode", Mode.from_name)
+    spec = mode.value
+    for keys, what, belongs in _BELONGS:
+        for key in folded:
+            if key in keys and not belongs(spec):
+                modes = " or ".join(m.value.name for m in Mode if belongs(m.value))
+                raise r.refuse(key, f"is {what}, for mode {modes}: not mode {spec.name}")
+
+    local = r.get("local", _endpoint("local", spec), None)
+    remote = r.get("remote", _endpoint("remote", spec), None)
+    sit_family = spec.ip_protocol == 41 and spec.outer == 4
+    if remote is None and not sit_family and mode not in (Mode.GRE, Mode.IPIP):
+        raise r.refuse(
+            "remote",
+            f'mode {spec.name} needs a fixed remote address: "any" (the default) makes a point-to-multipoint hub, '
+            "which only modes gre and ipip can be",
+        )
+    if spec.isatap and remote is not None:
+        raise r.refuse("remote", 'mode isatap has no fixed remote: leave remote out, or give "any"')
+    hub = None
+    if remote is None and not sit_family:
+        neighbors = tuple(r.each("neighbors", parse_neighbor))
+        spokes = tuple(r.each("spokes", parse_spoke))
+        timeout = r.get("neighbor_timeout", _decimal(parse_timeout), DEFAULT_TIMEOUT)
+        with _at(r.named("spokes" if "spokes" in folded else "neighbors")):
+            hub = HubParams(neighbors, spokes, timeout)
+    else:
+        for key in _HUB_KEYS:
+            if key in folded:
+                raise r.refuse(key, 'belongs to a hub: mode gre or ipip with remote "any"')
+
+    default_ttl: int | None = IPV6_OUTER_TTL if spec.outer == 6 else None  # as Linux: inherit over IPv4
+    ttl: int | None = r.get("ttl", _decimal(parse_ttl), default_ttl)
+    pmtudisc = r.get("pmtudisc", bool, True)
+    if ttl is not None and not pmtudisc:
+        # iproute2's words; the default ttl over IPv6 is 64, so say how to get inherit
+        given = "" if "ttl" in folded else f", the default over IPv{spec.outer}"
+        raise r.refuse(
+            "pmtudisc", f'false needs ttl = "inherit" (ttl is {ttl}{given}): ttl != 0 and nopmtudisc are incompatible'
+        )
+    seq_policy = r.get("seq_policy", parse_seq_policy, SeqPolicy.KERNEL)
+    if seq_policy is not SeqPolicy.KERNEL and not r.get("iseq", bool, False):
+        raise r.refuse("seq_policy", f"{seq_policy.value} says how received sequence numbers are enforced: needs iseq")
+    keepalive = r.get("keepalive", _decimal(parse_keepalive), None)
+    if keepalive is not None and (local is None or remote is None):
+        raise r.refuse("keepalive", "keepalives go to the remote and come back to local: give both addresses")
+    sixrd = None
+    if "6rd_prefix" in folded:
+        relay = r.get("6rd_relay_prefix", str, "0.0.0.0/0")
+        r.get("6rd_relay_prefix", lambda text: SixRd.from_text("2002::/16", text), None)  # the relay prefix alone
+        sixrd = r.get("6rd_prefix", lambda text: SixRd.from_text(text, relay))
+    elif "6rd_relay_prefix" in folded:
+        raise r.refuse("6rd_relay_prefix", "needs 6rd_prefix (alone, it changes nothing)")
+    tos = r.get("tos", _hex_or_int(parse_tos, 0xFF, "tos"), DEFAULT_TOS)
+    outer6: dict[str, Any] = {key: r.get(key, convert) for key, convert in _OUTER6.items() if key in folded}
+
+    with _at(None):
+        params = TunnelParams(
+            name=name,
+            mode=mode,
+            local=local,
+            remote=remote,
+            ikey=r.get("ikey", _decimal(parse_key), None),
+            okey=r.get("okey", _decimal(parse_key), None),
+            iseq=r.get("iseq", bool, False),
+            oseq=r.get("oseq", bool, False),
+            icsum=r.get("icsum", bool, False),
+            ocsum=r.get("ocsum", bool, False),
+            ttl=ttl,
+            tos=tos,
+            pmtudisc=pmtudisc,
+            keepalive=keepalive,
+            reflect_keepalives=r.get("reflect_keepalives", bool, True),
+            hub=hub,
+            seq_policy=seq_policy,
+            sixrd=sixrd,
+            prl=tuple(r.each("prl", cli._prl_entry)),
+            **outer6,
+        )
+
+    addresses: list[Interface] = r.each("addresses", cli._address)
+    for i, iface in enumerate(addresses):
+        with _at(r.named("addresses"), i):
+            cli._check_address_families(params, [iface])
+    routes = r.each("routes", _route)
+    for i, net in enumerate(routes):
+        if net.version not in spec.families:
+            raise TableError(
+                f"routes: route {net} is IPv{net.version}, which mode {spec.name} cannot carry", "routes", i
+            )
+    mtu = r.get("mtu", int, None)
+    if mtu is not None:
+        _check_mtu(r, params, mtu, addresses)
+    options = UpOptions(
+        params=params,
+        device=r.get("dev", _device, None),
+        mtu=mtu,
+        addresses=addresses,
+        coalesce=coalesce,
+        batch=batch,
+    )
+    return TunnelConfig(name, folded, options, tuple(routes), r.get("up", bool, True))
+
+
+_OUTER6: dict[str, Callable[[Any], int | None]] = {
+    "encaplimit": _decimal(parse_encaplimit),
+    "flowlabel": _hex_or_int(parse_flowlabel, 0xFFFFF, "flowlabel"),
+}
+
+
+def _check_mtu(r: _Reader, params: TunnelParams, mtu: int, addresses: Sequence[Interface]) -> None:
+    """service.prepare's checks of a given MTU, made here so that a reload refuses it before touching anything."""
+    top = 65535 - params.header_length
+    if not 68 <= mtu <= top:
+        raise r.refuse("mtu", f"{mtu} out of range: 68..{top}")
+    carries_ipv6 = params.mode.value.families == {6} or any(a.version == 6 for a in addresses)
+    if carries_ipv6 and mtu < IPV6_MIN_MTU:
+        raise r.refuse("mtu", f"{mtu} is below IPv6's minimum of {IPV6_MIN_MTU}, and this tunnel carries IPv6")
+
+
+# --- the file -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    tunnels: dict[str, TunnelConfig] = field(default_factory=dict)  # in file order
+    coalesce: bool = True
+    batch: bool = True
+
+
+_TOML_ERROR = re.compile(r"^(?P<reason>.*) \(at (?:line (?P<line>\d+), column (?P<column>\d+)|end of document)\)$")
+
+
+def parse_config(text: str, path: str = "<config>") -> DaemonConfig:
+    """The whole file, checked, or ConfigFileError with a `PATH:LINE: reason` line for each problem found."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = _TOML_ERROR.match(str(exc))
+        if match is None:
+            raise ConfigFileError(path, [Problem(1, f"invalid TOML: {exc}")]) from None
+        line = int(match["line"]) if match["line"] else text.count("\n") + 1
+        column = f" (column {match['column']})" if match["column"] else " (at the end of the file)"
+        raise ConfigFileError(path, [Problem(line, f"invalid TOML: {match['reason']}{column}")]) from None
+    lines = _Lines(text)
+    problems: list[Problem] = []
+
+    def problem(where: tuple[str | int, ...], reason: str) -> None:
+        problems.append(Problem(lines.line(where), reason))
+
+    for key in document:
+        if key not in _TOP_KEYS:
+            problem((key,), _unknown(key, _TOP_KEYS) + " (tunnels are tables [tunnel.NAME])")
+    settings = {"coalesce": True, "batch": True}
+    daemon = document.get("daemon", {})
+    if not isinstance(daemon, dict):
+        problem(("daemon",), f"daemon: expected a table [daemon], got {_toml_type(daemon)}")
+        daemon = {}
+    for key, value in daemon.items():
+        if key not in _DAEMON_KEYS:
+            problem(("daemon", key), f"daemon: {_unknown(key, tuple(_DAEMON_KEYS))}")
+        elif not isinstance(value, bool):
+            problem(("daemon", key), f"daemon: {key}: expected {_BOOL}, got {_show(value)} ({_toml_type(value)})")
+        else:
+            settings[key] = value
+
+    tunnels: dict[str, TunnelConfig] = {}
+    declared = document.get("tunnel", {})
+    if not isinstance(declared, dict):
+        problem(
+            ("tunnel",),
+            f"tunnel: expected tables such as [tunnel.gre1], one per tunnel, got {_toml_type(declared)}"
+            + (" (write [tunnel.NAME], not [[tunnel]])" if isinstance(declared, list) else ""),
+        )
+        declared = {}
+    for name, table in declared.items():
+        if not isinstance(table, dict):
+            problem(("tunnel", name), f"tunnel {name}: expected a table of settings, got {_toml_type(table)}")
+            continue
+        try:
+            tunnels[name] = tunnel_from_table(name, table, coalesce=settings["coalesce"], batch=settings["batch"])
+        except TableError as exc:
+            where: tuple[str | int, ...] = ("tunnel", name)
+            if exc.key is not None:
+                where += (exc.key,) if exc.index is None else (exc.key, exc.index)
+            problem(where, f"tunnel {name}: {exc}")
+    for name, other in _collisions(tunnels):
+        problem(
+            ("tunnel", name),
+            f"tunnels {other} (line {lines.line(('tunnel', other))}) and {name} have the same mode family, local, "
+            "remote and ikey: received packets could not tell them apart (the kernel says File exists); "
+            "give one another local, remote or key",
+        )
+    if problems:
+        raise ConfigFileError(path, problems)
+    return DaemonConfig(tunnels, coalesce=settings["coalesce"], batch=settings["batch"])
+
+
+def _collisions(tunnels: Mapping[str, TunnelConfig]) -> Iterator[tuple[str, str]]:
+    """(name, earlier name) for each tunnel that core.lookup's TunnelTable.add would refuse after an earlier one."""
+    owner: dict[tuple[int, bytes | None, bytes | None, int | None], str] = {}
+    for name, tunnel in tunnels.items():
+        p = tunnel.options.params
+        keys = [(p.mode.value.table, p.local, p.remote, ikey) for ikey in p.ikeys]
+        clash = next((owner[k] for k in keys if k in owner), None)
+        if clash is not None:
+            yield name, clash
+            continue
+        owner.update(dict.fromkeys(keys, name))
+
+
+def load_config(path: str | os.PathLike[str]) -> DaemonConfig:
+    """parse_config of a file; a file that cannot be read, or is not UTF-8, is a ConfigError too."""
+    shown = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {shown}: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigFileError(shown, [Problem(line, f"not UTF-8 text (byte {exc.start}: {exc.reason})")]) from None
+    return parse_config(text, shown)
+
+
+# --- reload ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a reload does: each tuple in file order (`remove`: in running order)."""
+
+    add: tuple[str, ...] = ()
+    remove: tuple[str, ...] = ()
+    restart: tuple[str, ...] = ()
+    unchanged: tuple[str, ...] = ()
+
+
+def plan(running: Mapping[str, TunnelConfig], wanted: DaemonConfig) -> Plan:
+    """Tunnels to add, remove and restart so that `running` becomes `wanted`; the rest are left alone.
+
+    A tunnel restarts when what it builds differs (options, addresses, routes, up,
+    and the daemon's coalesce and batch): a new spelling of the same setting does not.
+    """
+    return Plan(
+        add=tuple(n for n in wanted.tunnels if n not in running),
+        remove=tuple(n for n in running if n not in wanted.tunnels),
+        restart=tuple(n for n, t in wanted.tunnels.items() if n in running and not running[n].same_as(t)),
+        unchanged=tuple(n for n, t in wanted.tunnels.items() if n in running and running[n].same_as(t)),
+    )
+
+
+# --- where things are written ---------------------------------------------------------------------------------
+
+_BARE = re.compile(r"[A-Za-z0-9_-]+")
+_SCALAR = re.compile(r"[^,\]}#\r\n]*")
+
+
+class _Lines:
+    """The line where each key path is first written, read from a text tomllib has accepted.
+
+    A path is a table's keys and, inside arrays, element indexes: ("tunnel", "gre1",
+    "addresses", 1). A small reader of valid TOML; were it ever to stumble, it keeps
+    what it found so far, and every other path falls back to line 1.
+    """
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._i = 0
+        self._starts = [0] + [m.end() for m in re.finditer("\n", text)]
+        self.first: dict[tuple[str | int, ...], int] = {}
+        with suppress(IndexError, ValueError, AttributeError, tomllib.TOMLDecodeError):
+            self._document()
+
+    def line(self, path: tuple[str | int, ...]) -> int:
+        """The line of `path`, or of the nearest enclosing path written; 1 if none is."""
+        for n in range(len(path), 0, -1):
+            found = self.first.get(path[:n])
+            if found is not None:
+                return found
+        return 1
+
+    def _note(self, path: tuple[str | int, ...], at: int) -> None:
+        line = bisect.bisect_right(self._starts, at)
+        for n in range(1, len(path) + 1):
+            self.first.setdefault(path[:n], line)
+
+    def _skip(self, newlines: bool = False) -> None:
+        text = self._text
+        while self._i < len(text):
+            c = text[self._i]
+            if c in " \t" or (newlines and c in "\r\n"):
+                self._i += 1
+            elif c == "#":
+                end = text.find("\n", self._i)
+                self._i = len(text) if end < 0 else end
+            else:
+                return
+
+    def _document(self) -> None:
+        text = self._text
+        table: tuple[str | int, ...] = ()
+        while True:
+            self._skip(newlines=True)
+            if self._i >= len(text):
+                return
+            if text[self._i] == "[":
+                start = self._i
+                brackets = 2 if text.startswith("[[", start) else 1
+                self._i += brackets
+                table = self._key()
+                self._i += brackets
+                self._note(table, start)
+            else:
+                self._keyval(table)
+
+    def _keyval(self, prefix: tuple[str | int, ...]) -> None:
+        self._skip()
+        start = self._i
+        path = prefix + self._key()
+        self._note(path, start)
+        self._i += 1  # '='
+        self._value(path)
+
+    def _key(self) -> tuple[str, ...]:
+        text = self._text
+        parts: list[str] = []
+        while True:
+            self._skip()
+            c = text[self._i]
+            if c == '"':
+                end = self._basic_end(self._i)
+                parts.append(tomllib.loads("k = " + text[self._i : end])["k"])
+                self._i = end
+            elif c == "'":
+                end = text.index("'", self._i + 1)
+                parts.append(text[self._i + 1 : end])
+                self._i = end + 1
+            else:
+                match = _BARE.match(text, self._i)
+                if match is None:
+                    raise ValueError(f"no key at {self._i}")
+                parts.append(match.group())
+                self._i = match.end()
+            self._skip()
+            if text[self._i] != ".":
+                return tuple(parts)
+            self._i += 1
+
+    def _basic_end(self, i: int) -> int:
+        """The index after a basic string opened at `i`."""
+        text = self._text
+        i += 1
+        while text[i] != '"':
+            i += 2 if text[i] == "\\" else 1
+        return i + 1
+
+    def _value(self, path: tuple[str | int, ...]) -> None:
+        text = self._text
+        self._skip()
+        i = self._i
+        if text.startswith('"""', i) or text.startswith("'''", i):
+            quote = text[i]
+            i += 3
+            while not text.startswith(quote * 3, i):
+                i += 2 if quote == '"' and text[i] == "\\" else 1
+            i += 3
+            while i < len(text) and text[i] == quote:  # up to two quotes may end the content
+                i += 1
+            self._i = i
+        elif text[i] == '"':
+            self._i = self._basic_end(i)
+        elif text[i] == "'":
+            self._i = text.index("'", i + 1) + 1
+        elif text[i] == "[":
+            self._i += 1
+            n = 0
+            while True:
+                self._skip(newlines=True)
+                if text[self._i] == "]":
+                    self._i += 1
+                    return
+                self._note(path + (n,), self._i)
+                self._value(path + (n,))
+                n += 1
+                self._skip(newlines=True)
+                if text[self._i] == ",":
+                    self._i += 1
+        elif text[i] == "{":
+            self._i += 1
+            while True:
+                self._skip()
+                if text[self._i] == "}":
+                    self._i += 1
+                    return
+                self._keyval(path)
+                self._skip()
+                if text[self._i] == ",":
+                    self._i += 1
+        else:
+            match = _SCALAR.match(text, i)
+            assert match is not None  # the pattern matches the empty string
+            self._i = match.end()
