@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import logging
 import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__, control, explain
@@ -140,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"usertunnel {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    # iproute2's global options, for `usertunnel [-6] [-j] [-s] tunnel ...` as `ip [-6] [-j] [-s] tunnel ...`
+    parser.add_argument("-6", dest="ipv6", action="store_true", help="`tunnel`: the ip -6 tunnel grammar and tunnels")
+    parser.add_argument("-4", dest="ipv6", action="store_false", help="`tunnel`: IPv4 tunnels (the default)")
+    parser.add_argument("-j", dest="global_json", action="store_true", help="`tunnel show`: JSON, as ip -j")
+    parser.add_argument("-s", dest="global_stats", action="store_true", help="`tunnel show`: counters, as ip -s")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     up = sub.add_parser(
@@ -427,7 +434,141 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--trace", action="store_true", help="host A runs with --trace; its lines are shown at the end")
     control.add_parsers(sub)
     explain.add_parser(sub)
+    _add_daemon_parsers(sub)
     return parser
+
+
+DAEMON_DESCRIPTION = """\
+Run many tunnels in one process. They share one raw socket per outer protocol
+and are demultiplexed by the kernel's lookup order, as `ip tunnel` devices are
+in one kernel. Tunnels come from --config FILE (TOML, see docs/config.md) and
+from `usertunnel tunnel add|change|del`, while the daemon runs; SIGHUP or
+`usertunnel reload` applies the file's changes (only changed tunnels restart;
+an invalid file changes nothing). Runs in the foreground until SIGINT/SIGTERM,
+then removes every device it created. Under systemd it reports readiness
+(Type=notify); see docs/systemd.md.
+"""
+
+DAEMON_EPILOG = """\
+examples:
+  usertunnel daemon --config /etc/usertunnel/usertunnel.toml
+  usertunnel daemon &      # then, as with ip:
+  usertunnel tunnel add tunnel0 mode gre local 198.51.100.1 remote 198.51.100.2 key 1234
+  ip addr add 203.0.113.1/30 dev tunnel0 && ip link set tunnel0 up
+"""
+
+
+def _add_daemon_parsers(sub: argparse._SubParsersAction[Any]) -> None:
+    formatter = argparse.RawDescriptionHelpFormatter
+    daemon = sub.add_parser(
+        "daemon",
+        help="run many tunnels in one process, changed while it runs",
+        description=DAEMON_DESCRIPTION,
+        epilog=DAEMON_EPILOG,
+        formatter_class=formatter,
+    )
+    daemon.add_argument("--config", metavar="FILE", help="TOML file declaring tunnels (docs/config.md)")
+    daemon.add_argument("--no-coalesce", dest="coalesce", action="store_false", default=True,
+                        help="as `up --no-coalesce`, for every tunnel")  # fmt: skip
+    daemon.add_argument("--no-batch", dest="batch", action="store_false", default=True,
+                        help="as `up --no-batch`, for every tunnel")  # fmt: skip
+    tunnel = sub.add_parser(
+        "tunnel",
+        help="ip tunnel's grammar against the daemon: add, change, del, show, prl, 6rd",
+        description="`usertunnel [-6] tunnel ...` takes the words of `ip [-6] tunnel ...` (run "
+        "`usertunnel tunnel help`). add, change, del, prl and 6rd go to the running `usertunnel daemon`; "
+        "show lists every usertunnel tunnel of this network namespace (daemon and `up` alike) as "
+        "`ip tunnel show` does; with -j as JSON (the fields of `usertunnel stats -h`).",
+        formatter_class=formatter,
+        add_help=False,  # `help` and any word belong to the ip tunnel grammar
+    )
+    tunnel.add_argument("words", nargs=argparse.REMAINDER, metavar="ARGS")
+    reload = sub.add_parser(
+        "reload",
+        help="make the daemon apply its config file again (as SIGHUP)",
+        description="Ask the running `usertunnel daemon` to re-read its --config file. A file with an error "
+        "changes nothing and the error is printed with its line; otherwise tunnels it no longer declares are "
+        "removed, new ones added, changed ones restarted, and the others left alone.",
+    )
+    reload.add_argument("--dir", type=Path, metavar="DIR", help="the control sockets' directory (as `show --dir`)")
+
+
+def _cmd_daemon(args: argparse.Namespace) -> int:
+    from .daemon import daemon
+
+    return daemon(args.config, coalesce=args.coalesce, batch=args.batch)
+
+
+def _cmd_tunnel(args: argparse.Namespace) -> int:
+    """`usertunnel [-6] [-j] [-s] tunnel ...`: errors in iproute2's words on stderr; exit 2 for a command
+    that does not parse, 1 when the daemon refuses it."""
+    from . import iptunnel
+
+    try:
+        command = iptunnel.parse(args.words, ipv6=args.ipv6)
+    except iptunnel.IpTunnelError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+    if command.action == "help":
+        sys.stdout.write(iptunnel.HELP6 if args.ipv6 else iptunnel.HELP)
+        return 0
+    if command.action == "show":
+        problems: list[str] = []
+        try:
+            found = control.query(control.run_directory(), None, "stats", problems=problems)
+        except control.ControlError as exc:
+            print(f"usertunnel tunnel: error: {exc}", file=sys.stderr)
+            return 1
+        outer = 6 if args.ipv6 else 4
+        chosen = [t for t in found if _outer_version(t) == outer and iptunnel.matches(command, t)]
+        if args.global_json:
+            text = (
+                json.dumps(chosen if args.global_stats else [control.without_counters(t) for t in chosen], indent=2)
+                + "\n"
+            )
+        elif args.global_stats:
+            text = control.format_stats(chosen)
+        else:
+            text = "".join(f"{line}\n" for t in chosen for line in iptunnel.show_lines(t))
+        sys.stdout.write(text)
+        for problem in problems:
+            print(f"usertunnel tunnel: error: {problem}", file=sys.stderr)
+        return 1 if problems else 0
+    message = {"cmd": "tunnel", "action": command.action, "name": command.name, "table": command.table}
+    try:
+        control.ask_daemon(message)
+    except control.Refused as exc:
+        print(exc.reason, file=sys.stderr)
+        return 1
+    except control.ControlError as exc:
+        print(f"usertunnel tunnel: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _outer_version(t: dict[str, Any]) -> int:
+    try:
+        return Mode.from_name(str(t.get("mode"))).value.outer
+    except ConfigError:
+        return 4
+
+
+def _cmd_reload(args: argparse.Namespace) -> int:
+    try:
+        answer = control.ask_daemon({"cmd": "reload"}, args.dir)
+    except control.Refused as exc:
+        print(f"usertunnel reload: refused, nothing changed: {exc.reason}", file=sys.stderr)
+        return 1
+    except control.ControlError as exc:
+        print(f"usertunnel reload: error: {exc}", file=sys.stderr)
+        return 1
+    for what in ("added", "removed", "restarted", "unchanged"):
+        names = answer.get(what) or []
+        print(f"{what}: {' '.join(names) if names else '-'}")
+    errors = answer.get("errors") or []
+    for error in errors:
+        print(f"usertunnel reload: error: {error}", file=sys.stderr)
+    return 1 if errors else 0
 
 
 def params_from_args(args: argparse.Namespace) -> TunnelParams:
@@ -536,7 +677,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="usertunnel: %(message)s",
         stream=sys.stderr,
     )
-    commands = {"up": _cmd_up, "lab": _cmd_lab, "show": control.run, "stats": control.run, "explain": explain.run}
+    commands = {
+        "up": _cmd_up,
+        "lab": _cmd_lab,
+        "show": control.run,
+        "stats": control.run,
+        "explain": explain.run,
+        "daemon": _cmd_daemon,
+        "tunnel": _cmd_tunnel,
+        "reload": _cmd_reload,
+    }
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE

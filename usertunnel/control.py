@@ -35,7 +35,12 @@ The JSON tunnel object (`snapshot_of`); field names are stable:
   unmatched {drops {reason: count}}: packets this instance's raw socket received
     that none of its tunnels owned. Each instance has its own raw socket and so
     its own count (it also sees packets meant for other instances).
-`show` answers the same objects without `stats` and `unmatched`.
+Present only where they apply (stable names too):
+  keepalive {state, period, retries, sent, replies, unanswered, ...}: with --keepalive;
+  hub {learned, moved, expired, ...} and neighbors [{outer, key, static, idle, hosts, ...}]: hubs;
+  keepalives_reflected (count) and sequence {policy, next_expected, ...} (with iseq): counters.
+`show` answers the same objects without the counters (`COUNTERS`: stats, unmatched,
+keepalives_reflected, sequence).
 """
 
 from __future__ import annotations
@@ -136,6 +141,14 @@ def snapshot_of(
     }
 
 
+COUNTERS = ("stats", "unmatched", "keepalives_reflected", "sequence")
+
+
+def without_counters(t: Tunnel) -> Tunnel:
+    """A tunnel object as `show` gives it: what it is, not what it counted."""
+    return {k: v for k, v in t.items() if k not in COUNTERS}
+
+
 async def _answer(request: bytes, snapshot: Snapshot, commands: Mapping[str, Handler]) -> dict[str, Any]:
     """The answer to one request line."""
     try:
@@ -160,7 +173,7 @@ async def _answer(request: bytes, snapshot: Snapshot, commands: Mapping[str, Han
     except Exception as exc:  # a bug in a snapshot must not take the tunnel down
         return {"error": f"snapshot failed: {type(exc).__name__}: {exc}"}
     if cmd == "show":
-        tunnels = [{k: v for k, v in t.items() if k not in ("stats", "unmatched")} for t in tunnels]
+        tunnels = [without_counters(t) for t in tunnels]
     return {"tunnels": tunnels}
 
 

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from pyroute2 import NetNS, netns
@@ -129,17 +129,20 @@ def namespaces(*names: str) -> Iterator[tuple[str, ...]]:
 
 
 class UpProcess:
-    """`usertunnel up ARGS` running inside a namespace (the lab, the tests and the benchmarks use it).
+    """`usertunnel up ARGS` (or `usertunnel daemon ARGS`) running inside a namespace (the lab, the tests and
+    the benchmarks use it).
 
     A thread reads its stderr line by line, so the pipe can never fill and
     stall the tunnel, and so the readiness line and the exit `stats` lines can
     be waited for and read.
     """
 
-    def __init__(self, namespace: str, args: Sequence[str]) -> None:
+    def __init__(
+        self, namespace: str, args: Sequence[str], command: str = "up", env: Mapping[str, str] | None = None
+    ) -> None:
         self.namespace = namespace
-        argv = [sys.executable, "-m", "usertunnel", "up", *args]
-        self.proc = popen(namespace, argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        argv = [sys.executable, "-m", "usertunnel", command, *args]
+        self.proc = popen(namespace, argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         self.lines: list[str] = []
         self._up_or_eof = threading.Event()
         self._reader = threading.Thread(target=self._read_stderr, daemon=True)
@@ -168,7 +171,7 @@ class UpProcess:
         for line in self.lines:
             if ": up " in line:
                 return line
-        raise RuntimeError(f"usertunnel up in {self.namespace} did not come up: {' / '.join(self.lines[-5:])}")
+        raise RuntimeError(f"usertunnel in {self.namespace} did not come up: {' / '.join(self.lines[-5:])}")
 
     def wait_exit(self, timeout: float = 10.0) -> int:
         """Wait for the process to end by itself (SIGKILL after `timeout`); its exit status."""

@@ -133,16 +133,7 @@ def prepare(options: UpOptions) -> Prepared:
     if "%" not in params.name and netlink.link_exists(params.name):
         raise ConfigError(f"device {params.name!r} already exists: choose another --name or remove it")
     underlay = netlink.underlay_mtu(params.remote, options.device)
-    mtu = options.mtu if options.mtu is not None else params.default_mtu(underlay)
-    if not 68 <= mtu <= 65535 - params.header_length:
-        raise ConfigError(f"mtu {mtu} out of range: 68..{65535 - params.header_length}")
-    carries_ipv6 = params.mode.value.families == {6} or any(a.version == 6 for a in options.addresses)
-    if carries_ipv6 and mtu < IPV6_MIN_MTU:
-        # RFC 8200 section 5: every IPv6 link carries 1280 bytes; Linux turns IPv6 off on a smaller device.
-        raise ConfigError(
-            f"mtu {mtu} is below IPv6's minimum of {IPV6_MIN_MTU}, and this tunnel carries IPv6: give --mtu "
-            f"{IPV6_MIN_MTU} or more (the underlay then needs {IPV6_MIN_MTU + params.header_length}), or no IPv6"
-        )
+    mtu = tunnel_mtu(options, underlay)
     observer = _observer(options)
     receiver = None
     if params.mode.value.outer == 6:
@@ -184,11 +175,27 @@ def prepare(options: UpOptions) -> Prepared:
     tunnel.device_addresses = tuple(sit.DeviceAddress(a.ip.packed, a.network.prefixlen) for a in options.addresses
                                     if a.version == 6)  # fmt: skip
     return Prepared(
-        tunnel, tun, sock, mtu, observer, options.device, options.user, receiver, _forwarding(), options.batch, icmp
+        tunnel, tun, sock, mtu, observer, options.device, options.user, receiver, forwarding(), options.batch, icmp
     )
 
 
-def _forwarding() -> bool:
+def tunnel_mtu(options: UpOptions, underlay: int) -> int:
+    """The device's MTU: --mtu, else the underlay's minus the overhead; ConfigError if out of range."""
+    params = options.params
+    mtu = options.mtu if options.mtu is not None else params.default_mtu(underlay)
+    if not 68 <= mtu <= 65535 - params.header_length:
+        raise ConfigError(f"mtu {mtu} out of range: 68..{65535 - params.header_length}")
+    carries_ipv6 = params.mode.value.families == {6} or any(a.version == 6 for a in options.addresses)
+    if carries_ipv6 and mtu < IPV6_MIN_MTU:
+        # RFC 8200 section 5: every IPv6 link carries 1280 bytes; Linux turns IPv6 off on a smaller device.
+        raise ConfigError(
+            f"mtu {mtu} is below IPv6's minimum of {IPV6_MIN_MTU}, and this tunnel carries IPv6: give --mtu "
+            f"{IPV6_MIN_MTU} or more (the underlay then needs {IPV6_MIN_MTU + params.header_length}), or no IPv6"
+        )
+    return mtu
+
+
+def forwarding() -> bool:
     """Does this host (network namespace) forward IPv4 or IPv6? Then received TCP segments may be routed on,
     and the kernel would give a coalesced packet fresh checksums when it splits it again: coalescing must
     check each segment's own checksum first (core.gro's `verify`)."""
@@ -277,7 +284,7 @@ async def serve(prepared: Prepared) -> tuple[Demux, str | None]:
     return demux, (fatal[0] if fatal else None)
 
 
-def _keepalive_fields(tunnel: Tunnel) -> dict[str, Any]:
+def keepalive_fields(tunnel: Tunnel) -> dict[str, Any]:
     """What a tunnel counts besides its Counters: peers' keepalives reflected (read from the raw socket
     and sent back) and, with --keepalive, the line protocol (whose replies were read from it too);
     a hub's neighbor counters."""
@@ -293,13 +300,13 @@ def _keepalive_fields(tunnel: Tunnel) -> dict[str, Any]:
 
 def _snapshot(tunnel: Tunnel, demux: Demux, prepared: Prepared, pid: int) -> dict[str, Any]:
     snap = snapshot_of(tunnel.params, tunnel.counters, demux.unmatched, prepared.mtu, pid, prepared.device)
-    snap |= _keepalive_fields(tunnel)
+    snap |= keepalive_fields(tunnel)
     if tunnel.hub is not None:
         snap["neighbors"] = tunnel.hub.as_list(time.monotonic())
     return snap
 
 
-class _Keepalives:
+class Keepalives:
     """Sends a keepalive every PERIOD and follows the line protocol (core.keepalive) on the TUN carrier."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, prepared: Prepared, line: LineProtocol) -> None:
@@ -341,16 +348,16 @@ class _Keepalives:
         self.handle.cancel()
 
 
-def _start_keepalives(loop: asyncio.AbstractEventLoop, dataplane: Dataplane, prepared: Prepared) -> _Keepalives | None:
+def _start_keepalives(loop: asyncio.AbstractEventLoop, dataplane: Dataplane, prepared: Prepared) -> Keepalives | None:
     line = prepared.tunnel.line
     if line is None:
         return None
-    keepalives = _Keepalives(loop, prepared, line)
+    keepalives = Keepalives(loop, prepared, line)
     dataplane.on_keepalive_reply = keepalives.reply
     return keepalives
 
 
-class _Sweeper:
+class Sweeper:
     """A hub forgets spokes silent past --neighbor-timeout even when nobody sends to them (bounded memory)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, prepared: Prepared) -> None:
@@ -371,15 +378,15 @@ class _Sweeper:
         self.handle.cancel()
 
 
-def _start_sweeper(loop: asyncio.AbstractEventLoop, prepared: Prepared) -> _Sweeper | None:
-    return _Sweeper(loop, prepared) if prepared.tunnel.hub is not None else None
+def _start_sweeper(loop: asyncio.AbstractEventLoop, prepared: Prepared) -> Sweeper | None:
+    return Sweeper(loop, prepared) if prepared.tunnel.hub is not None else None
 
 
 def log_stats(demux: Demux) -> None:
     """The counters, one JSON object per tunnel (and one for packets no tunnel owns)."""
     for table in demux.tables.values():
         for tunnel in table:
-            stats = tunnel.counters.as_dict() | _keepalive_fields(tunnel)
+            stats = tunnel.counters.as_dict() | keepalive_fields(tunnel)
             log.info("%s: stats %s", tunnel.name, json.dumps(stats, sort_keys=True))
     log.info("unmatched: stats %s", json.dumps(demux.unmatched.as_dict(), sort_keys=True))
 

@@ -1,0 +1,542 @@
+"""`usertunnel daemon`: many tunnels in one process, added, changed and removed while it runs.
+
+Rules for this file: it is I/O shell. It decides nothing about packets (the
+core does) and builds no configuration (`config` does); it opens and closes
+devices and sockets, and keeps the data path moving while it does.
+
+Theory of operation. One event loop, one `Dataplane`, one `Demux` whose
+lookup is the kernel's order: every tunnel of the daemon competes for each
+received packet exactly as `ip tunnel` devices do in one kernel.
+
+- Raw sockets are shared. One receiving socket per outer protocol (GRE, IPIP,
+  sit over IPv4; each next header over IPv6) is opened when the first tunnel
+  needs it and closed with the last. A tunnel with `dev` sends through an
+  IPPROTO_RAW socket bound to that device: such a socket never receives, so
+  no packet is ever read twice. One ICMP listener serves every tunnel's path
+  MTU.
+- Changes arrive on the control socket DIR/usertunnel-daemon.sock
+  (`usertunnel tunnel add|change|del|prl|6rd`, `usertunnel reload`) or as
+  SIGHUP (reload). They are applied one at a time. Netlink work (device
+  lookups, MTU, addresses, routes) runs in a worker thread: pyroute2's
+  synchronous API runs an event loop of its own and must not run inside
+  ours, and meanwhile the other tunnels' packets keep moving.
+- add: the device (TUN, or TAP for gretap) is created. `tunnel add` leaves it
+  down, as `ip tunnel add` does (then `ip addr add` / `ip link set up`); a
+  config file's tunnel is brought up with its addresses and routes.
+- change, prl, 6rd: in place. The device, and the addresses and routes on it
+  whoever put them there, stay; a new core `Tunnel` with the new parameters
+  takes over its descriptor. Counters carry over; sequence state starts
+  afresh, as a new tunnel's does.
+- del: the device is closed, which removes it with its addresses and routes.
+- reload: the file is read and checked as a whole (`config.load_config`); if
+  it is invalid nothing changes. Otherwise tunnels it no longer declares are
+  deleted, new ones added, and those whose settings changed are deleted and
+  added again; the others are not touched. Tunnels added by `tunnel add` are
+  left alone, unless the file now declares one of the same name (the file
+  then takes it over).
+
+Refusals read like iproute2's (`add tunnel "gre1" failed: File exists`),
+followed by our reason where iproute2 would only have an errno.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from . import config as configuration
+from .config import DaemonConfig, TunnelConfig
+from .control import DAEMON, ControlServer, snapshot_of
+from .core import sit
+from .core.encap import Demux, Tunnel
+from .core.params import ConfigError, ModeSpec
+from .io import netlink, sdnotify
+from .io.loop import Dataplane, Interface
+from .io.raw import open_icmp_listener, open_raw, open_raw6_receiver, open_raw6_sender
+from .io.tun import Tun
+from .service import (
+    Keepalives,
+    Prepared,
+    Sweeper,
+    forwarding,
+    keepalive_fields,
+    log_stats,
+    new_event_loop,
+    tunnel_mtu,
+)
+
+log = logging.getLogger("usertunnel")
+
+T = TypeVar("T")
+
+CONFIG = "config"  # a tunnel the config file declares (reload may change or delete it)
+COMMAND = "command"  # a tunnel `usertunnel tunnel add` made (reload leaves it alone)
+
+
+class Sockets:
+    """The daemon's raw sockets, shared by its tunnels and counted by use."""
+
+    def __init__(self, dataplane: Dataplane) -> None:
+        self.dataplane = dataplane
+        self._receivers: dict[int, list[Any]] = {}  # table (protocol, +256 over IPv6) -> [socket, users]
+        self._senders: dict[tuple[int, str | None], list[Any]] = {}  # (outer version, device) -> [socket, users]
+
+    @staticmethod
+    def _table(spec: ModeSpec) -> int:
+        return spec.table & 0x1FF  # gretap shares GRE's socket: the demux tells them apart
+
+    def acquire(self, spec: ModeSpec, device: str | None) -> socket.socket:
+        """The socket a tunnel of `spec` sends through; its receiving socket is read from then on."""
+        table = self._table(spec)
+        entry = self._receivers.get(table)
+        if entry is None:
+            receiver = open_raw(spec.ip_protocol) if spec.outer == 4 else open_raw6_receiver(spec.ip_protocol)
+            self.dataplane.add_socket(table, receiver)
+            entry = self._receivers[table] = [receiver, 0]
+        entry[1] += 1
+        if spec.outer == 4 and device is None:
+            sock: socket.socket = entry[0]  # IP_HDRINCL: it sends as well as it receives
+            return sock
+        key = (spec.outer, device)
+        sender = self._senders.get(key)
+        if sender is None:
+            try:
+                opened = open_raw(socket.IPPROTO_RAW, device) if spec.outer == 4 else open_raw6_sender(device)
+            except BaseException:
+                self.release(spec, None)
+                raise
+            sender = self._senders[key] = [opened, 0]
+        sender[1] += 1
+        sock = sender[0]
+        return sock
+
+    def release(self, spec: ModeSpec, device: str | None) -> None:
+        """A tunnel of `spec` is gone: close what nobody uses any more."""
+        if not (spec.outer == 4 and device is None):
+            key = (spec.outer, device)
+            sender = self._senders.get(key)
+            if sender is not None:
+                sender[1] -= 1
+                if sender[1] <= 0:
+                    sender[0].close()
+                    del self._senders[key]
+        table = self._table(spec)
+        entry = self._receivers.get(table)
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] <= 0:
+                self.dataplane.remove_socket(table)
+                entry[0].close()
+                del self._receivers[table]
+
+    def close(self) -> None:
+        for table, (sock, _) in list(self._receivers.items()):
+            self.dataplane.remove_socket(table)
+            sock.close()
+        for sock, _ in self._senders.values():
+            sock.close()
+        self._receivers.clear()
+        self._senders.clear()
+
+
+@dataclass(eq=False)
+class Member:
+    """One of the daemon's tunnels: its configuration, its device, what runs for it."""
+
+    config: TunnelConfig
+    origin: str  # CONFIG or COMMAND
+    prepared: Prepared  # the tunnel, its device, its sending socket (shared: never closed through this)
+    keepalives: Keepalives | None = None
+    sweeper: Sweeper | None = None
+
+    @property
+    def name(self) -> str:
+        return self.prepared.tun.name
+
+    def stop_timers(self) -> None:
+        if self.keepalives is not None:
+            self.keepalives.cancel()
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+
+
+def _failed(action: str, name: str, reason: str) -> ConfigError:
+    """iproute2's words for a refused tunnel command (`add tunnel "gre1" failed: File exists`)."""
+    return ConfigError(f'{action} tunnel "{name}" failed: {reason}')
+
+
+class Daemon:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        config_path: str | None = None,
+        coalesce: bool = True,
+        batch: bool = True,
+    ) -> None:
+        self.loop = loop
+        self.config_path = config_path
+        self.coalesce = coalesce
+        self.demux = Demux()
+        self.dataplane = Dataplane(loop, self.demux, None, batched=batch)
+        self.dataplane.on_keepalive_reply = self._keepalive_reply
+        self.dataplane.on_tun_gone = self._tun_gone
+        self.sockets = Sockets(self.dataplane)
+        self.members: dict[str, Member] = {}
+        self.forwarding = forwarding()
+        self.pid = os.getpid()
+        self.lock = asyncio.Lock()  # one change at a time
+        self.stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # --- running ----------------------------------------------------------------------------------------
+
+    async def serve(self, initial: DaemonConfig | None) -> int:
+        """Listen, bring the config file's tunnels up, run until SIGINT/SIGTERM; the exit status."""
+        control = await ControlServer.start(
+            DAEMON,
+            self.snapshot,
+            commands={"tunnel": self._cmd_tunnel, "reload": self._cmd_reload},
+        )
+        status = 0
+        try:
+            try:
+                icmp = open_icmp_listener()
+            except (OSError, ConfigError) as exc:
+                log.warning("daemon: no path MTU discovery: %s", exc)
+            else:
+                self.dataplane.add_icmp(icmp)
+            if initial is not None:
+                async with self.lock:
+                    for cfg in initial.tunnels.values():
+                        await self._add(cfg, CONFIG)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.loop.add_signal_handler(sig, self.stop.set)
+            self.loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+            log.info("daemon: up with %d tunnel(s); control socket %s", len(self.members), control.path)
+            sdnotify.notify(f"READY=1\nSTATUS={self._status()}")
+            await self.stop.wait()
+            log.info("daemon: stopping")
+        except ConfigError as exc:
+            log.error("daemon: %s; stopping", exc)
+            status = 1
+        finally:
+            sdnotify.notify("STOPPING=1")
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                self.loop.remove_signal_handler(sig)
+            for task in list(self._tasks):
+                task.cancel()
+            log_stats(self.demux)
+            for name in list(self.members):
+                self._remove(name)
+            await control.close()
+            self.sockets.close()
+            self.dataplane.close()
+        return status
+
+    def _status(self) -> str:
+        return f"{len(self.members)} tunnel(s): {' '.join(sorted(self.members)) or '-'}"
+
+    def _on_sighup(self) -> None:
+        task = self.loop.create_task(self._reload_logged())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reload_logged(self) -> None:
+        try:
+            answer = await self._cmd_reload({})
+        except ConfigError as exc:
+            log.error("daemon: reload refused, nothing changed: %s", exc)
+        else:
+            log.info("daemon: reloaded: %s", _summary(answer))
+
+    async def _thread(self, call: Callable[..., T], *args: Any) -> T:
+        """Run blocking netlink work in a worker thread (never pyroute2 inside our loop)."""
+        return await self.loop.run_in_executor(None, functools.partial(call, *args))
+
+    # --- the control socket's commands --------------------------------------------------------------------
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        out = []
+        for member in self.members.values():
+            p = member.prepared
+            tunnel = p.tunnel
+            snap = snapshot_of(tunnel.params, tunnel.counters, self.demux.unmatched, p.mtu, self.pid, p.device)
+            snap |= keepalive_fields(tunnel)
+            if tunnel.hub is not None:
+                snap["neighbors"] = tunnel.hub.as_list(time.monotonic())
+            out.append(snap)
+        return out
+
+    async def _cmd_tunnel(self, message: dict[str, Any]) -> dict[str, Any]:
+        """`usertunnel tunnel ACTION NAME ...`: {"action", "name", "table"} in the config vocabulary."""
+        action = message.get("action")
+        name = message.get("name")
+        table = message.get("table") or {}
+        if not isinstance(table, dict) or not (name is None or isinstance(name, str)):
+            raise ConfigError("a tunnel command is {action, name, table}")
+        async with self.lock:
+            if action == "add":
+                cfg = self._build(name or _pattern(table), {"up": False} | table)
+                member = await self._add(cfg, COMMAND, action="add")
+                return {"tunnels": [member.name]}
+            if name is None:
+                raise ConfigError(f"{action}: which tunnel? give its NAME")
+            if action in ("del", "delete"):
+                self._member(name, "delete")
+                self._remove(name)
+                return {"tunnels": [name]}
+            if action == "change":
+                member = self._member(name, "change")
+                await self._change(member, configuration.merge(member.config.table, table))
+                return {"tunnels": [name]}
+            if action == "prl":
+                member = self._member(name, "change")
+                await self._change(member, _prl_table(member.config.table, table))
+                return {"tunnels": [name]}
+            if action == "6rd":
+                member = self._member(name, "change")
+                await self._change(member, _sixrd_table(member.config.table, table))
+                return {"tunnels": [name]}
+        raise ConfigError(f"unknown tunnel action {action!r}: add, change, del, prl or 6rd")
+
+    async def _cmd_reload(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Re-read the config file: all of it applies, or (invalid) none of it."""
+        if self.config_path is None:
+            raise ConfigError("this daemon was started without --config: there is no file to reload")
+        wanted = await self._thread(configuration.load_config, self.config_path)
+        async with self.lock:
+            sdnotify.reloading()
+            try:
+                return await self._apply(wanted)
+            finally:
+                sdnotify.notify(f"READY=1\nSTATUS={self._status()}")
+
+    async def _apply(self, wanted: DaemonConfig) -> dict[str, Any]:
+        running = {n: m.config for n, m in self.members.items() if m.origin == CONFIG}
+        plan = configuration.plan(running, wanted)
+        errors: list[str] = []
+        for name in plan.remove:
+            self._remove(name)
+        for name in (*plan.restart, *plan.add):
+            if name in self.members:
+                self._remove(name)  # changed, or a `tunnel add` one the file now declares
+            try:
+                await self._add(wanted.tunnels[name], CONFIG)
+            except ConfigError as exc:
+                errors.append(str(exc))
+                log.error("daemon: %s", exc)
+        return {
+            "added": list(plan.add),
+            "removed": list(plan.remove),
+            "restarted": list(plan.restart),
+            "unchanged": list(plan.unchanged),
+            "errors": errors,
+        }
+
+    def _build(self, name: str, table: Mapping[str, Any]) -> TunnelConfig:
+        return configuration.tunnel_from_table(name, table, coalesce=self.coalesce, batch=self.dataplane.batched)
+
+    def _member(self, name: str, action: str) -> Member:
+        member = self.members.get(name)
+        if member is None:
+            raise _failed(action, name, "No such device (not one of this daemon's tunnels)")
+        return member
+
+    # --- add, change, remove ------------------------------------------------------------------------------
+
+    async def _add(self, cfg: TunnelConfig, origin: str, action: str = "add") -> Member:
+        options = cfg.options
+        params = options.params
+        spec = params.mode.value
+        name = params.name
+        if name in self.members:
+            raise _failed(action, name, "File exists")
+        if "%" not in name and await self._thread(netlink.link_exists, name):
+            raise _failed(action, name, "File exists (a device of that name is not ours)")
+        try:
+            underlay = await self._thread(netlink.underlay_mtu, params.remote, options.device)
+            mtu = tunnel_mtu(options, underlay)
+        except ConfigError as exc:
+            raise _failed(action, name, str(exc)) from None
+        tunnel = Tunnel(params, ident=random.getrandbits(16))
+        tunnel.link_mtu = underlay
+        tunnel.device_addresses = tuple(
+            sit.DeviceAddress(a.ip.packed, a.network.prefixlen) for a in options.addresses if a.version == 6
+        )
+        self._check_lookup(tunnel, action)
+        sock = self.sockets.acquire(spec, options.device)
+        tun: Tun | None = None
+        try:
+            tun = Tun(name, vnet_hdr=self.coalesce and not spec.ethernet, tap=spec.ethernet)
+            await self._thread(
+                netlink.configure, tun.name, mtu, list(options.addresses), 6 in spec.families, cfg.routes, cfg.up
+            )
+            if tun.name != name:  # a pattern such as gre%d, resolved by the kernel
+                tunnel = Tunnel(replace(params, name=tun.name), ident=tunnel.ident)
+                tunnel.link_mtu = underlay
+            self.dataplane.add_interface(Interface(tunnel, tun, sock, verify_segments=self.forwarding))
+        except ConfigError as exc:
+            if tun is not None:
+                tun.close()
+            self.sockets.release(spec, options.device)
+            raise _failed(action, name, str(exc)) from None
+        except BaseException:
+            if tun is not None:
+                tun.close()
+            self.sockets.release(spec, options.device)
+            raise
+        prepared = Prepared(tunnel, tun, sock, mtu, None, options.device, None, None, self.forwarding)
+        member = Member(cfg, origin, prepared)
+        self._start_timers(member)
+        self.members[tun.name] = member
+        log.info("daemon: %s: added (%s)", tun.name, origin)
+        return member
+
+    def _check_lookup(self, tunnel: Tunnel, action: str, instead_of: Tunnel | None = None) -> None:
+        """Refuse a tunnel whose local, remote and ikey another tunnel of its table already has."""
+        if instead_of is not None:
+            self.demux.remove(instead_of)
+        try:
+            self.demux.add(tunnel)
+        except ConfigError as exc:
+            raise _failed(action, tunnel.params.name, str(exc)) from None
+        else:
+            self.demux.remove(tunnel)
+        finally:
+            if instead_of is not None:
+                self.demux.add(instead_of)
+
+    def _start_timers(self, member: Member) -> None:
+        line = member.prepared.tunnel.line
+        if line is not None:
+            member.keepalives = Keepalives(self.loop, member.prepared, line)
+        if member.prepared.tunnel.hub is not None:
+            member.sweeper = Sweeper(self.loop, member.prepared)
+
+    async def _change(self, member: Member, table: Mapping[str, Any]) -> None:
+        """`ip tunnel change`: new parameters on the same device."""
+        name = member.name
+        cfg = self._build(name, table)
+        if cfg.table == member.config.table:
+            return
+        old = member.prepared
+        old_spec = old.tunnel.params.mode.value
+        params = cfg.options.params
+        spec = params.mode.value
+        if spec.ethernet != old_spec.ethernet:
+            raise _failed("change", name, f"mode {old_spec.name} cannot become {spec.name} (delete and add)")
+        try:
+            underlay = await self._thread(netlink.underlay_mtu, params.remote, cfg.options.device)
+            mtu = (
+                tunnel_mtu(cfg.options, underlay)
+                if cfg.options.mtu is not None or _overhead_changed(old, cfg)
+                else old.mtu
+            )
+            if mtu != old.mtu:
+                await self._thread(netlink.set_mtu, name, mtu)
+        except ConfigError as exc:
+            raise _failed("change", name, str(exc)) from None
+        tunnel = Tunnel(params, ident=old.tunnel.ident)
+        tunnel.link_mtu = underlay
+        tunnel.device_addresses = old.tunnel.device_addresses
+        tunnel.counters = old.tunnel.counters
+        self._check_lookup(tunnel, "change", instead_of=old.tunnel)
+        sock = self.sockets.acquire(spec, cfg.options.device)
+        member.stop_timers()
+        self.dataplane.remove_interface(old.tunnel)
+        self.dataplane.add_interface(Interface(tunnel, old.tun, sock, verify_segments=self.forwarding))
+        self.sockets.release(old_spec, old.device)
+        member.config = cfg
+        member.prepared = Prepared(tunnel, old.tun, sock, mtu, None, cfg.options.device, None, None, self.forwarding)
+        self._start_timers(member)
+        log.info("daemon: %s: changed", name)
+
+    def _remove(self, name: str) -> None:
+        member = self.members.pop(name)
+        member.stop_timers()
+        p = member.prepared
+        self.dataplane.remove_interface(p.tunnel)
+        p.tun.close()
+        self.sockets.release(p.tunnel.params.mode.value, p.device)
+        log.info("daemon: %s: removed", name)
+
+    # --- the data path's news -----------------------------------------------------------------------------
+
+    def _keepalive_reply(self, tunnel: Tunnel) -> None:
+        for member in self.members.values():
+            if member.prepared.tunnel is tunnel and member.keepalives is not None:
+                member.keepalives.reply(tunnel)
+
+    def _tun_gone(self, iface: Interface, reason: str) -> None:
+        """Someone ran `ip link del` on one of our devices: that tunnel is gone, the others go on."""
+        for name, member in list(self.members.items()):
+            if member.prepared.tunnel is iface.tunnel:
+                log.warning("daemon: %s: %s; tunnel removed", name, reason)
+                self._remove(name)
+
+
+def _overhead_changed(old: Prepared, cfg: TunnelConfig) -> bool:
+    return old.tunnel.params.header_length != cfg.options.params.header_length or old.device != cfg.options.device
+
+
+def _pattern(table: Mapping[str, Any]) -> str:
+    """The kernel's name for a tunnel added without one: MODE%d."""
+    return f"{table.get('mode', 'gre')}%d"
+
+
+def _prl_table(table: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """`ip tunnel prl NAME prl-default A prl-nodefault B prl-delete C`: the new potential router list."""
+    entries: dict[str, str] = {}
+    for text in table.get("prl", []):
+        address, _, flag = str(text).partition("=")
+        entries[address] = flag
+    for address in given.get("prl_delete", []):
+        entries.pop(str(address), None)
+    for address in given.get("prl_default", []):
+        entries[str(address)] = ""
+    for address in given.get("prl_nodefault", []):
+        entries[str(address)] = "nodefault"
+    out = dict(table)
+    out["prl"] = [f"{a}={f}" if f else a for a, f in entries.items()]
+    return out
+
+
+def _sixrd_table(table: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """`ip tunnel 6rd dev NAME 6rd-prefix P 6rd-relay_prefix R | 6rd-reset`."""
+    out = dict(table)
+    if given.get("6rd_reset"):
+        out.pop("6rd_prefix", None)
+        out.pop("6rd_relay_prefix", None)
+    for key in ("6rd_prefix", "6rd_relay_prefix"):
+        if key in given:
+            out[key] = given[key]
+    return out
+
+
+def _summary(answer: Mapping[str, Any]) -> str:
+    parts = [f"{what} {' '.join(answer[what]) or '-'}" for what in ("added", "removed", "restarted", "unchanged")]
+    errors = answer.get("errors") or []
+    return "; ".join(parts) + (f"; {len(errors)} error(s)" if errors else "")
+
+
+def daemon(config_path: str | None, coalesce: bool = True, batch: bool = True) -> int:
+    """`usertunnel daemon`: check the config file (exit 2 through ConfigError if invalid), then serve."""
+    initial = None
+    if config_path is not None:
+        initial = configuration.load_config(config_path)
+        coalesce = coalesce and initial.coalesce
+        batch = batch and initial.batch
+        config_path = str(Path(config_path).resolve())
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        loop = runner.get_loop()
+        return runner.run(Daemon(loop, config_path, coalesce, batch).serve(initial))
