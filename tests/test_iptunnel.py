@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from usertunnel import control
 from usertunnel.iptunnel import (
     HELP,
     HELP6,
@@ -509,38 +508,6 @@ def test_show_lines_of_ipv6_addresses_are_written_as_inet_ntop_writes_them() -> 
 
 
 ipv4s = st.one_of(st.none(), st.ip_addresses(v=4).map(str))
-
-
-@given(
-    mode=st.sampled_from(["gre", "ipip"]),
-    local=ipv4s,
-    remote=ipv4s,
-    dev=st.one_of(st.none(), st.just("eth0")),
-    ikey=st.one_of(st.none(), st.integers(0, 2**32 - 1)),
-    okey=st.one_of(st.none(), st.integers(0, 2**32 - 1)),
-    flags=st.tuples(st.booleans(), st.booleans(), st.booleans(), st.booleans()),
-    ttl=st.one_of(st.none(), st.integers(1, 255)),
-    tos=st.one_of(st.none(), st.integers(0, 255)),
-    pmtudisc=st.booleans(),
-)
-def test_show_lines_print_gre_and_ipip_as_control_py_always_has(
-    mode: str,
-    local: str | None,
-    remote: str | None,
-    dev: str | None,
-    ikey: int | None,
-    okey: int | None,
-    flags: tuple[bool, bool, bool, bool],
-    ttl: int | None,
-    tos: int | None,
-    pmtudisc: bool,
-) -> None:
-    iseq, oseq, icsum, ocsum = flags
-    t = tunnel(
-        "t0", mode, local=local, remote=remote, dev=dev, ikey=ikey, okey=okey, ttl=ttl, tos=tos, pmtudisc=pmtudisc
-    )
-    t.update(iseq=iseq, oseq=oseq, icsum=icsum, ocsum=ocsum)
-    assert show_lines(t) == control._tunnel_lines(t)
 
 
 # --- show's filter ---------------------------------------------------------------------------------------------------

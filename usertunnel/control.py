@@ -64,7 +64,8 @@ from typing import Any
 
 from .core.drops import Drop
 from .core.encap import Counters
-from .core.params import ConfigError, Mode, TunnelParams
+from .core.params import ConfigError, TunnelParams
+from .iptunnel import show_lines
 
 RUN_DIR = Path("/run/usertunnel")
 NETNS_DIR = Path("/run/netns")  # where `ip netns add` names namespaces
@@ -501,10 +502,6 @@ def query(
 
 # --- printing, in iproute2's words -------------------------------------------------------------------------
 
-# tnl_strproto(): the outer protocol's name in iproute2's "MODE/ip".
-_STRPROTO = {4: "ip", 47: "gre"}
-_IPROUTE2_MODE = {m.value.name: _STRPROTO.get(m.value.ip_protocol, "unknown") for m in Mode}
-
 # Which way each drop reason's packet was going. The core counts inner_malformed and family in
 # one counter for both directions; they are shown as receive errors, where a peer's bad packets
 # land (the local stack hands the TUN device well-formed packets of its own family).
@@ -576,41 +573,6 @@ def iproute2_columns(stats: dict[str, Any]) -> dict[str, int]:
     }
 
 
-def _tunnel_lines(t: Tunnel) -> list[str]:
-    """iproute2's print_tunnel() for one tunnel, as `ip -N tunnel show` prints it (tos as a number)."""
-    mode = t["mode"]
-    line = f"{t['name']}: {_IPROUTE2_MODE.get(mode, 'unknown')}/ip"
-    line += f" remote {t['remote'] or 'any'} local {t['local'] or 'any'}"
-    if t.get("dev"):
-        line += f" dev {t['dev']}"
-    line += f" ttl {t['ttl']}" if t["ttl"] else " ttl inherit"
-    if t["tos"] is None:
-        line += " tos inherit"
-    elif t["tos"]:
-        line += f" tos 0x{t['tos']:02x}"
-    if not t["pmtudisc"]:
-        line += " nopmtudisc"
-    ikey, okey = t["ikey"], t["okey"]
-    if ikey is not None and ikey == okey:
-        line += f" key {ikey}"
-    else:
-        if ikey is not None:
-            line += f" ikey {ikey}"
-        if okey is not None:
-            line += f" okey {okey}"
-    lines = [line]
-    if mode == "gre":  # tnl_print_gre_flags(), in its order
-        for flag, words in (
-            ("iseq", "Drop packets out of sequence."),
-            ("icsum", "Checksum in received packet is required."),
-            ("oseq", "Sequence packets on output."),
-            ("ocsum", "Checksum output packets."),
-        ):
-            if t[flag]:
-                lines.append(f"  {words}")
-    return lines
-
-
 def _extras_line(t: Tunnel) -> str:
     line = f"  usertunnel: pid {t['pid']} mtu {t['mtu']}"
     keepalive = t.get("keepalive")
@@ -651,7 +613,7 @@ def format_show(tunnels: list[Tunnel]) -> str:
     """`ip tunnel show`'s lines for each tunnel, then usertunnel's own line (pid, mtu)."""
     lines: list[str] = []
     for t in tunnels:
-        lines += _tunnel_lines(t)
+        lines += show_lines(t)
         lines.append(_extras_line(t))
     return "".join(f"{line}\n" for line in lines)
 
@@ -662,7 +624,7 @@ def format_stats(tunnels: list[Tunnel]) -> str:
     unmatched_shown: set[object] = set()
     for t in tunnels:
         c = iproute2_columns(t.get("stats", {}))
-        lines += _tunnel_lines(t)
+        lines += show_lines(t)
         # tnl_print_stats(): the same widths, so the columns line up as iproute2's do.
         lines.append(_RX_HEADER)
         lines.append(
