@@ -155,7 +155,7 @@ def prepare(options: UpOptions) -> Prepared:
     tun: Tun | None = None
     try:
         ethernet = params.mode.value.ethernet
-        tun = Tun(params.name, vnet_hdr=options.coalesce and not ethernet, tap=ethernet)
+        tun = Tun(params.name, vnet_hdr=options.coalesce and not ethernet, tap=ethernet, multi_queue=options.queues > 1)
         if tun.name != params.name:  # a name pattern such as gre%d, resolved by the kernel
             params = replace(params, name=tun.name)
         netlink.configure(tun.name, mtu, options.addresses, ipv6=6 in params.mode.value.families)

@@ -70,7 +70,7 @@ from .core.params import ConfigError, TunnelParams
 from .io.loop import Dataplane, Interface
 from .io.privilege import drop_to
 from .io.raw import OUTER_HEADER, ShardLayout, attach_shard_filter, open_icmp_listener, open_raw
-from .io.tun import Tun, multi_queue_devices
+from .io.tun import Tun
 from .service import Prepared, UpOptions, describe, new_event_loop, prepare
 
 log = logging.getLogger("usertunnel")
@@ -199,8 +199,7 @@ def up_queues(options: UpOptions) -> int:
     """`usertunnel up --queues N`: prepare, fork the workers, supervise until a signal; the exit status."""
     check(options)
     count = options.queues
-    with multi_queue_devices():
-        prepared = prepare(options)
+    prepared = prepare(options)
     params = prepared.tunnel.params
     queues: list[Tun] = [prepared.tun]
     sockets: list[socket.socket] = [prepared.sock]

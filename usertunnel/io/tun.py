@@ -26,11 +26,9 @@ device lasts until its last queue is closed.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import struct
-from collections.abc import Iterator
 
 import pytun
 
@@ -44,31 +42,10 @@ VNET_NONE = bytes(VNET_HDR_LEN)  # no GSO, no checksum offload: a plain packet
 _NEEDS_CSUM = 1  # VIRTIO_NET_HDR_F_NEEDS_CSUM
 
 
-_multi_queue_default = False  # see `multi_queue_devices`
-
-
-@contextlib.contextmanager
-def multi_queue_devices() -> Iterator[None]:
-    """Devices created inside the block without an explicit `multi_queue` are multi-queue.
-
-    For code that creates the device through a caller that does not pass the flag
-    itself (usertunnel.workers around service.prepare). Not thread-safe: call it
-    from the one thread that sets up the tunnel, before any worker exists.
-    """
-    global _multi_queue_default
-    previous, _multi_queue_default = _multi_queue_default, True
-    try:
-        yield
-    finally:
-        _multi_queue_default = previous
-
-
 class Tun:
-    def __init__(self, name: str, vnet_hdr: bool = False, tap: bool = False, multi_queue: bool | None = None) -> None:
+    def __init__(self, name: str, vnet_hdr: bool = False, tap: bool = False, multi_queue: bool = False) -> None:
         # A TAP device (gretap) reads and writes Ethernet frames instead of IP packets.
         kind = pytun.IFF_TAP if tap else pytun.IFF_TUN
-        if multi_queue is None:
-            multi_queue = _multi_queue_default
         flags = kind | pytun.IFF_NO_PI | (pytun.IFF_VNET_HDR if vnet_hdr else 0)
         flags |= pytun.IFF_MULTI_QUEUE if multi_queue else 0
         try:
