@@ -761,3 +761,14 @@ def test_every_toml_example_in_the_documentation_parses() -> None:
     assert blocks
     for block in blocks:
         parse_config(textwrap.dedent(block), "docs/config.md")
+
+
+def test_csum_verify_derived_builds_what_up_builds_and_needs_icsum() -> None:
+    table = {"mode": "gre", "local": "198.51.100.1", "remote": "198.51.100.2", "csum": True, "csum_verify": "derived"}
+    built = tunnel_from_table("gre1", table).options.params
+    flags = ["up", "--name", "gre1", "--local", "198.51.100.1", "--remote", "198.51.100.2", "--csum"]
+    assert built == cli.params_from_args(cli.build_parser().parse_args([*flags, "--csum-verify", "derived"]))
+    with pytest.raises(ConfigError, match="csum_verify: derived says how received GRE checksums are verified"):
+        tunnel_from_table("gre1", table | {"csum": False})
+    with pytest.raises(ConfigError, match="invalid csum_verify 'sometimes'"):
+        tunnel_from_table("gre1", table | {"csum_verify": "sometimes"})

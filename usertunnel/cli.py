@@ -21,6 +21,7 @@ from . import __version__, control, explain
 from .core.keepalive import parse_keepalive
 from .core.neighbors import HubParams, parse_neighbor, parse_spoke, parse_timeout
 from .core.params import (
+    CSUM_VERIFY,
     ConfigError,
     Mode,
     TunnelParams,
@@ -215,6 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--csum", action="store_true", help="--icsum and --ocsum")
     g.add_argument("--icsum", action="store_true", help="require a GRE checksum (one present is always verified)")
     g.add_argument("--ocsum", action="store_true", help="send a checksum over the GRE header and inner packet")
+    g.add_argument(
+        "--csum-verify",
+        choices=CSUM_VERIFY,
+        default="full",
+        help="how a received checksum is verified. full (default, Linux's): every byte is summed. derived: "
+        "the GRE and inner IPv4 headers are summed and the rest is derived from the TCP/UDP headers, in O(1); "
+        "damage inside a TCP/UDP segment then passes into TUN and is caught and counted by the receiving "
+        "host's own TCP/UDP checksum, not by usertunnel (README: what is verified where)",
+    )
 
     k = up.add_argument_group(
         "keepalives (Cisco IOS's; Linux has none)",
@@ -614,6 +624,7 @@ def params_from_args(args: argparse.Namespace) -> TunnelParams:
         reflect_keepalives=args.reflect_keepalives,
         hub=hub,
         seq_policy=args.seq_policy,
+        csum_verify=args.csum_verify,
         sixrd=sixrd,
         prl=tuple(args.prl),
         **outer6,

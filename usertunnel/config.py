@@ -46,6 +46,7 @@ from typing import Any, TypeVar
 from .core.keepalive import parse_keepalive
 from .core.neighbors import DEFAULT_TIMEOUT, HubParams, parse_neighbor, parse_spoke, parse_timeout
 from .core.params import (
+    CSUM_VERIFY,
     IFNAMSIZ,
     ConfigError,
     Mode,
@@ -135,6 +136,7 @@ _KEYS: dict[str, _Key] = {
     "keepalive": _Key((str, int, float), 'a number of seconds, or a string "PERIOD[,RETRIES]" such as "10,3"'),
     "reflect_keepalives": _Key((bool,), _BOOL),
     "seq_policy": _Key((str,), '"kernel", "rfc2890" or "resync"'),
+    "csum_verify": _Key((str,), '"full" or "derived"'),
     "neighbors": _Key((list,), _STRINGS + '["203.0.113.8/29=198.51.100.8"]'),
     "spokes": _Key((list,), _STRINGS + '["1001=203.0.113.16/28"]'),
     "neighbor_timeout": _Key((int, float), "a number of seconds 1..604800"),
@@ -166,7 +168,7 @@ def _is_sit(m: ModeSpec) -> bool:
 # Which modes a key means something for: (keys, what they are, the modes that have them).
 _BELONGS: tuple[tuple[frozenset[str], str, Callable[[ModeSpec], bool]], ...] = (
     (
-        frozenset({"ikey", "okey", "iseq", "oseq", "icsum", "ocsum", "seq_policy", "spokes"}),
+        frozenset({"ikey", "okey", "iseq", "oseq", "icsum", "ocsum", "seq_policy", "csum_verify", "spokes"}),
         "a GRE option",
         lambda m: m.is_gre,
     ),
@@ -361,6 +363,12 @@ def _hex_or_int(convert: Callable[[str], int | None], maximum: int, what: str) -
     return read
 
 
+def _csum_verify(text: str) -> str:
+    if text not in CSUM_VERIFY:
+        raise ConfigError(f"invalid csum_verify {text!r}: {' or '.join(repr(v) for v in CSUM_VERIFY)}")
+    return text
+
+
 def _route(text: str) -> Network:
     try:
         return ipaddress.ip_network(text, strict=True)
@@ -436,6 +444,9 @@ def tunnel_from_table(
     seq_policy = r.get("seq_policy", parse_seq_policy, SeqPolicy.KERNEL)
     if seq_policy is not SeqPolicy.KERNEL and not r.get("iseq", bool, False):
         raise r.refuse("seq_policy", f"{seq_policy.value} says how received sequence numbers are enforced: needs iseq")
+    csum_verify = r.get("csum_verify", _csum_verify, "full")
+    if csum_verify != "full" and not r.get("icsum", bool, False):
+        raise r.refuse("csum_verify", f"{csum_verify} says how received GRE checksums are verified: needs icsum")
     keepalive = r.get("keepalive", _decimal(parse_keepalive), None)
     if keepalive is not None and (local is None or remote is None):
         raise r.refuse("keepalive", "keepalives go to the remote and come back to local: give both addresses")
@@ -468,6 +479,7 @@ def tunnel_from_table(
             reflect_keepalives=r.get("reflect_keepalives", bool, True),
             hub=hub,
             seq_policy=seq_policy,
+            csum_verify=csum_verify,
             sixrd=sixrd,
             prl=tuple(r.each("prl", cli._prl_entry)),
             **outer6,

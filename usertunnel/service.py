@@ -89,6 +89,8 @@ def describe(params: TunnelParams, mtu: int) -> str:
     parts.extend(flag for flag in ("iseq", "oseq", "icsum", "ocsum") if getattr(p, flag))
     if p.iseq:
         parts.append(f"seq-policy {p.seq_policy.value}")
+    if p.csum_verify != "full":
+        parts.append(f"csum-verify {p.csum_verify}")
     if p.keepalive is not None:
         parts.append(f"keepalive {p.keepalive.period:g},{p.keepalive.retries}")
     if p.hub is not None:

@@ -70,6 +70,9 @@ ETHERNET_HEADER = 14
 _IFNAME = re.compile(r"^[^\s/:]{1,15}$")
 
 
+CSUM_VERIFY = ("full", "derived")
+
+
 @dataclass(frozen=True, slots=True)
 class TunnelParams:
     """One tunnel. `None` for `local`/`remote` means any address (a wildcard in lookup).
@@ -103,6 +106,10 @@ class TunnelParams:
     # sit --remote any: 6to4 (the default) or 6rd (`ip tunnel 6rd`); isatap: the potential router list.
     sixrd: SixRd | None = None
     prl: tuple[PrlEntry, ...] = ()
+    # How a received GRE checksum is verified (`--csum-verify`, core.encap.csum_derived_is_valid):
+    # "full" sums every byte, as Linux; "derived" sums the headers only and leaves the TCP/UDP payload
+    # to the receiving host's transport checksum. Linux has no such choice.
+    csum_verify: str = "full"
 
     def __post_init__(self) -> None:
         if not _IFNAME.match(self.name):
@@ -142,6 +149,12 @@ class TunnelParams:
                 raise ConfigError(f"spoke keys are GRE keys; mode {self.mode.value.name} has none")
             if self.hub.spokes and self.okey is not None and self.okey != self.ikey:
                 raise ConfigError("a hub with --spoke keys answers each spoke with its own key: --okey cannot differ")
+        if self.csum_verify not in CSUM_VERIFY:
+            raise ConfigError(f"invalid csum-verify {self.csum_verify!r}: {' or '.join(CSUM_VERIFY)}")
+        if self.csum_verify != "full" and not self.icsum:
+            raise ConfigError(
+                "--csum-verify says how received GRE checksums are verified: use it with --csum or --icsum"
+            )
         if self.ttl is not None and not self.pmtudisc:
             # iproute2 refuses this combination with the same words.
             raise ConfigError("ttl != 0 and nopmtudisc are incompatible")
