@@ -245,13 +245,13 @@ ERRORS = [
     pytest.param(
         '[tunnel.a]\nmode = "ipip"\nremote = "198.51.100.2"\nseq = true\n',
         4,
-        "tunnel a: seq: is a GRE option, for mode gre or ip6gre or gretap: not mode ipip",
+        "tunnel a: seq: is a GRE option, for mode gre or ip6gre or gretap or ip6gretap: not mode ipip",
         id="gre-option-on-ipip",
     ),
     pytest.param(
         '[tunnel.a]\nmode = "gre"\nremote = "198.51.100.2"\nencaplimit = 4\n',
         4,
-        "encaplimit: is an IPv6 outer header's option, for mode ipip6 or ip6ip6 or ip6gre: not mode gre",
+        "encaplimit: is an IPv6 outer header's option, for mode ipip6 or ip6ip6 or ip6gre or ip6gretap: not mode gre",
         id="ipv6-only",
     ),
     pytest.param(

@@ -126,3 +126,49 @@ def test_two_namespaces_share_one_l2_segment_arp_nd_ping_and_tcp_cross_it(lab: L
     assert stats["drops"] == {}, stats
     assert re.search(r"mtu 1458", " ".join(lab.ends[0].lines)), lab.ends[0].lines[:2]
     assert os.path.exists("/dev/net/tun")
+
+
+# --- ip6gretap: the same over an IPv6 underlay ---------------------------------------------------------------
+
+A6, B6 = bytes.fromhex("20010db8000000000000000000000001"), bytes.fromhex("20010db8000000000000000000000002")
+
+
+def tap6(local: bytes, remote: bytes, **kw: object) -> Tunnel:
+    return Tunnel(TunnelParams("tap0", Mode.IP6GRETAP, local, remote, ttl=64, **kw))  # type: ignore[arg-type]
+
+
+def test_ip6gretap_sends_a_frame_after_the_encapsulation_limit_option_and_gets_it_back() -> None:
+    from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt
+
+    ours, peer = tap6(A6, B6, ikey=9, okey=9), tap6(B6, A6, ikey=9, okey=9)
+    frame = frame_ip(tos=0x02)
+    wire = ours.encapsulate(frame)
+    assert isinstance(wire, bytes)
+    outer = IPv6(wire)
+    assert outer.hlim == 64 and outer.tc & 3 == 2  # ECT(0) copied from the IP packet inside the frame
+    assert IPv6ExtHdrDestOpt in outer  # RFC 2473's encapsulation limit, default 4
+    assert outer[GRE].proto == 0x6558 and outer[GRE].key == 9 and outer[Ether].src == MAC_A
+    demux = Demux()
+    demux.add(peer)
+    # A raw IPv6 socket hands over what follows the IPv6 header and its extension headers.
+    got = demux.decapsulate6(47, A6, B6, outer.tc, bytes(outer[GRE]))
+    assert isinstance(got, Received) and bytes(got.inner) == frame
+    assert TunnelParams("t", Mode.IP6GRETAP, A6, B6, ttl=64).default_mtu(1500) == 1500 - 40 - 8 - 4 - 14
+
+
+@pytest.mark.netns
+def test_ip6gretap_joins_two_namespaces_into_one_l2_segment_over_ipv6(lab: Lab) -> None:
+    six = {lab.a: "2001:db8::1", lab.b: "2001:db8::2"}
+    for ns, veth in ((lab.a, lab.veth_a), (lab.b, lab.veth_b)):
+        netns.run(ns, ["ip", "-6", "addr", "add", f"{six[ns]}/64", "dev", veth, "nodad"], check=True)
+    for ns, other, inner, mac in ((lab.a, lab.b, INNER_A, MAC_A), (lab.b, lab.a, INNER_B, MAC_B)):
+        lab.start(ns, ["--mode", "ip6gretap", "--local", six[ns], "--remote", six[other], "--name", "tap6",
+                       "--key", "77", "--address", f"{inner}/24"])  # fmt: skip
+        netns.run(ns, ["ip", "link", "set", "tap6", "address", mac], check=True)
+    assert lab.ping(lab.a, INNER_B).returncode == 0
+    neigh = netns.run(lab.a, ["ip", "neigh", "show", INNER_B, "dev", "tap6"]).stdout.decode()
+    assert MAC_B in neigh, neigh
+    sent, received = tcp_transfer(lab.a, lab.b, INNER_B, 5202, 4 * 1024 * 1024)
+    assert sent == received
+    stats = lab.ends[0].stop()["tap6"]
+    assert stats["drops"] == {}, stats

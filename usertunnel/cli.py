@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="over IPv4: gre (default; carries IPv4 and IPv6), ipip (IPv4 in IPv4), sit (IPv6 in IPv4), "
         "isatap (sit with RFC 5214's rules); over IPv6: ipip6 (IPv4 in IPv6), ip6ip6 (IPv6 in IPv6), "
         "ip6gre (GRE over IPv6); gretap (Ethernet frames over GRE, through a TAP device: one L2 segment "
-        "across the tunnel). --local and --remote are of the outer family",
+        "across the tunnel) and ip6gretap (the same over IPv6). --local and --remote are of the outer family",
     )
     ends.add_argument(
         "--local",

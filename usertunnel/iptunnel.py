@@ -63,7 +63,7 @@ DEFAULT_HOP_LIMIT = 64  # DEFAULT_TNL_HOP_LIMIT in ip6tunnel.c
 
 HELP6 = f"""\
 Usage: {PROGRAM6} {{ add | change | del | show }} [ NAME ]
-          [ mode {{ ip6ip6 | ipip6 | ip6gre | any }} ]
+          [ mode {{ ip6ip6 | ipip6 | ip6gre | ip6gretap | any }} ]
           [ remote ADDR local ADDR ] [ dev PHYS_DEV ]
           [ encaplimit ELIM ]
           [ hoplimit TTL ] [ tclass TCLASS ] [ flowlabel FLOWLABEL ]
@@ -81,7 +81,7 @@ Where: NAME      := STRING
 """
 
 MODES4 = ("gre", "ipip", "sit", "isatap", "gretap")  # outer IPv4: `ip tunnel`
-MODES6 = ("ipip6", "ip6ip6", "ip6gre")  # outer IPv6: `ip -6 tunnel`
+MODES6 = ("ipip6", "ip6ip6", "ip6gre", "ip6gretap")  # outer IPv6: `ip -6 tunnel`
 
 # Table keys beyond the config file's vocabulary: `ip -6 tunnel` words usertunnel's core has no
 # counterpart for yet. They are kept (never dropped silently) so that the daemon can refuse them.
@@ -386,6 +386,7 @@ _MODE_WORDS6 = {
     "ip4ip6": "ipip6",
     "ip6gre": "ip6gre",
     "gre/ipv6": "ip6gre",
+    "ip6gretap": "ip6gretap",  # usertunnel's own, as gretap in the IPv4 grammar
     "any/ipv6": "any",
     "any": "any",
 }
@@ -727,6 +728,7 @@ _STRPROTO = {
     "ipip6": "ip/ipv6",
     "ip6ip6": "ipv6/ipv6",
     "ip6gre": "gre/ipv6",
+    "ip6gretap": "gre/ipv6",
 }
 # A sit device's 6rd prefix before any `6rd` command: the 6to4 prefix (ipip6_tunnel_clone_6rd in sit.c).
 DEFAULT_6RD = {"prefix": "2002::/16", "relay_prefix": "0.0.0.0/0"}
@@ -804,7 +806,7 @@ def _lines6(t: Mapping[str, Any]) -> list[str]:
     line += " tclass inherit" if tclass is None else f" tclass 0x{tclass:02x}"
     line += " flowlabel inherit" if flowlabel is None else f" flowlabel 0x{flowlabel:05x}"
     line += f" (flowinfo 0x{(tclass or 0) << 20 | (flowlabel or 0):08x})"
-    keys, flags = _gre_flags(t, gre=t["mode"] == "ip6gre")
+    keys, flags = _gre_flags(t, gre=t["mode"] in ("ip6gre", "ip6gretap"))
     return [line + keys, *flags]
 
 

@@ -39,6 +39,7 @@ from .sequence import SeqPolicy, SequenceState, Verdict, new_sequence_state
 _OUTER = struct.Struct("!BBHHHBBH4s4s")
 _OUTER6 = struct.Struct("!IHBB16s16s")
 # IPv6 inner packets whose extension headers may carry a tunnel encapsulation limit (RFC 2473 4.1.1).
+_NOT_IP = bytes(40)  # what ip6gretap reads for the outer header's sake from a frame carrying no IP packet
 _EXTENSIONS = frozenset({ipv6.NEXTHDR_HOP, ipv6.NEXTHDR_ROUTING, ipv6.NEXTHDR_FRAGMENT, ipv6.NEXTHDR_AUTH,
                          ipv6.NEXTHDR_DEST})  # fmt: skip
 _U16 = struct.Struct("!H")
@@ -325,13 +326,19 @@ class Tunnel:
         """The outer IPv6 header (and encapsulation limit option) as ip6_tnl_xmit builds it, then `tunnel_hdr`."""
         p = self.params
         limit = p.encaplimit
-        if inner[0] >> 4 == 6 and inner[6] in _EXTENSIONS:
+        packet = inner
+        if p.mode.value.ethernet:
+            # ip6gretap: the IP packet inside the frame, if any, is what ip6gre_xmit_ipv4/ipv6 read.
+            ethertype = (inner[12] << 8) | inner[13]
+            carried = (ethertype == 0x0800 and len(inner) >= 34) or (ethertype == 0x86DD and len(inner) >= 54)
+            packet = inner[14:] if carried else _NOT_IP
+        if packet[0] >> 4 == 6 and packet[6] in _EXTENSIONS:
             # An inner limit wins over ours, one less; a limit of 0 stops here (RFC 2473 section 4.1.1).
-            found = ipv6.next_encap_limit(inner, limit)
+            found = ipv6.next_encap_limit(packet, limit)
             if isinstance(found, ipv6.EncapLimitExhausted):
                 return self.counters.drop(Drop.ENCAP_LIMIT)
             limit = found
-        label = ipv6.outer_flow_label(p.flowlabel, inner)
+        label = ipv6.outer_flow_label(p.flowlabel, packet)
         protocol = p.mode.value.ip_protocol
         n = len(inner)
         if limit is None:

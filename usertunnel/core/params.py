@@ -55,6 +55,7 @@ class Mode(enum.Enum):
     IP6IP6 = ModeSpec("ip6ip6", 41, frozenset({6}), False, outer=6)  # RFC 2473: IPv6 in IPv6
     IP6GRE = ModeSpec("ip6gre", 47, frozenset({4, 6}), True, outer=6)  # GRE over IPv6 (RFC 7676)
     GRETAP = ModeSpec("gretap", 47, frozenset({4, 6}), True, ethernet=True)  # Ethernet over GRE (RFC 1701 0x6558)
+    IP6GRETAP = ModeSpec("ip6gretap", 47, frozenset({4, 6}), True, outer=6, ethernet=True)  # the same over IPv6
 
     @classmethod
     def from_name(cls, name: str) -> Mode:
