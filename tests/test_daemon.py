@@ -462,3 +462,40 @@ def test_tunnel_help_prints_the_grammar(lab: Lab, words: list[str]) -> None:
     out = usertunnel(lab.a, *words)
     assert out.returncode == 0
     assert out.stdout.decode().startswith("Usage: usertunnel")
+
+
+def test_prl_and_6rd_commands_change_a_sit_tunnel_in_place(lab: Lab) -> None:
+    start_daemon(lab, lab.a)
+    assert usertunnel(lab.a, "tunnel", "add", "isa0", "mode", "isatap", "local", UNDER_A).returncode == 0
+    # (with local A too it would have isa0's lookup: Linux refuses that as well, both being sit devices)
+    assert usertunnel(lab.a, "tunnel", "add", "sit9", "mode", "sit").returncode == 0
+    before = ifindex(lab, lab.a, "isa0")
+
+    def line(name: str) -> str:
+        out = usertunnel(lab.a, "tunnel", "show", name).stdout.decode().splitlines()
+        return out[0] if out else ""
+
+    for words in (["prl-default", "198.51.100.9"], ["prl-nodefault", "198.51.100.10"]):  # one at a time, as ip
+        prl = usertunnel(lab.a, "tunnel", "prl", *words, "dev", "isa0")
+        assert prl.returncode == 0, prl.stderr.decode()
+    assert " pdr 198.51.100.9 pr 198.51.100.10 " in line("isa0")
+    assert usertunnel(lab.a, "tunnel", "prl", "prl-delete", "198.51.100.9", "dev", "isa0").returncode == 0
+    assert "198.51.100.9 " not in line("isa0") and " pr 198.51.100.10 " in line("isa0")
+    assert ifindex(lab, lab.a, "isa0") == before
+
+    assert " 6rd-prefix 2002::/16" in line("sit9")  # 6to4 until told otherwise, as Linux
+    six = usertunnel(lab.a, "tunnel", "6rd", "dev", "sit9", "6rd-prefix", "2001:db8::/32")
+    assert six.returncode == 0, six.stderr.decode()
+    assert " 6rd-prefix 2001:db8::/32" in line("sit9")
+    (t,) = [t for t in show(lab.a) if t["name"] == "sit9"]
+    assert t["sixrd"] == {"prefix": "2001:db8::/32", "relay_prefix": "0.0.0.0/0"}
+    assert usertunnel(lab.a, "tunnel", "6rd", "dev", "sit9", "6rd-reset").returncode == 0
+    assert " 6rd-prefix 2002::/16" in line("sit9")
+
+
+def test_ip6_options_usertunnel_does_not_have_are_refused_before_reaching_the_daemon(lab: Lab) -> None:
+    out = usertunnel(
+        lab.a, "-6", "tunnel", "add", "t6", "mode", "ip6ip6", "remote", SIX_B, "local", SIX_A, "dscp", "inherit"
+    )
+    assert out.returncode == 2
+    assert "dscp inherit" in out.stderr.decode() and "not in usertunnel" in out.stderr.decode()

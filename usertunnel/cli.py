@@ -544,6 +544,13 @@ def _cmd_tunnel(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"usertunnel tunnel: error: {problem}", file=sys.stderr)
         return 1 if problems else 0
+    unsupported = [key for key in iptunnel.EXTRA_KEYS if key in command.table]
+    if unsupported:
+        words = {"dscp_inherit": "dscp inherit (tclass inherit copies the inner DSCP)",
+                 "allow_localremote": "[no]allow-localremote"}  # fmt: skip
+        print(f"usertunnel tunnel: error: {', '.join(words[k] for k in unsupported)}: not in usertunnel",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
     message = {"cmd": "tunnel", "action": command.action, "name": command.name, "table": command.table}
     try:
         control.ask_daemon(message)

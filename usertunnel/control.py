@@ -24,7 +24,7 @@ both sides (the netns part stays); `--dir` names the exact directory.
 
 The JSON tunnel object (`snapshot_of`); field names are stable:
   name, mode (a --mode name: "gre", "ipip", "sit", "isatap", "ipip6", "ip6ip6",
-  "ip6gre", "gretap"), local, remote (address text, null = any),
+  "ip6gre", "gretap", "ip6gretap"), local, remote (address text, null = any),
   dev (underlay device or null), ikey, okey (0..4294967295, null = none),
   iseq, oseq, icsum, ocsum, pmtudisc (booleans), ttl (1..255, null = inherit),
   tos (0..255, null = inherit), encaplimit (0..255, null = none),
@@ -714,7 +714,7 @@ instance's raw socket sees every GRE (or IPIP) packet, so this includes
 packets for other instances and other hosts' tunnels.
 
 -j prints a JSON list, one object per tunnel, with these stable fields:
-  name, mode ("gre"|"ipip"|"sit"|"isatap"|"ipip6"|"ip6ip6"|"ip6gre"|"gretap"),
+  name, mode ("gre"|"ipip"|"sit"|"isatap"|"ipip6"|"ip6ip6"|"ip6gre"|"gretap"|"ip6gretap"),
   local, remote (null = any), dev (null = none),
   ikey, okey (null = no key), iseq, oseq, icsum, ocsum, pmtudisc (booleans),
   ttl (null = inherit), tos (null = inherit), encaplimit (null = none),
