@@ -236,8 +236,7 @@ class Daemon:
             for task in list(self._tasks):
                 task.cancel()
             log_stats(self.demux)
-            for name in list(self.members):
-                self._remove(name)
+            await asyncio.gather(*(self._remove(name) for name in list(self.members)))
             await control.close()
             self.sockets.close()
             self.dataplane.close()
@@ -293,7 +292,7 @@ class Daemon:
                 raise ConfigError(f"{action}: which tunnel? give its NAME")
             if action in ("del", "delete"):
                 self._member(name, "delete")
-                self._remove(name)
+                await self._remove(name)
                 return {"tunnels": [name]}
             if action == "change":
                 member = self._member(name, "change")
@@ -326,10 +325,10 @@ class Daemon:
         plan = configuration.plan(running, wanted)
         errors: list[str] = []
         for name in plan.remove:
-            self._remove(name)
+            await self._remove(name)
         for name in (*plan.restart, *plan.add):
             if name in self.members:
-                self._remove(name)  # changed, or a `tunnel add` one the file now declares
+                await self._remove(name)  # changed, or a `tunnel add` one the file now declares
             try:
                 await self._add(wanted.tunnels[name], CONFIG)
             except ConfigError as exc:
@@ -377,7 +376,8 @@ class Daemon:
         sock = self.sockets.acquire(spec, options.device)
         tun: Tun | None = None
         try:
-            tun = Tun(name, vnet_hdr=self.coalesce and not spec.ethernet, tap=spec.ethernet)
+            # Creating a device takes the kernel a while too: a worker thread, as for netlink.
+            tun = await self._thread(Tun, name, self.coalesce and not spec.ethernet, spec.ethernet)
             await self._thread(
                 netlink.configure, tun.name, mtu, list(options.addresses), 6 in spec.families, cfg.routes, cfg.up
             )
@@ -461,14 +461,17 @@ class Daemon:
         self._start_timers(member)
         log.info("daemon: %s: changed", name)
 
-    def _remove(self, name: str) -> None:
+    def _remove(self, name: str) -> asyncio.Future[None]:
+        """Take a tunnel out of the data path at once; its device is closed in a worker thread (the
+        kernel takes milliseconds to unregister a device, which the other tunnels should not wait for).
+        Await the result to know the device is gone."""
         member = self.members.pop(name)
         member.stop_timers()
         p = member.prepared
         self.dataplane.remove_interface(p.tunnel)
-        p.tun.close()
         self.sockets.release(p.tunnel.params.mode.value, p.device)
         log.info("daemon: %s: removed", name)
+        return self.loop.run_in_executor(None, p.tun.close)
 
     # --- the data path's news -----------------------------------------------------------------------------
 
