@@ -6,6 +6,7 @@ import asyncio
 import errno
 import os
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from usertunnel.core.drops import Drop
 from usertunnel.core.encap import Demux, Tunnel
 from usertunnel.core.params import Mode, TunnelParams
-from usertunnel.io.loop import Dataplane, Interface
+from usertunnel.io.loop import BUSY_GAP, Dataplane, Interface
 
 A, B = bytes([198, 51, 100, 1]), bytes([198, 51, 100, 2])
 
@@ -91,6 +92,7 @@ def test_send_errors_are_counted_by_errno_and_later_packets_still_go_out(loop: a
     dp.interfaces[tunnel] = Interface(tunnel, tun, sock)  # type: ignore[arg-type]
     for n in range(6):
         tun.theirs.send(inner_packet(n))
+    dp.interfaces[tunnel].left = time.monotonic()  # busy: this wakeup drains the queue
     dp._on_tun_readable(dp.interfaces[tunnel])
     c = tunnel.counters
     assert c.drops == {Drop.SEND_NOBUFS: 1, Drop.SEND_MSGSIZE: 1, Drop.ICMP_ERROR: 1, Drop.SEND_ERROR: 1}
@@ -118,3 +120,67 @@ def test_icmp_errors_on_the_raw_socket_do_not_stop_receiving(loop: asyncio.Abstr
     assert tunnel.counters.rx_packets == 1
     tun.close()
     sock.close()
+
+
+def test_a_quiet_tun_wakeup_sends_one_packet_and_a_busy_one_drains_the_queue(loop: asyncio.AbstractEventLoop) -> None:
+    """Quiet (the last wakeup ended over BUSY_GAP ago): one packet, sent at once; the loop, level-triggered,
+    calls back for the rest, and a wakeup that soon drains them all, in order."""
+    tunnel = Tunnel(TunnelParams("fake0", Mode.GRE, A, B))
+    tun = FakeTun()
+    sock = FailingRawSocket([], [])
+    dp = Dataplane(loop, Demux(), batched=False)
+    iface = dp.interfaces[tunnel] = Interface(tunnel, tun, sock)  # type: ignore[arg-type]
+    for n in range(5):
+        tun.theirs.send(inner_packet(n))
+    iface.left = time.monotonic() - 10 * BUSY_GAP
+    dp._on_tun_readable(iface)
+    assert len(sock.sent) == 1 and tunnel.counters.tx_packets == 1
+    iface.left = time.monotonic()
+    dp._on_tun_readable(iface)
+    assert [packet[24:] for packet in sock.sent] == [inner_packet(n) for n in range(5)]
+    assert tunnel.counters.tx_packets == 5
+    tun.close()
+    sock.close()
+
+
+@pytest.fixture
+def udp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """Stand-ins for a raw socket: a UDP datagram carries a whole outer packet, which recvmmsg and
+    recv_into hand over as a raw socket would."""
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.setblocking(False)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.connect(receiver.getsockname())
+    yield sender, receiver
+    sender.close()
+    receiver.close()
+
+
+def test_a_quiet_raw_wakeup_writes_one_packet_and_a_busy_one_drains_the_socket(
+    loop: asyncio.AbstractEventLoop, udp_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    sender, receiver = udp_pair
+    tunnel = Tunnel(TunnelParams("fake0", Mode.GRE, B, A))
+    peer = Tunnel(TunnelParams("peer0", Mode.GRE, A, B))
+    demux = Demux()
+    dp = Dataplane(loop, demux, batched=True)
+    demux.add(tunnel)
+    tun = FakeTun()
+    dp.interfaces[tunnel] = Interface(tunnel, tun, receiver)  # type: ignore[arg-type]
+    inners = [inner_packet(n) for n in range(5)]
+    for packet in inners:
+        outer = peer.encapsulate(packet)
+        assert isinstance(outer, bytes)
+        sender.send(outer)
+    dp._on_raw_readable(receiver)  # the first wakeup of a socket is quiet
+    assert tun.theirs.recv(65535) == inners[0]
+    with pytest.raises(BlockingIOError):
+        tun.theirs.recv(65535)
+    dp._left[receiver] = time.monotonic()
+    dp._on_raw_readable(receiver)
+    assert [tun.theirs.recv(65535) for _ in range(4)] == inners[1:]
+    assert tunnel.counters.rx_packets == 5
+    with pytest.raises(BlockingIOError):
+        receiver.recv(65535)
+    tun.close()

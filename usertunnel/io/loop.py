@@ -6,6 +6,20 @@ packets in one callback, so a busy tunnel pays the loop's wake-up cost once
 per batch, not once per packet. Every failure of a single packet (a send
 error, an ICMP error surfacing on the raw socket, a full TUN queue) is counted
 and the loop goes on; nothing here may stop the tunnel.
+
+Latency: a quiet tunnel (a ping, a request and its answer) gets one packet
+per wakeup, and everything done between that packet's wakeup and its send is
+latency, the more so as a process that slept starts with cold caches. So a
+wakeup that comes more than `BUSY_GAP` after the descriptor's previous one
+ended is taken as quiet: it moves one packet with the plainest calls there
+are (os.read and sendmsg, recv_into and write) and returns, without the
+batch machinery, a coalescing attempt, or a read that finds the queue empty.
+Nothing is lost by stopping after one packet: the loop watches descriptors
+level-triggered (uvloop's add_reader, like asyncio's), so if more is queued
+it calls back at once, and a wakeup that comes that soon after the previous
+one is taken as busy: it drains the queue in batches (recvmmsg, sendmmsg,
+coalescing) as a loaded tunnel needs. benchmarks/latency.py measures it;
+benchmarks/RESULTS.md says where a hop's time goes.
 """
 
 from __future__ import annotations
@@ -32,6 +46,11 @@ from .tun import VNET_HDR_LEN, Tun, read_packet
 log = logging.getLogger("usertunnel")
 
 BATCH = 64
+# A wakeup that comes within this many seconds of the end of the previous one for the same descriptor finds
+# a queue (the level-triggered loop called back at once) and drains it in batches; a later one moves one
+# packet (see the module's docstring). Well above a loop iteration (a few µs), well below the gaps of
+# request-response traffic (a ping answered through two tunnel ends: 100 µs and more).
+BUSY_GAP = 50e-6
 RECV_ROUNDS = 4  # recvmmsg calls per wakeup at most (BATCH packets each), so TUN reads get their turn
 RECV_BUFFER = 65536
 # Room for IPV6_PKTINFO (struct in6_pktinfo, 20 bytes) and IPV6_TCLASS (an int), with their headers.
@@ -61,6 +80,8 @@ class Interface:
     # Receive coalescing (core.gro) when the TUN has a vnet header; `verify` checks each segment's own
     # TCP checksum first, needed when the host forwards what it receives (see `Dataplane`).
     verify_segments: bool = False
+    # When the last wakeup of the TUN device ended (time.monotonic()): see BUSY_GAP.
+    left: float = 0.0
 
     def __post_init__(self) -> None:
         remote = self.tunnel.params.remote
@@ -69,8 +90,18 @@ class Interface:
         else:
             self.destination = (socket.inet_ntoa(remote) if remote else "0.0.0.0", 0)
 
+    def write(self, packet: bytes | bytearray | memoryview) -> None:
+        """Write one received inner packet into TUN, as it is; a failure is counted."""
+        try:
+            self.tun.write(packet)
+        except OSError:
+            self.tunnel.counters.rx_failed(len(packet), Drop.TUN_WRITE_ERROR)
+
     def write_many(self, packets: list[bytes | bytearray | memoryview]) -> None:
         """Write received inner packets into TUN: coalesced TCP segments go in as one GSO packet each."""
+        if len(packets) == 1:  # nothing to coalesce
+            self.write(packets[0])
+            return
         fd = self.tun.fd
         if not self.tun.vnet_hdr:
             for packet in packets:
@@ -112,6 +143,8 @@ class Dataplane:
         self._expiry: asyncio.TimerHandle | None = None  # rfc2890 policy: the OUTOFORDER_TIMER
         self._senders: list[socket.socket] = []
         self._recv_batches: dict[socket.socket, RecvBatch] = {}
+        # When the last wakeup of each raw socket (IPv4, batched) ended: see BUSY_GAP.
+        self._left: dict[socket.socket, float] = {}
         self._buffers6: list[bytearray] | None = None  # the IPv6 receive path's, one per packet of a wakeup
 
     def add_socket(self, table: int, sock: socket.socket) -> None:
@@ -129,6 +162,7 @@ class Dataplane:
         if sock is not None:
             self.loop.remove_reader(sock.fileno())
             self._recv_batches.pop(sock, None)
+            self._left.pop(sock, None)
 
     def add_sender(self, sock: socket.socket) -> None:
         """A socket that only sends (IPv6's IPPROTO_RAW): closed with the rest."""
@@ -186,6 +220,7 @@ class Dataplane:
         remote = tunnel.params.remote or bytes(4 if tunnel.params.mode.value.outer == 4 else 16)
         link_mtu = tunnel.link_mtu
         lengths: list[int] = []
+        alone = now - iface.left > BUSY_GAP  # quiet: one packet, sent at once by the per-packet path below
         for _ in range(BATCH):
             try:
                 data = os.read(fd, RECV_BUFFER)
@@ -201,7 +236,7 @@ class Dataplane:
             elif not isinstance(header, Drop) and len(header) + len(inner) > link_mtu:
                 self._send_fragments(iface, header + bytes(inner))  # no DF (--nopmtudisc): cut it, as the kernel
                 continue
-            if batch is not None:
+            if batch is not None and not alone:
                 if not isinstance(header, Drop):
                     batch.add(header, inner, header[16:20] if dynamic else remote)
                     lengths.append(len(inner))
@@ -217,6 +252,8 @@ class Dataplane:
                     tunnel.counters.tx_failed(len(inner), error)
             if observer is not None:
                 observer.tx(tunnel, bytes(inner), header, error)
+            if alone:
+                break
         if batch is not None and batch.pending:
             try:
                 batch.flush()
@@ -224,6 +261,7 @@ class Dataplane:
                 batch.failed = [(i, 0) for i in range(len(lengths))]
             for index, code in batch.failed:
                 tunnel.counters.tx_failed(lengths[index], _SEND_ERRORS.get(code, Drop.SEND_ERROR))
+        iface.left = time.monotonic()
 
     def _send_fragments(self, iface: Interface, packet: bytes) -> None:
         """An outer IPv4 packet without DF, larger than the underlay link: send it as fragments (RFC 791),
@@ -291,10 +329,15 @@ class Dataplane:
 
     def _on_raw_batch(self, sock: socket.socket, batch: RecvBatch) -> None:
         """The IPv4 receive path without --trace/--pcap: recvmmsg, decapsulate, then one write per
-        tunnel and coalesced run (core.gro) instead of one per packet."""
+        tunnel and coalesced run (core.gro) instead of one per packet. A quiet wakeup (see BUSY_GAP)
+        goes by `_on_raw_one` instead."""
         demux = self.demux
-        interfaces = self.interfaces
         now = time.monotonic()
+        if now - self._left.get(sock, 0.0) > BUSY_GAP:
+            self._on_raw_one(sock, now)
+            self._left[sock] = time.monotonic()
+            return
+        interfaces = self.interfaces
         for _ in range(RECV_ROUNDS):
             packets = batch.recv()
             if batch.errors:  # errors queued on the socket (none are expected: no IP_RECVERR, not connected)
@@ -324,6 +367,32 @@ class Dataplane:
                 iface.write_many(inners)
             if len(packets) < batch.count:
                 break
+        self._left[sock] = time.monotonic()
+        if demux.holding:
+            self._arm_expiry()
+
+    def _on_raw_one(self, sock: socket.socket, now: float) -> None:
+        """One packet of a quiet raw socket: recv_into, decapsulate, written into TUN as it is."""
+        demux = self.demux
+        try:
+            n = sock.recv_into(self._buffer)
+        except BlockingIOError:
+            return
+        except OSError:  # as RecvBatch.errors
+            demux.unmatched.drop(Drop.ICMP_ERROR)
+            return
+        received = demux.decapsulate(self._view[:n], now)
+        if isinstance(received, Received):
+            iface = self.interfaces.get(received.tunnel)
+            if iface is not None:
+                iface.write(received.inner)
+                if received.then:
+                    self._deliver(received.tunnel, received.then)
+        elif isinstance(received, Held):
+            if received.released:
+                self._deliver(received.tunnel, received.released)
+        elif isinstance(received, (KeepaliveReply, Reflect)):
+            self._keepalive(sock, received)
         if demux.holding:
             self._arm_expiry()
 
