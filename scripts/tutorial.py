@@ -7,9 +7,10 @@ it produced, so no output in the tutorial is typed by hand:
   <!-- tunnels: ARGS -->     start `usertunnel up ARGS` on two hosts (namespaces ut-tut-a and
                              ut-tut-b on 198.51.100.0/24, inner 203.0.113.1/30 and .2/30),
                              each pointing at the other; host A also writes {tmp}/a.pcapng
+  <!-- daemons -->           the same two hosts, each running `usertunnel daemon` with no tunnel yet
   <!-- ping -->              ping host B's inner address from host A, three times
   <!-- run: CMD -->          run CMD on this machine and show it with its output
-  <!-- run on A: CMD -->     run CMD on host A (inside ut-tut-a)
+  <!-- run on A: CMD -->     run CMD on host A (inside ut-tut-a); `run on B` likewise
   <!-- stop B -->            stop host B's tunnel (its peer goes away)
   <!-- start B -->           start host B's tunnel again, as it was
   <!-- wait: SECONDS -->     let time pass (keepalive timers), shown as a comment
@@ -37,7 +38,7 @@ from usertunnel import netns
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE, TARGET = ROOT / "docs" / "tutorial.src.md", ROOT / "docs" / "tutorial.md"
 NS_A, NS_B = "ut-tut-a", "ut-tut-b"
-DIRECTIVE = re.compile(r"<!-- (tunnels|ping|run|run on A|stop B|start B|stop|wait)(?::\s*(.*?))? -->")
+DIRECTIVE = re.compile(r"<!-- (tunnels|daemons|ping|run|run on A|run on B|stop B|start B|stop|wait)(?::\s*(.*?))? -->")
 
 
 class Session:
@@ -46,11 +47,22 @@ class Session:
         self.ends: list[netns.UpProcess] = []
         self.b_args: list[str] = []
 
-    def tunnels(self, args: str) -> str:
+    def hosts(self) -> None:
         self.stop()
         for name in (NS_A, NS_B):
             netns.create(name, ipv6=False)
         netns.veth(NS_A, "tut-a", NS_B, "tut-b", "198.51.100.1", "198.51.100.2", 24)
+
+    def daemons(self) -> str:
+        self.hosts()
+        for ns in (NS_A, NS_B):
+            end = netns.UpProcess(ns, [], command="daemon")
+            self.ends.append(end)
+            end.wait_ready()
+        return "```\n# on host A and on host B\n$ usertunnel daemon &\n```\n"
+
+    def tunnels(self, args: str) -> str:
+        self.hosts()
         words = shlex.split(args)
         for ns, local, remote, inner, extra in (
             (NS_A, "198.51.100.1", "198.51.100.2", "203.0.113.1", ["--pcap", str(self.tmp / "a.pcapng")]),
@@ -85,7 +97,7 @@ class Session:
             lines = [line for line in lines if re.search(value, line)] if kind == "grep" else lines[: int(value)]
             out = "\n".join(lines) + "\n"
         shown = command.replace(str(self.tmp), "/tmp") + ("    # (excerpt)" if filters else "")
-        return self._block(shown, out, "host A" if namespace else None)
+        return self._block(shown, out, {NS_A: "host A", NS_B: "host B"}.get(namespace or ""))
 
     def _echo_index(self) -> int:
         pcap = self.tmp / "a.pcapng"
@@ -101,7 +113,8 @@ class Session:
     @staticmethod
     def _block(command: str, output: str, where: str | None) -> str:
         prompt = f"{where} $ " if where else "$ "
-        return f"```\n{prompt}{command}\n{output.rstrip()}\n```\n"
+        shown = output.rstrip()
+        return f"```\n{prompt}{command}\n{shown}\n```\n" if shown else f"```\n{prompt}{command}\n```\n"
 
     def stop_b(self) -> str:
         self.ends.pop().stop()
@@ -155,6 +168,10 @@ def build() -> str:
                     out.append(session.run(arg))
                 elif kind == "run on A":
                     out.append(session.run(arg, NS_A))
+                elif kind == "run on B":
+                    out.append(session.run(arg, NS_B))
+                elif kind == "daemons":
+                    out.append(session.daemons())
                 elif kind == "stop B":
                     out.append(session.stop_b())
                 elif kind == "start B":
