@@ -70,13 +70,7 @@ def configure(
         with contextlib.suppress(FileNotFoundError), open(sysctl, "w") as knob:  # no such file: no IPv6
             knob.write("1")
     with IPRoute() as ipr:
-        index = _ifindex(ipr, name)
-        if index is None:
-            raise ConfigError(f"device {name!r} vanished while being configured")
-        try:
-            ipr.link("set", index=index, mtu=mtu)
-        except NetlinkError as exc:
-            raise ConfigError(f"cannot set MTU {mtu} on {name}: {exc.args[-1]}") from None
+        index = _set_mtu(ipr, name, mtu)
         for iface in addresses:
             try:
                 ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
@@ -97,10 +91,16 @@ def configure(
 def set_mtu(name: str, mtu: int) -> None:
     """`ip link set NAME mtu MTU`."""
     with IPRoute() as ipr:
-        index = _ifindex(ipr, name)
-        if index is None:
-            raise ConfigError(f"device {name!r} vanished while being configured")
-        try:
-            ipr.link("set", index=index, mtu=mtu)
-        except NetlinkError as exc:
-            raise ConfigError(f"cannot set MTU {mtu} on {name}: {exc.args[-1]}") from None
+        _set_mtu(ipr, name, mtu)
+
+
+def _set_mtu(ipr: IPRoute, name: str, mtu: int) -> int:
+    """Set `name`'s MTU; its interface index."""
+    index = _ifindex(ipr, name)
+    if index is None:
+        raise ConfigError(f"device {name!r} vanished while being configured")
+    try:
+        ipr.link("set", index=index, mtu=mtu)
+    except NetlinkError as exc:
+        raise ConfigError(f"cannot set MTU {mtu} on {name}: {exc.args[-1]}") from None
+    return index
