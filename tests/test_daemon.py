@@ -499,3 +499,24 @@ def test_ip6_options_usertunnel_does_not_have_are_refused_before_reaching_the_da
     )
     assert out.returncode == 2
     assert "dscp inherit" in out.stderr.decode() and "not in usertunnel" in out.stderr.decode()
+
+
+def test_a_config_tunnels_keepalives_run_in_the_daemon_and_bring_the_line_up(lab: Lab, tmp_path: Path) -> None:
+    """The seed's keepalive@.service, replaced: `keepalive = "1,2"` in the file."""
+    for ns, local, remote in ((lab.a, UNDER_A, UNDER_B), (lab.b, UNDER_B, UNDER_A)):
+        path = tmp_path / f"{ns}.toml"
+        path.write_text(
+            f'[tunnel.ka0]\nmode = "gre"\nlocal = "{local}"\nremote = "{remote}"\nkey = 42\nkeepalive = "1,2"\n'
+        )
+        start_daemon(lab, ns, "--config", str(path))
+
+    def line_state() -> str | None:
+        (t,) = show(lab.a, "-s")
+        keepalive: dict[str, Any] = t.get("keepalive") or {}
+        return keepalive.get("state") if keepalive.get("replies", 0) >= 2 else None
+
+    assert wait_for(lambda: line_state() == "up", timeout=10)
+    lab.ends[1].stop()  # B goes away: A's line protocol goes down and its carrier off
+    assert wait_for(lambda: (show(lab.a, "-s")[0].get("keepalive") or {}).get("state") == "down", timeout=10)
+    carrier = json.loads(lab.run(lab.a, ["ip", "-j", "link", "show", "dev", "ka0"]).stdout)[0]
+    assert "NO-CARRIER" in carrier["flags"], carrier["flags"]
