@@ -206,21 +206,57 @@ class Dataplane:
         self._senders.clear()
 
     def _on_tun_readable(self, iface: Interface) -> None:
+        now = time.monotonic()
+        if now - iface.left > BUSY_GAP:  # quiet: one packet, sent at once
+            self._tun_one(iface, now)
+        elif iface.batch is None or self.observer is not None:  # per-packet I/O; --trace/--pcap see each send
+            for _ in range(BATCH):
+                if not self._tun_one(iface, now):
+                    break
+        else:
+            self._tun_batch(iface, iface.batch, now)
+        iface.left = time.monotonic()
+
+    def _tun_one(self, iface: Interface, now: float) -> bool:
+        """Read one packet from TUN, encapsulate it and send it by itself (sendmsg); False if there was none."""
+        try:
+            data = os.read(iface.tun.fd, RECV_BUFFER)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            self._tun_failed(iface, exc)
+            return False
+        inner = read_packet(data) if iface.tun.vnet_hdr else data
+        tunnel = iface.tunnel
+        header = tunnel.encapsulate_header(inner, now)
+        error = None
+        if header is Drop.FRAG_NEEDED:
+            self._too_big(iface, inner)
+        elif not isinstance(header, Drop):
+            if len(header) + len(inner) > tunnel.link_mtu:
+                self._send_fragments(iface, header + bytes(inner))  # no DF (--nopmtudisc): cut it, as the kernel
+                return True
+            # A hub (--remote any) sends each packet to the spoke its neighbor table picks, sit any to the address
+            # in the IPv6 destination: the outer destination is then per packet, the header's bytes 16..20.
+            destination = (socket.inet_ntoa(header[16:20]), 0) if tunnel.dynamic_destination else iface.destination
+            try:
+                iface.sock.sendmsg((header, inner), (), 0, destination)
+            except OSError as exc:
+                error = _SEND_ERRORS.get(exc.errno or 0, Drop.SEND_ERROR)
+                tunnel.counters.tx_failed(len(inner), error)
+        if self.observer is not None:
+            self.observer.tx(tunnel, bytes(inner), header, error)
+        return True
+
+    def _tun_batch(self, iface: Interface, batch: SendBatch, now: float) -> None:
+        """Drain TUN (up to BATCH packets), encapsulate, and send them all in one sendmmsg."""
         fd = iface.tun.fd
         tunnel = iface.tunnel
-        sendmsg = iface.sock.sendmsg
-        destination = iface.destination
-        observer = self.observer
         vnet = iface.tun.vnet_hdr
-        # A hub (--remote any) sends each packet to the spoke its neighbor table picks, sit any to the
-        # address in the IPv6 destination: the outer destination is then per packet, the header's bytes 16..20.
-        dynamic = tunnel.dynamic_destination  # a hub, or sit --remote any (6to4, 6rd, ISATAP)
-        now = time.monotonic()
-        batch = iface.batch if observer is None else None  # --trace/--pcap want each send's outcome
+        dynamic = tunnel.dynamic_destination  # a hub, or sit --remote any (6to4, 6rd, ISATAP): see _tun_one
         remote = tunnel.params.remote or bytes(4 if tunnel.params.mode.value.outer == 4 else 16)
         link_mtu = tunnel.link_mtu
         lengths: list[int] = []
-        alone = now - iface.left > BUSY_GAP  # quiet: one packet, sent at once by the per-packet path below
         for _ in range(BATCH):
             try:
                 data = os.read(fd, RECV_BUFFER)
@@ -231,37 +267,21 @@ class Dataplane:
                 break
             inner = read_packet(data) if vnet else data
             header = tunnel.encapsulate_header(inner, now)
-            if header is Drop.FRAG_NEEDED:
-                self._too_big(iface, inner)
-            elif not isinstance(header, Drop) and len(header) + len(inner) > link_mtu:
+            if isinstance(header, Drop):
+                if header is Drop.FRAG_NEEDED:
+                    self._too_big(iface, inner)
+            elif len(header) + len(inner) > link_mtu:
                 self._send_fragments(iface, header + bytes(inner))  # no DF (--nopmtudisc): cut it, as the kernel
-                continue
-            if batch is not None and not alone:
-                if not isinstance(header, Drop):
-                    batch.add(header, inner, header[16:20] if dynamic else remote)
-                    lengths.append(len(inner))
-                continue
-            error = None
-            if not isinstance(header, Drop):
-                if dynamic:
-                    destination = (socket.inet_ntoa(header[16:20]), 0)
-                try:
-                    sendmsg((header, inner), (), 0, destination)
-                except OSError as exc:
-                    error = _SEND_ERRORS.get(exc.errno or 0, Drop.SEND_ERROR)
-                    tunnel.counters.tx_failed(len(inner), error)
-            if observer is not None:
-                observer.tx(tunnel, bytes(inner), header, error)
-            if alone:
-                break
-        if batch is not None and batch.pending:
+            else:
+                batch.add(header, inner, header[16:20] if dynamic else remote)
+                lengths.append(len(inner))
+        if batch.pending:
             try:
                 batch.flush()
             except OSError:
                 batch.failed = [(i, 0) for i in range(len(lengths))]
             for index, code in batch.failed:
                 tunnel.counters.tx_failed(lengths[index], _SEND_ERRORS.get(code, Drop.SEND_ERROR))
-        iface.left = time.monotonic()
 
     def _send_fragments(self, iface: Interface, packet: bytes) -> None:
         """An outer IPv4 packet without DF, larger than the underlay link: send it as fragments (RFC 791),
@@ -327,16 +347,10 @@ class Dataplane:
         else:
             iface.tunnel.counters.drop(Drop.TUN_READ_ERROR)
 
-    def _on_raw_batch(self, sock: socket.socket, batch: RecvBatch) -> None:
-        """The IPv4 receive path without --trace/--pcap: recvmmsg, decapsulate, then one write per
-        tunnel and coalesced run (core.gro) instead of one per packet. A quiet wakeup (see BUSY_GAP)
-        goes by `_on_raw_one` instead."""
+    def _on_raw_batch(self, sock: socket.socket, batch: RecvBatch, now: float) -> None:
+        """The IPv4 receive path of a busy socket without --trace/--pcap: recvmmsg, decapsulate, then one
+        write per tunnel and coalesced run (core.gro) instead of one per packet."""
         demux = self.demux
-        now = time.monotonic()
-        if now - self._left.get(sock, 0.0) > BUSY_GAP:
-            self._on_raw_one(sock, now)
-            self._left[sock] = time.monotonic()
-            return
         interfaces = self.interfaces
         for _ in range(RECV_ROUNDS):
             packets = batch.recv()
@@ -367,12 +381,11 @@ class Dataplane:
                 iface.write_many(inners)
             if len(packets) < batch.count:
                 break
-        self._left[sock] = time.monotonic()
         if demux.holding:
             self._arm_expiry()
 
     def _on_raw_one(self, sock: socket.socket, now: float) -> None:
-        """One packet of a quiet raw socket: recv_into, decapsulate, written into TUN as it is."""
+        """One packet of a quiet raw socket (see BUSY_GAP): recv_into, decapsulate, written into TUN as it is."""
         demux = self.demux
         try:
             n = sock.recv_into(self._buffer)
@@ -398,10 +411,15 @@ class Dataplane:
 
     def _on_raw_readable(self, sock: socket.socket) -> None:
         if self.observer is None and self.batched:
-            batch = self._recv_batches.get(sock)
-            if batch is None:
-                batch = self._recv_batches[sock] = RecvBatch(sock, BATCH, RECV_BUFFER)
-            self._on_raw_batch(sock, batch)
+            now = time.monotonic()
+            if now - self._left.get(sock, 0.0) > BUSY_GAP:
+                self._on_raw_one(sock, now)
+            else:
+                batch = self._recv_batches.get(sock)
+                if batch is None:
+                    batch = self._recv_batches[sock] = RecvBatch(sock, BATCH, RECV_BUFFER)
+                self._on_raw_batch(sock, batch, now)
+            self._left[sock] = time.monotonic()
             return
         view = self._view
         demux = self.demux
