@@ -22,7 +22,9 @@ processes over the train (/proc/PID/task/TID/schedstat, in ns: user and
 system time, the kernel's work done in their system calls included) divided
 by 4 x the replies. With `--tcp-seconds S` (default 4; 0
 skips it) an iperf3 TCP run through each tunnel path follows, to show that
-what makes a lone packet faster does not cost throughput.
+what makes a lone packet faster does not cost throughput, with its Mbit/s per
+tunnel core (throughput over the CPU seconds per wall second both tunnel
+processes used during it: steadier than raw throughput on a shared machine).
 
 Paths are measured round-robin, each round starting one path later, and every
 figure is the median over rounds with [min-max]: on a small shared machine
@@ -118,6 +120,11 @@ class Train:
 class Sample:
     trains: dict[float, Train] = field(default_factory=dict)
     tcp: float | None = None
+    tcp_cores: float | None = None  # CPU seconds of both tunnel processes per wall second of the TCP run
+
+    @property
+    def per_core(self) -> float | None:
+        return self.tcp / self.tcp_cores if self.tcp is not None and self.tcp_cores else None
 
 
 class End:
@@ -217,7 +224,9 @@ def measure(path: Route, trains: Sequence[tuple[float, int]], tcp_seconds: int) 
             sample.trains[interval] = ping_train(path, interval, count, pids)
         if tcp_seconds and path.kind != "veth":
             with bench.iperf3_server(path.target):
+                cpu0, wall0 = cpu_seconds(pids), time.monotonic()
                 sample.tcp = bench.tcp_mbit_s(path.target, tcp_seconds)
+                sample.tcp_cores = (cpu_seconds(pids) - cpu0) / (time.monotonic() - wall0)
     return sample
 
 
@@ -249,8 +258,8 @@ def table(samples: dict[Route, list[Sample]], trains: Sequence[tuple[float, int]
     for interval, _count in trains:
         head += f" -i {interval:g}: p50 added µs | p99 µs | CPU µs per hop |"
         rule += "---:|---:|---:|"
-    head += " TCP Mbit/s |"
-    rule += "---:|"
+    head += " TCP Mbit/s | Mbit/s per tunnel core |"
+    rule += "---:|---:|"
     rows = [head, rule]
     for path, runs in samples.items():
         row = f"| {path.name} |"
@@ -262,16 +271,17 @@ def table(samples: dict[Route, list[Sample]], trains: Sequence[tuple[float, int]
                 row += f" {bench.spread(added)} |"
             row += f" {bench.spread([s.trains[interval].p99 for s in runs])} |"
             row += f" {bench.spread([s.trains[interval].cpu_us_per_hop for s in runs], ',.1f')} |"
-        row += f" {bench.spread([s.tcp for s in runs])} |"
+        row += f" {bench.spread([s.tcp for s in runs])} | {bench.spread([s.per_core for s in runs])} |"
         rows.append(row)
     return "\n".join(rows)
 
 
 def head_of(tree: Path) -> str:
-    result = subprocess.run(
-        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
-    )
-    return result.stdout.strip() or "unknown"
+    """The checkout's commit, "+ changes" when tracked files differ from it (what the processes run)."""
+    git = ["git", "-C", str(tree)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+    dirty = subprocess.run([*git, "status", "--porcelain", "-uno"], capture_output=True, text=True, timeout=10)
+    return (head.stdout.strip() or "unknown") + (" + changes" if dirty.stdout.strip() else "")
 
 
 def log(line: str) -> None:
