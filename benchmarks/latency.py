@@ -10,7 +10,14 @@ CPU, for:
 - usertunnel gre, and gre key+seq+csum (the issue's target path);
 and, with `--tree NAME=PATH`, the same usertunnel paths run from another
 checkout (e.g. the commit before a change), so that before and after are
-measured in one run, interleaved, under the same load.
+measured in one run, interleaved, under the same load. `--decompose` adds
+two ends built to split usertunnel's time from the rest (`latency.py end`,
+below): the minimal loop of baseline_loop.py run by uvloop's add_reader, as
+usertunnel is, instead of select.epoll (the event loop's share), and the same
+with usertunnel's protocol core called on every packet (`--core`:
+Tunnel.encapsulate_header on the way out, Demux.decapsulate on the way in, a
+plain gre tunnel; the core's share). What usertunnel adds beyond the second
+is its I/O shell (io/loop.py and the rest).
 
 Every measurement starts a fresh pair of tunnel processes and runs, for each
 ping train of `--train INTERVAL:COUNT` (default: 0.02 s x 200, a tunnel idle
@@ -50,6 +57,7 @@ import platform
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -86,7 +94,7 @@ class Route:
     """One way from A to B: veth, the baseline loop, or usertunnel (with options) from a checkout."""
 
     name: str
-    kind: str  # "veth", "baseline" or "usertunnel"
+    kind: str  # "veth", "baseline", "end" (`latency.py end`) or "usertunnel"
     options: tuple[str, ...] = ()
     tree: Path = REPO_ROOT
 
@@ -169,6 +177,8 @@ def argv_of(path: Route, local: str, remote: str, inner: str) -> list[str]:
     common = ["--local", local, "--remote", remote, "--name", bench.TUN_DEV, "--address", f"{inner}/30"]
     if path.kind == "baseline":
         return [sys.executable, str(BENCH_DIR / "baseline_loop.py"), *common]
+    if path.kind == "end":
+        return [sys.executable, str(Path(__file__).resolve()), "end", *common, *path.options]
     return [sys.executable, "-m", "usertunnel", "up", *common, *path.options]
 
 
@@ -323,6 +333,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="also run the usertunnel paths from this checkout, labelled NAME (repeatable)",
     )  # fmt: skip
     parser.add_argument("--no-baseline", action="store_true", help="leave out the baseline loop")
+    parser.add_argument(
+        "--decompose", action="store_true",
+        help="add the minimal loop under uvloop, and with usertunnel's core (see `latency.py end --help`)",
+    )  # fmt: skip
     parser.add_argument("--no-ksc", action="store_true", help="leave out gre key+seq+csum")
     parser.add_argument("--namespace-prefix", default="ut-lat", help="namespaces PREFIX-a and PREFIX-b")
     args = parser.parse_args(argv)
@@ -334,6 +348,9 @@ def paths_of(args: argparse.Namespace) -> list[Route]:
     paths = [Route("veth", "veth")]
     if not args.no_baseline:
         paths.append(Route("baseline loop", "baseline"))
+    if args.decompose:
+        paths.append(Route("minimal loop, uvloop", "end"))
+        paths.append(Route("minimal loop, uvloop + usertunnel core", "end", ("--core",)))
     trees = [("", REPO_ROOT), *args.tree]
     for label, tree in trees:
         suffix = f" ({label} {head_of(tree)})" if label else (f" (this checkout, {head_of(tree)})" if args.tree else "")
@@ -354,7 +371,82 @@ def _interrupt_on_sigterm(signum: int, frame: object) -> None:
     os._exit(0)
 
 
+# --- `latency.py end`: the minimal loop under uvloop, with or without usertunnel's core ---------------------------
+
+
+def end(argv: Sequence[str]) -> int:
+    """One end of the decomposition: baseline_loop.py's TUN, raw socket and one packet per wakeup, but run by
+    uvloop's add_reader (as usertunnel is) and, with --core, usertunnel's core called on every packet."""
+    import asyncio
+
+    import baseline_loop
+    import uvloop
+
+    from usertunnel.core.encap import Demux, Received, Tunnel
+    from usertunnel.core.params import Mode, TunnelParams
+
+    parser = argparse.ArgumentParser(prog="latency.py end", description=end.__doc__)
+    for option in ("--local", "--remote", "--address"):
+        parser.add_argument(option, required=True)
+    parser.add_argument("--name", default="gre%d")
+    parser.add_argument("--mtu", type=int, default=1476)
+    parser.add_argument("--core", action="store_true", help="encapsulate_header / decapsulate every packet")
+    args = parser.parse_args(argv)
+    tun_fd, name = baseline_loop.open_tun(args.name)
+    sock = baseline_loop.open_raw()
+    baseline_loop.configure(name, args.address, args.mtu)
+    tunnel = Tunnel(TunnelParams(name, Mode.GRE, socket.inet_aton(args.local), socket.inet_aton(args.remote)))
+    demux = Demux()
+    demux.add(tunnel)
+    destination = (args.remote, 0)
+    buffer = bytearray(baseline_loop.MAX_PACKET)
+    view = memoryview(buffer)
+
+    def on_tun() -> None:
+        try:
+            packet = os.read(tun_fd, baseline_loop.MAX_PACKET)
+        except BlockingIOError:
+            return
+        if args.core:  # the socket lets the kernel build the outer IPv4 header: only the GRE header is sent
+            header = tunnel.encapsulate_header(packet, time.monotonic())
+            data = header[20:] + packet if isinstance(header, bytes) else b""
+        else:
+            data = baseline_loop.GRE_HEADER + packet
+        with contextlib.suppress(OSError):
+            sock.sendto(data, destination)
+
+    def on_sock() -> None:
+        try:
+            n = sock.recv_into(buffer)
+        except OSError:
+            return
+        if args.core:
+            received = demux.decapsulate(view[:n], time.monotonic())
+            inner = received.inner if isinstance(received, Received) else b""
+        else:
+            inner = view[baseline_loop.OUTER_LEN : n]
+        with contextlib.suppress(OSError):
+            os.write(tun_fd, inner)
+
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    loop.add_reader(tun_fd, on_tun)
+    loop.add_reader(sock.fileno(), on_sock)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, loop.stop)
+    print(f"latency end: {name}: up uvloop{' + core' if args.core else ''}", file=sys.stderr, flush=True)
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
+        sock.close()
+        os.close(tun_fd)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["end"]:
+        return end(argv[1:])
     args = parse_args(argv)
     problem = bench.missing_prerequisite()
     if problem:
