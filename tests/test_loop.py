@@ -184,3 +184,28 @@ def test_a_quiet_raw_wakeup_writes_one_packet_and_a_busy_one_drains_the_socket(
     with pytest.raises(BlockingIOError):
         receiver.recv(65535)
     tun.close()
+
+
+def test_a_batch_without_tcp_goes_into_a_vnet_tun_packet_by_packet_behind_an_empty_header() -> None:
+    """Only TCP segments can be coalesced: a batch of ICMP/UDP skips the coalescing pass, and each packet
+    still gets its own all-zero virtio_net_hdr (GSO_NONE), in order."""
+    from scapy.layers.inet import IP, TCP
+
+    from usertunnel.io.tun import VNET_NONE
+
+    tun = FakeTun()
+    tun.vnet_hdr = True
+    iface = Interface(
+        Tunnel(TunnelParams("fake0", Mode.GRE, A, B)), tun, socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    )  # type: ignore[arg-type]
+    try:
+        batch = [inner_packet(n) for n in range(5)]
+        iface.write_many(list(batch))
+        got = [tun.theirs.recv(2048) for _ in range(5)]
+        assert got == [VNET_NONE + p for p in batch]
+        tcp = bytes(IP(src="203.0.113.1", dst="203.0.113.2") / TCP(flags="A", seq=1) / (b"x" * 100))
+        iface.write_many([batch[0], tcp])  # a TCP packet in the batch: the coalescing pass runs, order kept
+        assert [tun.theirs.recv(2048) for _ in range(2)] == [VNET_NONE + batch[0], VNET_NONE + tcp]
+    finally:
+        iface.sock.close()
+        tun.close()

@@ -41,7 +41,7 @@ from ..core.encap import Demux, Held, KeepaliveReply, Received, Reflect, Result,
 from ..core.gro import coalesce
 from .batch import RecvBatch, SendBatch
 from .observe import Observer
-from .tun import VNET_HDR_LEN, Tun, read_packet
+from .tun import VNET_HDR_LEN, VNET_NONE, Tun, read_packet
 
 log = logging.getLogger("usertunnel")
 
@@ -107,6 +107,16 @@ class Interface:
             for packet in packets:
                 try:
                     os.write(fd, packet)
+                except OSError:
+                    self.tunnel.counters.rx_failed(len(packet), Drop.TUN_WRITE_ERROR)
+            return
+        for packet in packets:  # only TCP segments merge: a batch without one skips the coalescing pass
+            if (packet[9] if packet[0] >> 4 == 4 else packet[6]) == 6:
+                break
+        else:
+            for packet in packets:
+                try:
+                    os.writev(fd, (VNET_NONE, packet))
                 except OSError:
                     self.tunnel.counters.rx_failed(len(packet), Drop.TUN_WRITE_ERROR)
             return
