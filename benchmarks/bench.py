@@ -186,9 +186,11 @@ class TunnelProcess:
     when a line contains ': up ', counters from the ': stats ' lines at exit.
     """
 
-    def __init__(self, namespace: str, argv: Sequence[str]) -> None:
+    def __init__(self, namespace: str, argv: Sequence[str], tree: Path = REPO_ROOT) -> None:
+        """`tree`: the checkout whose code runs (benchmarks/latency.py compares two)."""
         self.namespace = namespace
-        self.proc = netns.popen(namespace, argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO_ROOT)
+        env = dict(os.environ, PYTHONPATH=str(tree))
+        self.proc = netns.popen(namespace, argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tree, env=env)
         self.lines: list[str] = []
         self.exit_stats: dict[str, object] = {}  # the ': stats ' lines printed at exit, by name
         self._ready = threading.Event()

@@ -60,7 +60,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -78,8 +77,6 @@ UNDER_A, UNDER_B = bench.UNDER_A, bench.UNDER_B
 INNER_A, INNER_B = bench.INNER_A, bench.INNER_B
 PING_WARMUP = 10
 PING_SLACK = 10.0  # seconds ping may take beyond count x interval
-READY_TIMEOUT = 10.0
-STOP_TIMEOUT = 5.0
 HOPS = 4  # tunnel hops per round trip: A encapsulates, B decapsulates, B encapsulates, A decapsulates
 DEFAULT_TRAINS = ((0.02, 200), (0.002, 1000), (0.0002, 2000))
 _PING_TIME = re.compile(rb"time=([0-9.]+) ms")
@@ -135,42 +132,7 @@ class Sample:
         return self.tcp / self.tcp_cores if self.tcp is not None and self.tcp_cores else None
 
 
-class End:
-    """A tunnel end (usertunnel up, or the baseline loop) in a namespace, ready once it logs ': up '."""
-
-    def __init__(self, namespace: str, argv: Sequence[str], tree: Path) -> None:
-        env = dict(os.environ, PYTHONPATH=str(tree))
-        self.namespace = namespace
-        self.proc = netns.popen(namespace, argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tree, env=env)
-        self.lines: list[str] = []
-        self._ready = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            line = raw.decode(errors="replace").rstrip()
-            self.lines.append(line)
-            if ": up " in line:
-                self._ready.set()
-        self._ready.set()
-
-    def wait_ready(self) -> None:
-        self._ready.wait(READY_TIMEOUT)
-        if not any(": up " in line for line in self.lines):
-            said = " / ".join(self.lines[-5:]) or "nothing"
-            raise LatencyError(f"tunnel end in {self.namespace} did not come up within {READY_TIMEOUT} s: {said}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(STOP_TIMEOUT)
-        self._reader.join(STOP_TIMEOUT)
+End = bench.TunnelProcess  # a tunnel end from a given checkout, ready once it logs ': up '
 
 
 def argv_of(path: Route, local: str, remote: str, inner: str) -> list[str]:
