@@ -228,6 +228,19 @@ def _trace_line(line: str) -> None:
     sys.stderr.write(f"trace: {line}\n")
 
 
+def wire(dataplane: Dataplane, prepared: Prepared) -> None:
+    """Hand a prepared tunnel's sockets and device to the data path (closed with it)."""
+    if prepared.receiver is not None:
+        dataplane.add_socket(prepared.tunnel.params.mode.value.table, prepared.receiver)
+        dataplane.add_sender(prepared.sock)
+    else:
+        dataplane.add_socket(prepared.tunnel.params.mode.value.table, prepared.sock)
+    if prepared.icmp is not None:
+        dataplane.add_icmp(prepared.icmp)
+    iface = Interface(prepared.tunnel, prepared.tun, prepared.sock, verify_segments=prepared.forwarding)
+    dataplane.add_interface(iface)
+
+
 async def serve(prepared: Prepared) -> tuple[Demux, str | None]:
     """Move packets until SIGINT or SIGTERM (reason None) or until the data path cannot go on
     (the reason); return the demux with its counters and that reason."""
@@ -245,16 +258,7 @@ async def serve(prepared: Prepared) -> tuple[Demux, str | None]:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        if prepared.receiver is not None:
-            dataplane.add_socket(prepared.tunnel.params.mode.value.table, prepared.receiver)
-            dataplane.add_sender(prepared.sock)
-        else:
-            dataplane.add_socket(prepared.tunnel.params.mode.value.table, prepared.sock)
-        if prepared.icmp is not None:
-            dataplane.add_icmp(prepared.icmp)
-        dataplane.add_interface(
-            Interface(prepared.tunnel, prepared.tun, prepared.sock, verify_segments=prepared.forwarding)
-        )
+        wire(dataplane, prepared)
         tunnel, pid = prepared.tunnel, os.getpid()
         keepalives = _start_keepalives(loop, dataplane, prepared)
         sweeper = _start_sweeper(loop, prepared)

@@ -67,11 +67,11 @@ from .core.drops import Drop
 from .core.encap import Counters, Demux
 from .core.gre import FLAG_CSUM, FLAG_KEY, PROTO_IPV4, PROTO_IPV6
 from .core.params import ConfigError, TunnelParams
-from .io.loop import Dataplane, Interface
+from .io.loop import Dataplane
 from .io.privilege import drop_to
 from .io.raw import OUTER_HEADER, ShardLayout, attach_shard_filter, open_icmp_listener, open_raw
 from .io.tun import Tun
-from .service import Prepared, UpOptions, describe, new_event_loop, prepare
+from .service import Prepared, UpOptions, describe, new_event_loop, prepare, wire
 
 log = logging.getLogger("usertunnel")
 
@@ -489,12 +489,7 @@ async def _serve(index: int, prepared: Prepared, channel: socket.socket) -> tupl
     channel.setblocking(False)
     loop.add_reader(channel.fileno(), on_request)
     try:
-        dataplane.add_socket(prepared.tunnel.params.mode.value.table, prepared.sock)
-        if prepared.icmp is not None:
-            dataplane.add_icmp(prepared.icmp)
-        dataplane.add_interface(
-            Interface(prepared.tunnel, prepared.tun, prepared.sock, verify_segments=prepared.forwarding)
-        )
+        wire(dataplane, prepared)  # IPv4 outer only (checked): no separate receiver
         if prepared.user is not None:
             log.debug("%s: %s", prepared.tun.name, drop_to(prepared.user))
             _parent_death_signal(signal.SIGTERM)  # changing credentials cleared it
