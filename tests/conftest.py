@@ -51,16 +51,17 @@ def require_netns() -> None:
 class Lab:
     """Two namespaces joined by a veth pair on 198.51.100.0/24; tunnels are started on demand."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "t", ipv6: bool = True) -> None:
+        """Namespaces ut-PREFIX<pid>-<n>-a/b; `ipv6=False` keeps IPv6 off in them (nothing but our traffic)."""
         n = next(_counter)
         tag = f"{os.getpid() % 100000}-{n}"
-        self.a = f"ut-t{tag}-a"
-        self.b = f"ut-t{tag}-b"
-        self.veth_a = f"vt{tag}a"[:15]
-        self.veth_b = f"vt{tag}b"[:15]
+        self.a = f"ut-{prefix}{tag}-a"
+        self.b = f"ut-{prefix}{tag}-b"
+        self.veth_a = f"v{prefix}{tag}a"[:15]
+        self.veth_b = f"v{prefix}{tag}b"[:15]
         self.ends: list[UpProcess] = []
         for name in (self.a, self.b):
-            netns.create(name)
+            netns.create(name, ipv6=ipv6)
         netns.veth(self.a, self.veth_a, self.b, self.veth_b, UNDER_A, UNDER_B, 24)
 
     def start(self, namespace: str, args: list[str], wait: bool = True) -> UpProcess:

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
-from conftest import require_netns
+from conftest import INNER_A, INNER_B, UNDER_A, UNDER_B, Lab, require_netns
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from traffic import tcp_transfer
@@ -23,11 +23,8 @@ from traffic import tcp_transfer
 from usertunnel import cli, netns, workers
 from usertunnel.core.params import Mode, TunnelParams
 from usertunnel.io.raw import ShardLayout, shard_filter
-from usertunnel.netns import UpProcess
 
 SETTINGS = settings(max_examples=300, deadline=None)
-UNDER_A, UNDER_B = "198.51.100.1", "198.51.100.2"
-INNER_A, INNER_B = "203.0.113.1", "203.0.113.2"
 
 
 # --- a classic BPF interpreter: what the kernel does with the programs ---------------------------------------
@@ -209,34 +206,11 @@ def test_what_workers_cannot_share_is_refused_with_exit_2_before_anything_exists
 # --- end to end ------------------------------------------------------------------------------------------------
 
 
-class QueueLab:
+class QueueLab(Lab):
     """Namespaces ut-q<pid>-<n>-a/b joined by a veth pair, IPv6 off (nothing but our traffic crosses)."""
 
-    counter = 0
-
     def __init__(self) -> None:
-        QueueLab.counter += 1
-        tag = f"{os.getpid() % 100000}-{QueueLab.counter}"
-        self.a, self.b = f"ut-q{tag}-a", f"ut-q{tag}-b"
-        self.ends: list[UpProcess] = []
-        for name in (self.a, self.b):
-            netns.create(name, ipv6=False)
-        netns.veth(self.a, f"uq{tag}a"[:15], self.b, f"uq{tag}b"[:15], UNDER_A, UNDER_B, 24)
-
-    def up(self, namespace: str, args: list[str], wait: bool = True) -> UpProcess:
-        end = UpProcess(namespace, args)
-        self.ends.append(end)
-        if wait:
-            end.wait_ready()
-        return end
-
-    def pair(self, args: list[str]) -> tuple[UpProcess, UpProcess]:
-        return (
-            self.up(self.a, ["--local", UNDER_A, "--remote", UNDER_B, "--name", "tun0", "--address",
-                             f"{INNER_A}/30", *args]),
-            self.up(self.b, ["--local", UNDER_B, "--remote", UNDER_A, "--name", "tun0", "--address",
-                             f"{INNER_B}/30", *args]),
-        )  # fmt: skip
+        super().__init__("q", ipv6=False)
 
     def stats(self, namespace: str) -> dict[str, Any]:
         result = netns.run(namespace, [sys.executable, "-m", "usertunnel", "stats", "-j", "tun0"], timeout=10)
@@ -246,12 +220,6 @@ class QueueLab:
 
     def device_exists(self, namespace: str) -> bool:
         return netns.run(namespace, ["ip", "link", "show", "tun0"], timeout=10).returncode == 0
-
-    def close(self) -> None:
-        for end in self.ends:
-            end.kill()
-        for name in (self.a, self.b):
-            netns.remove(name)
 
 
 @pytest.fixture
@@ -362,7 +330,7 @@ def gone(pid: int) -> bool:
 
 @pytest.mark.netns
 def test_sigterm_stops_every_worker_and_removes_the_device(qlab: QueueLab) -> None:
-    end = qlab.up(qlab.a, ["--remote", UNDER_B, "--name", "tun0", "--queues", "3"])
+    end = qlab.start(qlab.a, ["--remote", UNDER_B, "--name", "tun0", "--queues", "3"])
     pids = children(end.pid)
     assert len(pids) == 3 and qlab.device_exists(qlab.a)
     t0 = time.monotonic()
@@ -375,7 +343,7 @@ def test_sigterm_stops_every_worker_and_removes_the_device(qlab: QueueLab) -> No
 
 @pytest.mark.netns
 def test_a_worker_that_dies_stops_the_others_and_the_parent_exits_1(qlab: QueueLab) -> None:
-    end = qlab.up(qlab.a, ["--remote", UNDER_B, "--name", "tun0", "--queues", "2"])
+    end = qlab.start(qlab.a, ["--remote", UNDER_B, "--name", "tun0", "--queues", "2"])
     first, second = children(end.pid)
     os.kill(second, signal.SIGKILL)
     assert end.wait_exit(10) == 1
