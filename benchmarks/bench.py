@@ -241,8 +241,11 @@ def tunnel_argv(path: Route, local: str, remote: str, inner: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def path_up(path: Route) -> Iterator[list[TunnelProcess]]:
-    """The path ready to carry traffic; its tunnel processes (none for veth and vxlan)."""
+def path_up(
+    path: Route, argv: Callable[[str, str, str], list[str]] | None = None, tree: Path = REPO_ROOT
+) -> Iterator[list[TunnelProcess]]:
+    """The path ready to carry traffic; its tunnel processes (none for veth and vxlan). `argv(local, remote,
+    inner)` starts an end (default `tunnel_argv`), from checkout `tree`."""
     if path.kind == "veth":
         yield []
         return
@@ -253,7 +256,8 @@ def path_up(path: Route) -> Iterator[list[TunnelProcess]]:
     ends: list[TunnelProcess] = []
     try:
         for namespace, local, remote, inner in ((NS_A, UNDER_A, UNDER_B, INNER_A), (NS_B, UNDER_B, UNDER_A, INNER_B)):
-            ends.append(TunnelProcess(namespace, tunnel_argv(path, local, remote, inner)))
+            command = tunnel_argv(path, local, remote, inner) if argv is None else argv(local, remote, inner)
+            ends.append(TunnelProcess(namespace, command, tree))
         for end in ends:
             end.wait_ready()
         yield ends

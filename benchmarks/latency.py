@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import platform
 import re
@@ -61,7 +62,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,22 +145,11 @@ def argv_of(path: Route, local: str, remote: str, inner: str) -> list[str]:
     return [sys.executable, "-m", "usertunnel", "up", *common, *path.options]
 
 
-@contextlib.contextmanager
-def path_up(path: Route) -> Iterator[list[End]]:
-    ends: list[End] = []
-    try:
-        if path.kind != "veth":
-            for namespace, local, remote, inner in (
-                (bench.NS_A, UNDER_A, UNDER_B, INNER_A),
-                (bench.NS_B, UNDER_B, UNDER_A, INNER_B),
-            ):
-                ends.append(End(namespace, argv_of(path, local, remote, inner), path.tree))
-            for end in ends:
-                end.wait_ready()
-        yield ends
-    finally:
-        for end in ends:
-            end.stop()
+def path_up(path: Route) -> contextlib.AbstractContextManager[list[End]]:
+    """bench.path_up with this file's ends (the minimal `end` loop too), from the path's checkout."""
+    if path.kind == "veth":
+        return contextlib.nullcontext([])
+    return bench.path_up(path, functools.partial(argv_of, path), path.tree)  # type: ignore[arg-type]
 
 
 def cpu_seconds(pids: Sequence[int]) -> float:
