@@ -7,7 +7,6 @@ would be accepted, and exits 2. No traceback reaches a user.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import logging
 import os
@@ -25,9 +24,11 @@ from .core.params import (
     ConfigError,
     Mode,
     TunnelParams,
+    check_address_families,
     parse_address,
     parse_encaplimit,
     parse_flowlabel,
+    parse_interface,
     parse_key,
     parse_tos,
     parse_ttl,
@@ -90,27 +91,7 @@ def _checked(convert: Callable[[str], object]) -> Callable[[str], object]:
     return wrapper
 
 
-def _address(text: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
-    try:
-        return ipaddress.ip_interface(text)
-    except ValueError:
-        raise ConfigError(
-            f"invalid address {text!r}: an address with prefix length, such as 203.0.113.1/30 or 2001:db8::1/64"
-        ) from None
-
-
 _DEFAULT: object = object()  # an option not given: the mode decides
-
-
-def _prl_entry(text: str) -> PrlEntry:
-    """`ADDR`, `ADDR=default` or `ADDR=nodefault`: an entry of ISATAP's potential router list."""
-    address, _, flag = text.partition("=")
-    if flag not in ("", "default", "nodefault"):
-        raise ConfigError(f"invalid prl {text!r}: ADDR, ADDR=default or ADDR=nodefault")
-    packed = parse_address(address, "prl")
-    if len(packed) != 4:
-        raise ConfigError(f"invalid prl {text!r}: a potential router is an IPv4 address")
-    return PrlEntry(packed, flag != "nodefault")
 
 
 def _remote(text: str) -> bytes | None:
@@ -352,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     six.add_argument(
         "--prl",
-        type=_checked(_prl_entry),
+        type=_checked(PrlEntry.from_text),
         action="append",
         default=[],
         metavar="ADDR[=default|nodefault]",
@@ -369,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument(
         "--address",
-        type=_checked(_address),
+        type=_checked(parse_interface),
         action="append",
         default=[],
         metavar="CIDR",
@@ -642,7 +623,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from .service import UpOptions, up
 
     params = params_from_args(args)
-    _check_address_families(params, args.address)
+    check_address_families(params, args.address)
     return up(
         UpOptions(
             params=params,
@@ -657,16 +638,6 @@ def _cmd_up(args: argparse.Namespace) -> int:
             queues=args.queues,
         )
     )
-
-
-def _check_address_families(
-    params: TunnelParams, addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]
-) -> None:
-    for iface in addresses:
-        if iface.version not in params.mode.value.families:
-            raise ConfigError(
-                f"address {iface} is IPv{iface.version}, which mode {params.mode.value.name} cannot carry"
-            )
 
 
 def _cmd_lab(args: argparse.Namespace) -> int:

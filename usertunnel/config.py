@@ -52,15 +52,17 @@ from .core.params import (
     Mode,
     ModeSpec,
     TunnelParams,
+    check_address_families,
     parse_address,
     parse_encaplimit,
     parse_flowlabel,
+    parse_interface,
     parse_key,
     parse_tos,
     parse_ttl,
 )
 from .core.sequence import SeqPolicy, parse_seq_policy
-from .core.sit import SixRd
+from .core.sit import PrlEntry, SixRd
 from .service import UpOptions
 
 T = TypeVar("T")
@@ -393,7 +395,6 @@ def tunnel_from_table(
     ("ttl: invalid ttl ..."); `key` None means the table as a whole. `coalesce`
     and `batch` are the daemon's settings, carried into the UpOptions.
     """
-    from . import cli  # cli's converters; imported here because cli may import this module
 
     folded, origin = _fold(table)
     folded = {k: v for k, v in folded.items() if v is not None}
@@ -481,14 +482,14 @@ def tunnel_from_table(
             seq_policy=seq_policy,
             csum_verify=csum_verify,
             sixrd=sixrd,
-            prl=tuple(r.each("prl", cli._prl_entry)),
+            prl=tuple(r.each("prl", PrlEntry.from_text)),
             **outer6,
         )
 
-    addresses: list[Interface] = r.each("addresses", cli._address)
+    addresses: list[Interface] = r.each("addresses", parse_interface)
     for i, iface in enumerate(addresses):
         with _at(r.named("addresses"), i):
-            cli._check_address_families(params, [iface])
+            check_address_families(params, [iface])
     routes = r.each("routes", _route)
     for i, net in enumerate(routes):
         if net.version not in spec.families:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -298,6 +299,27 @@ def parse_address(text: str, what: str) -> bytes:
             f"invalid {what} address {text!r}: an IPv4 address such as 198.51.100.1 "
             "or an IPv6 address such as 2001:db8:1::1"
         ) from None
+
+
+def parse_interface(text: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    """An inner address with its prefix length, for the device (--address, the config's addresses)."""
+    try:
+        return ipaddress.ip_interface(text)
+    except ValueError:
+        raise ConfigError(
+            f"invalid address {text!r}: an address with prefix length, such as 203.0.113.1/30 or 2001:db8::1/64"
+        ) from None
+
+
+def check_address_families(
+    params: TunnelParams, addresses: Sequence[ipaddress.IPv4Interface | ipaddress.IPv6Interface]
+) -> None:
+    """Refuse a device address of a family the tunnel's mode cannot carry."""
+    for iface in addresses:
+        if iface.version not in params.mode.value.families:
+            raise ConfigError(
+                f"address {iface} is IPv{iface.version}, which mode {params.mode.value.name} cannot carry"
+            )
 
 
 def parse_encaplimit(text: str) -> int | None:

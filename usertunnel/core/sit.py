@@ -52,7 +52,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .params import ConfigError
+from .params import ConfigError, parse_address
 
 ZERO4 = bytes(4)
 ZERO6 = bytes(16)
@@ -271,6 +271,17 @@ class PrlEntry:
     @property
     def flags(self) -> int:
         return PRL_DEFAULT if self.default else 0
+
+    @classmethod
+    def from_text(cls, text: str) -> PrlEntry:
+        """`ADDR`, `ADDR=default` or `ADDR=nodefault` (--prl, the config's prl list)."""
+        address, _, flag = text.partition("=")
+        if flag not in ("", "default", "nodefault"):
+            raise ConfigError(f"invalid prl {text!r}: ADDR, ADDR=default or ADDR=nodefault")
+        packed = parse_address(address, "prl")
+        if len(packed) != 4:
+            raise ConfigError(f"invalid prl {text!r}: a potential router is an IPv4 address")
+        return cls(packed, flag != "nodefault")
 
 
 @dataclass(frozen=True, slots=True)
