@@ -27,7 +27,7 @@ import struct
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from . import ecn, gre, icmp, ipv4, ipv6, sit
+from . import ecn, gre, icmp, ipv4, ipv6, plan, sit
 from .checksum import checksum_is_valid, fold, ones_complement_sum
 from .drops import Drop
 from .keepalive import LineProtocol, inner_request, is_request_to_reflect
@@ -111,10 +111,13 @@ class Tunnel:
         "device_addresses",
         "sit_rules",
         "prl",
-        "path_mtu",
+        "_path_mtu",
         "path_mtu_expires",
-        "link_mtu",
+        "_link_mtu",
         "full_csum",
+        "plan_fit",
+        "tx_plan",
+        "rx_plan",
     )
 
     def __init__(self, params: TunnelParams, ident: int = 0) -> None:
@@ -166,12 +169,52 @@ class Tunnel:
         self.sit_rules = mode.ip_protocol == 41 and mode.outer == 4  # sit and isatap check sources
         # The path MTU to the remote, learned from an ICMP "fragmentation needed" about our outer
         # packets (ipgre_err -> ipv4_update_pmtu); forgotten after PMTU_EXPIRES, as the kernel's.
-        self.path_mtu: int | None = None
+        self._path_mtu: int | None = None
         self.path_mtu_expires = 0.0
         # The MTU of the underlay device the outer packets leave by (set by the I/O shell): a raw socket
         # does not fragment, so larger outer packets are refused with ICMP (DF) or cut by the shell.
-        self.link_mtu = 0xFFFF
+        self._link_mtu = 0xFFFF
         self.prl = sit.PotentialRouterList(params.prl) if mode.isatap else None
+        # The largest inner packet a plan sends by itself (no fragmentation, no ICMP, no expiry to check).
+        self.plan_fit = 0
+        self._refit()
+        # This tunnel's compiled transmit and receive code (core.plan); None: the specification serves it.
+        tx = plan.compile_tx(self)
+        rx = plan.compile_rx(self)
+        self.tx_plan: plan.TxFunction | None = tx.function if tx is not None else None  # type: ignore[assignment]
+        self.rx_plan: plan.RxFunction | None = rx.function if rx is not None else None  # type: ignore[assignment]
+
+    @property
+    def outer_sum(self) -> int:
+        """The one's-complement sum of the outer IPv4 header words that never change (plans fold it in)."""
+        return self._outer_sum
+
+    @property
+    def link_mtu(self) -> int:
+        """The MTU of the underlay device the outer packets leave by (set by the I/O shell)."""
+        return self._link_mtu
+
+    @link_mtu.setter
+    def link_mtu(self, mtu: int) -> None:
+        self._link_mtu = mtu
+        self._refit()
+
+    @property
+    def path_mtu(self) -> int | None:
+        """The path MTU to the remote learned from ICMP (None: none known, or expired)."""
+        return self._path_mtu
+
+    @path_mtu.setter
+    def path_mtu(self, mtu: int | None) -> None:
+        self._path_mtu = mtu
+        self._refit()
+
+    def _refit(self) -> None:
+        hlen = self.params.header_length
+        fit = min(self._max_inner, self._link_mtu - hlen)
+        if self._path_mtu is not None:
+            fit = min(fit, self._path_mtu - hlen)
+        self.plan_fit = fit
 
     @property
     def name(self) -> str:
@@ -422,6 +465,12 @@ class Demux:
         self.unmatched = Counters()  # drops no tunnel can be blamed for
         # rfc2890 policy: receive states that hold packets, and whose tunnel they belong to.
         self.holding: dict[SequenceState, Tunnel] = {}
+        # Tunnels with a receive plan (core.plan), by outer source and destination (the packet's bytes 12..20):
+        # a plan that accepts a packet is the one the lookup would pick (the exact rule, its own protocol and
+        # key); one that declines changes nothing, so each is tried, then the specification. `single`: the one
+        # such tunnel, when there is only one (a `usertunnel up`), tried without the dictionary.
+        self.fast: dict[bytes, tuple[Tunnel, ...]] = {}
+        self.single: Tunnel | None = None
 
     def deadline(self) -> float | None:
         """When `expire` next has work (the earliest OUTOFORDER_TIMER), or None."""
@@ -442,11 +491,29 @@ class Demux:
 
     def add(self, tunnel: Tunnel) -> None:
         self.tables.setdefault(tunnel.params.mode.value.table, TunnelTable()).add(tunnel)
+        if tunnel.rx_plan is not None:
+            p = tunnel.params
+            assert p.remote is not None and p.local is not None
+            address = p.remote + p.local
+            self.fast[address] = (*self.fast.get(address, ()), tunnel)
+            self._single()
 
     def remove(self, tunnel: Tunnel) -> None:
         table = self.tables.get(tunnel.params.mode.value.table)
         if table is not None:
             table.remove(tunnel)
+        for address, group in list(self.fast.items()):
+            if tunnel in group:
+                rest = tuple(t for t in group if t is not tunnel)
+                if rest:
+                    self.fast[address] = rest
+                else:
+                    del self.fast[address]
+        self._single()
+
+    def _single(self) -> None:
+        groups = list(self.fast.values())
+        self.single = groups[0][0] if len(groups) == 1 and len(groups[0]) == 1 else None
 
     def decapsulate(self, packet: bytes | bytearray | memoryview, now: float = 0.0) -> Result:
         """Check a packet from the raw socket and return its inner packet, or why it was dropped.

@@ -238,7 +238,9 @@ class Dataplane:
             return False
         inner = read_packet(data) if iface.tun.vnet_hdr else data
         tunnel = iface.tunnel
-        header = tunnel.encapsulate_header(inner, now)
+        plan = tunnel.tx_plan  # core.plan: this tunnel's own code for the ordinary packet; None: the specification
+        planned = plan(inner) if plan is not None else None
+        header = planned if planned is not None else tunnel.encapsulate_header(inner, now)
         error = None
         if header is Drop.FRAG_NEEDED:
             self._too_big(iface, inner)
@@ -266,6 +268,8 @@ class Dataplane:
         dynamic = tunnel.dynamic_destination  # a hub, or sit --remote any (6to4, 6rd, ISATAP): see _tun_one
         remote = tunnel.params.remote or bytes(4 if tunnel.params.mode.value.outer == 4 else 16)
         link_mtu = tunnel.link_mtu
+        plan = tunnel.tx_plan  # see _tun_one
+        add = batch.add
         lengths: list[int] = []
         for _ in range(BATCH):
             try:
@@ -276,6 +280,12 @@ class Dataplane:
                 self._tun_failed(iface, exc)
                 break
             inner = read_packet(data) if vnet else data
+            if plan is not None:
+                planned = plan(inner)
+                if planned is not None:  # it fits: no fragments, no ICMP
+                    add(planned, inner, remote)
+                    lengths.append(len(inner))
+                    continue
             header = tunnel.encapsulate_header(inner, now)
             if isinstance(header, Drop):
                 if header is Drop.FRAG_NEEDED:
@@ -370,29 +380,69 @@ class Dataplane:
             if not packets:
                 break
             out: dict[Interface, list[bytes | bytearray | memoryview]] = {}
+            single = demux.single
+            if single is not None:
+                # One tunnel with a receive plan (core.plan): tried on every packet, then the specification.
+                rx = single.rx_plan
+                assert rx is not None
+                iface = interfaces.get(single)
+                if iface is not None:
+                    inners = out[iface] = []
+                    for packet in packets:
+                        inner = rx(packet)
+                        if inner is not None:
+                            inners.append(inner)
+                        else:
+                            self._received(sock, demux.decapsulate(packet, now), out)
+                    for iface, inners in out.items():
+                        iface.write_many(inners)
+                    if len(packets) < batch.count:
+                        break
+                    continue
+            fast = demux.fast
             for packet in packets:
-                received = demux.decapsulate(packet, now)
-                if isinstance(received, Received):
-                    iface = interfaces.get(received.tunnel)
-                    if iface is not None:
-                        inners = out.get(iface)
-                        if inners is None:
-                            inners = out[iface] = []
-                        inners.append(received.inner)
-                        if received.then:
-                            inners.extend(received.then)
-                elif isinstance(received, Held):
-                    iface = interfaces.get(received.tunnel)
-                    if iface is not None and received.released:
-                        out.setdefault(iface, []).extend(received.released)
-                elif isinstance(received, (KeepaliveReply, Reflect)):
-                    self._keepalive(sock, received)
+                if fast:
+                    group = fast.get(packet[12:20].tobytes())
+                    if group is not None:
+                        for tunnel in group:
+                            inner = tunnel.rx_plan(packet)  # type: ignore[misc]  # in `fast`: it has one
+                            if inner is not None:
+                                break
+                        if inner is not None:
+                            iface = interfaces.get(tunnel)
+                            if iface is not None:
+                                found = out.get(iface)
+                                if found is None:
+                                    found = out[iface] = []
+                                found.append(inner)
+                            continue
+                self._received(sock, demux.decapsulate(packet, now), out)
             for iface, inners in out.items():
                 iface.write_many(inners)
             if len(packets) < batch.count:
                 break
         if demux.holding:
             self._arm_expiry()
+
+    def _received(
+        self, sock: socket.socket, received: Result, out: dict[Interface, list[bytes | bytearray | memoryview]]
+    ) -> None:
+        """What the specification made of a packet of a batch: inner packets to `out`, keepalives answered."""
+        if isinstance(received, Received):
+            iface = self.interfaces.get(received.tunnel)
+            if iface is not None:
+                inners = out.get(iface)
+                if inners is None:
+                    inners = out[iface] = []
+                inners.append(received.inner)
+                if received.then:
+                    inners.extend(received.then)
+        elif isinstance(received, Held):
+            iface = self.interfaces.get(received.tunnel)
+            if iface is not None and received.released:
+                out.setdefault(iface, []).extend(received.released)
+        elif isinstance(received, (KeepaliveReply, Reflect)):
+            self._keepalive(sock, received)
 
     def _on_raw_one(self, sock: socket.socket, now: float) -> None:
         """One packet of a quiet raw socket (see BUSY_GAP): recv_into, decapsulate, written into TUN as it is."""
@@ -404,7 +454,16 @@ class Dataplane:
         except OSError:  # as RecvBatch.errors
             demux.unmatched.drop(Drop.ICMP_ERROR)
             return
-        received = demux.decapsulate(self._view[:n], now)
+        packet = self._view[:n]
+        single = demux.single
+        if single is not None:
+            inner = single.rx_plan(packet)  # type: ignore[misc]  # `single` has one
+            if inner is not None:
+                iface = self.interfaces.get(single)
+                if iface is not None:
+                    iface.write(inner)
+                return
+        received = demux.decapsulate(packet, now)
         if isinstance(received, Received):
             iface = self.interfaces.get(received.tunnel)
             if iface is not None:

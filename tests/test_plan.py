@@ -1,0 +1,296 @@
+"""Plans (core.plan) against the specification (core.encap), over random tunnels and random packets.
+
+The property that makes a plan safe to run: for every tunnel configuration and
+every packet, "the plan, or the specification when the plan declines" gives
+the same bytes, the same drop reason and the same state (IP identification,
+output sequence number, receive window, every counter) as the specification
+alone. A plan that declines must have changed nothing. And a plan is only
+worth having if it serves the ordinary packet: for a tunnel and a peer that
+agree, well-formed TCP, UDP and ICMP packets never reach the specification.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from usertunnel.core import plan
+from usertunnel.core.checksum import internet_checksum
+from usertunnel.core.drops import Drop
+from usertunnel.core.encap import Demux, Received, Result, Tunnel
+from usertunnel.core.params import Mode, TunnelParams
+from usertunnel.core.sequence import SeqPolicy
+
+EXAMPLES = int(os.environ.get("USERTUNNEL_PLAN_EXAMPLES", "400"))
+PLAN = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+A = bytes([198, 51, 100, 1])
+B = bytes([198, 51, 100, 2])
+C = bytes([198, 51, 100, 3])
+V4 = (bytes([203, 0, 113, 1]), bytes([203, 0, 113, 2]))
+V6 = (bytes.fromhex("20010db8000000000000000000000001"), bytes.fromhex("20010db8000000000000000000000002"))
+
+keys = st.one_of(st.none(), st.sampled_from([0, 1, 1234, 0xFFFFFFFF]))
+
+
+def ipv4_packet(protocol: int, payload: bytes, tos: int = 0, ttl: int = 64, flags: int = 0x4000, csum: bool = True,
+                src: bytes = V4[0], dst: bytes = V4[1]) -> bytes:  # fmt: skip
+    """An IPv4 packet; TCP and UDP get a right checksum when `csum` (what TUN hands us)."""
+    if csum and protocol in (6, 17) and len(payload) >= (20 if protocol == 6 else 8):
+        where = 16 if protocol == 6 else 6
+        body = bytearray(payload)
+        body[where : where + 2] = b"\0\0"
+        pseudo = src + dst + struct.pack("!BBH", 0, protocol, len(body))
+        value = internet_checksum(pseudo + bytes(body)) or (0xFFFF if protocol == 17 else 0)
+        struct.pack_into("!H", body, where, value)
+        payload = bytes(body)
+    header = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, tos, 20 + len(payload), 7, flags, ttl, protocol, 0, src, dst))
+    struct.pack_into("!H", header, 10, internet_checksum(header))
+    return bytes(header) + payload
+
+
+def ipv6_packet(next_header: int, payload: bytes, tclass: int = 0, hop_limit: int = 64) -> bytes:
+    if next_header in (6, 17) and len(payload) >= (20 if next_header == 6 else 8):
+        where = 16 if next_header == 6 else 6
+        body = bytearray(payload)
+        body[where : where + 2] = b"\0\0"
+        pseudo = V6[0] + V6[1] + struct.pack("!IxxxB", len(body), next_header)
+        struct.pack_into("!H", body, where, internet_checksum(pseudo + bytes(body)) or 0xFFFF)
+        payload = bytes(body)
+    first = 0x60000000 | (tclass << 20) | 0x12345
+    return struct.pack("!IHBB16s16s", first, len(payload), next_header, hop_limit, *V6) + payload
+
+
+@st.composite
+def ordinary_inner(draw: st.DrawFn, families: frozenset[int] = frozenset({4, 6}), right_sums: bool = False) -> bytes:
+    """A well-formed inner packet of one of `families`: TCP, UDP, ICMP, or an inner GRE packet; its TCP/UDP
+    checksum right (as TUN hands them over) when `right_sums`, else maybe not."""
+    family = draw(st.sampled_from(sorted(families)))
+    protocol = draw(st.sampled_from([6, 17, 1, 47] if family == 4 else [6, 17, 58]))
+    size = draw(st.integers(0, 1600))
+    payload = draw(st.binary(min_size=20, max_size=40)) + bytes(size)
+    if family == 4:
+        flags = draw(st.sampled_from([0, 0x4000, 0x2000, 0x0001]))
+        return ipv4_packet(protocol, payload, tos=draw(st.integers(0, 255)), ttl=draw(st.integers(1, 255)), flags=flags,
+                           csum=right_sums or draw(st.booleans()))  # fmt: skip
+    return ipv6_packet(protocol, payload, tclass=draw(st.integers(0, 255)), hop_limit=draw(st.integers(0, 255)))
+
+
+@st.composite
+def inner_packets(draw: st.DrawFn) -> bytes:
+    """Ordinary packets, and what a TUN device should never hand over but a fuzzer will: runts, lies, noise."""
+    packet = draw(ordinary_inner())
+    how = draw(st.sampled_from(["as is", "as is", "as is", "truncate", "flip", "random"]))
+    if how == "truncate":
+        return packet[: draw(st.integers(0, len(packet)))]
+    if how == "flip":
+        data = bytearray(packet)
+        at = draw(st.integers(0, min(len(data) - 1, 60)))
+        data[at] ^= draw(st.integers(1, 255))
+        return bytes(data)
+    if how == "random":
+        return draw(st.binary(max_size=80))
+    return packet
+
+
+@st.composite
+def tunnel_params(draw: st.DrawFn, local: bytes | None = A, remote: bytes | None = B) -> TunnelParams:
+    mode = draw(st.sampled_from([Mode.GRE, Mode.GRE, Mode.GRE, Mode.IPIP, Mode.SIT]))
+    options: dict[str, Any] = {}
+    if mode is Mode.GRE:
+        key = draw(keys)
+        options.update(ikey=key, okey=key if draw(st.booleans()) else draw(keys))
+        options.update(iseq=draw(st.booleans()), oseq=draw(st.booleans()))
+        options.update(icsum=draw(st.booleans()), ocsum=draw(st.booleans()))
+        if options["iseq"]:
+            options["seq_policy"] = draw(st.sampled_from(list(SeqPolicy)))
+        if options["icsum"]:
+            options["csum_verify"] = draw(st.sampled_from(["full", "derived"]))
+    options["tos"] = draw(st.one_of(st.none(), st.integers(0, 255)))
+    pmtudisc = draw(st.booleans())
+    options["pmtudisc"] = pmtudisc
+    options["ttl"] = draw(st.one_of(st.none(), st.integers(1, 255))) if pmtudisc else None
+    options["reflect_keepalives"] = draw(st.booleans())
+    return TunnelParams("t0", mode, local, remote, **options)
+
+
+def state(tunnel: Tunnel) -> dict[str, object]:
+    """Everything a packet may change in a tunnel."""
+    window = tunnel.iseq_window
+    return {
+        "counters": tunnel.counters.as_dict(),
+        "ident": tunnel.ident,
+        "oseq_next": tunnel.oseq_next,
+        "window": window.as_dict(),
+        "reflected": tunnel.reflected,
+    }
+
+
+def planned_tx(tunnel: Tunnel, inner: bytes) -> tuple[bytes | Drop, bool]:
+    """The plan's header, or the specification's answer when it declines; and whether the plan served."""
+    assert tunnel.tx_plan is not None
+    before = state(tunnel)
+    header = tunnel.tx_plan(inner)
+    if header is not None:
+        return header, True
+    assert state(tunnel) == before, "a plan that declines must change nothing"
+    return tunnel.encapsulate_header(inner, 5.0), False
+
+
+# --- transmit --------------------------------------------------------------------------------------------------
+
+
+@PLAN
+@given(
+    params=tunnel_params(),
+    packets=st.lists(inner_packets(), min_size=1, max_size=6),
+    ident=st.integers(0, 0xFFFF),
+    link_mtu=st.sampled_from([0xFFFF, 1500, 600]),
+    path_mtu=st.sampled_from([None, 1400, 576]),
+)
+def test_tx_plan_then_specification_equals_the_specification(
+    params: TunnelParams, packets: list[bytes], ident: int, link_mtu: int, path_mtu: int | None
+) -> None:
+    planned, spec = Tunnel(params, ident), Tunnel(params, ident)
+    assert planned.tx_plan is not None
+    for tunnel in (planned, spec):
+        tunnel.link_mtu = link_mtu
+        if path_mtu is not None:
+            tunnel.update_path_mtu(path_mtu, 0.0)
+    for inner in packets:
+        expected = spec.encapsulate_header(inner, 5.0)
+        got, _ = planned_tx(planned, inner)
+        assert got == expected
+        assert state(planned) == state(spec)
+        assert planned.path_mtu == spec.path_mtu
+
+
+@PLAN
+@given(params=tunnel_params(), data=st.data())
+def test_tx_plan_serves_every_ordinary_packet_that_fits(params: TunnelParams, data: st.DataObject) -> None:
+    tunnel = Tunnel(params)
+    tunnel.link_mtu = 1500
+    inner = data.draw(ordinary_inner(params.mode.value.families))
+    _, served = planned_tx(tunnel, inner)
+    assert served == (len(inner) + params.header_length <= 1500)
+
+
+# --- receive ---------------------------------------------------------------------------------------------------
+
+
+@st.composite
+def outer_packets(draw: st.DrawFn, params: TunnelParams) -> bytes:
+    """What arrives for a tunnel: sent by a peer that agrees, or one that disagrees, maybe damaged."""
+    agree = draw(st.booleans())
+    peer_params = TunnelParams(
+        "peer", params.mode, params.remote, params.local,
+        okey=params.ikey, oseq=params.iseq, ocsum=params.icsum, ttl=params.ttl, tos=params.tos,
+    ) if agree else draw(tunnel_params(local=draw(st.sampled_from([B, C])), remote=A))  # fmt: skip
+    if peer_params.mode is not params.mode and draw(st.booleans()):
+        peer_params = TunnelParams("peer", params.mode, B, A)
+    peer = Tunnel(peer_params)
+    peer.oseq_next = draw(st.sampled_from([0, 5, 0xFFFFFFFE]))
+    inner = draw(ordinary_inner(peer_params.mode.value.families))
+    packet = peer.encapsulate(inner)
+    if isinstance(packet, Drop):
+        return draw(st.binary(max_size=60))
+    data = bytearray(packet)
+    how = draw(st.sampled_from(["as is", "as is", "as is", "flip", "truncate", "ce", "options", "pad"]))
+    if how == "flip":
+        at = draw(st.integers(0, min(len(data) - 1, 80)))
+        data[at] ^= draw(st.integers(1, 255))
+    elif how == "truncate":
+        del data[draw(st.integers(0, len(data))) :]
+    elif how == "ce":
+        data[1] |= 3
+    elif how == "options":
+        data[0] = 0x46
+    elif how == "pad":
+        data += bytes(draw(st.integers(1, 8)))
+    return bytes(data)
+
+
+@PLAN
+@given(params=tunnel_params(), data=st.data())
+def test_rx_plan_then_specification_equals_the_specification(params: TunnelParams, data: st.DataObject) -> None:
+    planned, spec = Tunnel(params), Tunnel(params)
+    if planned.rx_plan is None:
+        assert not plan.rx_eligible(planned)
+        return
+    planned_demux, spec_demux = Demux(), Demux()
+    planned_demux.add(planned)
+    spec_demux.add(spec)
+    for _ in range(data.draw(st.integers(1, 5))):
+        packet = data.draw(outer_packets(params))
+        expected = spec_demux.decapsulate(packet, 5.0)
+        before = state(planned)
+        inner = planned.rx_plan(memoryview(packet))
+        if inner is None:
+            assert state(planned) == before, "a plan that declines must change nothing"
+            got: Result = planned_demux.decapsulate(packet, 5.0)
+            assert _comparable(got) == _comparable(expected)
+        else:
+            assert isinstance(expected, Received) and expected.tunnel is spec and not expected.then
+            assert bytes(inner) == bytes(expected.inner)
+        assert state(planned) == state(spec)
+        assert planned_demux.unmatched.as_dict() == spec_demux.unmatched.as_dict()
+
+
+def _comparable(result: Result) -> object:
+    if isinstance(result, Drop):
+        return result
+    return type(result).__name__, [bytes(x) if isinstance(x, (bytes, bytearray, memoryview)) else None for x in result]
+
+
+@PLAN
+@given(params=tunnel_params(), data=st.data())
+def test_rx_plan_serves_every_ordinary_packet_from_a_peer_that_agrees(
+    params: TunnelParams, data: st.DataObject
+) -> None:
+    tunnel = Tunnel(params)
+    if tunnel.rx_plan is None:
+        return
+    peer = Tunnel(TunnelParams("peer", params.mode, B, A, okey=params.ikey, oseq=params.iseq, ocsum=params.icsum))
+    inner = data.draw(ordinary_inner(params.mode.value.families, right_sums=True))
+    if params.reflect_keepalives and inner[0] >> 4 == 4 and inner[9] == 47:
+        return  # a peer's keepalive, maybe: the specification's to answer
+    packet = peer.encapsulate(inner)
+    assert not isinstance(packet, Drop)
+    out = tunnel.rx_plan(memoryview(packet))
+    assert out is not None and bytes(out) == inner
+
+
+def test_which_tunnels_get_plans() -> None:
+    gre = Tunnel(TunnelParams("t0", Mode.GRE, A, B, ikey=1, okey=1))
+    assert gre.tx_plan is not None and gre.rx_plan is not None
+    no_local = Tunnel(TunnelParams("t0", Mode.GRE, None, B))
+    assert no_local.tx_plan is not None and no_local.rx_plan is None  # lookup rules other than exact: the spec
+    sit = Tunnel(TunnelParams("t0", Mode.SIT, A, B))
+    assert sit.tx_plan is not None and sit.rx_plan is None  # packet_is_spoofed: the spec
+    six_to_four = Tunnel(TunnelParams("t0", Mode.SIT, A, None))
+    assert six_to_four.tx_plan is None
+    ip6gre = Tunnel(TunnelParams("t0", Mode.IP6GRE, bytes(15) + b"\1", bytes(15) + b"\2"))
+    assert ip6gre.tx_plan is None and ip6gre.rx_plan is None
+    rfc2890 = Tunnel(TunnelParams("t0", Mode.GRE, A, B, iseq=True, seq_policy=SeqPolicy.RFC2890))
+    assert rfc2890.rx_plan is None
+
+
+def test_a_learned_path_mtu_sends_larger_packets_to_the_specification_until_it_expires() -> None:
+    tunnel = Tunnel(TunnelParams("t0", Mode.GRE, A, B))
+    inner = ipv4_packet(17, bytes(1000))
+    assert tunnel.tx_plan is not None and tunnel.tx_plan(inner) is not None
+    assert tunnel.update_path_mtu(800, now=0.0)
+    assert tunnel.tx_plan(inner) is None
+    assert tunnel.encapsulate_header(inner, 1.0) is Drop.FRAG_NEEDED
+    assert tunnel.encapsulate_header(inner, 10_000.0) is not Drop.FRAG_NEEDED  # expired: forgotten
+    assert tunnel.tx_plan(inner) is not None

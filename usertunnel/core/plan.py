@@ -1,0 +1,303 @@
+"""Plans: each tunnel's transmit and receive code, compiled from its options when it is configured.
+
+Theory of operation. `Tunnel.encapsulate_header` and `Demux.decapsulate`
+(core.encap) are the specification: one readable code path for every mode and
+option, which asks on every packet which features the tunnel has. A plan asks
+once. When a tunnel is built, `compile_tx` and `compile_rx` write the source
+of a function that does exactly what the specification does for *this*
+tunnel's options and an ordinary packet, with every constant folded in (outer
+addresses, protocol, GRE flags and key, the TOS table, header lengths), and
+compile it. The kernel does the same in spirit: `ip_tunnel` computes `hlen`
+once, and `ipgre_xmit`, `gre_tap_xmit`, `ipip_tunnel_xmit` are chosen when a
+device is created.
+
+A plan's contract is the whole of its correctness argument:
+
+- it returns what the specification would return for the packet and changes
+  the tunnel's state (IP identification, output sequence number, receive
+  window, counters) exactly as the specification would; or
+- it returns None *without changing anything*, and the caller runs the
+  specification, which then decides (and counts) as it always did.
+
+So a plan handles the ordinary packet (right size, a family the mode carries,
+the canonical GRE flags of this tunnel, an in-order sequence number, a sound
+inner header, no ECN CE mark, no keepalive) and leaves every other case,
+every drop reason included, to the one place that knows them all. The tests
+(tests/test_plan.py) prove with hypothesis, over random tunnels and random
+packets, that plan-then-specification is byte for byte and counter for
+counter the specification, and that ordinary packets do take the plan.
+
+Which tunnels get a plan: transmit, IPv4-outer point-to-point tunnels (gre,
+ipip, sit with a remote); receive, the same with both local and remote set
+(the lookup's exact rule) except sit (its anti-spoofing rules) and the
+rfc2890 and resync sequence policies (state the plan would have to share).
+Hubs, 6to4/6rd/ISATAP, IPv6 outer headers and gretap run the specification.
+
+Rules for this file: it only writes and compiles code from a tunnel's
+options; the generated code touches no socket. `source` of each plan is
+kept, so that a learner can read the exact code that serves their tunnel
+(`usertunnel up --show-plan`).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from . import ecn, gre, ipv4
+from .sequence import HALF, KernelSequence, SeqPolicy
+
+if TYPE_CHECKING:
+    from .encap import Tunnel
+
+TxFunction = Callable[[bytes | bytearray | memoryview], bytes | None]
+RxFunction = Callable[[memoryview], memoryview | None]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A compiled function and the source it was compiled from (for reading and for tracebacks)."""
+
+    function: Callable[..., object]
+    source: str
+
+
+def _fold_lines(var: str, indent: str) -> list[str]:
+    """Two end-around carries: enough for any sum of fewer than 65,536 16-bit words."""
+    return [f"{indent}{var} = ({var} & 0xFFFF) + ({var} >> 16)", f"{indent}{var} = ({var} & 0xFFFF) + ({var} >> 16)"]
+
+
+def tx_eligible(tunnel: Tunnel) -> bool:
+    """Whether `tunnel` gets a transmit plan (see the module docstring)."""
+    p = tunnel.params
+    mode = p.mode.value
+    return mode.outer == 4 and not mode.ethernet and p.remote is not None and tunnel.hub is None
+
+
+def rx_eligible(tunnel: Tunnel) -> bool:
+    """Whether `tunnel` gets a receive plan (see the module docstring)."""
+    p = tunnel.params
+    mode = p.mode.value
+    return (
+        mode.outer == 4
+        and not mode.ethernet
+        and p.local is not None
+        and p.remote is not None
+        and tunnel.hub is None
+        and not tunnel.sit_rules
+        and (not p.iseq or p.seq_policy is SeqPolicy.KERNEL)
+    )
+
+
+def compile_tx(tunnel: Tunnel) -> Plan | None:
+    """The transmit plan of `tunnel`: `tx(inner) -> outer header bytes`, or None (run the specification)."""
+    if not tx_eligible(tunnel):
+        return None
+    p = tunnel.params
+    mode = p.mode.value
+    assert p.remote is not None
+    families = sorted(mode.families)
+    fields = ["0x45", "tos", "total", "ident", "frag", "ttl", str(mode.ip_protocol), "csum", "SRC", "DST"]
+    fmt = "!BBHHHBBH4s4s"
+    env: dict[str, object] = {
+        "T": tunnel,
+        "C": tunnel.counters,
+        "SRC": p.local or bytes(4),
+        "DST": p.remote,
+        # RFC 6040 section 4.1 with the tunnel's DSCP (fixed, or inherited): one table look-up per packet.
+        "TOS": bytes(ecn.encapsulate(x if p.tos is None else p.tos, x) for x in range(256)),
+    }
+    hlen = p.header_length
+    lines = [
+        "def tx(inner):",
+        "    n = len(inner)",
+        # Larger packets (path MTU, link MTU, 64 KiB) and runts go to the specification.
+        f"    if n > T.plan_fit or n < {20 if 4 in families else 40}:",
+        "        return None",
+        "    v = inner[0] >> 4",
+    ]
+    first = True
+    for family in families:
+        lines.append(f"    {'if' if first else 'elif'} v == {family}:")
+        first = False
+        if family == 4:
+            lines.append("        tos = TOS[inner[1]]")
+            lines.append("        ttl = inner[8]" if p.ttl is None else f"        ttl = {p.ttl}")
+            df = f"{ipv4.FLAG_DF}" if p.pmtudisc else f"(inner[6] << 8) & {ipv4.FLAG_DF}"
+            lines.append(f"        frag = {df}")
+            proto = gre.PROTO_IPV4
+        else:
+            lines.append("        if n < 40:")
+            lines.append("            return None")
+            lines.append("        tos = TOS[((inner[0] & 0x0F) << 4) | (inner[1] >> 4)]")
+            lines.append("        ttl = inner[7]" if p.ttl is None else f"        ttl = {p.ttl}")
+            lines.append(f"        frag = {ipv4.FLAG_DF if p.pmtudisc else 0}")
+            proto = gre.PROTO_IPV6
+        if mode.is_gre:
+            lines.append(f"        proto = {proto:#06x}")
+    lines += ["    else:", "        return None"]
+    lines += ["    ident = T.ident", "    T.ident = (ident + 1) & 0xFFFF"]
+    if mode.is_gre:
+        flags = (gre.FLAG_CSUM if p.ocsum else 0) | (gre.FLAG_KEY if p.okey is not None else 0)
+        flags |= gre.FLAG_SEQ if p.oseq else 0
+        fmt += "HH"
+        fields += [f"{flags:#06x}", "proto"]
+        if p.oseq:
+            lines += ["    seq = T.oseq_next", "    T.oseq_next = (seq + 1) & 0xFFFFFFFF"]
+        if p.ocsum:
+            # RFC 2784 section 2.5: over the GRE header (checksum field zero) and the payload; the inner
+            # packet's sum in O(1) for TCP and UDP (encap.inner_sum).
+            constant = flags + (0 if p.okey is None else (p.okey >> 16) + (p.okey & 0xFFFF))
+            seq_words = " + (seq >> 16) + (seq & 0xFFFF)" if p.oseq else ""
+            lines.append(f"    g = {constant} + proto{seq_words} + inner_sum(inner)")
+            lines += _fold_lines("g", "    ")
+            fmt += "HH"
+            fields += ["~g & 0xFFFF", "0"]
+            from .encap import inner_sum
+
+            env["inner_sum"] = inner_sum
+        if p.okey is not None:
+            fmt += "I"
+            fields.append(str(p.okey))
+        if p.oseq:
+            fmt += "I"
+            fields.append("seq")
+    lines.append(f"    total = {hlen} + n")
+    # The outer IPv4 header's checksum: the words that never change for this tunnel are summed once.
+    lines.append(f"    s = {tunnel.outer_sum} + tos + total + ident + frag + (ttl << 8)")
+    lines += _fold_lines("s", "    ")
+    lines.append("    csum = ~s & 0xFFFF")
+    lines += ["    C.tx_packets += 1", "    C.tx_bytes += n"]
+    env["HEADER"] = struct.Struct(fmt)
+    lines.append(f"    return HEADER.pack({', '.join(fields)})")
+    assert struct.calcsize(fmt) == hlen, (fmt, hlen)
+    return _compile(lines, env, f"<plan {p.name} tx>")
+
+
+def compile_rx(tunnel: Tunnel) -> Plan | None:
+    """The receive plan of `tunnel`: `rx(outer packet) -> inner packet view`, or None (run the specification).
+
+    The caller has found the tunnel by the packet's outer addresses (`Demux.fast`); the plan checks them again,
+    with everything else, from one unpack of the fixed headers.
+    """
+    if not rx_eligible(tunnel):
+        return None
+    p = tunnel.params
+    mode = p.mode.value
+    assert p.local is not None and p.remote is not None
+    flags = (gre.FLAG_CSUM if p.icsum else 0) | (gre.FLAG_KEY if p.ikey is not None else 0)
+    flags |= gre.FLAG_SEQ if p.iseq else 0
+    hlen = 20 + (gre.header_length(flags) if mode.is_gre else 0)  # outer IPv4 header and the GRE header we take
+    env: dict[str, object] = {
+        "T": tunnel,
+        "C": tunnel.counters,
+        "ADDRESSES": p.remote + p.local,
+    }
+    # Outer IPv4: version/IHL, TOS, total length, flags/fragment offset, protocol, source and destination.
+    fmt = "!BBH2xHxB2x8s"
+    names = ["vihl", "tos", "total", "frag", "proto", "addresses"]
+    if mode.is_gre:
+        fmt += "I"
+        names.append("gre")
+        if p.icsum:
+            fmt += "4x"
+        if p.ikey is not None:
+            fmt += "I"
+            names.append("key")
+        if p.iseq:
+            fmt += "I"
+            names.append("seq")
+    env["OUTER"] = struct.Struct(fmt)
+    smallest = hlen + (20 if 4 in mode.families else 40)
+    lines = [
+        "def rx(view):",
+        f"    if len(view) < {smallest}:",
+        "        return None",
+        f"    {', '.join(names)} = OUTER.unpack_from(view)",
+        # No IP options, not a fragment, not CE (RFC 6040 section 4.2 is the specification's), ours.
+        f"    if (vihl != 0x45 or total > len(view) or total < {smallest} or frag & {ipv4.FLAG_MF | ipv4.OFFSET_MASK}",
+        f"            or proto != {mode.ip_protocol} or tos & 3 == 3 or addresses != ADDRESSES):",
+        "        return None",
+    ]
+    if mode.is_gre:
+        # Only this tunnel's canonical GRE flags (exactly C, K and S as icsum, ikey and iseq say); any other
+        # header, a keepalive (protocol 0) or gretap's frames included, goes to the specification.
+        words = [(flags << 16) | proto for proto in (gre.PROTO_IPV4, gre.PROTO_IPV6)]
+        if mode.families == frozenset({4}):
+            words = words[:1]
+        check = " or ".join(f"gre == {w:#010x}" for w in words)
+        lines += [f"    if not ({check}):", "        return None"]
+        if p.ikey is not None:
+            lines += [f"    if key != {p.ikey}:", "        return None"]
+        if p.icsum:
+            if p.csum_verify == "full":
+                # RFC 1071: a right checksum makes the sum 0xFFFF, i.e. a non-zero multiple of 0xFFFF; the sum
+                # is the same in either byte order (section 2(B)), and Python reads little-endian integers faster.
+                lines += [
+                    "    whole = int.from_bytes(view[20:total], 'little')",
+                    "    if whole % 0xFFFF or not whole:",
+                    "        return None",
+                ]
+            else:
+                from .encap import csum_derived_is_valid
+
+                env["csum_derived_is_valid"] = csum_derived_is_valid
+                lines += [f"    if not csum_derived_is_valid(view[20:total], {hlen - 20}):", "        return None"]
+        if p.iseq:
+            # Linux's ip_tunnel_rcv: not newer than the last accepted goes to the specification (seq_old).
+            lines += [
+                "    window = T.iseq_window",
+                "    expected = window.next_expected",
+                f"    if expected is not None and (seq - expected) & 0xFFFFFFFF >= {HALF}:",
+                "        return None",
+            ]
+    m = "total - " + str(hlen)
+    lines.append(f"    b0 = view[{hlen}]")
+    branches = []
+    if 4 in mode.families:
+        branches.append(
+            [
+                "if b0 == 0x45:" if not mode.is_gre else f"if b0 == 0x45 and gre & 0xFFFF == {gre.PROTO_IPV4:#06x}:",
+                f"    end = (view[{hlen + 2}] << 8) | view[{hlen + 3}]",
+                # A valid IPv4 header sums to 0xFFFF, a multiple of 0xFFFF (core.checksum).
+                f"    if end < 20 or end > {m} or int.from_bytes(view[{hlen}:{hlen + 20}], 'big') % 0xFFFF:",
+                "        return None",
+            ]
+        )
+        if p.reflect_keepalives:
+            # A peer's keepalive (an inner GRE packet) is answered by the specification.
+            branches[-1] += [f"    if view[{hlen + 9}] == 47:", "        return None"]
+    if 6 in mode.families:
+        head = "if b0 >> 4 == 6:" if not mode.is_gre else f"if b0 >> 4 == 6 and gre & 0xFFFF == {gre.PROTO_IPV6:#06x}:"
+        branches.append(
+            [
+                head,
+                f"    end = 40 + ((view[{hlen + 4}] << 8) | view[{hlen + 5}])",
+                f"    if end > {m}:",
+                "        return None",
+            ]
+        )
+    for i, branch in enumerate(branches):
+        first, *rest = branch
+        lines.append("    " + (first if i == 0 else "el" + first))
+        lines += ["    " + line for line in rest]
+    lines += ["    else:", "        return None"]
+    if mode.is_gre and p.iseq:
+        lines.append("    window.next_expected = (seq + 1) & 0xFFFFFFFF")
+    lines += ["    C.rx_packets += 1", "    C.rx_bytes += end", f"    return view[{hlen}:{hlen} + end]"]
+    return _compile(lines, env, f"<plan {p.name} rx>")
+
+
+def _compile(lines: list[str], env: dict[str, object], filename: str) -> Plan:
+    source = "\n".join(lines) + "\n"
+    code = compile(source, filename, "exec")
+    exec(code, env)  # noqa: S102  the source is ours, written above from validated parameters
+    name = lines[0].split()[1].partition("(")[0]
+    function = env[name]
+    assert callable(function)
+    return Plan(function, source)
+
+
+__all__ = ["Plan", "compile_rx", "compile_tx", "rx_eligible", "tx_eligible", "KernelSequence"]
