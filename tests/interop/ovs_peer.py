@@ -28,11 +28,17 @@ br-int, so no ARP responder is needed.
 Each test replaces the GRE port (`gre`): a new port name gives OVS a new
 netdev, so its GRE sequence numbers start again from 0 (reconfiguring a port
 in place keeps counting). Every external command and every wait is bounded.
+
+OvsSwitch is one such OVS end, in a namespace and on an uplink device given
+to it (its addresses and MACs as parameters); OvsPeer is the interop tests'
+topology around one of them. benchmarks/bench.py runs two OvsSwitches, one
+per end of its own veth, to measure OVS's userspace GRE against itself.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import shutil
 import signal
@@ -90,10 +96,28 @@ def _wait_for(what: str, check: Callable[[], bool], timeout: float, diagnose: Ca
         time.sleep(0.05)
 
 
-class OvsPeer:
-    """OVS in NS_OVS, usertunnel's side in NS_HOST; a context manager that always removes both."""
+class OvsSwitch:
+    """ovsdb-server and ovs-vswitchd (datapath_type=netdev) in `namespace`, with `uplink` (a device already there,
+    up, without address) as a port of br-phy; the underlay address (a /24) on br-phy, the inner one (a /30) on
+    br-int. `start` boots it, `close` stops the daemons and removes the work directory (not the namespace)."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        namespace: str,
+        uplink: str,
+        underlay: str,
+        inner: str,
+        remote: str,
+        remote_inner: str,
+        phy_mac: str = BR_PHY_MAC,
+        int_mac: str = BR_INT_MAC,
+        remote_inner_mac: str = OURS_MAC,
+    ) -> None:
+        """`remote`: the GRE remote_ip (the far end's underlay address); `remote_inner`: the far end's inner
+        address, reached through the GRE port (a permanent neighbour entry on br-int with `remote_inner_mac`)."""
+        self.namespace, self.uplink = namespace, uplink
+        self.underlay, self.inner, self.remote, self.remote_inner = underlay, inner, remote, remote_inner
+        self.phy_mac, self.int_mac, self.remote_inner_mac = phy_mac, int_mac, remote_inner_mac
         self.workdir = Path(tempfile.mkdtemp(prefix="ut-ovs-"))
         self.env = {
             **os.environ,
@@ -107,36 +131,18 @@ class OvsPeer:
         self.gre_port: str | None = None
         self._ports_made = 0
 
-    # --- life cycle -----------------------------------------------------------------------------------------
-
-    def __enter__(self) -> OvsPeer:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+    @property
+    def vswitchd_pid(self) -> int | None:
+        proc = self.procs.get("ovs-vswitchd")
+        return None if proc is None else proc.pid
 
     def start(self) -> None:
-        for name in (NS_HOST, NS_OVS):
-            netns.remove(name)  # leftovers of an interrupted run, OVS daemons included
-            netns.create(name)
-        # IPv6 off on OVS's side: br-phy and br-int would otherwise chatter (RS, MLD) onto the wires we capture.
-        self._in_ovs_ns(
-            "for k in ('all', 'default'): open(f'/proc/sys/net/ipv6/conf/{k}/disable_ipv6', 'w').write('1')"
-        )
-        self._veth()
         self._start_daemons()
         self._build_bridges()
         self._wait_for_underlay_route()
 
     def close(self) -> None:
-        """Stop the daemons (SIGTERM, then SIGKILL), remove both namespaces and the work directory."""
+        """Stop the daemons (SIGTERM, then SIGKILL), remove the work directory."""
         for proc in reversed(list(self.procs.values())):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -145,25 +151,7 @@ class OvsPeer:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(5)
-        for name in (NS_HOST, NS_OVS):
-            netns.remove(name)
         shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def _in_ovs_ns(self, python: str) -> None:
-        result = netns.run(NS_OVS, [sys.executable, "-c", python], timeout=COMMAND_TIMEOUT)
-        if result.returncode != 0:
-            raise PeerError(f"OVS peer: setting up {NS_OVS} failed: {result.stderr.decode(errors='replace')}")
-
-    def _veth(self) -> None:
-        with NetNS(NS_HOST) as host:
-            host.link("add", ifname=VETH_HOST, kind="veth", peer={"ifname": VETH_OVS, "net_ns_fd": NS_OVS})
-            index = host.link_lookup(ifname=VETH_HOST)[0]
-            host.link("set", index=index, mtu=UNDERLAY_MTU)
-            host.addr("add", index=index, address=HOST_ADDR, prefixlen=24)
-            host.link("set", index=index, state="up")
-        with NetNS(NS_OVS) as ovs:
-            index = ovs.link_lookup(ifname=VETH_OVS)[0]
-            ovs.link("set", index=index, mtu=UNDERLAY_MTU, state="up")  # no address: br-phy carries it
 
     def _start_daemons(self) -> None:
         db_file = self.workdir / "conf.db"
@@ -196,12 +184,12 @@ class OvsPeer:
         )
 
     def _daemon(self, name: str, args: Sequence[str]) -> None:
-        """Start an OVS daemon in the foreground (no --detach), inside NS_OVS, logging to the work directory."""
+        """Start an OVS daemon in the foreground (no --detach), inside the namespace, logging to the work directory."""
         tool = _tool(name)
         assert tool is not None
         with open(self.workdir / f"{name}.stderr", "wb") as stderr:
             self.procs[name] = netns.popen(
-                NS_OVS,
+                self.namespace,
                 [tool, "-vconsole:off", *args],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -214,62 +202,65 @@ class OvsPeer:
         # ovs-vsctl waits (bounded by --timeout) until ovs-vswitchd has applied each change.
         self.vsctl(
             "add-br", BR_PHY,
-            "--", "set", "Bridge", BR_PHY, "datapath_type=netdev", f"other-config:hwaddr={BR_PHY_MAC}",
-            "--", "add-port", BR_PHY, VETH_OVS,
+            "--", "set", "Bridge", BR_PHY, "datapath_type=netdev", f"other-config:hwaddr={self.phy_mac}",
+            "--", "add-port", BR_PHY, self.uplink,
             "--", "add-br", BR_INT,
-            "--", "set", "Bridge", BR_INT, "datapath_type=netdev", f"other-config:hwaddr={BR_INT_MAC}",
+            "--", "set", "Bridge", BR_INT, "datapath_type=netdev", f"other-config:hwaddr={self.int_mac}",
             "fail-mode=secure",
         )  # fmt: skip
-        with NetNS(NS_OVS) as ovs:
+        with NetNS(self.namespace) as ns:
             _wait_for(
                 f"{BR_PHY} and {BR_INT} appearing as devices",
-                lambda: bool(ovs.link_lookup(ifname=BR_PHY) and ovs.link_lookup(ifname=BR_INT)),
+                lambda: bool(ns.link_lookup(ifname=BR_PHY) and ns.link_lookup(ifname=BR_INT)),
                 START_TIMEOUT,
                 self.diagnose,
             )
-            phy = ovs.link_lookup(ifname=BR_PHY)[0]
-            ovs.addr("add", index=phy, address=OVS_ADDR, prefixlen=24)
-            ovs.link("set", index=phy, state="up")
-            inner = ovs.link_lookup(ifname=BR_INT)[0]
-            ovs.addr("add", index=inner, address=THEIRS, prefixlen=30)
-            ovs.link("set", index=inner, state="up")
-            ovs.neigh("add", dst=OURS, lladdr=OURS_MAC, ifindex=inner, state=0x80)  # NUD_PERMANENT
+            phy = ns.link_lookup(ifname=BR_PHY)[0]
+            ns.addr("add", index=phy, address=self.underlay, prefixlen=24)
+            ns.link("set", index=phy, state="up")
+            inner = ns.link_lookup(ifname=BR_INT)[0]
+            ns.addr("add", index=inner, address=self.inner, prefixlen=30)
+            ns.link("set", index=inner, state="up")
+            ns.neigh("add", dst=self.remote_inner, lladdr=self.remote_inner_mac, ifindex=inner, state=0x80)  # PERMANENT
 
     def _wait_for_underlay_route(self) -> None:
+        network = ipaddress.ip_network(f"{self.underlay}/24", strict=False)
         _wait_for(
             "OVS copying the underlay route from the kernel",
-            lambda: f"198.51.100.0/24 dev {BR_PHY}" in self.appctl("ovs/route/show"),
+            lambda: f"{network} dev {BR_PHY}" in self.appctl("ovs/route/show"),
             START_TIMEOUT,
             self.diagnose,
         )
 
     def _learn_remote_mac(self) -> None:
-        """Have OVS's neighbour cache (tnl/neigh) learn usertunnel's MAC, as it would in service.
+        """Have OVS's neighbour cache (tnl/neigh) learn the remote's MAC, as it would in service.
 
         OVS snoops ARP replies crossing a bridge, but only once a tunnel port exists; without the entry
         the first packet OVS tunnels would be lost to its own ARP request. So, with the GRE port in
-        place, make the kernel behind br-phy ARP for usertunnel's address.
+        place, make the kernel behind br-phy ARP for the remote's address.
         """
-        if HOST_ADDR in self.appctl("tnl/neigh/show"):
+        if self.remote in self.appctl("tnl/neigh/show"):
             return
-        with NetNS(NS_OVS) as ovs, contextlib.suppress(NetlinkError):
-            ovs.neigh("del", dst=HOST_ADDR, ifindex=ovs.link_lookup(ifname=BR_PHY)[0])
-        ping = netns.run(NS_OVS, ["ping", "-c", "1", "-W", "2", HOST_ADDR], timeout=COMMAND_TIMEOUT)
+        with NetNS(self.namespace) as ns, contextlib.suppress(NetlinkError):
+            ns.neigh("del", dst=self.remote, ifindex=ns.link_lookup(ifname=BR_PHY)[0])
+        ping = netns.run(self.namespace, ["ping", "-c", "1", "-W", "2", self.remote], timeout=COMMAND_TIMEOUT)
         if ping.returncode != 0:
-            raise PeerError(f"OVS peer: {NS_OVS} cannot ping {HOST_ADDR} over {BR_PHY}: {ping.stdout.decode()}")
+            raise PeerError(
+                f"OVS peer: {self.namespace} cannot ping {self.remote} over {BR_PHY}: {ping.stdout.decode()}"
+            )
         _wait_for(
-            f"OVS learning {HOST_ADDR}'s MAC (tnl/neigh/show)",
-            lambda: HOST_ADDR in self.appctl("tnl/neigh/show"),
+            f"OVS learning {self.remote}'s MAC (tnl/neigh/show)",
+            lambda: self.remote in self.appctl("tnl/neigh/show"),
             START_TIMEOUT,
             self.diagnose,
         )
 
-    # --- the GRE port under test ----------------------------------------------------------------------------
+    # --- the GRE port -----------------------------------------------------------------------------------------
 
     def gre(self, options: Mapping[str, str], inner_mtu: int) -> str:
         """Replace the GRE port by a new one with `options` (besides remote_ip and packet_type); its name.
 
-        `inner_mtu` becomes br-int's MTU, so that OVS's encapsulated packets fit the underlay as usertunnel's do.
+        `inner_mtu` becomes br-int's MTU, so that OVS's encapsulated packets fit the underlay.
         """
         self._ports_made += 1
         port = f"gre{self._ports_made}"
@@ -278,7 +269,7 @@ class OvsPeer:
             # remote_ip, local_ip, in_key) while the first exists, even if the same transaction deletes it.
             self.vsctl("del-port", BR_INT, self.gre_port)
             self.gre_port = None
-        settings = {"remote_ip": HOST_ADDR, "packet_type": "legacy_l3", **options}
+        settings = {"remote_ip": self.remote, "packet_type": "legacy_l3", **options}
         args = [
             "add-port", BR_INT, port,
             "--", "set", "Interface", port, "type=gre", *(f"options:{k}={v}" for k, v in settings.items()),
@@ -291,8 +282,9 @@ class OvsPeer:
             raise PeerError(f"OVS refused GRE port {port} with options {settings}: {error}")
         flows = self.workdir / "br-int.flows"
         flows.write_text(
-            f"priority=10,in_port={port},ip,actions=mod_dl_src:{OURS_MAC},mod_dl_dst:{BR_INT_MAC},LOCAL\n"
-            f"priority=10,in_port=LOCAL,ip,nw_dst={OURS},actions=output:{port}\n"
+            f"priority=10,in_port={port},ip,actions=mod_dl_src:{self.remote_inner_mac},mod_dl_dst:{self.int_mac},"
+            "LOCAL\n"
+            f"priority=10,in_port=LOCAL,ip,nw_dst={self.remote_inner},actions=output:{port}\n"
             "priority=0,actions=drop\n"
         )
         self.ofctl("replace-flows", BR_INT, str(flows))
@@ -311,12 +303,12 @@ class OvsPeer:
         return self._run(["ovs-appctl", "-t", str(self.workdir / "ovs-vswitchd.ctl"), *args])
 
     def _run(self, argv: list[str], in_ns: bool = True) -> str:
-        """Run an OVS tool (in NS_OVS unless `in_ns` is False) with the private directories; its stdout."""
+        """Run an OVS tool (in the namespace unless `in_ns` is False) with the private directories; its stdout."""
         tool = _tool(argv[0])
         assert tool is not None
         full = [tool, *argv[1:]]
         if in_ns:
-            proc = netns.popen(NS_OVS, full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env)
+            proc = netns.popen(self.namespace, full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env)
         else:
             proc = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env)
         try:
@@ -338,3 +330,80 @@ class OvsPeer:
         log = self.workdir / "ovs-vswitchd.log"
         tail = log.read_text(errors="replace")[-1500:] if log.exists() else "(no ovs-vswitchd.log)"
         return f"{'; '.join(dead) or 'daemons running'}; ovs-vswitchd.log ends: {tail}"
+
+
+class OvsPeer:
+    """OVS (an OvsSwitch) in NS_OVS, usertunnel's side in NS_HOST; a context manager that always removes both."""
+
+    def __init__(self) -> None:
+        self.switch = OvsSwitch(NS_OVS, VETH_OVS, OVS_ADDR, THEIRS, HOST_ADDR, OURS)
+        self.workdir = self.switch.workdir
+
+    # --- life cycle -----------------------------------------------------------------------------------------
+
+    def __enter__(self) -> OvsPeer:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def start(self) -> None:
+        for name in (NS_HOST, NS_OVS):
+            netns.remove(name)  # leftovers of an interrupted run, OVS daemons included
+            netns.create(name)
+        # IPv6 off on OVS's side: br-phy and br-int would otherwise chatter (RS, MLD) onto the wires we capture.
+        self._in_ovs_ns(
+            "for k in ('all', 'default'): open(f'/proc/sys/net/ipv6/conf/{k}/disable_ipv6', 'w').write('1')"
+        )
+        self._veth()
+        self.switch.start()
+
+    def close(self) -> None:
+        """Stop the daemons (SIGTERM, then SIGKILL), remove both namespaces and the work directory."""
+        self.switch.close()
+        for name in (NS_HOST, NS_OVS):
+            netns.remove(name)
+
+    def _in_ovs_ns(self, python: str) -> None:
+        result = netns.run(NS_OVS, [sys.executable, "-c", python], timeout=COMMAND_TIMEOUT)
+        if result.returncode != 0:
+            raise PeerError(f"OVS peer: setting up {NS_OVS} failed: {result.stderr.decode(errors='replace')}")
+
+    def _veth(self) -> None:
+        with NetNS(NS_HOST) as host:
+            host.link("add", ifname=VETH_HOST, kind="veth", peer={"ifname": VETH_OVS, "net_ns_fd": NS_OVS})
+            index = host.link_lookup(ifname=VETH_HOST)[0]
+            host.link("set", index=index, mtu=UNDERLAY_MTU)
+            host.addr("add", index=index, address=HOST_ADDR, prefixlen=24)
+            host.link("set", index=index, state="up")
+        with NetNS(NS_OVS) as ovs:
+            index = ovs.link_lookup(ifname=VETH_OVS)[0]
+            ovs.link("set", index=index, mtu=UNDERLAY_MTU, state="up")  # no address: br-phy carries it
+
+    # --- the GRE port under test and the commands: the switch's -----------------------------------------------
+
+    def gre(self, options: Mapping[str, str], inner_mtu: int) -> str:
+        """Replace the GRE port by a new one with `options` (besides remote_ip and packet_type); its name.
+
+        `inner_mtu` becomes br-int's MTU, so that OVS's encapsulated packets fit the underlay as usertunnel's do.
+        """
+        return self.switch.gre(options, inner_mtu)
+
+    def vsctl(self, *args: str) -> str:
+        return self.switch.vsctl(*args)
+
+    def ofctl(self, *args: str) -> str:
+        return self.switch.ofctl(*args)
+
+    def appctl(self, *args: str) -> str:
+        return self.switch.appctl(*args)
+
+    def diagnose(self) -> str:
+        return self.switch.diagnose()
