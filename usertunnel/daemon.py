@@ -49,7 +49,7 @@ import random
 import signal
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -61,10 +61,12 @@ from .core import sit
 from .core.encap import Demux, Tunnel
 from .core.params import ConfigError, ModeSpec
 from .io import netlink, sdnotify
+from .io.claim import Claims, Identity, identities
 from .io.loop import Dataplane, Interface
-from .io.raw import open_icmp_listener, open_raw, open_raw6_receiver, open_raw6_sender
+from .io.raw import ClaimFilter, open_icmp_listener, open_raw, open_raw6_receiver, open_raw6_sender
 from .io.tun import Tun
 from .service import (
+    ClaimWatch,
     Keepalives,
     Prepared,
     Sweeper,
@@ -80,15 +82,18 @@ log = logging.getLogger("usertunnel")
 T = TypeVar("T")
 
 CONFIG = "config"  # a tunnel the config file declares (reload may change or delete it)
+DAEMON_REFRESH_DELAY = 0.25  # seconds: the claims and filters are rebuilt once for changes that come in a row
 COMMAND = "command"  # a tunnel `usertunnel tunnel add` made (reload leaves it alone)
 
 
 class Sockets:
     """The daemon's raw sockets, shared by its tunnels and counted by use."""
 
-    def __init__(self, dataplane: Dataplane) -> None:
+    def __init__(self, dataplane: Dataplane, mine: Callable[[], Collection[Identity]] = lambda: ()) -> None:
         self.dataplane = dataplane
+        self.mine = mine  # the identities the daemon claims: its IPv4 receivers' filters keep their packets
         self._receivers: dict[int, list[Any]] = {}  # table (protocol, +256 over IPv6) -> [socket, users]
+        self._filters: dict[int, ClaimFilter] = {}  # table -> the filter of that IPv4 receiver
         self._senders: dict[tuple[int, str | None], list[Any]] = {}  # (outer version, device) -> [socket, users]
 
     @staticmethod
@@ -101,6 +106,14 @@ class Sockets:
         entry = self._receivers.get(table)
         if entry is None:
             receiver = open_raw(spec.ip_protocol) if spec.outer == 4 else open_raw6_receiver(spec.ip_protocol)
+            if spec.outer == 4:
+                try:
+                    rx_filter = ClaimFilter(receiver, spec.ip_protocol, self.mine)
+                    rx_filter.update()
+                except BaseException:
+                    receiver.close()
+                    raise
+                self._filters[table] = rx_filter
             self.dataplane.add_socket(table, receiver)
             entry = self._receivers[table] = [receiver, 0]
         entry[1] += 1
@@ -138,6 +151,10 @@ class Sockets:
                 self.dataplane.remove_socket(table)
                 entry[0].close()
                 del self._receivers[table]
+                self._filters.pop(table, None)
+
+    def filters(self) -> list[ClaimFilter]:
+        return list(self._filters.values())
 
     def close(self) -> None:
         for table, (sock, _) in list(self._receivers.items()):
@@ -147,6 +164,7 @@ class Sockets:
             sock.close()
         self._receivers.clear()
         self._senders.clear()
+        self._filters.clear()
 
 
 @dataclass(eq=False)
@@ -190,7 +208,9 @@ class Daemon:
         self.dataplane = Dataplane(loop, self.demux, None, batched=batch)
         self.dataplane.on_keepalive_reply = self._keepalive_reply
         self.dataplane.on_tun_gone = self._tun_gone
-        self.sockets = Sockets(self.dataplane)
+        self.claims = Claims("usertunnel daemon")
+        self.sockets = Sockets(self.dataplane, lambda: self.claims.held)
+        self.watch: ClaimWatch | None = None
         self.members: dict[str, Member] = {}
         self.forwarding = forwarding()
         self.pid = os.getpid()
@@ -208,6 +228,7 @@ class Daemon:
             commands={"tunnel": self._cmd_tunnel, "reload": self._cmd_reload},
         )
         status = 0
+        self.watch = ClaimWatch(self.loop, self.claims, self.sockets.filters, DAEMON_REFRESH_DELAY)
         try:
             try:
                 icmp = open_icmp_listener()
@@ -237,6 +258,8 @@ class Daemon:
                 task.cancel()
             log_stats(self.demux)
             await asyncio.gather(*(self._remove(name) for name in list(self.members)))
+            self.watch.cancel()
+            self.claims.close()
             await control.close()
             self.sockets.close()
             self.dataplane.close()
@@ -373,7 +396,13 @@ class Daemon:
             sit.DeviceAddress(a.ip.packed, a.network.prefixlen) for a in options.addresses if a.version == 6
         )
         self._check_lookup(tunnel, action)
-        sock = self.sockets.acquire(spec, options.device)
+        claimed = identities(params)
+        self._claim(claimed, action, name)
+        try:
+            sock = self.sockets.acquire(spec, options.device)
+        except BaseException:
+            self.claims.release(claimed)
+            raise
         tun: Tun | None = None
         try:
             # Creating a device takes the kernel a while too: a worker thread, as for netlink.
@@ -389,12 +418,16 @@ class Daemon:
             if tun is not None:
                 tun.close()
             self.sockets.release(spec, options.device)
+            self.claims.release(claimed)
             raise _failed(action, name, str(exc)) from None
         except BaseException:
             if tun is not None:
                 tun.close()
             self.sockets.release(spec, options.device)
+            self.claims.release(claimed)
             raise
+        self.claims.relabel(claimed, tun.name)
+        self._claims_changed(claimed)
         prepared = Prepared(tunnel, tun, sock, mtu, None, options.device, None, None, self.forwarding)
         member = Member(cfg, origin, prepared)
         self._start_timers(member)
@@ -415,6 +448,18 @@ class Daemon:
         finally:
             if instead_of is not None:
                 self.demux.add(instead_of)
+
+    def _claim(self, wanted: list[Identity], action: str, name: str) -> None:
+        """Claim identities for one of our tunnels (io.claim): refused when another process serves one."""
+        try:
+            self.claims.hold(wanted, name)
+        except ConfigError as exc:
+            raise _failed(action, name, str(exc)) from None
+
+    def _claims_changed(self, taken: list[Identity]) -> None:
+        """Our claims changed: our filters soon, and the other processes' on our sockets when we took some."""
+        if self.watch is not None:
+            self.watch.changed(taken)
 
     def _start_timers(self, member: Member) -> None:
         line = member.prepared.tunnel.line
@@ -451,11 +496,20 @@ class Daemon:
         tunnel.device_addresses = old.tunnel.device_addresses
         tunnel.counters = old.tunnel.counters
         self._check_lookup(tunnel, "change", instead_of=old.tunnel)
-        sock = self.sockets.acquire(spec, cfg.options.device)
+        before, after = identities(old.tunnel.params), identities(params)
+        taken = [i for i in after if i not in before]
+        self._claim(taken, "change", name)
+        try:
+            sock = self.sockets.acquire(spec, cfg.options.device)
+        except BaseException:
+            self.claims.release(taken)
+            raise
         member.stop_timers()
         self.dataplane.remove_interface(old.tunnel)
         self.dataplane.add_interface(Interface(tunnel, old.tun, sock, verify_segments=self.forwarding))
         self.sockets.release(old_spec, old.device)
+        self.claims.release(i for i in before if i not in after)
+        self._claims_changed(taken)
         member.config = cfg
         member.prepared = Prepared(tunnel, old.tun, sock, mtu, None, cfg.options.device, None, None, self.forwarding)
         self._start_timers(member)
@@ -470,6 +524,8 @@ class Daemon:
         p = member.prepared
         self.dataplane.remove_interface(p.tunnel)
         self.sockets.release(p.tunnel.params.mode.value, p.device)
+        self.claims.release(identities(p.tunnel.params))
+        self._claims_changed([])
         log.info("daemon: %s: removed", name)
         return self.loop.run_in_executor(None, p.tun.close)
 

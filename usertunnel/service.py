@@ -20,6 +20,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -29,16 +30,19 @@ from .core.encap import Demux, Tunnel
 from .core.keepalive import Change, LineProtocol
 from .core.params import ConfigError, TunnelParams
 from .io import netlink
+from .io.claim import Claims, Identity, claimed, identities, poke
 from .io.loop import Dataplane, Interface
 from .io.observe import Observer
 from .io.privilege import drop_to, lookup_user
-from .io.raw import open_icmp_listener, open_raw, open_raw6_receiver, open_raw6_sender
+from .io.raw import ClaimFilter, open_icmp_listener, open_raw, open_raw6_receiver, open_raw6_sender
 from .io.tun import Tun
 from .pcap import PcapNgWriter
 
 log = logging.getLogger("usertunnel")
 
 IPV6_MIN_MTU = 1280
+CLAIMS_REFRESH = 2.0  # seconds between re-readings of the namespace's claims (a process that died leaves them)
+REFRESH_DELAY = 0.02  # seconds from a newcomer's poke to our new filter: its pokes to all our claims make one
 
 Address = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -115,9 +119,13 @@ class Prepared:
     forwarding: bool = False  # the host routes packets on: coalescing checks every segment first
     batch: bool = True
     icmp: socket.socket | None = None  # sees "fragmentation needed" about our packets (path MTU)
+    claims: Claims | None = None  # the identities this process serves in its namespace (io.claim)
+    rx_filter: ClaimFilter | None = None  # IPv4 outer: the receiving socket's filter, from the claims
 
     def close(self) -> None:
         self.tun.close()
+        if self.claims is not None:
+            self.claims.close()
         self.sock.close()
         if self.receiver is not None:
             self.receiver.close()
@@ -136,6 +144,16 @@ def prepare(options: UpOptions) -> Prepared:
         raise ConfigError(f"device {params.name!r} already exists: choose another --name or remove it")
     underlay = netlink.underlay_mtu(params.remote, options.device)
     mtu = tunnel_mtu(options, underlay)
+    claims = Claims("usertunnel up")
+    claims.hold(identities(params), params.name)  # refused (File exists) before anything is created
+    try:
+        return _open(options, params, underlay, mtu, claims)
+    except BaseException:
+        claims.close()
+        raise
+
+
+def _open(options: UpOptions, params: TunnelParams, underlay: int, mtu: int, claims: Claims) -> Prepared:
     observer = _observer(options)
     receiver = None
     if params.mode.value.outer == 6:
@@ -147,6 +165,14 @@ def prepare(options: UpOptions) -> Prepared:
             raise
     else:
         sock = open_raw(params.mode.value.ip_protocol, options.device)
+    rx_filter = None
+    if params.mode.value.outer == 4:
+        try:
+            rx_filter = ClaimFilter(sock, params.mode.value.ip_protocol, lambda: claims.held)
+            rx_filter.update()
+        except BaseException:
+            sock.close()
+            raise
     icmp = None
     if params.mode.value.outer == 4:
         try:
@@ -160,6 +186,7 @@ def prepare(options: UpOptions) -> Prepared:
         tun = Tun(params.name, vnet_hdr=options.coalesce and not ethernet, tap=ethernet, multi_queue=options.queues > 1)
         if tun.name != params.name:  # a name pattern such as gre%d, resolved by the kernel
             params = replace(params, name=tun.name)
+            claims.relabel(identities(params), tun.name)
         netlink.configure(tun.name, mtu, options.addresses, ipv6=6 in params.mode.value.families)
     except BaseException:
         if tun is not None:
@@ -176,9 +203,86 @@ def prepare(options: UpOptions) -> Prepared:
     tunnel.link_mtu = underlay
     tunnel.device_addresses = tuple(sit.DeviceAddress(a.ip.packed, a.network.prefixlen) for a in options.addresses
                                     if a.version == 6)  # fmt: skip
+    poke(competitors(claims.held))
     return Prepared(
-        tunnel, tun, sock, mtu, observer, options.device, options.user, receiver, forwarding(), options.batch, icmp
-    )
+        tunnel, tun, sock, mtu, observer, options.device, options.user, receiver, forwarding(), options.batch, icmp,
+        claims, rx_filter,
+    )  # fmt: skip
+
+
+def competitors(mine: Collection[Identity], claims: Collection[Identity] | None = None) -> list[Identity]:
+    """The identities other processes claim on the raw sockets ours use: their holders rebuild their filters
+    when we come (io.claim.poke); one that was alone there starts filtering at all."""
+    if claims is None:
+        claims = claimed()
+    return [c for c in claims if c not in mine and any(_same_socket(c, m) for m in mine)]
+
+
+def _same_socket(a: Identity, b: Identity) -> bool:
+    """One raw socket per outer family and protocol: gretap's table (gre's + 512) shares gre's socket."""
+    return a.table & 0x1FF == b.table & 0x1FF
+
+
+class ClaimWatch:
+    """Keeps receive filters in step with the namespace's claims: soon after a newcomer connects to one of our
+    claims (io.claim.poke) or we claim or release one ourselves (`changed`), and every CLAIMS_REFRESH seconds
+    (a process that died says nothing). Each refresh reads the claims once (/proc/net/unix: a daemon with
+    thousands of tunnels makes it long, hence `delay`, which gathers changes in a row into one refresh)."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        claims: Claims | None,
+        filters: Callable[[], list[ClaimFilter]],
+        delay: float = REFRESH_DELAY,
+    ) -> None:
+        self.loop = loop
+        self.claims = claims
+        self.filters = filters
+        self.delay = delay
+        self._taken: list[Identity] = []  # claimed since the last refresh: their competitors are poked then
+        self._soon: asyncio.TimerHandle | None = None
+        if claims is not None:
+            claims.serve(loop, self.refresh)
+        self.handle = loop.call_later(CLAIMS_REFRESH, self._tick)
+
+    def changed(self, taken: Collection[Identity] = ()) -> None:
+        """Our claims changed (`taken`: the new ones, whose competitors must hear of them)."""
+        self._taken.extend(taken)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Soon (once for any number of calls in a row): read the claims and rebuild the filters."""
+        if self._soon is None:
+            self._soon = self.loop.call_later(self.delay, self.refresh_now)
+
+    def refresh_now(self) -> None:
+        if self._soon is not None:
+            self._soon.cancel()
+            self._soon = None
+        found = self.filters()
+        if not found and not self._taken:
+            return
+        now = claimed()
+        for rx_filter in found:
+            try:
+                rx_filter.update(now)
+            except OSError as exc:  # the socket is being closed: nothing to filter any more
+                log.debug("receive filter not updated: %s", exc.strerror)
+        if self._taken:
+            poke(competitors(self._taken, now))
+            self._taken.clear()
+
+    def _tick(self) -> None:
+        self.refresh_now()
+        self.handle = self.loop.call_later(CLAIMS_REFRESH, self._tick)
+
+    def cancel(self) -> None:
+        self.handle.cancel()
+        if self._soon is not None:
+            self._soon.cancel()
+        if self.claims is not None:
+            self.claims.stop_serving()
 
 
 def tunnel_mtu(options: UpOptions, underlay: int) -> int:
@@ -262,6 +366,7 @@ async def serve(prepared: Prepared) -> tuple[Demux, str | None]:
         tunnel, pid = prepared.tunnel, os.getpid()
         keepalives = _start_keepalives(loop, dataplane, prepared)
         sweeper = _start_sweeper(loop, prepared)
+        watch = ClaimWatch(loop, prepared.claims, lambda: [f for f in (prepared.rx_filter,) if f is not None])
         # Started before the readiness line, so whoever waits for "up" can query at once.
         control = await ControlServer.start(
             prepared.tun.name,
@@ -282,6 +387,7 @@ async def serve(prepared: Prepared) -> tuple[Demux, str | None]:
                 keepalives.cancel()
             if sweeper is not None:
                 sweeper.cancel()
+            watch.cancel()
             await control.close()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

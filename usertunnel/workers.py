@@ -67,11 +67,12 @@ from .core.drops import Drop
 from .core.encap import Counters, Demux
 from .core.gre import FLAG_CSUM, FLAG_KEY, PROTO_IPV4, PROTO_IPV6
 from .core.params import ConfigError, TunnelParams
+from .io.claim import claimed, identities
 from .io.loop import Dataplane
 from .io.privilege import drop_to
-from .io.raw import OUTER_HEADER, ShardLayout, attach_shard_filter, open_icmp_listener, open_raw
+from .io.raw import OUTER_HEADER, ClaimFilter, ShardLayout, open_icmp_listener, open_raw
 from .io.tun import Tun
-from .service import Prepared, UpOptions, describe, new_event_loop, prepare, wire
+from .service import ClaimWatch, Prepared, UpOptions, describe, new_event_loop, prepare, wire
 
 log = logging.getLogger("usertunnel")
 
@@ -211,11 +212,15 @@ def up_queues(options: UpOptions) -> int:
             sockets.append(open_raw(params.mode.value.ip_protocol, options.device))
             icmps.append(open_icmp_listener(options.device))
         layout = shard_layout(params)
-        for index, sock in enumerate(sockets):
-            attach_shard_filter(sock, layout, index, count)
+        held = frozenset(identities(params))  # the parent's claims (a worker's copy of them is closed)
+        now = claimed()
+        protocol = params.mode.value.ip_protocol
+        filters = [ClaimFilter(sock, protocol, lambda: held, (layout, i, count)) for i, sock in enumerate(sockets)]
+        for rx_filter in filters:
+            rx_filter.update(now)  # race-free: this tunnel's packets (io.claim) AND this worker's share
         parent = os.getpid()
         for index in range(count):
-            workers.append(_fork(index, count, prepared, queues, sockets, icmps, workers, parent))
+            workers.append(_fork(index, count, prepared, queues, sockets, filters, icmps, workers, parent))
         for any_sock in [*sockets, *icmps]:  # the workers have theirs; the parent keeps the queues (the device)
             if any_sock is not None:
                 any_sock.close()
@@ -235,6 +240,8 @@ def up_queues(options: UpOptions) -> int:
             queue.close()
         if prepared.observer is not None:
             prepared.observer.close()
+        if prepared.claims is not None:
+            prepared.claims.close()
 
 
 def _stop_all(workers: list[_Worker]) -> None:
@@ -286,6 +293,14 @@ async def _supervise(prepared: Prepared, workers: list[_Worker]) -> str | None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     control = None
+
+    def on_poke() -> None:  # a newcomer claimed an identity: each worker rebuilds its filter (it holds the socket)
+        for worker in workers:
+            if not worker.ended:
+                _send(worker.channel, {"cmd": "claims"})
+
+    if prepared.claims is not None:
+        prepared.claims.serve(loop, on_poke)
     try:
         control = await ControlServer.start(name, lambda: [_summed_snapshot(prepared, workers)])
         if prepared.user is not None:
@@ -308,6 +323,8 @@ async def _supervise(prepared: Prepared, workers: list[_Worker]) -> str | None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ended.wait(), STOP_TIMEOUT)
     finally:
+        if prepared.claims is not None:
+            prepared.claims.stop_serving()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         for worker in workers:
@@ -380,6 +397,7 @@ def _fork(
     prepared: Prepared,
     queues: list[Tun],
     sockets: list[socket.socket],
+    filters: list[ClaimFilter],
     icmps: list[socket.socket | None],
     earlier: list[_Worker],
     parent: int,
@@ -404,7 +422,12 @@ def _fork(
                 icmp = icmps[i]
                 if icmp is not None:
                     icmp.close()
-        mine = replace(prepared, tun=queues[index], sock=sockets[index], icmp=icmps[index], observer=None)
+        if prepared.claims is not None:  # the parent holds them (and answers for them); this copy closes
+            prepared.claims.close()
+        mine = replace(
+            prepared, tun=queues[index], sock=sockets[index], icmp=icmps[index], observer=None, claims=None,
+            rx_filter=filters[index],
+        )  # fmt: skip
         status = _worker_main(index, count, mine, child_end, parent)
     except BaseException as exc:  # nothing may leave a forked child but os._exit
         with contextlib.suppress(BaseException):
@@ -480,10 +503,13 @@ async def _serve(index: int, prepared: Prepared, channel: socket.socket) -> tupl
         if not data:  # the parent is gone
             loop.remove_reader(channel.fileno())
             stop.set()
+        elif json.loads(data).get("cmd") == "claims":
+            watch.refresh()
         else:
             _send(channel, {"stats": _report(index, prepared, demux)})
 
     dataplane.on_fatal = on_fatal
+    watch = ClaimWatch(loop, None, lambda: [f for f in (prepared.rx_filter,) if f is not None])
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     channel.setblocking(False)
@@ -498,6 +524,7 @@ async def _serve(index: int, prepared: Prepared, channel: socket.socket) -> tupl
         if fatal:
             log.error("%s: %s; stopping", prepared.tun.name, fatal[0])
     finally:
+        watch.cancel()
         with contextlib.suppress(ValueError, OSError):
             loop.remove_reader(channel.fileno())
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -36,10 +36,11 @@ from __future__ import annotations
 import ctypes
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from ..core.params import ConfigError
+from .claim import Identity, claimed
 
 SOCKET_BUFFER = 8 * 1024 * 1024
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
@@ -183,10 +184,17 @@ def shard_filter(layout: ShardLayout, index: int, count: int) -> list[Instructio
     hash = ((src + dst + sport + dport) * 0x9E3779B1 mod 2^32) >> 16, with src and dst the inner IPv4
     addresses or the last 32 bits of the inner IPv6 ones: a sum, so the same for a flow and its reverse.
     """
+    return _resolve(_shard_code(layout, index, count))
+
+
+Code = list[tuple[int, int | str, int | str, int | str] | str]  # a str alone is a label; jumps name them
+
+
+def _shard_code(layout: ShardLayout, index: int, count: int) -> Code:
     if not 0 <= index < count:
         raise ValueError(f"worker {index} of {count}")
     inner = layout.inner_offset
-    code: list[tuple[int, int | str, int | str, int | str] | str] = []  # a str alone is a label; jumps name them
+    code: Code = []
 
     def need(length: int) -> None:  # shorter packets go to worker 0 (a load past the end would drop them)
         code.extend([(_LD_LEN, 0, 0, 0), (_JGE, 0, "other", length)])
@@ -223,7 +231,7 @@ def shard_filter(layout: ShardLayout, index: int, count: int) -> list[Instructio
     code.extend([(_MUL, 0, 0, _HASH_MULTIPLIER), (_RSH, 0, 0, 16), (_MOD, 0, 0, count)])
     code.extend([(_JEQ, 0, 1, index), (_RET, 0, 0, _KEEP), (_RET, 0, 0, 0)])
     code.extend(["other", (_RET, 0, 0, _KEEP if index == 0 else 0)])
-    return _resolve(code)
+    return code
 
 
 def _resolve(code: Sequence[tuple[int, int | str, int | str, int | str] | str]) -> list[Instruction]:
@@ -252,8 +260,13 @@ def _resolve(code: Sequence[tuple[int, int | str, int | str, int | str] | str]) 
 
 
 def attach_shard_filter(sock: socket.socket, layout: ShardLayout, index: int, count: int) -> None:
-    """Make `sock` keep worker `index`'s share only. Packets it queued before are discarded: a filter
-    applies to what arrives after it, so the socket drops everything, is drained, then takes the shard."""
+    """Make `sock` keep worker `index`'s share only (see `attach_race_free`)."""
+    attach_race_free(sock, shard_filter(layout, index, count))
+
+
+def attach_race_free(sock: socket.socket, program: Sequence[Instruction]) -> None:
+    """Give a fresh socket its first filter. Packets it queued before are discarded: a filter applies to
+    what arrives after it, so the socket drops everything, is drained, then takes the program."""
     _attach_filter(sock, [(_RET, 0, 0, 0)])
     blocking = sock.getblocking()
     sock.setblocking(False)
@@ -264,4 +277,185 @@ def attach_shard_filter(sock: socket.socket, layout: ShardLayout, index: int, co
         pass
     finally:
         sock.setblocking(blocking)
-    _attach_filter(sock, shard_filter(layout, index, count))
+    _attach_filter(sock, program)
+
+
+# --- keeping a process's own tunnels' packets (processes that share a network namespace) --------------------
+
+BPF_MAXINSNS = 4096  # the kernel's limit on a classic BPF program's length
+_GRE_FLAGS, _GRE_TYPE = OUTER_HEADER, OUTER_HEADER + 2
+_FLAG_C, _FLAG_K, _FLAG_S, _ROUTING_OR_VERSION = 0x8000, 0x2000, 0x1000, 0x4007
+_TEB = 0x6558  # GRE protocol type of Ethernet frames (gretap)
+_LOOKUP_ORDER = ("exact", "remote only", "local only", "wildcard")
+
+
+def _step(identity: Identity) -> int:
+    """Where an identity's address pattern comes in the kernel's lookup order (core.lookup)."""
+    if identity.local is not None and identity.remote is not None:
+        return 0
+    if identity.remote is not None:
+        return 1
+    return 2 if identity.local is not None else 3
+
+
+def socket_tables(protocol: int) -> tuple[int, ...]:
+    """The demultiplexing tables an IPv4 raw socket of `protocol` serves (gre's also serves gretap)."""
+    return (protocol, protocol + 512) if protocol == 47 else (protocol,)
+
+
+def tunnel_filter(protocol: int, claims: Collection[Identity], mine: Collection[Identity]) -> list[Instruction] | None:
+    """The classic BPF program that keeps, on a raw IPv4 socket of `protocol`, the packets this process should
+    read given every identity claimed in the namespace (`claims`, io.claim) and those it claims (`mine`).
+
+    None when every packet should be kept: no other process claims an identity of this socket's tables (a
+    process alone keeps everything, and goes on counting misaddressed packets as `no_tunnel`), or the
+    program would exceed the kernel's BPF_MAXINSNS (a daemon with thousands of tunnels: it then reads
+    every packet of the protocol, as before). The rule is in `_tunnel_code`.
+    """
+    code = _tunnel_code(protocol, claims, mine)
+    if code is None:
+        return None
+    program = _resolve([*code, "t:accept", (_RET, 0, 0, _KEEP)])
+    return program if len(program) <= BPF_MAXINSNS else None
+
+
+def receive_filter(
+    protocol: int,
+    claims: Collection[Identity],
+    mine: Collection[Identity],
+    shard: tuple[ShardLayout, int, int] | None = None,
+) -> list[Instruction] | None:
+    """The tunnel filter followed by a --queues worker's shard filter: a packet is kept when this process's
+    tunnels should read it AND its flow hashes to this worker. None: keep everything."""
+    if shard is None:
+        return tunnel_filter(protocol, claims, mine)
+    code = _tunnel_code(protocol, claims, mine)
+    shard_code = _shard_code(*shard)
+    if code is not None:
+        program = _resolve([*code, "t:accept", *shard_code])
+        if len(program) <= BPF_MAXINSNS:
+            return program
+    return _resolve(shard_code)
+
+
+def _tunnel_code(protocol: int, claims: Collection[Identity], mine: Collection[Identity]) -> Code | None:
+    """Keep a packet unless the namespace's lookup gives it to another process's tunnel, or to nobody.
+
+    The lookup is core.lookup's (the kernel's ip_tunnel_lookup) run over every claimed identity of the
+    socket's tables, as if all the namespace's processes were one kernel: the first identity, in the order
+    exact / remote only / local only / wildcard, whose addresses and key match owns the packet. A GRE packet
+    whose key no identity has is the key mismatch of the first address pattern that matches it (the tunnel
+    core.lookup would count `key_mismatch` on): every process holding an identity of that pattern keeps it,
+    so each goes on counting a peer's wrong key. So does a GRE header that cannot be read (truncated, a
+    version or routing bit: `gre_truncated`, `gre_version`, `gre_routing`). A packet no identity's addresses
+    match is nobody's: dropped here, as the kernel drops it without counting it on any tunnel. An outer
+    header the filter does not read at fixed offsets (IPv4 options, a fragment, a short packet) is kept.
+    """
+    tables = socket_tables(protocol)
+    relevant = sorted((c for c in claims if c.table in tables), key=lambda c: (_step(c), c.order))
+    if all(c in mine for c in relevant):
+        return None
+    code: Code = []
+    label = iter(range(1 << 30))
+
+    def keep() -> tuple[int, int, int, str]:
+        return (_JA, 0, 0, "t:accept")
+
+    def outcome(owners: Collection[Identity]) -> tuple[int, int, int | str, int | str]:
+        return keep() if any(c in mine for c in owners) else (_RET, 0, 0, 0)
+
+    def test(identity: Identity, key_at: int | None, owners: Collection[Identity]) -> None:
+        """If the packet matches `identity`'s addresses (and its key, at offset `key_at`): the owners decide."""
+        end = f"t:{next(label)}"
+        for offset, address in ((12, identity.remote), (16, identity.local)):
+            if address is not None:
+                code.extend([(_LD_W, 0, 0, offset), (_JEQ, 0, end, int.from_bytes(address, "big"))])
+        if key_at is not None:
+            assert identity.key is not None
+            code.extend([(_LD_W, 0, 0, key_at), (_JEQ, 0, end, identity.key)])
+        code.extend([outcome(owners), end])
+
+    def blame(candidates: list[Identity]) -> None:
+        """The first address pattern that matches: kept by whoever holds an identity of that pattern."""
+        patterns: dict[tuple[bytes | None, bytes | None], list[Identity]] = {}
+        for c in candidates:
+            patterns.setdefault((c.local, c.remote), []).append(c)
+        for same in patterns.values():
+            test(same[0], None, same)
+        code.append((_RET, 0, 0, 0))  # nobody's
+
+    # The outer IPv4 header: anything but 20 bytes without options, not a fragment, is kept.
+    code.extend([(_LD_LEN, 0, 0, 0), (_JGE, 1, 0, OUTER_HEADER), keep()])
+    code.extend([(_LD_B, 0, 0, 0), (_JEQ, 1, 0, 0x45), keep()])
+    code.extend([(_LD_H, 0, 0, 6), (_JSET, 0, 1, 0x3FFF), keep()])
+    if protocol != 47:
+        for c in relevant:
+            test(c, None, [c])
+        code.append((_RET, 0, 0, 0))
+        return code
+    # GRE: readable flags (no routing, version 0) and the whole header its C, K and S bits announce.
+    code.extend([(_LD_LEN, 0, 0, 0), (_JGE, 1, 0, OUTER_HEADER + 4), (_JA, 0, 0, "t:malformed")])
+    code.extend([(_LD_H, 0, 0, _GRE_FLAGS), (_JSET, 0, 1, _ROUTING_OR_VERSION), (_JA, 0, 0, "t:malformed")])
+    code.append((_AND, 0, 0, _FLAG_C | _FLAG_K | _FLAG_S))
+    combos = [c | k | s for c in (0, _FLAG_C) for k in (0, _FLAG_K) for s in (0, _FLAG_S)]
+    code.extend((_JEQ, f"t:flags{flags}", 0, flags) for flags in combos)
+    code.append((_JA, 0, 0, "t:malformed"))
+    taps = any(c.table == protocol + 512 for c in relevant)
+    for flags in combos:
+        length = 4 + 4 * bin(flags).count("1")
+        key_at = None if not flags & _FLAG_K else OUTER_HEADER + (8 if flags & _FLAG_C else 4)
+        code.extend([f"t:flags{flags}", (_LD_LEN, 0, 0, 0), (_JGE, 1, 0, OUTER_HEADER + length)])
+        code.append((_JA, 0, 0, "t:malformed"))
+        if taps:
+            code.extend([(_LD_H, 0, 0, _GRE_TYPE), (_JEQ, 0, 1, _TEB), (_JA, 0, 0, f"t:{protocol + 512}/{key_at}")])
+        code.append((_JA, 0, 0, f"t:{protocol}/{key_at}"))
+    for table in tables:
+        in_table = [c for c in relevant if c.table == table]
+        for key_at in (None, OUTER_HEADER + 4, OUTER_HEADER + 8):
+            code.append(f"t:{table}/{key_at}")
+            for c in in_table:
+                if (c.key is None) == (key_at is None):
+                    test(c, key_at, [c])
+            code.append((_JA, 0, 0, f"t:blame{table}"))
+        code.append(f"t:blame{table}")
+        blame(in_table)
+    code.append("t:malformed")
+    blame(relevant)
+    return code
+
+
+class ClaimFilter:
+    """A raw IPv4 socket's filter, kept in step with the namespace's claims (`update` after each change).
+
+    `mine` gives the identities this process serves; `shard` a --queues worker's share. The first filter is
+    attached race-free (`attach_race_free`); later ones replace it, which the kernel does atomically.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        protocol: int,
+        mine: Callable[[], Collection[Identity]],
+        shard: tuple[ShardLayout, int, int] | None = None,
+    ) -> None:
+        self.sock = sock
+        self.protocol = protocol
+        self.mine = mine
+        self.shard = shard
+        self.program: list[Instruction] | None = None
+        self._attached = False
+
+    def update(self, claims: Collection[Identity] | None = None) -> None:
+        """Build the filter from `claims` (default: read them now) and attach it if it changed."""
+        if claims is None:
+            claims = claimed()
+        program = receive_filter(self.protocol, claims, set(self.mine()), self.shard)
+        if program == self.program and (self._attached or program is None):
+            return
+        if not self._attached:
+            if program is not None:
+                attach_race_free(self.sock, program)
+                self._attached = True
+        else:
+            _attach_filter(self.sock, program if program is not None else [(_RET, 0, 0, _KEEP)])
+        self.program = program
