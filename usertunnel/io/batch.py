@@ -215,6 +215,21 @@ class SendBatch:
         self.pending = i + 1
         return True
 
+    def add_at(self, header: Payload, address: int, length: int, destination: bytes) -> None:
+        """Queue one packet whose payload lies at `address` (a `Slots` buffer, alive until `flush`); the
+        caller sees to it that the batch has room (`pending < count`)."""
+        i = self.pending
+        keep = self._keep
+        if type(header) is bytes and _BYTES_OFFSET is not None:
+            keep.append(header)
+            at = id(header) + _BYTES_OFFSET
+        else:
+            at = _buffer_address(header, keep)
+        _IOV_PAIR.pack_into(self._iovs, i * 2 * _IOV_SIZE, at, len(header), address, length)
+        start = i * self._name_size + self._address_at
+        self._names[start : start + self._address_len] = destination
+        self.pending = i + 1
+
     def flush(self) -> tuple[int, int]:
         """Send what is queued: (packets sent, packets that failed); the failures are in `failed`."""
         fd = self.sock.fileno()
@@ -243,3 +258,15 @@ class SendBatch:
     def _reset(self) -> None:
         self.pending = 0
         self._keep.clear()
+
+
+class Slots:
+    """`count` buffers of `size` bytes, allocated once: what a wakeup reads from TUN goes straight into one,
+    and leaves from there by `SendBatch.add_at`, with no bytes object made or copied per packet."""
+
+    def __init__(self, count: int, size: int) -> None:
+        self._buffer = bytearray(count * size)
+        view = memoryview(self._buffer)
+        base = ctypes.addressof((ctypes.c_char * len(self._buffer)).from_buffer(self._buffer))
+        self.views = [view[i * size : (i + 1) * size] for i in range(count)]
+        self.addresses = [base + i * size for i in range(count)]

@@ -39,9 +39,9 @@ from ..core import ipv4
 from ..core.drops import Drop
 from ..core.encap import Demux, Held, KeepaliveReply, Received, Reflect, Result, Tunnel
 from ..core.gro import coalesce
-from .batch import RecvBatch, SendBatch
+from .batch import RecvBatch, SendBatch, Slots
 from .observe import Observer
-from .tun import VNET_HDR_LEN, VNET_NONE, Tun, read_packet
+from .tun import VIRTIO_NET_HDR_F_NEEDS_CSUM, VNET_HDR_LEN, VNET_NONE, Tun, complete_checksum
 
 log = logging.getLogger("usertunnel")
 
@@ -156,6 +156,11 @@ class Dataplane:
         # When the last wakeup of each raw socket (IPv4, batched) ended: see BUSY_GAP.
         self._left: dict[socket.socket, float] = {}
         self._buffers6: list[bytearray] | None = None  # the IPv6 receive path's, one per packet of a wakeup
+        # What a busy TUN wakeup reads into (one slot per packet of the batch; shared by every interface, as a
+        # wakeup sends its batch before it returns) and the vnet header in front of each read.
+        self._tx_slots: Slots | None = None
+        self._vnet_in = bytearray(VNET_HDR_LEN)
+        self._one_slot = memoryview(bytearray(RECV_BUFFER))  # what a quiet TUN wakeup reads its packet into
 
     def add_socket(self, table: int, sock: socket.socket) -> None:
         """Read the outer packets of demultiplexing table `table` (`ModeSpec.table`: the IP protocol, +256
@@ -229,14 +234,22 @@ class Dataplane:
 
     def _tun_one(self, iface: Interface, now: float) -> bool:
         """Read one packet from TUN, encapsulate it and send it by itself (sendmsg); False if there was none."""
+        vnet = iface.tun.vnet_hdr
+        slot = self._one_slot
         try:
-            data = os.read(iface.tun.fd, RECV_BUFFER)
+            n = os.readv(iface.tun.fd, (self._vnet_in, slot) if vnet else (slot,))
         except BlockingIOError:
             return False
         except OSError as exc:
             self._tun_failed(iface, exc)
             return False
-        inner = read_packet(data) if iface.tun.vnet_hdr else data
+        if vnet:
+            n -= VNET_HDR_LEN
+            if n < 0:
+                return True
+            if self._vnet_in[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+                complete_checksum(self._vnet_in, slot[:n])
+        inner = slot[:n]
         tunnel = iface.tunnel
         plan = tunnel.tx_plan  # core.plan: this tunnel's own code for the ordinary packet; None: the specification
         planned = plan(inner) if plan is not None else None
@@ -261,7 +274,7 @@ class Dataplane:
         return True
 
     def _tun_batch(self, iface: Interface, batch: SendBatch, now: float) -> None:
-        """Drain TUN (up to BATCH packets), encapsulate, and send them all in one sendmmsg."""
+        """Drain TUN (up to BATCH packets) into the preallocated slots, encapsulate, send all in one sendmmsg."""
         fd = iface.tun.fd
         tunnel = iface.tunnel
         vnet = iface.tun.vnet_hdr
@@ -269,32 +282,46 @@ class Dataplane:
         remote = tunnel.params.remote or bytes(4 if tunnel.params.mode.value.outer == 4 else 16)
         link_mtu = tunnel.link_mtu
         plan = tunnel.tx_plan  # see _tun_one
-        add = batch.add
+        add_at = batch.add_at
+        slots = self._tx_slots
+        if slots is None:
+            slots = self._tx_slots = Slots(BATCH, RECV_BUFFER)
+        views, addresses = slots.views, slots.addresses
+        header_in = self._vnet_in
+        readv = os.readv
         lengths: list[int] = []
         for _ in range(BATCH):
+            i = batch.pending
+            slot = views[i]
             try:
-                data = os.read(fd, RECV_BUFFER)
+                n = readv(fd, (header_in, slot) if vnet else (slot,))
             except BlockingIOError:
                 break
             except OSError as exc:
                 self._tun_failed(iface, exc)
                 break
-            inner = read_packet(data) if vnet else data
+            if vnet:
+                n -= VNET_HDR_LEN
+                if n < 0:
+                    continue
+                if header_in[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+                    complete_checksum(header_in, slot[:n])
+            inner = slot[:n]
             if plan is not None:
                 planned = plan(inner)
                 if planned is not None:  # it fits: no fragments, no ICMP
-                    add(planned, inner, remote)
-                    lengths.append(len(inner))
+                    add_at(planned, addresses[i], n, remote)
+                    lengths.append(n)
                     continue
             header = tunnel.encapsulate_header(inner, now)
             if isinstance(header, Drop):
                 if header is Drop.FRAG_NEEDED:
                     self._too_big(iface, inner)
-            elif len(header) + len(inner) > link_mtu:
+            elif len(header) + n > link_mtu:
                 self._send_fragments(iface, header + bytes(inner))  # no DF (--nopmtudisc): cut it, as the kernel
             else:
-                batch.add(header, inner, header[16:20] if dynamic else remote)
-                lengths.append(len(inner))
+                add_at(header, addresses[i], n, header[16:20] if dynamic else remote)
+                lengths.append(n)
         if batch.pending:
             try:
                 batch.flush()

@@ -39,7 +39,8 @@ TUNSETCARRIER = 0x400454E2  # _IOW('T', 226, int)
 TUNSETVNETHDRSZ = 0x400454D8  # _IOW('T', 216, int)
 VNET_HDR_LEN = 10
 VNET_NONE = bytes(VNET_HDR_LEN)  # no GSO, no checksum offload: a plain packet
-_NEEDS_CSUM = 1  # VIRTIO_NET_HDR_F_NEEDS_CSUM
+VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
+_NEEDS_CSUM = VIRTIO_NET_HDR_F_NEEDS_CSUM
 
 
 class Tun:
@@ -88,6 +89,15 @@ class Tun:
         if self.fd >= 0:
             self._dev.close()
             self.fd = -1
+
+
+def complete_checksum(vnet: bytes | bytearray, packet: memoryview) -> None:
+    """A partial checksum (VIRTIO_NET_HDR_F_NEEDS_CSUM in `vnet`) completed in place in `packet`: see read_packet."""
+    start, offset = struct.unpack_from("=HH", vnet, 6)
+    where = start + offset
+    if where + 2 <= len(packet):
+        total = fold(ones_complement_sum(packet[start:]))
+        packet[where : where + 2] = (~total & 0xFFFF).to_bytes(2, "big")
 
 
 def read_packet(data: bytes) -> memoryview:
