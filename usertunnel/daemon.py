@@ -91,9 +91,9 @@ class Sockets:
 
     def __init__(self, dataplane: Dataplane, mine: Callable[[], Collection[Identity]] = lambda: ()) -> None:
         self.dataplane = dataplane
-        self.mine = mine  # the identities the daemon claims: its IPv4 receivers' filters keep their packets
+        self.mine = mine  # the identities the daemon claims: its receivers' filters keep their packets
         self._receivers: dict[int, list[Any]] = {}  # table (protocol, +256 over IPv6) -> [socket, users]
-        self._filters: dict[int, ClaimFilter] = {}  # table -> the filter of that IPv4 receiver
+        self._filters: dict[int, ClaimFilter] = {}  # table -> the filter of that receiver
         self._senders: dict[tuple[int, str | None], list[Any]] = {}  # (outer version, device) -> [socket, users]
 
     @staticmethod
@@ -106,14 +106,13 @@ class Sockets:
         entry = self._receivers.get(table)
         if entry is None:
             receiver = open_raw(spec.ip_protocol) if spec.outer == 4 else open_raw6_receiver(spec.ip_protocol)
-            if spec.outer == 4:
-                try:
-                    rx_filter = ClaimFilter(receiver, spec.ip_protocol, self.mine)
-                    rx_filter.update()
-                except BaseException:
-                    receiver.close()
-                    raise
-                self._filters[table] = rx_filter
+            try:
+                rx_filter = ClaimFilter(receiver, spec.ip_protocol, self.mine, outer=spec.outer)
+                rx_filter.update()
+            except BaseException:
+                receiver.close()
+                raise
+            self._filters[table] = rx_filter
             self.dataplane.add_socket(table, receiver)
             entry = self._receivers[table] = [receiver, 0]
         entry[1] += 1

@@ -120,7 +120,7 @@ class Prepared:
     batch: bool = True
     icmp: socket.socket | None = None  # sees "fragmentation needed" about our packets (path MTU)
     claims: Claims | None = None  # the identities this process serves in its namespace (io.claim)
-    rx_filter: ClaimFilter | None = None  # IPv4 outer: the receiving socket's filter, from the claims
+    rx_filter: ClaimFilter | None = None  # the receiving socket's filter, from the namespace's claims
 
     def close(self) -> None:
         self.tun.close()
@@ -165,14 +165,15 @@ def _open(options: UpOptions, params: TunnelParams, underlay: int, mtu: int, cla
             raise
     else:
         sock = open_raw(params.mode.value.ip_protocol, options.device)
-    rx_filter = None
-    if params.mode.value.outer == 4:
-        try:
-            rx_filter = ClaimFilter(sock, params.mode.value.ip_protocol, lambda: claims.held)
-            rx_filter.update()
-        except BaseException:
-            sock.close()
-            raise
+    spec = params.mode.value
+    try:
+        rx_filter = ClaimFilter(receiver or sock, spec.ip_protocol, lambda: claims.held, outer=spec.outer)
+        rx_filter.update()
+    except BaseException:
+        sock.close()
+        if receiver is not None:
+            receiver.close()
+        raise
     icmp = None
     if params.mode.value.outer == 4:
         try:

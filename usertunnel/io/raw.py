@@ -283,7 +283,27 @@ def attach_race_free(sock: socket.socket, program: Sequence[Instruction]) -> Non
 # --- keeping a process's own tunnels' packets (processes that share a network namespace) --------------------
 
 BPF_MAXINSNS = 4096  # the kernel's limit on a classic BPF program's length
-_GRE_FLAGS, _GRE_TYPE = OUTER_HEADER, OUTER_HEADER + 2
+SKF_NET_OFF = -0x100000  # linux/filter.h: loads from here on are relative to the network (IPv6) header
+
+
+@dataclass(frozen=True)
+class FilterOffsets:
+    """Where a socket filter finds the outer source and destination addresses and the GRE header.
+
+    A raw IPv4 socket's filter runs from the outer IPv4 header on. A raw IPv6 socket's runs from the payload on
+    (the GRE header, or the inner packet: the kernel has stepped over the IPv6 header and the extension
+    headers, the encapsulation limit option included; tests/test_claim.py shows it), so the addresses are read
+    relative to the IPv6 header through SKF_NET_OFF.
+    """
+
+    src: int
+    dst: int
+    gre: int
+    ipv4: bool  # the outer IPv4 header is there to check (no options, not a fragment)
+
+
+IPV4_OFFSETS = FilterOffsets(12, 16, OUTER_HEADER, True)
+IPV6_OFFSETS = FilterOffsets((SKF_NET_OFF + 8) & 0xFFFFFFFF, (SKF_NET_OFF + 24) & 0xFFFFFFFF, 0, False)
 _FLAG_C, _FLAG_K, _FLAG_S, _ROUTING_OR_VERSION = 0x8000, 0x2000, 0x1000, 0x4007
 _TEB = 0x6558  # GRE protocol type of Ethernet frames (gretap)
 _LOOKUP_ORDER = ("exact", "remote only", "local only", "wildcard")
@@ -298,21 +318,29 @@ def _step(identity: Identity) -> int:
     return 2 if identity.local is not None else 3
 
 
-def socket_tables(protocol: int) -> tuple[int, ...]:
-    """The demultiplexing tables an IPv4 raw socket of `protocol` serves (gre's also serves gretap)."""
-    return (protocol, protocol + 512) if protocol == 47 else (protocol,)
+def socket_tables(protocol: int, outer: int = 4) -> tuple[int, ...]:
+    """The demultiplexing tables a raw socket of `protocol` serves (GRE's also serves gretap's)."""
+    table = protocol + (256 if outer == 6 else 0)
+    return (table, table + 512) if protocol == 47 else (table,)
 
 
-def tunnel_filter(protocol: int, claims: Collection[Identity], mine: Collection[Identity]) -> list[Instruction] | None:
-    """The classic BPF program that keeps, on a raw IPv4 socket of `protocol`, the packets this process should
-    read given every identity claimed in the namespace (`claims`, io.claim) and those it claims (`mine`).
+def tunnel_filter(
+    protocol: int,
+    claims: Collection[Identity],
+    mine: Collection[Identity],
+    outer: int = 4,
+    at: FilterOffsets | None = None,
+) -> list[Instruction] | None:
+    """The classic BPF program that keeps, on a raw socket of `protocol` (over IPv`outer`), the packets this
+    process should read given every identity claimed in the namespace (`claims`, io.claim) and those it
+    claims (`mine`). `at`: other offsets than the socket's (the tests run the program over whole packets).
 
     None when every packet should be kept: no other process claims an identity of this socket's tables (a
     process alone keeps everything, and goes on counting misaddressed packets as `no_tunnel`), or the
     program would exceed the kernel's BPF_MAXINSNS (a daemon with thousands of tunnels: it then reads
     every packet of the protocol, as before). The rule is in `_tunnel_code`.
     """
-    code = _tunnel_code(protocol, claims, mine)
+    code = _tunnel_code(protocol, claims, mine, outer, at)
     if code is None:
         return None
     program = _resolve([*code, "t:accept", (_RET, 0, 0, _KEEP)])
@@ -324,12 +352,13 @@ def receive_filter(
     claims: Collection[Identity],
     mine: Collection[Identity],
     shard: tuple[ShardLayout, int, int] | None = None,
+    outer: int = 4,
 ) -> list[Instruction] | None:
     """The tunnel filter followed by a --queues worker's shard filter: a packet is kept when this process's
     tunnels should read it AND its flow hashes to this worker. None: keep everything."""
     if shard is None:
-        return tunnel_filter(protocol, claims, mine)
-    code = _tunnel_code(protocol, claims, mine)
+        return tunnel_filter(protocol, claims, mine, outer)
+    code = _tunnel_code(protocol, claims, mine, outer, None)
     shard_code = _shard_code(*shard)
     if code is not None:
         program = _resolve([*code, "t:accept", *shard_code])
@@ -338,7 +367,9 @@ def receive_filter(
     return _resolve(shard_code)
 
 
-def _tunnel_code(protocol: int, claims: Collection[Identity], mine: Collection[Identity]) -> Code | None:
+def _tunnel_code(
+    protocol: int, claims: Collection[Identity], mine: Collection[Identity], outer: int, at: FilterOffsets | None
+) -> Code | None:
     """Keep a packet unless the namespace's lookup gives it to another process's tunnel, or to nobody.
 
     The lookup is core.lookup's (the kernel's ip_tunnel_lookup) run over every claimed identity of the
@@ -351,7 +382,10 @@ def _tunnel_code(protocol: int, claims: Collection[Identity], mine: Collection[I
     match is nobody's: dropped here, as the kernel drops it without counting it on any tunnel. An outer
     header the filter does not read at fixed offsets (IPv4 options, a fragment, a short packet) is kept.
     """
-    tables = socket_tables(protocol)
+    tables = socket_tables(protocol, outer)
+    if at is None:
+        at = IPV4_OFFSETS if outer == 4 else IPV6_OFFSETS
+    gre_at = at.gre
     relevant = sorted((c for c in claims if c.table in tables), key=lambda c: (_step(c), c.order))
     if all(c in mine for c in relevant):
         return None
@@ -367,9 +401,11 @@ def _tunnel_code(protocol: int, claims: Collection[Identity], mine: Collection[I
     def test(identity: Identity, key_at: int | None, owners: Collection[Identity]) -> None:
         """If the packet matches `identity`'s addresses (and its key, at offset `key_at`): the owners decide."""
         end = f"t:{next(label)}"
-        for offset, address in ((12, identity.remote), (16, identity.local)):
-            if address is not None:
-                code.extend([(_LD_W, 0, 0, offset), (_JEQ, 0, end, int.from_bytes(address, "big"))])
+        for offset, address in ((at.src, identity.remote), (at.dst, identity.local)):
+            for word in range(0, len(address or b""), 4):
+                assert address is not None
+                value = int.from_bytes(address[word : word + 4], "big")
+                code.extend([(_LD_W, 0, 0, offset + word), (_JEQ, 0, end, value)])
         if key_at is not None:
             assert identity.key is not None
             code.extend([(_LD_W, 0, 0, key_at), (_JEQ, 0, end, identity.key)])
@@ -384,34 +420,35 @@ def _tunnel_code(protocol: int, claims: Collection[Identity], mine: Collection[I
             test(same[0], None, same)
         code.append((_RET, 0, 0, 0))  # nobody's
 
-    # The outer IPv4 header: anything but 20 bytes without options, not a fragment, is kept.
-    code.extend([(_LD_LEN, 0, 0, 0), (_JGE, 1, 0, OUTER_HEADER), keep()])
-    code.extend([(_LD_B, 0, 0, 0), (_JEQ, 1, 0, 0x45), keep()])
-    code.extend([(_LD_H, 0, 0, 6), (_JSET, 0, 1, 0x3FFF), keep()])
+    if at.ipv4:  # the outer IPv4 header: anything but 20 bytes without options, not a fragment, is kept
+        code.extend([(_LD_LEN, 0, 0, 0), (_JGE, 1, 0, OUTER_HEADER), keep()])
+        code.extend([(_LD_B, 0, 0, 0), (_JEQ, 1, 0, 0x45), keep()])
+        code.extend([(_LD_H, 0, 0, 6), (_JSET, 0, 1, 0x3FFF), keep()])
     if protocol != 47:
         for c in relevant:
             test(c, None, [c])
         code.append((_RET, 0, 0, 0))
         return code
     # GRE: readable flags (no routing, version 0) and the whole header its C, K and S bits announce.
-    code.extend([(_LD_LEN, 0, 0, 0), (_JGE, 1, 0, OUTER_HEADER + 4), (_JA, 0, 0, "t:malformed")])
-    code.extend([(_LD_H, 0, 0, _GRE_FLAGS), (_JSET, 0, 1, _ROUTING_OR_VERSION), (_JA, 0, 0, "t:malformed")])
+    code.extend([(_LD_LEN, 0, 0, 0), (_JGE, 1, 0, gre_at + 4), (_JA, 0, 0, "t:malformed")])
+    code.extend([(_LD_H, 0, 0, gre_at), (_JSET, 0, 1, _ROUTING_OR_VERSION), (_JA, 0, 0, "t:malformed")])
     code.append((_AND, 0, 0, _FLAG_C | _FLAG_K | _FLAG_S))
     combos = [c | k | s for c in (0, _FLAG_C) for k in (0, _FLAG_K) for s in (0, _FLAG_S)]
     code.extend((_JEQ, f"t:flags{flags}", 0, flags) for flags in combos)
     code.append((_JA, 0, 0, "t:malformed"))
-    taps = any(c.table == protocol + 512 for c in relevant)
+    gre_table, tap_table = tables
+    taps = any(c.table == tap_table for c in relevant)
     for flags in combos:
         length = 4 + 4 * bin(flags).count("1")
-        key_at = None if not flags & _FLAG_K else OUTER_HEADER + (8 if flags & _FLAG_C else 4)
-        code.extend([f"t:flags{flags}", (_LD_LEN, 0, 0, 0), (_JGE, 1, 0, OUTER_HEADER + length)])
+        key_at = None if not flags & _FLAG_K else gre_at + (8 if flags & _FLAG_C else 4)
+        code.extend([f"t:flags{flags}", (_LD_LEN, 0, 0, 0), (_JGE, 1, 0, gre_at + length)])
         code.append((_JA, 0, 0, "t:malformed"))
         if taps:
-            code.extend([(_LD_H, 0, 0, _GRE_TYPE), (_JEQ, 0, 1, _TEB), (_JA, 0, 0, f"t:{protocol + 512}/{key_at}")])
-        code.append((_JA, 0, 0, f"t:{protocol}/{key_at}"))
+            code.extend([(_LD_H, 0, 0, gre_at + 2), (_JEQ, 0, 1, _TEB), (_JA, 0, 0, f"t:{tap_table}/{key_at}")])
+        code.append((_JA, 0, 0, f"t:{gre_table}/{key_at}"))
     for table in tables:
         in_table = [c for c in relevant if c.table == table]
-        for key_at in (None, OUTER_HEADER + 4, OUTER_HEADER + 8):
+        for key_at in (None, gre_at + 4, gre_at + 8):
             code.append(f"t:{table}/{key_at}")
             for c in in_table:
                 if (c.key is None) == (key_at is None):
@@ -425,7 +462,7 @@ def _tunnel_code(protocol: int, claims: Collection[Identity], mine: Collection[I
 
 
 class ClaimFilter:
-    """A raw IPv4 socket's filter, kept in step with the namespace's claims (`update` after each change).
+    """A raw socket's filter, kept in step with the namespace's claims (`update` after each change).
 
     `mine` gives the identities this process serves; `shard` a --queues worker's share. The first filter is
     attached race-free (`attach_race_free`); later ones replace it, which the kernel does atomically.
@@ -437,8 +474,10 @@ class ClaimFilter:
         protocol: int,
         mine: Callable[[], Collection[Identity]],
         shard: tuple[ShardLayout, int, int] | None = None,
+        outer: int = 4,
     ) -> None:
         self.sock = sock
+        self.outer = outer
         self.protocol = protocol
         self.mine = mine
         self.shard = shard
@@ -449,7 +488,7 @@ class ClaimFilter:
         """Build the filter from `claims` (default: read them now) and attach it if it changed."""
         if claims is None:
             claims = claimed()
-        program = receive_filter(self.protocol, claims, set(self.mine()), self.shard)
+        program = receive_filter(self.protocol, claims, set(self.mine()), self.shard, self.outer)
         if program == self.program and (self._attached or program is None):
             return
         if not self._attached:
