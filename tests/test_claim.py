@@ -3,6 +3,7 @@ its own tunnels' packets (io.raw.tunnel_filter). Namespaces ut-claim-*."""
 
 from __future__ import annotations
 
+import socket
 import struct
 import sys
 import time
@@ -366,3 +367,38 @@ def test_ip6gre_processes_in_one_namespace_each_read_only_their_own_packets() ->
             assert stats["unmatched"]["drops"] == {}, stats
     finally:
         lab.close()
+
+
+@pytest.mark.netns
+def test_an_ipv6_raw_sockets_filter_sees_the_gre_header_at_0_and_the_ipv6_header_through_skf_net_off() -> None:
+    """What io.raw.IPV6_OFFSETS rests on: `ldb [k]; ret a` keeps as many bytes as the byte it loaded."""
+    from usertunnel.io.raw import SKF_NET_OFF
+
+    require_netns()
+    lab = Lab("claim-", ipv6=True)
+    try:
+        assert kept(lab, 0) == 10  # the payload, after the IPv6 header and its destination options
+        assert kept(lab, SKF_NET_OFF + 6) == 60  # the IPv6 header's next header: destination options
+        assert kept(lab, SKF_NET_OFF + 39) == 1  # the last byte of the destination address, ::1
+    finally:
+        lab.close()
+
+
+def kept(lab: Lab, k: int) -> int:
+    """The bytes an IPv6 raw socket for GRE keeps of a packet sent to ::1 under the program `ldb [k]; ret a`."""
+    from usertunnel.io.raw import _attach_filter
+
+    rx = lab.socket(lab.a, socket.AF_INET6, socket.SOCK_RAW, 47)
+    tx = lab.socket(lab.a, socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    try:
+        _attach_filter(rx, [(0x30, 0, 0, k & 0xFFFFFFFF), (0x16, 0, 0, 0)])
+        option = bytes([47, 0, 4, 1, 4, 1, 1, 0])  # next header GRE; encapsulation limit 4, PadN
+        payload = bytes(range(10, 210))  # the "GRE header" begins with byte 10
+        loopback = socket.inet_pton(socket.AF_INET6, "::1")
+        header = struct.pack("!IHBB16s16s", 0x60000000, len(option) + len(payload), 60, 64, loopback, loopback)
+        tx.sendto(header + option + payload, ("::1", 0))
+        rx.settimeout(2)
+        return len(rx.recv(4096))
+    finally:
+        rx.close()
+        tx.close()

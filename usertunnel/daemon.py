@@ -14,6 +14,15 @@ received packet exactly as `ip tunnel` devices do in one kernel.
   IPPROTO_RAW socket bound to that device: such a socket never receives, so
   no packet is ever read twice. One ICMP listener serves every tunnel's path
   MTU.
+- Identities are claimed (io.claim): each tunnel's (table, local, remote,
+  ikey) is an abstract socket the daemon holds, so an `up` in the same
+  namespace cannot serve it too, and the daemon refuses one an `up` serves
+  (`add tunnel "g1" failed: ... already served ... by pid N (...): File
+  exists`). add claims, change claims the new identities and releases the
+  old, del releases. Each receiving socket's filter (io.raw.tunnel_filter)
+  is the union of the daemon's tunnels against the other processes' claims,
+  rebuilt once for changes that come in a row (DAEMON_REFRESH_DELAY) and
+  when another process comes or goes.
 - Changes arrive on the control socket DIR/usertunnel-daemon.sock
   (`usertunnel tunnel add|change|del|prl|6rd`, `usertunnel reload`) or as
   SIGHUP (reload). They are applied one at a time. Netlink work (device

@@ -6,6 +6,12 @@ event loop starts: pyroute2's synchronous API runs an asyncio loop of its own
 and must not be called from inside ours. `serve` is the event loop, which only
 moves packets. From the moment the TUN device exists, a `finally` closes it,
 which removes it: a refused configuration leaves nothing behind.
+
+Before anything is created, `prepare` claims the tunnel's identity in the
+network namespace (io.claim): a second process with the same table, local,
+remote and ikey exits 2 with the holder's PID, as `ip tunnel add` says "File
+exists". The receiving socket's filter (io.raw.ClaimFilter) is built from the
+namespace's claims before the device exists; `ClaimWatch` keeps it in step.
 """
 
 from __future__ import annotations

@@ -14,7 +14,12 @@ Every raw socket of a protocol receives a copy of every packet, so socket i
 gets a classic BPF filter that keeps only the packets whose inner flow hashes
 to i (io.raw.shard_filter: a symmetric hash of the inner addresses and ports
 at the tunnel's fixed header offsets; what it cannot hash goes to worker 0),
-so that each packet is handled by exactly one worker. Then it forks N workers
+so that each packet is handled by exactly one worker; the filter first keeps
+only this tunnel's packets among those of other processes of the namespace
+(io.raw.receive_filter: the tunnel test, then the shard). The parent claims the
+tunnel's identity once (io.claim) and answers for it; when a newcomer pokes
+it, it tells each worker to rebuild its filter, and each worker re-reads the
+claims every few seconds too (a process that died says nothing). Then it forks N workers
 before any event loop exists. Worker i runs a Dataplane over queue i and
 socket i: it decapsulates its share of the flows and writes them into its
 queue, and encapsulates what the kernel hands to its queue. The kernel sends

@@ -29,6 +29,43 @@ the same worker). Whatever the filter cannot hash at those offsets (outer or
 inner IPv4 options, fragments, inner protocols other than TCP and UDP, IPv6
 extension headers, a GRE header other than the tunnel's, a truncated packet)
 goes to worker 0: each packet is kept by exactly one of the N filters.
+
+Processes that share a network namespace (several `usertunnel up`, the
+daemon) would each read every packet of the protocol: N processes, N times
+the receive cost, and each counting the others' packets as its own drops. So
+every receiving socket, IPv4 and IPv6, carries a filter built from the
+identities claimed in the namespace (io.claim; `tunnel_filter`, `ClaimFilter`),
+and rebuilt when they change. What it keeps, and why:
+
+- The namespace is treated as one kernel: core.lookup's order (exact, remote
+  only, local only, wildcard, the key matching exactly at each step) runs over
+  every claimed identity, and a packet goes to the process whose identity wins.
+  So the key is in the filter: two processes with the same addresses and
+  different keys each read only their own key. A wrong key from our remote is
+  the kernel's key mismatch only when no identity of the namespace has that
+  key; then every process holding the first address pattern that matches
+  (core.lookup.address_match's) keeps it and counts `key_mismatch`, as before.
+- A GRE header that cannot be read (truncated, version, routing bit) is kept
+  by the holders of the first matching address pattern, who count it
+  (`gre_truncated`, `gre_version`, `gre_routing`). An outer IPv4 header with
+  options or a fragment is kept by all (the filter reads fixed offsets).
+- A packet no identity's addresses match is nobody's: dropped, as the kernel
+  drops it without counting it on a tunnel. But a process alone on its socket
+  (no other process claims an identity of that protocol and family) gets no
+  filter at all, so a single `up` still counts misaddressed packets as
+  `no_tunnel`, which is how a wrong --remote shows.
+- A daemon whose program would pass the kernel's 4,096 instructions (several
+  hundred tunnels sharing a socket with another process's) reads every packet
+  of the protocol, as before, rather than refuse.
+- --queues: the tunnel test comes first and its "keep" jumps into the
+  worker's shard program (`receive_filter`): a worker keeps its tunnel's
+  packets AND its share of the flows.
+- A raw IPv6 socket's filter runs from the payload on (the GRE header at
+  offset 0: the kernel has stepped over the IPv6 header and its extension
+  headers); the addresses are read through SKF_NET_OFF (`IPV6_OFFSETS`).
+
+A socket's first filter is attached race-free (`attach_race_free`: drop all,
+drain, then the program); later ones replace it atomically.
 """
 
 from __future__ import annotations
