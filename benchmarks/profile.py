@@ -122,7 +122,7 @@ class Rule:
 # First match wins, innermost frame first. Extend here when the data path gains functions.
 RULES: tuple[Rule, ...] = (
     # A line calling into C (a builtin or a ctypes function) has no frame of its own: its text says what it is.
-    Rule("TUN read", line=r"\bos\.readv?\("),
+    Rule("TUN read", line=r"\bos\.readv?\(|(?<![\w.])readv\("),
     Rule("send", line=r"\b_?sendmmsg\(|\.sendmsg\(|\.sendto\("),
     Rule("recv", line=r"\b_?recvmmsg\(|\.recv_into\(|\.recvmsg(_into)?\(|\.recvfrom(_into)?\("),
     Rule("TUN write", line=r"\bos\.writev?\("),
@@ -142,7 +142,8 @@ RULES: tuple[Rule, ...] = (
     Rule("coalesce", file=r"core/gro\.py"),
     Rule("encapsulate", function=r"^Tunnel\.(encapsulate\w*|_outer6|_sit_destination|_gre_headers)$"),
     Rule("decapsulate", function=r"^(Demux\.\w+|_count_rx|parse_gre|parse_ipv4|header_checksum_ok)$"),
-    Rule("decapsulate", function=r"^(csum_derived_is_valid|inner_sum)$", file=r"core/encap\.py"),
+    # inner_sum serves both directions (the transmit checksum, the derived receive check): its caller's stage.
+    Rule("decapsulate", function=r"^csum_derived_is_valid$", file=r"core/encap\.py"),
 )
 
 

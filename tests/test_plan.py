@@ -294,3 +294,38 @@ def test_a_learned_path_mtu_sends_larger_packets_to_the_specification_until_it_e
     assert tunnel.encapsulate_header(inner, 1.0) is Drop.FRAG_NEEDED
     assert tunnel.encapsulate_header(inner, 10_000.0) is not Drop.FRAG_NEEDED  # expired: forgotten
     assert tunnel.tx_plan(inner) is not None
+
+
+def test_planned_finds_each_tunnel_among_many_between_the_same_addresses_and_forgets_removed_ones() -> None:
+    tunnels = [Tunnel(TunnelParams(f"k{key}", Mode.GRE, A, B, ikey=key, okey=key, iseq=True, icsum=True))
+               for key in range(1, 8)]  # fmt: skip
+    tunnels += [Tunnel(TunnelParams("ip", Mode.IPIP, A, B)), Tunnel(TunnelParams("c", Mode.GRE, A, C))]
+    demux = Demux()
+    for tunnel in tunnels:
+        demux.add(tunnel)
+    assert demux.single is None
+    inner = ipv4_packet(17, bytes(100))
+    for tunnel in tunnels:
+        p = tunnel.params
+        assert p.remote is not None and p.local is not None
+        peer = Tunnel(TunnelParams("peer", p.mode, p.remote, p.local, okey=p.ikey, oseq=p.iseq, ocsum=p.icsum))
+        packet = peer.encapsulate(inner)
+        assert isinstance(packet, bytes)
+        hit = demux.planned(memoryview(packet))
+        assert hit is not None and hit[0] is tunnel and bytes(hit[1]) == inner
+        demux.remove(tunnel)
+        assert demux.planned(memoryview(packet)) is None
+        assert isinstance(demux.decapsulate(packet), Drop)
+    assert demux.fast == {} and demux.single is None
+
+
+def test_a_lone_planned_tunnel_is_the_demuxs_single() -> None:
+    demux = Demux()
+    first = Tunnel(TunnelParams("a", Mode.GRE, A, B))
+    demux.add(first)
+    assert demux.single is first
+    second = Tunnel(TunnelParams("b", Mode.GRE, A, C))
+    demux.add(second)
+    assert demux.single is None
+    demux.remove(first)
+    assert demux.single is second

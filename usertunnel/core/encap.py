@@ -469,7 +469,7 @@ class Demux:
         # a plan that accepts a packet is the one the lookup would pick (the exact rule, its own protocol and
         # key); one that declines changes nothing, so each is tried, then the specification. `single`: the one
         # such tunnel, when there is only one (a `usertunnel up`), tried without the dictionary.
-        self.fast: dict[bytes, tuple[Tunnel, ...]] = {}
+        self.fast: dict[bytes, tuple[Tunnel, ...] | dict[tuple[int, int | None], Tunnel]] = {}
         self.single: Tunnel | None = None
 
     def deadline(self) -> float | None:
@@ -492,28 +492,68 @@ class Demux:
     def add(self, tunnel: Tunnel) -> None:
         self.tables.setdefault(tunnel.params.mode.value.table, TunnelTable()).add(tunnel)
         if tunnel.rx_plan is not None:
-            p = tunnel.params
-            assert p.remote is not None and p.local is not None
-            address = p.remote + p.local
-            self.fast[address] = (*self.fast.get(address, ()), tunnel)
+            address = _fast_address(tunnel)
+            group = self.fast.get(address, ())
+            if isinstance(group, dict):
+                group[_fast_key(tunnel)] = tunnel
+            elif len(group) < FAST_GROUP:
+                self.fast[address] = (*group, tunnel)
+            else:
+                self.fast[address] = {_fast_key(t): t for t in (*group, tunnel)}
             self._single()
 
     def remove(self, tunnel: Tunnel) -> None:
         table = self.tables.get(tunnel.params.mode.value.table)
         if table is not None:
             table.remove(tunnel)
-        for address, group in list(self.fast.items()):
-            if tunnel in group:
-                rest = tuple(t for t in group if t is not tunnel)
-                if rest:
-                    self.fast[address] = rest
-                else:
-                    del self.fast[address]
-        self._single()
+        if tunnel.rx_plan is not None:
+            address = _fast_address(tunnel)
+            group = self.fast.get(address, ())
+            if isinstance(group, dict):
+                if group.get(_fast_key(tunnel)) is tunnel:
+                    del group[_fast_key(tunnel)]
+                if len(group) <= FAST_GROUP:
+                    self.fast[address] = tuple(group.values())
+            else:
+                self.fast[address] = tuple(t for t in group if t is not tunnel)
+            if not self.fast[address]:
+                del self.fast[address]
+            self._single()
 
     def _single(self) -> None:
-        groups = list(self.fast.values())
-        self.single = groups[0][0] if len(groups) == 1 and len(groups[0]) == 1 else None
+        """The one tunnel with a receive plan, when there is only one (the loop then calls its plan directly)."""
+        self.single = None
+        if len(self.fast) == 1:
+            (group,) = self.fast.values()
+            if isinstance(group, tuple) and len(group) == 1:
+                self.single = group[0]
+
+    def planned(self, packet: memoryview) -> tuple[Tunnel, memoryview] | None:
+        """The receive plans' answer for an outer IPv4 packet: its tunnel and inner packet, or None (run
+        `decapsulate`, which then decides as it always did: a plan that declines has changed nothing)."""
+        group = self.fast.get(packet[12:20].tobytes())
+        if group is None:
+            return None
+        if type(group) is tuple:
+            for tunnel in group:
+                inner = tunnel.rx_plan(packet)  # type: ignore[misc]  # in `fast`: it has one
+                if inner is not None:
+                    return tunnel, inner
+            return None
+        assert isinstance(group, dict)
+        # Many tunnels between the same two addresses: told apart by protocol and GRE key (the plan checks all).
+        if len(packet) < 32 or packet[0] != 0x45:
+            return None
+        protocol = packet[9]
+        key = None
+        if protocol == 47 and packet[20] & 0x20:  # K
+            at = 28 if packet[20] & 0x80 else 24  # after the checksum word when C
+            key = int.from_bytes(packet[at : at + 4], "big")
+        found = group.get((protocol, key))
+        if found is None:
+            return None
+        inner = found.rx_plan(packet)  # type: ignore[misc]
+        return None if inner is None else (found, inner)
 
     def decapsulate(self, packet: bytes | bytearray | memoryview, now: float = 0.0) -> Result:
         """Check a packet from the raw socket and return its inner packet, or why it was dropped.
@@ -727,6 +767,23 @@ class Demux:
         counters.rx_packets += 1
         counters.rx_bytes += len(inner)
         return Received(tunnel, rule, inner)
+
+
+# Tunnels with receive plans on one pair of outer addresses: up to this many are tried in turn, more are
+# found by protocol and key (Demux.planned).
+FAST_GROUP = 4
+
+
+def _fast_key(tunnel: Tunnel) -> tuple[int, int | None]:
+    """How a planned tunnel is told apart from others between the same two addresses: protocol and key."""
+    return tunnel.params.mode.value.ip_protocol, tunnel.params.ikey
+
+
+def _fast_address(tunnel: Tunnel) -> bytes:
+    """The outer source and destination (the packet's bytes 12..20) of what a planned tunnel receives."""
+    p = tunnel.params
+    assert p.remote is not None and p.local is not None
+    return p.remote + p.local
 
 
 _OLD = Verdict.OLD

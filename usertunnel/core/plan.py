@@ -35,12 +35,15 @@ Hubs, 6to4/6rd/ISATAP, IPv6 outer headers and gretap run the specification.
 
 Rules for this file: it only writes and compiles code from a tunnel's
 options; the generated code touches no socket. `source` of each plan is
-kept, so that a learner can read the exact code that serves their tunnel
-(`usertunnel up --show-plan`).
+kept, so that a learner can read the exact code that serves their tunnel.
+The source names a tunnel's values (its addresses, keys, TTL) instead of
+spelling them, so that tunnels configured alike share one compiled code
+object (`_compile`).
 """
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,6 +70,17 @@ class Plan:
 def _fold_lines(var: str, indent: str) -> list[str]:
     """Two end-around carries: enough for any sum of fewer than 65,536 16-bit words."""
     return [f"{indent}{var} = ({var} & 0xFFFF) + ({var} >> 16)", f"{indent}{var} = ({var} & 0xFFFF) + ({var} >> 16)"]
+
+
+@functools.lru_cache(maxsize=257)
+def _tos_table(tos: int | None) -> bytes:
+    """The outer TOS byte for each inner one: RFC 6040 section 4.1 with a fixed DSCP, or the inner one (None)."""
+    return bytes(ecn.encapsulate(x if tos is None else tos, x) for x in range(256))
+
+
+@functools.lru_cache(maxsize=256)
+def _struct(fmt: str) -> struct.Struct:
+    return struct.Struct(fmt)
 
 
 def tx_eligible(tunnel: Tunnel) -> bool:
@@ -107,7 +121,10 @@ def compile_tx(tunnel: Tunnel) -> Plan | None:
         "SRC": p.local or bytes(4),
         "DST": p.remote,
         # RFC 6040 section 4.1 with the tunnel's DSCP (fixed, or inherited): one table look-up per packet.
-        "TOS": bytes(ecn.encapsulate(x if p.tos is None else p.tos, x) for x in range(256)),
+        "TOS": _tos_table(p.tos),
+        "TTL": p.ttl,
+        "OKEY": p.okey,
+        "OUTER_SUM": tunnel.outer_sum,
     }
     hlen = p.header_length
     lines = [
@@ -124,7 +141,7 @@ def compile_tx(tunnel: Tunnel) -> Plan | None:
         first = False
         if family == 4:
             lines.append("        tos = TOS[inner[1]]")
-            lines.append("        ttl = inner[8]" if p.ttl is None else f"        ttl = {p.ttl}")
+            lines.append("        ttl = inner[8]" if p.ttl is None else "        ttl = TTL")
             df = f"{ipv4.FLAG_DF}" if p.pmtudisc else f"(inner[6] << 8) & {ipv4.FLAG_DF}"
             lines.append(f"        frag = {df}")
             proto = gre.PROTO_IPV4
@@ -132,7 +149,7 @@ def compile_tx(tunnel: Tunnel) -> Plan | None:
             lines.append("        if n < 40:")
             lines.append("            return None")
             lines.append("        tos = TOS[((inner[0] & 0x0F) << 4) | (inner[1] >> 4)]")
-            lines.append("        ttl = inner[7]" if p.ttl is None else f"        ttl = {p.ttl}")
+            lines.append("        ttl = inner[7]" if p.ttl is None else "        ttl = TTL")
             lines.append(f"        frag = {ipv4.FLAG_DF if p.pmtudisc else 0}")
             proto = gre.PROTO_IPV6
         if mode.is_gre:
@@ -151,7 +168,8 @@ def compile_tx(tunnel: Tunnel) -> Plan | None:
             # packet's sum in O(1) for TCP and UDP (encap.inner_sum).
             constant = flags + (0 if p.okey is None else (p.okey >> 16) + (p.okey & 0xFFFF))
             seq_words = " + (seq >> 16) + (seq & 0xFFFF)" if p.oseq else ""
-            lines.append(f"    g = {constant} + proto{seq_words} + inner_sum(inner)")
+            env["GRE_SUM"] = constant
+            lines.append(f"    g = GRE_SUM + proto{seq_words} + inner_sum(inner)")
             lines += _fold_lines("g", "    ")
             fmt += "HH"
             fields += ["~g & 0xFFFF", "0"]
@@ -160,20 +178,20 @@ def compile_tx(tunnel: Tunnel) -> Plan | None:
             env["inner_sum"] = inner_sum
         if p.okey is not None:
             fmt += "I"
-            fields.append(str(p.okey))
+            fields.append("OKEY")
         if p.oseq:
             fmt += "I"
             fields.append("seq")
     lines.append(f"    total = {hlen} + n")
     # The outer IPv4 header's checksum: the words that never change for this tunnel are summed once.
-    lines.append(f"    s = {tunnel.outer_sum} + tos + total + ident + frag + (ttl << 8)")
+    lines.append("    s = OUTER_SUM + tos + total + ident + frag + (ttl << 8)")
     lines += _fold_lines("s", "    ")
     lines.append("    csum = ~s & 0xFFFF")
     lines += ["    C.tx_packets += 1", "    C.tx_bytes += n"]
-    env["HEADER"] = struct.Struct(fmt)
+    env["HEADER"] = _struct(fmt)
     lines.append(f"    return HEADER.pack({', '.join(fields)})")
     assert struct.calcsize(fmt) == hlen, (fmt, hlen)
-    return _compile(lines, env, f"<plan {p.name} tx>")
+    return _compile(lines, env, "<plan tx>")
 
 
 def compile_rx(tunnel: Tunnel) -> Plan | None:
@@ -194,6 +212,7 @@ def compile_rx(tunnel: Tunnel) -> Plan | None:
         "T": tunnel,
         "C": tunnel.counters,
         "ADDRESSES": p.remote + p.local,
+        "IKEY": p.ikey,
     }
     # Outer IPv4: version/IHL, TOS, total length, flags/fragment offset, protocol, source and destination.
     fmt = "!BBH2xHxB2x8s"
@@ -209,7 +228,7 @@ def compile_rx(tunnel: Tunnel) -> Plan | None:
         if p.iseq:
             fmt += "I"
             names.append("seq")
-    env["OUTER"] = struct.Struct(fmt)
+    env["OUTER"] = _struct(fmt)
     smallest = hlen + (20 if 4 in mode.families else 40)
     lines = [
         "def rx(view):",
@@ -230,7 +249,7 @@ def compile_rx(tunnel: Tunnel) -> Plan | None:
         check = " or ".join(f"gre == {w:#010x}" for w in words)
         lines += [f"    if not ({check}):", "        return None"]
         if p.ikey is not None:
-            lines += [f"    if key != {p.ikey}:", "        return None"]
+            lines += ["    if key != IKEY:", "        return None"]
         if p.icsum:
             if p.csum_verify == "full":
                 # RFC 1071: a right checksum makes the sum 0xFFFF, i.e. a non-zero multiple of 0xFFFF; the sum
@@ -287,17 +306,36 @@ def compile_rx(tunnel: Tunnel) -> Plan | None:
     if mode.is_gre and p.iseq:
         lines.append("    window.next_expected = (seq + 1) & 0xFFFFFFFF")
     lines += ["    C.rx_packets += 1", "    C.rx_bytes += end", f"    return view[{hlen}:{hlen} + end]"]
-    return _compile(lines, env, f"<plan {p.name} rx>")
+    return _compile(lines, env, "<plan rx>")
 
 
 def _compile(lines: list[str], env: dict[str, object], filename: str) -> Plan:
-    source = "\n".join(lines) + "\n"
-    code = compile(source, filename, "exec")
-    exec(code, env)  # noqa: S102  the source is ours, written above from validated parameters
-    name = lines[0].split()[1].partition("(")[0]
-    function = env[name]
+    """The function the source defines, bound to this tunnel's values (`env`) as closure variables.
+
+    The source holds only what the options decide (which fields, which checks), never a tunnel's values, so
+    tunnels configured alike share one code object: compiled once, and kept specialised by the interpreter
+    however many tunnels run it. The values are the free variables of a closure made per tunnel (a cell read
+    each, no dictionary look-up).
+    """
+    names = sorted(env)
+    body = ["    " + line for line in lines]
+    source = "\n".join([f"def make({', '.join(names)}):", *body, "    return " + _name(lines)])
+    function = _factory(source + "\n", filename)(**env)
     assert callable(function)
-    return Plan(function, source)
+    return Plan(function, "\n".join(lines) + "\n")
+
+
+def _name(lines: list[str]) -> str:
+    return lines[0].split()[1].partition("(")[0]
+
+
+@functools.lru_cache(maxsize=256)
+def _factory(source: str, filename: str) -> Callable[..., object]:
+    namespace: dict[str, object] = {}
+    exec(compile(source, filename, "exec"), namespace)  # noqa: S102  the source is ours, written from validated options
+    make = namespace["make"]
+    assert callable(make)
+    return make
 
 
 __all__ = ["Plan", "compile_rx", "compile_tx", "rx_eligible", "tx_eligible", "KernelSequence"]

@@ -426,23 +426,18 @@ class Dataplane:
                     if len(packets) < batch.count:
                         break
                     continue
-            fast = demux.fast
+            planned = demux.planned if demux.fast else None
             for packet in packets:
-                if fast:
-                    group = fast.get(packet[12:20].tobytes())
-                    if group is not None:
-                        for tunnel in group:
-                            inner = tunnel.rx_plan(packet)  # type: ignore[misc]  # in `fast`: it has one
-                            if inner is not None:
-                                break
-                        if inner is not None:
-                            iface = interfaces.get(tunnel)
-                            if iface is not None:
-                                found = out.get(iface)
-                                if found is None:
-                                    found = out[iface] = []
-                                found.append(inner)
-                            continue
+                if planned is not None:
+                    hit = planned(packet)
+                    if hit is not None:
+                        iface = interfaces.get(hit[0])
+                        if iface is not None:
+                            found = out.get(iface)
+                            if found is None:
+                                found = out[iface] = []
+                            found.append(hit[1])
+                        continue
                 self._received(sock, demux.decapsulate(packet, now), out)
             for iface, inners in out.items():
                 iface.write_many(inners)
@@ -482,14 +477,12 @@ class Dataplane:
             demux.unmatched.drop(Drop.ICMP_ERROR)
             return
         packet = self._view[:n]
-        single = demux.single
-        if single is not None:
-            inner = single.rx_plan(packet)  # type: ignore[misc]  # `single` has one
-            if inner is not None:
-                iface = self.interfaces.get(single)
-                if iface is not None:
-                    iface.write(inner)
-                return
+        hit = demux.planned(packet) if demux.fast else None
+        if hit is not None:
+            iface = self.interfaces.get(hit[0])
+            if iface is not None:
+                iface.write(hit[1])
+            return
         received = demux.decapsulate(packet, now)
         if isinstance(received, Received):
             iface = self.interfaces.get(received.tunnel)
