@@ -30,6 +30,7 @@ from typing import NamedTuple
 from . import ecn, gre, icmp, ipv4, ipv6, plan, sit
 from .checksum import checksum_is_valid, fold, ones_complement_sum
 from .drops import Drop
+from .gre import parse_fields
 from .keepalive import LineProtocol, inner_request, is_request_to_reflect
 from .lookup import Rule, TunnelTable
 from .neighbors import NeighborTable, Peer
@@ -44,7 +45,6 @@ _EXTENSIONS = frozenset({ipv6.NEXTHDR_HOP, ipv6.NEXTHDR_ROUTING, ipv6.NEXTHDR_FR
                          ipv6.NEXTHDR_DEST})  # fmt: skip
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
-_GRE_FIXED = struct.Struct("!HH")
 _FRAGMENT_BITS = ipv4.FLAG_MF | ipv4.OFFSET_MASK
 
 
@@ -620,21 +620,10 @@ class Demux:
         proto = _PROTO_IPV4 if protocol == 4 else _PROTO_IPV6
         hlen = 0
         if protocol == 47:
-            if len(payload) < 4:
-                return unmatched.drop(Drop.GRE_TRUNCATED)
-            flags, proto = _GRE_FIXED.unpack_from(payload)
-            if flags & _GRE_VERSION_OR_ROUTING:
-                return unmatched.drop(Drop.GRE_VERSION if flags & gre.VERSION_MASK else Drop.GRE_ROUTING)
-            hlen = _GRE_LENGTH[flags >> 12]
-            if len(payload) < hlen:
-                return unmatched.drop(Drop.GRE_TRUNCATED)
-            if flags & _GRE_KEY_OR_SEQ:
-                off = 8 if flags & _GRE_CSUM else 4
-                if flags & _GRE_KEY:
-                    (key,) = _U32.unpack_from(payload, off)
-                    off += 4
-                if flags & _GRE_SEQ:
-                    (sequence,) = _U32.unpack_from(payload, off)
+            fields = parse_fields(payload)
+            if isinstance(fields, Drop):
+                return unmatched.drop(fields)
+            flags, proto, hlen, key, sequence = fields
 
         if proto == _PROTO_TEB:
             # Ethernet frames belong to gretap tunnels, which Linux looks up apart (gre_tap_net); with none,
@@ -794,13 +783,6 @@ PMTU_EXPIRES = 600.0  # the kernel's net.ipv4.route.mtu_expires, seconds
 # GRE on the receive path, as module constants (a global is cheaper than a module attribute).
 _PROTO_IPV4 = gre.PROTO_IPV4
 _PROTO_IPV6 = gre.PROTO_IPV6
-_GRE_CSUM = gre.FLAG_CSUM
-_GRE_KEY = gre.FLAG_KEY
-_GRE_SEQ = gre.FLAG_SEQ
-_GRE_KEY_OR_SEQ = gre.FLAG_KEY | gre.FLAG_SEQ
-_GRE_VERSION_OR_ROUTING = gre.VERSION_MASK | gre.FLAG_ROUTING
-# The header length for each value of the top four flag bits (C, R, K, S; R is refused before).
-_GRE_LENGTH = tuple(gre.header_length(high << 12) for high in range(16))
 _RFC2890 = SeqPolicy.RFC2890
 _DROP_NOT_ECT = ecn.Decap.DROP
 

@@ -101,6 +101,38 @@ def header_length(flags: int) -> int:
     return n
 
 
+# The header length for each value of the top four flag bits (C, R, K, S; R is refused before it matters).
+_LENGTH = tuple(header_length(high << 12) for high in range(16))
+_KEY_OR_SEQ = FLAG_KEY | FLAG_SEQ
+_VERSION_OR_ROUTING = VERSION_MASK | FLAG_ROUTING
+
+Fields = tuple[int, int, int, int | None, int | None]  # flags, protocol, header length, key, sequence
+
+
+def parse_fields(data: bytes | bytearray | memoryview) -> Fields | Drop:
+    """The one GRE parser (gre_parse_header's rules): (flags, protocol, header length, key, sequence) of the
+    header at the start of `data`, or why it cannot be read (truncated, version != 0, routing bit). The
+    checksum is not verified here: the receive path (core.encap) verifies it once it knows the tunnel's
+    rules, the tools (`parse_gre`) when asked."""
+    if len(data) < BASE_LEN:
+        return Drop.GRE_TRUNCATED
+    flags, protocol = _BASE.unpack_from(data)
+    if flags & _VERSION_OR_ROUTING:
+        return Drop.GRE_VERSION if flags & VERSION_MASK else Drop.GRE_ROUTING
+    hlen = _LENGTH[flags >> 12]
+    if len(data) < hlen:
+        return Drop.GRE_TRUNCATED
+    key = sequence = None
+    if flags & _KEY_OR_SEQ:
+        off = 8 if flags & FLAG_CSUM else 4
+        if flags & FLAG_KEY:
+            (key,) = _WORD.unpack_from(data, off)
+            off += 4
+        if flags & FLAG_SEQ:
+            (sequence,) = _WORD.unpack_from(data, off)
+    return flags, protocol, hlen, key, sequence
+
+
 def parse_gre(data: bytes | bytearray | memoryview, verify_checksum: bool = True) -> GREHeader | Drop:
     """Parse the GRE header at the start of `data`: the header and its payload, cut at the outer IP
     total length (the checksum covers exactly that; link-layer padding would make it look wrong).
@@ -109,26 +141,14 @@ def parse_gre(data: bytes | bytearray | memoryview, verify_checksum: bool = True
     a checksum that is present and wrong (unless `verify_checksum` is False:
     a dissector still wants the fields of a packet with a bad checksum).
     """
-    if len(data) < BASE_LEN:
-        return Drop.GRE_TRUNCATED
-    flags, proto = _BASE.unpack_from(data)
-    if flags & VERSION_MASK:
-        return Drop.GRE_VERSION
-    if flags & FLAG_ROUTING:
-        return Drop.GRE_ROUTING
-    if len(data) < header_length(flags):
-        return Drop.GRE_TRUNCATED
-    off = BASE_LEN
-    checksum = key = sequence = None
+    fields = parse_fields(data)
+    if isinstance(fields, Drop):
+        return fields
+    flags, protocol, _hlen, key, sequence = fields
+    checksum = None
     reserved1 = 0
     if flags & FLAG_CSUM:
         if verify_checksum and not checksum_is_valid(data):
             return Drop.CSUM_BAD
-        checksum, reserved1 = _BASE.unpack_from(data, off)
-        off += 4
-    if flags & FLAG_KEY:
-        (key,) = _WORD.unpack_from(data, off)
-        off += 4
-    if flags & FLAG_SEQ:
-        (sequence,) = _WORD.unpack_from(data, off)
-    return GREHeader(proto, checksum, key, sequence, 0, (flags >> 3) & 0x1FF, reserved1)
+        checksum, reserved1 = _BASE.unpack_from(data, BASE_LEN)
+    return GREHeader(protocol, checksum, key, sequence, 0, (flags >> 3) & 0x1FF, reserved1)
