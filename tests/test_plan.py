@@ -329,3 +329,19 @@ def test_a_lone_planned_tunnel_is_the_demuxs_single() -> None:
     assert demux.single is None
     demux.remove(first)
     assert demux.single is second
+
+
+def test_show_plan_prints_the_code_that_serves_the_tunnel_and_creates_nothing() -> None:
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "usertunnel", "up", "--local", "198.51.100.1", "--remote", "198.51.100.2",
+            "--key", "1234", "--seq", "--csum", "--show-plan"]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "def tx(inner):" in done.stdout and "def rx(view):" in done.stdout
+    assert "#   IKEY = 1234" in done.stdout and "#   SRC = 198.51.100.1" in done.stdout
+    assert "inner_sum(inner)" in done.stdout  # the checksum the options asked for is in the code
+    plain = plan.describe_plans(TunnelParams("t0", Mode.GRE, A, B))
+    assert "inner_sum" not in plain and "IKEY" not in plain  # and what they did not ask for is not
+    assert "no plan" in plan.describe_plans(TunnelParams("t0", Mode.SIT, A, None))

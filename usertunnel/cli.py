@@ -373,6 +373,13 @@ def build_parser() -> argparse.ArgumentParser:
         "the kernel's stack instead of many; when the host forwards, each segment's checksum is checked first",
     )
     up.add_argument(
+        "--show-plan",
+        action="store_true",
+        help="print the code compiled for this tunnel (its transmit and receive plans, core/plan.py: what runs "
+        "for each ordinary packet, with this tunnel's options folded in) and exit; creates nothing, needs no "
+        "privileges",
+    )
+    up.add_argument(
         "--no-batch",
         dest="batch",
         action="store_false",
@@ -624,6 +631,11 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     params = params_from_args(args)
     check_address_families(params, args.address)
+    if args.show_plan:
+        from .core.plan import describe_plans
+
+        print(describe_plans(params))
+        return 0
     return up(
         UpOptions(
             params=params,

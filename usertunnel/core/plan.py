@@ -44,16 +44,18 @@ object (`_compile`).
 from __future__ import annotations
 
 import functools
+import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import ecn, gre, ipv4
-from .sequence import HALF, KernelSequence, SeqPolicy
+from .sequence import HALF, SeqPolicy
 
 if TYPE_CHECKING:
     from .encap import Tunnel
+    from .params import TunnelParams
 
 TxFunction = Callable[[bytes | bytearray | memoryview], bytes | None]
 RxFunction = Callable[[memoryview], memoryview | None]
@@ -65,6 +67,7 @@ class Plan:
 
     function: Callable[..., object]
     source: str
+    values: dict[str, object]  # what the source's capitalised names are bound to for this tunnel
 
 
 def _fold_lines(var: str, indent: str) -> list[str]:
@@ -322,7 +325,7 @@ def _compile(lines: list[str], env: dict[str, object], filename: str) -> Plan:
     source = "\n".join([f"def make({', '.join(names)}):", *body, "    return " + _name(lines)])
     function = _factory(source + "\n", filename)(**env)
     assert callable(function)
-    return Plan(function, "\n".join(lines) + "\n")
+    return Plan(function, "\n".join(lines) + "\n", env)
 
 
 def _name(lines: list[str]) -> str:
@@ -338,4 +341,46 @@ def _factory(source: str, filename: str) -> Callable[..., object]:
     return make
 
 
-__all__ = ["Plan", "compile_rx", "compile_tx", "rx_eligible", "tx_eligible", "KernelSequence"]
+def describe_plans(params: TunnelParams) -> str:
+    """The plans of a tunnel with `params`, as a reader would want them: each one's source and the values
+    it is bound to, or why the specification serves that direction (`usertunnel up --show-plan`)."""
+    from .encap import Tunnel
+
+    tunnel = Tunnel(params)
+    out = []
+    for direction, plan, eligible in (
+        ("transmit", compile_tx(tunnel), tx_eligible(tunnel)),
+        ("receive", compile_rx(tunnel), rx_eligible(tunnel)),
+    ):
+        if plan is None:
+            why = "IPv4 outer, point to point" if direction == "transmit" else (
+                "IPv4 outer, local and remote both set; not sit, not a hub; sequence policy kernel"
+            )
+            out.append(f"# {direction}: no plan ({why} only); core/encap.py's specification serves every packet")
+            continue
+        assert eligible
+        out.append(f"# {direction} plan: None means 'not an ordinary packet': core/encap.py's specification decides")
+        for name, value in sorted(plan.values.items()):
+            shown = _shown(name, value)
+            if shown is not None:
+                out.append(f"#   {name} = {shown}")
+        out.append(plan.source)
+    return "\n".join(out)
+
+
+def _shown(name: str, value: object) -> str | None:
+    """A plan's bound value as a person reads it (None: a helper such as T, C or a struct, left out)."""
+    if isinstance(value, bytes):
+        if name == "TOS":
+            return "the outer TOS for each inner TOS byte (RFC 6040 section 4.1), 256 bytes"
+        if len(value) in (4, 8):
+            return ", ".join(socket.inet_ntoa(value[i : i + 4]) for i in range(0, len(value), 4))
+        return value.hex()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value} ({value:#x})" if name.endswith("SUM") else str(value)
+    if value is None:
+        return "None"
+    return None
+
+
+__all__ = ["Plan", "compile_rx", "compile_tx", "describe_plans", "rx_eligible", "tx_eligible"]
