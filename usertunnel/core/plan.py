@@ -44,6 +44,7 @@ object (`_compile`).
 from __future__ import annotations
 
 import functools
+import re
 import socket
 import struct
 from collections.abc import Callable
@@ -362,7 +363,7 @@ def describe_plans(params: TunnelParams) -> str:
         out.append(f"# {direction} plan: None means 'not an ordinary packet': core/encap.py's specification decides")
         for name, value in sorted(plan.values.items()):
             shown = _shown(name, value)
-            if shown is not None:
+            if shown is not None and re.search(rf"\b{name}\b", plan.source):
                 out.append(f"#   {name} = {shown}")
         out.append(plan.source)
     return "\n".join(out)
