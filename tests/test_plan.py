@@ -345,3 +345,16 @@ def test_show_plan_prints_the_code_that_serves_the_tunnel_and_creates_nothing() 
     plain = plan.describe_plans(TunnelParams("t0", Mode.GRE, A, B))
     assert "inner_sum" not in plain and "IKEY" not in plain  # and what they did not ask for is not
     assert "no plan" in plan.describe_plans(TunnelParams("t0", Mode.SIT, A, None))
+
+
+def test_plans_count_on_the_counters_the_tunnel_has_now() -> None:
+    # The daemon's `change` builds a new tunnel and hands it the old one's counters.
+    old, new = Tunnel(TunnelParams("t0", Mode.GRE, A, B)), Tunnel(TunnelParams("t0", Mode.GRE, A, B))
+    new.counters = old.counters
+    inner = ipv4_packet(17, bytes(100))
+    assert new.tx_plan is not None and new.rx_plan is not None
+    assert new.tx_plan(inner) is not None
+    peer = Tunnel(TunnelParams("peer", Mode.GRE, B, A))
+    packet = peer.encapsulate(inner)
+    assert isinstance(packet, bytes) and new.rx_plan(memoryview(packet)) is not None
+    assert (old.counters.tx_packets, old.counters.rx_packets) == (1, 1)

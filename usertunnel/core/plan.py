@@ -122,7 +122,6 @@ def compile_tx(tunnel: Tunnel) -> Plan | None:
     fmt = "!BBHHHBBH4s4s"
     env: dict[str, object] = {
         "T": tunnel,
-        "C": tunnel.counters,
         "SRC": p.local or bytes(4),
         "DST": p.remote,
         # RFC 6040 section 4.1 with the tunnel's DSCP (fixed, or inherited): one table look-up per packet.
@@ -192,7 +191,8 @@ def compile_tx(tunnel: Tunnel) -> Plan | None:
     lines.append("    s = OUTER_SUM + tos + total + ident + frag + (ttl << 8)")
     lines += _fold_lines("s", "    ")
     lines.append("    csum = ~s & 0xFFFF")
-    lines += ["    C.tx_packets += 1", "    C.tx_bytes += n"]
+    # The counters are read from the tunnel on each packet: a daemon's `change` hands a new tunnel the old ones.
+    lines += ["    counters = T.counters", "    counters.tx_packets += 1", "    counters.tx_bytes += n"]
     env["HEADER"] = _struct(fmt)
     lines.append(f"    return HEADER.pack({', '.join(fields)})")
     assert struct.calcsize(fmt) == hlen, (fmt, hlen)
@@ -215,7 +215,6 @@ def compile_rx(tunnel: Tunnel) -> Plan | None:
     hlen = 20 + (gre.header_length(flags) if mode.is_gre else 0)  # outer IPv4 header and the GRE header we take
     env: dict[str, object] = {
         "T": tunnel,
-        "C": tunnel.counters,
         "ADDRESSES": p.remote + p.local,
         "IKEY": p.ikey,
     }
@@ -305,7 +304,8 @@ def compile_rx(tunnel: Tunnel) -> Plan | None:
     lines += ["    else:", "        return None"]
     if mode.is_gre and p.iseq:
         lines.append("    window.next_expected = (seq + 1) & 0xFFFFFFFF")
-    lines += ["    C.rx_packets += 1", "    C.rx_bytes += end", f"    return view[{hlen}:{hlen} + end]"]
+    lines += ["    counters = T.counters", "    counters.rx_packets += 1", "    counters.rx_bytes += end"]
+    lines.append(f"    return view[{hlen}:{hlen} + end]")
     return _compile(lines, env, "<plan rx>")
 
 
@@ -366,7 +366,7 @@ def describe_plans(params: TunnelParams) -> str:
 
 
 def _shown(name: str, value: object) -> str | None:
-    """A plan's bound value as a person reads it (None: a helper such as T, C or a struct, left out)."""
+    """A plan's bound value as a person reads it (None: a helper such as T or a struct, left out)."""
     if isinstance(value, bytes):
         if name == "TOS":
             return "the outer TOS for each inner TOS byte (RFC 6040 section 4.1), 256 bytes"
