@@ -89,6 +89,11 @@ class GREHeader:
         return replace(self, checksum=internet_checksum(zeroed.pack() + bytes(payload)))
 
 
+def flags_for(csum: bool, key: bool, seq: bool) -> int:
+    """The C, K and S bits of a header that carries a checksum, a key and a sequence number as asked."""
+    return (FLAG_CSUM if csum else 0) | (FLAG_KEY if key else 0) | (FLAG_SEQ if seq else 0)
+
+
 def header_length(flags: int) -> int:
     """Length of a GRE header whose first 16 bits are `flags` (routing not supported)."""
     n = BASE_LEN

@@ -208,9 +208,7 @@ class TunnelParams:
         else:
             n = ipv4.MIN_HEADER_LEN
         if self.mode.value.is_gre:
-            flags = (gre.FLAG_CSUM if self.ocsum else 0) | (gre.FLAG_KEY if self.okey is not None else 0)
-            flags |= gre.FLAG_SEQ if self.oseq else 0
-            n += gre.header_length(flags)
+            n += gre.header_length(gre.flags_for(self.ocsum, self.okey is not None, self.oseq))
         return n
 
     def default_mtu(self, underlay_mtu: int) -> int:

@@ -161,8 +161,7 @@ def compile_tx(tunnel: Tunnel) -> Plan | None:
     lines += ["    else:", "        return None"]
     lines += ["    ident = T.ident", "    T.ident = (ident + 1) & 0xFFFF"]
     if mode.is_gre:
-        flags = (gre.FLAG_CSUM if p.ocsum else 0) | (gre.FLAG_KEY if p.okey is not None else 0)
-        flags |= gre.FLAG_SEQ if p.oseq else 0
+        flags = gre.flags_for(p.ocsum, p.okey is not None, p.oseq)
         fmt += "HH"
         fields += [f"{flags:#06x}", "proto"]
         if p.oseq:
@@ -210,8 +209,7 @@ def compile_rx(tunnel: Tunnel) -> Plan | None:
     p = tunnel.params
     mode = p.mode.value
     assert p.local is not None and p.remote is not None
-    flags = (gre.FLAG_CSUM if p.icsum else 0) | (gre.FLAG_KEY if p.ikey is not None else 0)
-    flags |= gre.FLAG_SEQ if p.iseq else 0
+    flags = gre.flags_for(p.icsum, p.ikey is not None, p.iseq)
     hlen = 20 + (gre.header_length(flags) if mode.is_gre else 0)  # outer IPv4 header and the GRE header we take
     env: dict[str, object] = {
         "T": tunnel,
