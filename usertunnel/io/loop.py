@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import io
 import logging
 import os
 import socket
@@ -82,8 +83,11 @@ class Interface:
     verify_segments: bool = False
     # When the last wakeup of the TUN device ended (time.monotonic()): see BUSY_GAP.
     left: float = 0.0
+    # A read from the TUN device into a buffer, one read(2) and no object made (None when nothing is queued).
+    readinto: Callable[[memoryview], int | None] = field(init=False)
 
     def __post_init__(self) -> None:
+        self.readinto = io.FileIO(self.tun.fd, closefd=False).readinto
         remote = self.tunnel.params.remote
         if self.tunnel.params.mode.value.outer == 6:
             self.destination = (socket.inet_ntop(socket.AF_INET6, remote) if remote else "::", 0)
@@ -159,7 +163,6 @@ class Dataplane:
         # What a busy TUN wakeup reads into (one slot per packet of the batch; shared by every interface, as a
         # wakeup sends its batch before it returns) and the vnet header in front of each read.
         self._tx_slots: Slots | None = None
-        self._vnet_in = bytearray(VNET_HDR_LEN)
         self._one_slot = memoryview(bytearray(RECV_BUFFER))  # what a quiet TUN wakeup reads its packet into
 
     def add_socket(self, table: int, sock: socket.socket) -> None:
@@ -234,22 +237,22 @@ class Dataplane:
 
     def _tun_one(self, iface: Interface, now: float) -> bool:
         """Read one packet from TUN, encapsulate it and send it by itself (sendmsg); False if there was none."""
-        vnet = iface.tun.vnet_hdr
         slot = self._one_slot
         try:
-            n = os.readv(iface.tun.fd, (self._vnet_in, slot) if vnet else (slot,))
-        except BlockingIOError:
-            return False
+            n = iface.readinto(slot)
         except OSError as exc:
             self._tun_failed(iface, exc)
             return False
-        if vnet:
-            n -= VNET_HDR_LEN
-            if n < 0:
+        if n is None:  # nothing queued (EAGAIN)
+            return False
+        if iface.tun.vnet_hdr:  # the virtio_net_hdr comes first
+            if n < VNET_HDR_LEN:
                 return True
-            if self._vnet_in[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM:
-                complete_checksum(self._vnet_in, slot[:n])
-        inner = slot[:n]
+            if slot[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+                complete_checksum(slot, slot[VNET_HDR_LEN:n])
+            inner = slot[VNET_HDR_LEN:n]
+        else:
+            inner = slot[:n]
         tunnel = iface.tunnel
         plan = tunnel.tx_plan  # core.plan: this tunnel's own code for the ordinary packet; None: the specification
         planned = plan(inner) if plan is not None else None
@@ -275,7 +278,6 @@ class Dataplane:
 
     def _tun_batch(self, iface: Interface, batch: SendBatch, now: float) -> None:
         """Drain TUN (up to BATCH packets) into the preallocated slots, encapsulate, send all in one sendmmsg."""
-        fd = iface.tun.fd
         tunnel = iface.tunnel
         vnet = iface.tun.vnet_hdr
         dynamic = tunnel.dynamic_destination  # a hub, or sit --remote any (6to4, 6rd, ISATAP): see _tun_one
@@ -287,30 +289,30 @@ class Dataplane:
         if slots is None:
             slots = self._tx_slots = Slots(BATCH, RECV_BUFFER)
         views, addresses = slots.views, slots.addresses
-        header_in = self._vnet_in
-        readv = os.readv
+        readinto = iface.readinto
+        skip = VNET_HDR_LEN if vnet else 0  # the virtio_net_hdr in front of each packet read
         lengths: list[int] = []
         for _ in range(BATCH):
             i = batch.pending
             slot = views[i]
             try:
-                n = readv(fd, (header_in, slot) if vnet else (slot,))
-            except BlockingIOError:
-                break
+                n = readinto(slot)
             except OSError as exc:
                 self._tun_failed(iface, exc)
                 break
+            if n is None:  # the queue is empty (EAGAIN)
+                break
             if vnet:
-                n -= VNET_HDR_LEN
-                if n < 0:
+                if n < VNET_HDR_LEN:
                     continue
-                if header_in[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM:
-                    complete_checksum(header_in, slot[:n])
-            inner = slot[:n]
+                if slot[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+                    complete_checksum(slot, slot[VNET_HDR_LEN:n])
+            inner = slot[skip:n]
+            n -= skip
             if plan is not None:
                 planned = plan(inner)
                 if planned is not None:  # it fits: no fragments, no ICMP
-                    add_at(planned, addresses[i], n, remote)
+                    add_at(planned, addresses[i] + skip, n, remote)
                     lengths.append(n)
                     continue
             header = tunnel.encapsulate_header(inner, now)
@@ -320,7 +322,7 @@ class Dataplane:
             elif len(header) + n > link_mtu:
                 self._send_fragments(iface, header + bytes(inner))  # no DF (--nopmtudisc): cut it, as the kernel
             else:
-                add_at(header, addresses[i], n, header[16:20] if dynamic else remote)
+                add_at(header, addresses[i] + skip, n, header[16:20] if dynamic else remote)
                 lengths.append(n)
         if batch.pending:
             try:

@@ -91,7 +91,7 @@ class Tun:
             self.fd = -1
 
 
-def complete_checksum(vnet: bytes | bytearray, packet: memoryview) -> None:
+def complete_checksum(vnet: bytes | bytearray | memoryview, packet: memoryview) -> None:
     """A partial checksum (VIRTIO_NET_HDR_F_NEEDS_CSUM in `vnet`) completed in place in `packet`: see read_packet."""
     start, offset = struct.unpack_from("=HH", vnet, 6)
     where = start + offset
