@@ -122,7 +122,7 @@ class Rule:
 # First match wins, innermost frame first. Extend here when the data path gains functions.
 RULES: tuple[Rule, ...] = (
     # A line calling into C (a builtin or a ctypes function) has no frame of its own: its text says what it is.
-    Rule("TUN read", line=r"\bos\.readv?\(|(?<![\w.])readv\("),
+    Rule("TUN read", line=r"\bos\.readv?\(|(?<![\w.])readv\(|\breadinto\("),
     Rule("send", line=r"\b_?sendmmsg\(|\.sendmsg\(|\.sendto\("),
     Rule("recv", line=r"\b_?recvmmsg\(|\.recv_into\(|\.recvmsg(_into)?\(|\.recvfrom(_into)?\("),
     Rule("TUN write", line=r"\bos\.writev?\("),
