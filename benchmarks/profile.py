@@ -132,7 +132,7 @@ RULES: tuple[Rule, ...] = (
     Rule("encapsulate", file=r"<plan[^>]*\btx\b"),
     Rule("decapsulate", file=r"<plan[^>]*\brx\b"),
     # io/: the shell around the core.
-    Rule("TUN read", function=r"^read_packet$", file=r"io/tun\.py"),
+    Rule("TUN read", function=r"^complete_checksum$", file=r"io/tun\.py"),
     Rule("TUN write", function=r"^(Tun\.write|Interface\.write|Interface\.write_many)$"),
     Rule("send", function=r"^(SendBatch\.\w+|_buffer_address)$"),
     Rule("recv", function=r"^RecvBatch\.\w+$"),

@@ -209,3 +209,22 @@ def test_a_batch_without_tcp_goes_into_a_vnet_tun_packet_by_packet_behind_an_emp
     finally:
         iface.sock.close()
         tun.close()
+
+
+def test_a_partial_checksum_read_from_tun_is_completed_in_place() -> None:
+    """Should the kernel hand over a packet with VIRTIO_NET_HDR_F_NEEDS_CSUM (no offloads are enabled, so it
+    should not), the transport checksum field holds the pseudo-header sum and the rest is summed in."""
+    import struct
+
+    from scapy.layers.inet import IP, UDP
+
+    from usertunnel.core.checksum import fold, ones_complement_sum
+    from usertunnel.io.tun import VIRTIO_NET_HDR_F_NEEDS_CSUM, complete_checksum
+
+    right = bytes(IP(src="203.0.113.1", dst="203.0.113.2") / UDP(sport=1, dport=2) / (b"payload" * 9))
+    packet = bytearray(right)
+    pseudo = fold(ones_complement_sum(packet[12:20]) + 17 + len(packet) - 20)
+    packet[26:28] = pseudo.to_bytes(2, "big")  # what a partial checksum leaves in the field
+    vnet = struct.pack("=BBHHHH", VIRTIO_NET_HDR_F_NEEDS_CSUM, 0, 0, 0, 20, 6)
+    complete_checksum(vnet, memoryview(packet))
+    assert bytes(packet) == right

@@ -11,8 +11,8 @@ the receive path write one large TCP packet made of many segments
 (core.gro), which the kernel takes as a GSO packet: one trip through its
 stack instead of one per segment. No offloads are enabled (no TUNSETOFFLOAD),
 so what we read is always one complete packet with its checksums done; the
-header we read is skipped (`read_packet` completes a checksum should the
-kernel ever leave one partial).
+header we read is skipped (`complete_checksum` completes a checksum should
+the kernel ever leave one partial).
 
 With `multi_queue` (IFF_MULTI_QUEUE, for `usertunnel up --queues N`) the
 device can have several queues, each a file descriptor of its own: `queue()`
@@ -40,7 +40,6 @@ TUNSETVNETHDRSZ = 0x400454D8  # _IOW('T', 216, int)
 VNET_HDR_LEN = 10
 VNET_NONE = bytes(VNET_HDR_LEN)  # no GSO, no checksum offload: a plain packet
 VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
-_NEEDS_CSUM = VIRTIO_NET_HDR_F_NEEDS_CSUM
 
 
 class Tun:
@@ -92,26 +91,11 @@ class Tun:
 
 
 def complete_checksum(vnet: bytes | bytearray | memoryview, packet: memoryview) -> None:
-    """A partial checksum (VIRTIO_NET_HDR_F_NEEDS_CSUM in `vnet`) completed in place in `packet`: see read_packet."""
+    """Complete, in place in `packet`, a partial checksum that `vnet` (the virtio_net_hdr read with it) marks
+    VIRTIO_NET_HDR_F_NEEDS_CSUM: the field holds the pseudo-header sum, and the sum from csum_start to the
+    end goes in its place. Not expected without offloads; handled should one come."""
     start, offset = struct.unpack_from("=HH", vnet, 6)
     where = start + offset
     if where + 2 <= len(packet):
         total = fold(ones_complement_sum(packet[start:]))
         packet[where : where + 2] = (~total & 0xFFFF).to_bytes(2, "big")
-
-
-def read_packet(data: bytes) -> memoryview:
-    """The IP packet in a read from a TUN with IFF_VNET_HDR: the header skipped, a partial checksum completed.
-
-    A partial checksum (VIRTIO_NET_HDR_F_NEEDS_CSUM) is not expected without offloads; should one come,
-    the field holds the pseudo-header sum and the sum from csum_start to the end goes in its place.
-    """
-    if not data[0] & _NEEDS_CSUM:
-        return memoryview(data)[VNET_HDR_LEN:]
-    start, offset = struct.unpack_from("=HH", data, 6)
-    packet = bytearray(data[VNET_HDR_LEN:])
-    where = start + offset
-    if where + 2 <= len(packet):
-        total = fold(ones_complement_sum(packet[start:]))
-        packet[where : where + 2] = (~total & 0xFFFF).to_bytes(2, "big")
-    return memoryview(packet)
