@@ -160,8 +160,8 @@ class Dataplane:
         # When the last wakeup of each raw socket (IPv4, batched) ended: see BUSY_GAP.
         self._left: dict[socket.socket, float] = {}
         self._buffers6: list[bytearray] | None = None  # the IPv6 receive path's, one per packet of a wakeup
-        # What a busy TUN wakeup reads into (one slot per packet of the batch; shared by every interface, as a
-        # wakeup sends its batch before it returns) and the vnet header in front of each read.
+        # What a busy TUN wakeup reads into, vnet header and packet (one slot per packet of the batch, shared by
+        # every interface: a wakeup sends its batch before it returns).
         self._tx_slots: Slots | None = None
         self._one_slot = memoryview(bytearray(RECV_BUFFER))  # what a quiet TUN wakeup reads its packet into
 
