@@ -47,6 +47,7 @@ import functools
 import re
 import socket
 import struct
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -57,7 +58,7 @@ from .sequence import HALF, SeqPolicy
 
 if TYPE_CHECKING:
     from .encap import Tunnel
-    from .params import TunnelParams
+    from .params import Mode, TunnelParams
 
 TxFunction = Callable[[bytes | bytearray | memoryview], bytes | None]
 RxFunction = Callable[[memoryview], memoryview | None]
@@ -68,8 +69,12 @@ class Plan:
     """A compiled function and the source it was compiled from (for reading and for tracebacks)."""
 
     function: Callable[..., object]
-    source: str
+    lines: tuple[str, ...]
     values: dict[str, object]  # what the source's capitalised names are bound to for this tunnel
+
+    @property
+    def source(self) -> str:
+        return "\n".join(self.lines) + "\n"
 
 
 def _fold_lines(var: str, indent: str) -> list[str]:
@@ -115,11 +120,9 @@ def compile_tx(tunnel: Tunnel) -> Plan | None:
     if not tx_eligible(tunnel):
         return None
     p = tunnel.params
-    mode = p.mode.value
     assert p.remote is not None
-    families = sorted(mode.families)
-    fields = ["0x45", "tos", "total", "ident", "frag", "ttl", str(mode.ip_protocol), "csum", "SRC", "DST"]
-    fmt = "!BBHHHBBH4s4s"
+    keyed = p.okey is not None
+    lines, fmt = _tx_source(p.mode, keyed, p.oseq, p.ocsum, p.ttl is not None, p.pmtudisc)
     env: dict[str, object] = {
         "T": tunnel,
         "SRC": p.local or bytes(4),
@@ -129,8 +132,26 @@ def compile_tx(tunnel: Tunnel) -> Plan | None:
         "TTL": p.ttl,
         "OKEY": p.okey,
         "OUTER_SUM": tunnel.outer_sum,
+        # The GRE header's words that never change, for its checksum (flags and key; the protocol varies).
+        "GRE_SUM": gre.flags_for(p.ocsum, keyed, p.oseq) + _words(p.okey),
+        "inner_sum": _encap().inner_sum,
+        "HEADER": _struct(fmt),
     }
-    hlen = p.header_length
+    return _compile(lines, env, "<plan tx>")
+
+
+@functools.lru_cache(maxsize=256)
+def _tx_source(
+    mode: Mode, keyed: bool, oseq: bool, ocsum: bool, fixed_ttl: bool, pmtudisc: bool
+) -> tuple[tuple[str, ...], str]:
+    """The transmit plan's source for one shape of options (the values are the caller's), and its header's
+    struct format. Written once per shape: tunnels configured alike share it, and its compiled code."""
+    spec = mode.value
+    families = sorted(spec.families)
+    fields = ["0x45", "tos", "total", "ident", "frag", "ttl", str(spec.ip_protocol), "csum", "SRC", "DST"]
+    fmt = "!BBHHHBBH4s4s"
+    flags = gre.flags_for(ocsum, keyed, oseq)
+    hlen = ipv4.MIN_HEADER_LEN + (gre.header_length(flags) if spec.is_gre else 0)
     lines = [
         "def tx(inner):",
         "    n = len(inner)",
@@ -145,44 +166,38 @@ def compile_tx(tunnel: Tunnel) -> Plan | None:
         first = False
         if family == 4:
             lines.append("        tos = TOS[inner[1]]")
-            lines.append("        ttl = inner[8]" if p.ttl is None else "        ttl = TTL")
-            df = f"{ipv4.FLAG_DF}" if p.pmtudisc else f"(inner[6] << 8) & {ipv4.FLAG_DF}"
+            lines.append("        ttl = TTL" if fixed_ttl else "        ttl = inner[8]")
+            df = f"{ipv4.FLAG_DF}" if pmtudisc else f"(inner[6] << 8) & {ipv4.FLAG_DF}"
             lines.append(f"        frag = {df}")
             proto = gre.PROTO_IPV4
         else:
             lines.append("        if n < 40:")
             lines.append("            return None")
             lines.append("        tos = TOS[((inner[0] & 0x0F) << 4) | (inner[1] >> 4)]")
-            lines.append("        ttl = inner[7]" if p.ttl is None else "        ttl = TTL")
-            lines.append(f"        frag = {ipv4.FLAG_DF if p.pmtudisc else 0}")
+            lines.append("        ttl = TTL" if fixed_ttl else "        ttl = inner[7]")
+            lines.append(f"        frag = {ipv4.FLAG_DF if pmtudisc else 0}")
             proto = gre.PROTO_IPV6
-        if mode.is_gre:
+        if spec.is_gre:
             lines.append(f"        proto = {proto:#06x}")
     lines += ["    else:", "        return None"]
     lines += ["    ident = T.ident", "    T.ident = (ident + 1) & 0xFFFF"]
-    if mode.is_gre:
-        flags = gre.flags_for(p.ocsum, p.okey is not None, p.oseq)
+    if spec.is_gre:
         fmt += "HH"
         fields += [f"{flags:#06x}", "proto"]
-        if p.oseq:
+        if oseq:
             lines += ["    seq = T.oseq_next", "    T.oseq_next = (seq + 1) & 0xFFFFFFFF"]
-        if p.ocsum:
+        if ocsum:
             # RFC 2784 section 2.5: over the GRE header (checksum field zero) and the payload; the inner
             # packet's sum in O(1) for TCP and UDP (encap.inner_sum).
-            constant = flags + (0 if p.okey is None else (p.okey >> 16) + (p.okey & 0xFFFF))
-            seq_words = " + (seq >> 16) + (seq & 0xFFFF)" if p.oseq else ""
-            env["GRE_SUM"] = constant
+            seq_words = " + (seq >> 16) + (seq & 0xFFFF)" if oseq else ""
             lines.append(f"    g = GRE_SUM + proto{seq_words} + inner_sum(inner)")
             lines += _fold_lines("g", "    ")
             fmt += "HH"
             fields += ["~g & 0xFFFF", "0"]
-            from .encap import inner_sum
-
-            env["inner_sum"] = inner_sum
-        if p.okey is not None:
+        if keyed:
             fmt += "I"
             fields.append("OKEY")
-        if p.oseq:
+        if oseq:
             fmt += "I"
             fields.append("seq")
     lines.append(f"    total = {hlen} + n")
@@ -192,50 +207,60 @@ def compile_tx(tunnel: Tunnel) -> Plan | None:
     lines.append("    csum = ~s & 0xFFFF")
     # The counters are read from the tunnel on each packet: a daemon's `change` hands a new tunnel the old ones.
     lines += ["    counters = T.counters", "    counters.tx_packets += 1", "    counters.tx_bytes += n"]
-    env["HEADER"] = _struct(fmt)
     lines.append(f"    return HEADER.pack({', '.join(fields)})")
     assert struct.calcsize(fmt) == hlen, (fmt, hlen)
-    return _compile(lines, env, "<plan tx>")
+    return tuple(lines), fmt
 
 
 def compile_rx(tunnel: Tunnel) -> Plan | None:
     """The receive plan of `tunnel`: `rx(outer packet) -> inner packet view`, or None (run the specification).
 
-    The caller has found the tunnel by the packet's outer addresses (`Demux.fast`); the plan checks them again,
-    with everything else, from one unpack of the fixed headers.
+    The caller has found the tunnel by the packet's outer addresses (`Demux.planned`); the plan checks them
+    again, with everything else, from one unpack of the fixed headers.
     """
     if not rx_eligible(tunnel):
         return None
     p = tunnel.params
-    mode = p.mode.value
     assert p.local is not None and p.remote is not None
-    flags = gre.flags_for(p.icsum, p.ikey is not None, p.iseq)
-    hlen = 20 + (gre.header_length(flags) if mode.is_gre else 0)  # outer IPv4 header and the GRE header we take
+    lines, fmt = _rx_source(p.mode, p.ikey is not None, p.iseq, p.icsum, p.csum_verify, p.reflect_keepalives)
     env: dict[str, object] = {
         "T": tunnel,
         "ADDRESSES": p.remote + p.local,
         "IKEY": p.ikey,
+        "KEY_WORDS": _words(p.ikey),
+        "OUTER": _struct(fmt),
+        "checksum_is_valid": checksum_is_valid,
+        "inner_sum": _encap().inner_sum,
     }
+    return _compile(lines, env, "<plan rx>")
+
+
+@functools.lru_cache(maxsize=256)
+def _rx_source(
+    mode: Mode, keyed: bool, iseq: bool, icsum: bool, csum_verify: str, reflect: bool
+) -> tuple[tuple[str, ...], str]:
+    """The receive plan's source for one shape of options, and the struct format of its one unpack."""
+    spec = mode.value
+    flags = gre.flags_for(icsum, keyed, iseq)
+    hlen = ipv4.MIN_HEADER_LEN + (gre.header_length(flags) if spec.is_gre else 0)  # outer IPv4 + the GRE we take
     # Outer IPv4: version/IHL, TOS, total length, flags/fragment offset, protocol, source and destination.
     fmt = "!BBH2xHxB2x8s"
     names = ["vihl", "tos", "total", "frag", "proto", "addresses"]
-    if mode.is_gre:
+    if spec.is_gre:
         fmt += "I"
         names.append("gre")
-        derived = p.icsum and p.csum_verify != "full"
-        if derived:
+        if icsum and csum_verify != "full":
             fmt += "HH"  # the checksum and reserved1 words: the derived check sums them
             names += ["csum", "reserved"]
-        elif p.icsum:
+        elif icsum:
             fmt += "4x"
-        if p.ikey is not None:
+        if keyed:
             fmt += "I"
             names.append("key")
-        if p.iseq:
+        if iseq:
             fmt += "I"
             names.append("seq")
-    env["OUTER"] = _struct(fmt)
-    smallest = hlen + (20 if 4 in mode.families else 40)
+    smallest = hlen + (20 if 4 in spec.families else 40)
     lines = [
         "def rx(view):",
         f"    if len(view) < {smallest}:",
@@ -243,23 +268,22 @@ def compile_rx(tunnel: Tunnel) -> Plan | None:
         f"    {', '.join(names)} = OUTER.unpack_from(view)",
         # No IP options, not a fragment, not CE (RFC 6040 section 4.2 is the specification's), ours.
         f"    if (vihl != 0x45 or total > len(view) or total < {smallest} or frag & {ipv4.FLAG_MF | ipv4.OFFSET_MASK}",
-        f"            or proto != {mode.ip_protocol} or tos & 3 == 3 or addresses != ADDRESSES):",
+        f"            or proto != {spec.ip_protocol} or tos & 3 == 3 or addresses != ADDRESSES):",
         "        return None",
     ]
-    if mode.is_gre:
+    if spec.is_gre:
         # Only this tunnel's canonical GRE flags (exactly C, K and S as icsum, ikey and iseq say); any other
         # header, a keepalive (protocol 0) or gretap's frames included, goes to the specification.
         words = [(flags << 16) | proto for proto in (gre.PROTO_IPV4, gre.PROTO_IPV6)]
-        if mode.families == frozenset({4}):
+        if spec.families == frozenset({4}):
             words = words[:1]
         check = " or ".join(f"gre == {w:#010x}" for w in words)
         lines += [f"    if not ({check}):", "        return None"]
-        if p.ikey is not None:
+        if keyed:
             lines += ["    if key != IKEY:", "        return None"]
-        if p.icsum and p.csum_verify == "full":
-            env["checksum_is_valid"] = checksum_is_valid
+        if icsum and csum_verify == "full":
             lines += ["    if not checksum_is_valid(view[20:total]):", "        return None"]
-        if p.iseq:
+        if iseq:
             # Linux's ip_tunnel_rcv: not newer than the last accepted goes to the specification (seq_old).
             lines += [
                 "    window = T.iseq_window",
@@ -270,21 +294,21 @@ def compile_rx(tunnel: Tunnel) -> Plan | None:
     m = "total - " + str(hlen)
     lines.append(f"    b0 = view[{hlen}]")
     branches = []
-    if 4 in mode.families:
+    if 4 in spec.families:
         branches.append(
             [
-                "if b0 == 0x45:" if not mode.is_gre else f"if b0 == 0x45 and gre & 0xFFFF == {gre.PROTO_IPV4:#06x}:",
+                "if b0 == 0x45:" if not spec.is_gre else f"if b0 == 0x45 and gre & 0xFFFF == {gre.PROTO_IPV4:#06x}:",
                 f"    end = (view[{hlen + 2}] << 8) | view[{hlen + 3}]",
                 # A valid IPv4 header sums to 0xFFFF, a multiple of 0xFFFF (core.checksum).
                 f"    if end < 20 or end > {m} or int.from_bytes(view[{hlen}:{hlen + 20}], 'big') % 0xFFFF:",
                 "        return None",
             ]
         )
-        if p.reflect_keepalives:
+        if reflect:
             # A peer's keepalive (an inner GRE packet) is answered by the specification.
             branches[-1] += [f"    if view[{hlen + 9}] == 47:", "        return None"]
-    if 6 in mode.families:
-        head = "if b0 >> 4 == 6:" if not mode.is_gre else f"if b0 >> 4 == 6 and gre & 0xFFFF == {gre.PROTO_IPV6:#06x}:"
+    if 6 in spec.families:
+        head = "if b0 >> 4 == 6:" if not spec.is_gre else f"if b0 >> 4 == 6 and gre & 0xFFFF == {gre.PROTO_IPV6:#06x}:"
         branches.append(
             [
                 head,
@@ -298,28 +322,24 @@ def compile_rx(tunnel: Tunnel) -> Plan | None:
         lines.append("    " + (first if i == 0 else "el" + first))
         lines += ["    " + line for line in rest]
     lines += ["    else:", "        return None"]
-    if mode.is_gre and p.icsum and p.csum_verify != "full":
+    if spec.is_gre and icsum and csum_verify != "full":
         # --csum-verify derived (encap.csum_derived_is_valid) once the inner header is known sound: the GRE
         # header's words, plus the inner packet's sum derived in O(1) from its own TCP/UDP checksum (its
         # IPv4 header, just checked, sums to 0xFFFF and adds nothing), must sum to 0xFFFF.
-        from .encap import inner_sum
-
-        env["inner_sum"] = inner_sum
-        env["KEY_WORDS"] = 0 if p.ikey is None else (p.ikey >> 16) + (p.ikey & 0xFFFF)
-        seq_words = " + (seq >> 16) + (seq & 0xFFFF)" if p.iseq else ""
+        seq_words = " + (seq >> 16) + (seq & 0xFFFF)" if iseq else ""
         lines.append(
             f"    if ((gre >> 16) + (gre & 0xFFFF) + csum + reserved + KEY_WORDS{seq_words}"
             f" + inner_sum(view[{hlen}:total])) % 0xFFFF:"
         )
         lines.append("        return None")
-    if mode.is_gre and p.iseq:
+    if spec.is_gre and iseq:
         lines.append("    window.next_expected = (seq + 1) & 0xFFFFFFFF")
     lines += ["    counters = T.counters", "    counters.rx_packets += 1", "    counters.rx_bytes += end"]
     lines.append(f"    return view[{hlen}:{hlen} + end]")
-    return _compile(lines, env, "<plan rx>")
+    return tuple(lines), fmt
 
 
-def _compile(lines: list[str], env: dict[str, object], filename: str) -> Plan:
+def _compile(lines: tuple[str, ...], env: dict[str, object], filename: str) -> Plan:
     """The function the source defines, bound to this tunnel's values (`env`) as closure variables.
 
     The source holds only what the options decide (which fields, which checks), never a tunnel's values, so
@@ -327,25 +347,34 @@ def _compile(lines: list[str], env: dict[str, object], filename: str) -> Plan:
     however many tunnels run it. The values are the free variables of a closure made per tunnel (a cell read
     each, no dictionary look-up).
     """
-    names = sorted(env)
-    body = ["    " + line for line in lines]
-    source = "\n".join([f"def make({', '.join(names)}):", *body, "    return " + _name(lines)])
-    function = _factory(source + "\n", filename)(**env)
+    function = _factory(lines, tuple(sorted(env)), filename)(**env)
     assert callable(function)
-    return Plan(function, "\n".join(lines) + "\n", env)
-
-
-def _name(lines: list[str]) -> str:
-    return lines[0].split()[1].partition("(")[0]
+    return Plan(function, lines, env)
 
 
 @functools.lru_cache(maxsize=256)
-def _factory(source: str, filename: str) -> Callable[..., object]:
+def _factory(lines: tuple[str, ...], names: tuple[str, ...], filename: str) -> Callable[..., object]:
+    """`make(**values)`: the plan's function closed over a tunnel's values; compiled once per source."""
+    name = lines[0].split()[1].partition("(")[0]
+    body = ["    " + line for line in lines]
+    source = "\n".join([f"def make({', '.join(names)}):", *body, f"    return {name}", ""])
     namespace: dict[str, object] = {}
     exec(compile(source, filename, "exec"), namespace)  # noqa: S102  the source is ours, written from validated options
     make = namespace["make"]
     assert callable(make)
     return make
+
+
+def _words(key: int | None) -> int:
+    """The sum of a GRE key's two 16-bit words (0 without a key): its share of a GRE checksum."""
+    return 0 if key is None else (key >> 16) + (key & 0xFFFF)
+
+
+def _encap() -> types.ModuleType:
+    """core.encap, which imports this module (its inner_sum is bound into the plans)."""
+    from . import encap
+
+    return encap
 
 
 def describe_plans(params: TunnelParams) -> str:
