@@ -698,6 +698,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 0
+    except BrokenPipeError:
+        # The reader went away (`usertunnel explain ... | head`): stop quietly, as other tools do; stdout is
+        # pointed at /dev/null so that flushing it at exit raises nothing more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:  # the last line of defence: no traceback reaches a user
         if os.environ.get("USERTUNNEL_DEBUG"):
             traceback.print_exc()

@@ -39,10 +39,7 @@ from .sequence import SeqPolicy, SequenceState, Verdict, new_sequence_state
 
 _OUTER = struct.Struct("!BBHHHBBH4s4s")
 _OUTER6 = struct.Struct("!IHBB16s16s")
-# IPv6 inner packets whose extension headers may carry a tunnel encapsulation limit (RFC 2473 4.1.1).
 _NOT_IP = bytes(40)  # what ip6gretap reads for the outer header's sake from a frame carrying no IP packet
-_EXTENSIONS = frozenset({ipv6.NEXTHDR_HOP, ipv6.NEXTHDR_ROUTING, ipv6.NEXTHDR_FRAGMENT, ipv6.NEXTHDR_AUTH,
-                         ipv6.NEXTHDR_DEST})  # fmt: skip
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _FRAGMENT_BITS = ipv4.FLAG_MF | ipv4.OFFSET_MASK
@@ -375,7 +372,7 @@ class Tunnel:
             ethertype = (inner[12] << 8) | inner[13]
             carried = (ethertype == 0x0800 and len(inner) >= 34) or (ethertype == 0x86DD and len(inner) >= 54)
             packet = inner[14:] if carried else _NOT_IP
-        if packet[0] >> 4 == 6 and packet[6] in _EXTENSIONS:
+        if packet[0] >> 4 == 6 and packet[6] in ipv6.EXTENSION_HEADERS:
             # An inner limit wins over ours, one less; a limit of 0 stops here (RFC 2473 section 4.1.1).
             found = ipv6.next_encap_limit(packet, limit)
             if isinstance(found, ipv6.EncapLimitExhausted):

@@ -53,6 +53,9 @@ NEXTHDR_NONE = 59
 NEXTHDR_DEST = 60
 NEXTHDR_SCTP = 132
 NEXTHDR_UDPLITE = 136
+# The extension headers that may lie between an inner IPv6 header and a tunnel encapsulation limit option of
+# its own (RFC 2473 section 4.1.1): a tunnel reads them before choosing its outer limit.
+EXTENSION_HEADERS = frozenset({NEXTHDR_HOP, NEXTHDR_ROUTING, NEXTHDR_FRAGMENT, NEXTHDR_AUTH, NEXTHDR_DEST})
 
 # Options (RFC 8200 section 4.2; RFC 2473 section 4.1.1).
 TLV_PAD1 = 0

@@ -27,11 +27,13 @@ every drop reason included, to the one place that knows them all. The tests
 packets, that plan-then-specification is byte for byte and counter for
 counter the specification, and that ordinary packets do take the plan.
 
-Which tunnels get a plan: transmit, IPv4-outer point-to-point tunnels (gre,
-ipip, sit with a remote); receive, the same with both local and remote set
-(the lookup's exact rule) except sit (its anti-spoofing rules) and the
-rfc2890 and resync sequence policies (state the plan would have to share).
-Hubs, 6to4/6rd/ISATAP, IPv6 outer headers and gretap run the specification.
+Which tunnels get a plan: transmit, every tunnel with a fixed remote (gre,
+ipip, sit; ip6gre, ipip6, ip6ip6 with their IPv6 outer header and encapsulation
+limit option) but gretap and hubs; receive, IPv4-outer gre and ipip with both
+local and remote set (the lookup's exact rule) and the kernel's sequence
+policy. Hubs, 6to4/6rd/ISATAP, sit's receive checks, the IPv6 receive path,
+gretap and the rfc2890 and resync policies (state a plan would have to share)
+run the specification.
 
 Rules for this file: it only writes and compiles code from a tunnel's
 options; the generated code touches no socket. `source` of each plan is
@@ -52,7 +54,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import ecn, gre, ipv4
+from . import ecn, gre, ipv4, ipv6
 from .checksum import checksum_is_valid
 from .sequence import HALF, SeqPolicy
 
@@ -96,8 +98,7 @@ def _struct(fmt: str) -> struct.Struct:
 def tx_eligible(tunnel: Tunnel) -> bool:
     """Whether `tunnel` gets a transmit plan (see the module docstring)."""
     p = tunnel.params
-    mode = p.mode.value
-    return mode.outer == 4 and not mode.ethernet and p.remote is not None and tunnel.hub is None
+    return not p.mode.value.ethernet and p.remote is not None and tunnel.hub is None
 
 
 def rx_eligible(tunnel: Tunnel) -> bool:
@@ -122,11 +123,20 @@ def compile_tx(tunnel: Tunnel) -> Plan | None:
     p = tunnel.params
     assert p.remote is not None
     keyed = p.okey is not None
-    lines, fmt = _tx_source(p.mode, keyed, p.oseq, p.ocsum, p.ttl is not None, p.pmtudisc)
+    outer6 = p.mode.value.outer == 6
+    fixed_label = p.flowlabel is not None and p.flowlabel & ipv6.FLOW_LABEL_MASK != 0
+    shape = (keyed, p.oseq, p.ocsum, p.ttl is not None, p.pmtudisc, p.encaplimit is not None, fixed_label)
+    lines, fmt = _tx_source(p.mode, *shape)
     env: dict[str, object] = {
         "T": tunnel,
-        "SRC": p.local or bytes(4),
+        "SRC": p.local or bytes(16 if outer6 else 4),
         "DST": p.remote,
+        # IPv6 outer: the flow label (fixed, or per packet: ip6_tunnel's choice), the encapsulation limit option.
+        "FLOWLABEL": p.flowlabel,
+        "LABEL": (p.flowlabel or 0) & ipv6.FLOW_LABEL_MASK,
+        "outer_flow_label": ipv6.outer_flow_label,
+        "OPTION": ipv6.encap_limit_option(p.encaplimit, p.mode.value.ip_protocol) if p.encaplimit is not None else b"",
+        "EXTENSIONS": ipv6.EXTENSION_HEADERS,
         # RFC 6040 section 4.1 with the tunnel's DSCP (fixed, or inherited): one table look-up per packet.
         "TOS": _tos_table(p.tos),
         "TTL": p.ttl,
@@ -142,16 +152,30 @@ def compile_tx(tunnel: Tunnel) -> Plan | None:
 
 @functools.lru_cache(maxsize=256)
 def _tx_source(
-    mode: Mode, keyed: bool, oseq: bool, ocsum: bool, fixed_ttl: bool, pmtudisc: bool
+    mode: Mode, keyed: bool, oseq: bool, ocsum: bool, fixed_ttl: bool, pmtudisc: bool, limit: bool, fixed_label: bool
 ) -> tuple[tuple[str, ...], str]:
     """The transmit plan's source for one shape of options (the values are the caller's), and its header's
     struct format. Written once per shape: tunnels configured alike share it, and its compiled code."""
     spec = mode.value
+    outer6 = spec.outer == 6
     families = sorted(spec.families)
-    fields = ["0x45", "tos", "total", "ident", "frag", "ttl", str(spec.ip_protocol), "csum", "SRC", "DST"]
-    fmt = "!BBHHHBBH4s4s"
     flags = gre.flags_for(ocsum, keyed, oseq)
-    hlen = ipv4.MIN_HEADER_LEN + (gre.header_length(flags) if spec.is_gre else 0)
+    gre_len = gre.header_length(flags) if spec.is_gre else 0
+    if outer6:
+        # ip6_tnl_xmit: version, traffic class and flow label; payload length; next header (the destination
+        # options header with the encapsulation limit, or the protocol); hop limit; the addresses.
+        after = ipv6.ENCAP_LIMIT_OPTION_LEN if limit else 0
+        hlen = ipv6.HEADER_LEN + after + gre_len
+        fields = ["0x60000000 | (tos << 20) | label", f"{after + gre_len} + n"]
+        fields += [str(ipv6.NEXTHDR_DEST if limit else spec.ip_protocol), "ttl", "SRC", "DST"]
+        fmt = "!IHBB16s16s"
+        if limit:
+            fields.append("OPTION")
+            fmt += f"{ipv6.ENCAP_LIMIT_OPTION_LEN}s"
+    else:
+        fields = ["0x45", "tos", "total", "ident", "frag", "ttl", str(spec.ip_protocol), "csum", "SRC", "DST"]
+        fmt = "!BBHHHBBH4s4s"
+        hlen = ipv4.MIN_HEADER_LEN + gre_len
     lines = [
         "def tx(inner):",
         "    n = len(inner)",
@@ -167,20 +191,28 @@ def _tx_source(
         if family == 4:
             lines.append("        tos = TOS[inner[1]]")
             lines.append("        ttl = TTL" if fixed_ttl else "        ttl = inner[8]")
-            df = f"{ipv4.FLAG_DF}" if pmtudisc else f"(inner[6] << 8) & {ipv4.FLAG_DF}"
-            lines.append(f"        frag = {df}")
+            if not outer6:
+                df = f"{ipv4.FLAG_DF}" if pmtudisc else f"(inner[6] << 8) & {ipv4.FLAG_DF}"
+                lines.append(f"        frag = {df}")
             proto = gre.PROTO_IPV4
         else:
             lines.append("        if n < 40:")
             lines.append("            return None")
+            if outer6:
+                # An inner limit of its own (RFC 2473 4.1.1) is the specification's to read.
+                lines += ["        if inner[6] in EXTENSIONS:", "            return None"]
             lines.append("        tos = TOS[((inner[0] & 0x0F) << 4) | (inner[1] >> 4)]")
             lines.append("        ttl = TTL" if fixed_ttl else "        ttl = inner[7]")
-            lines.append(f"        frag = {ipv4.FLAG_DF if pmtudisc else 0}")
+            if not outer6:
+                lines.append(f"        frag = {ipv4.FLAG_DF if pmtudisc else 0}")
             proto = gre.PROTO_IPV6
         if spec.is_gre:
             lines.append(f"        proto = {proto:#06x}")
     lines += ["    else:", "        return None"]
-    lines += ["    ident = T.ident", "    T.ident = (ident + 1) & 0xFFFF"]
+    if outer6:
+        lines.append("    label = LABEL" if fixed_label else "    label = outer_flow_label(FLOWLABEL, inner)")
+    else:
+        lines += ["    ident = T.ident", "    T.ident = (ident + 1) & 0xFFFF"]
     if spec.is_gre:
         fmt += "HH"
         fields += [f"{flags:#06x}", "proto"]
@@ -200,11 +232,12 @@ def _tx_source(
         if oseq:
             fmt += "I"
             fields.append("seq")
-    lines.append(f"    total = {hlen} + n")
-    # The outer IPv4 header's checksum: the words that never change for this tunnel are summed once.
-    lines.append("    s = OUTER_SUM + tos + total + ident + frag + (ttl << 8)")
-    lines += _fold_lines("s", "    ")
-    lines.append("    csum = ~s & 0xFFFF")
+    if not outer6:
+        lines.append(f"    total = {hlen} + n")
+        # The outer IPv4 header's checksum: the words that never change for this tunnel are summed once.
+        lines.append("    s = OUTER_SUM + tos + total + ident + frag + (ttl << 8)")
+        lines += _fold_lines("s", "    ")
+        lines.append("    csum = ~s & 0xFFFF")
     # The counters are read from the tunnel on each packet: a daemon's `change` hands a new tunnel the old ones.
     lines += ["    counters = T.counters", "    counters.tx_packets += 1", "    counters.tx_bytes += n"]
     lines.append(f"    return HEADER.pack({', '.join(fields)})")
@@ -389,8 +422,8 @@ def describe_plans(params: TunnelParams) -> str:
         ("receive", compile_rx(tunnel), rx_eligible(tunnel)),
     ):
         if plan is None:
-            why = "IPv4 outer, point to point" if direction == "transmit" else (
-                "IPv4 outer, local and remote both set; not sit, not a hub; sequence policy kernel"
+            why = "a fixed remote; not gretap, not a hub" if direction == "transmit" else (
+                "IPv4 outer, local and remote both set; not sit or gretap, not a hub; sequence policy kernel"
             )
             out.append(f"# {direction}: no plan ({why} only); core/encap.py's specification serves every packet")
             continue
@@ -409,9 +442,11 @@ def _shown(name: str, value: object) -> str | None:
     if isinstance(value, bytes):
         if name == "TOS":
             return "the outer TOS for each inner TOS byte (RFC 6040 section 4.1), 256 bytes"
-        if len(value) in (4, 8):
-            return ", ".join(socket.inet_ntoa(value[i : i + 4]) for i in range(0, len(value), 4))
-        return value.hex()
+        if name in ("SRC", "DST", "ADDRESSES"):
+            size = 16 if len(value) == 16 else 4
+            family = socket.AF_INET6 if size == 16 else socket.AF_INET
+            return ", ".join(socket.inet_ntop(family, value[i : i + size]) for i in range(0, len(value), size))
+        return value.hex(" ")
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value} ({value:#x})" if name.endswith("SUM") else str(value)
     if value is None:
