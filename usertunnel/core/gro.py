@@ -138,7 +138,7 @@ class _Run:
         # Pseudo-header + TCP header sums of the segments, by parity of the payload's offset.
         self.acc = [h, 0]
         # The quick test (`coalesce`): an IPv4 segment of the same length whose headers equal this one's but for
-        # identification, checksums and sequence number joins without being parsed. 0: no quick test.
+        # identification, checksums and sequence number joins without being parsed. -1: no quick test (IPv6).
         self.length = -1
         self.mask = self.masked = self.h_base = 0
         if not v6:

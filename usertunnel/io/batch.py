@@ -194,30 +194,19 @@ class SendBatch:
 
     def add(self, header: Payload, payload: Payload, destination: bytes) -> bool:
         """Queue one packet; False (nothing queued) when the batch is full: flush first."""
-        i = self.pending
-        if i >= self.count:
+        if self.pending >= self.count:
             return False
-        keep = self._keep
-        _IOV_PAIR.pack_into(
-            self._iovs,
-            i * 2 * _IOV_SIZE,
-            _buffer_address(header, keep),
-            len(header),
-            _buffer_address(payload, keep),
-            len(payload),
-        )
         if len(destination) != self._address_len:
             raise ValueError(
                 f"destination of {len(destination)} bytes on a socket of {self._address_len}-byte addresses"
             )
-        start = i * self._name_size + self._address_at
-        self._names[start : start + self._address_len] = destination
-        self.pending = i + 1
+        self.add_at(header, _buffer_address(payload, self._keep), len(payload), destination)
         return True
 
     def add_at(self, header: Payload, address: int, length: int, destination: bytes) -> None:
-        """Queue one packet whose payload lies at `address` (a `Slots` buffer, alive until `flush`); the
-        caller sees to it that the batch has room (`pending < count`)."""
+        """Queue one packet whose payload lies at `address` (a `Slots` buffer, or kept alive until `flush`);
+        the caller sees to it that the batch has room (`pending < count`) and that `destination` has the
+        socket's address length (`add` checks both)."""
         i = self.pending
         keep = self._keep
         if type(header) is bytes and _BYTES_OFFSET is not None:

@@ -131,6 +131,17 @@ class Interface:
                 self.tunnel.counters.rx_failed(len(item.packet), Drop.TUN_WRITE_ERROR, item.segments)
 
 
+def _tun_packet(slot: memoryview, n: int, skip: int) -> memoryview | None:
+    """The IP packet of a TUN read of `n` bytes into `slot`: after the virtio_net_hdr (`skip` bytes, 0 without
+    one), a partial checksum completed should the header ask for it; None for a read shorter than the header."""
+    if skip:
+        if n < skip:
+            return None
+        if slot[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+            complete_checksum(slot, slot[skip:n])
+    return slot[skip:n]
+
+
 class Dataplane:
     """Wires interfaces and raw sockets to an event loop."""
 
@@ -245,14 +256,9 @@ class Dataplane:
             return False
         if n is None:  # nothing queued (EAGAIN)
             return False
-        if iface.tun.vnet_hdr:  # the virtio_net_hdr comes first
-            if n < VNET_HDR_LEN:
-                return True
-            if slot[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM:
-                complete_checksum(slot, slot[VNET_HDR_LEN:n])
-            inner = slot[VNET_HDR_LEN:n]
-        else:
-            inner = slot[:n]
+        inner = _tun_packet(slot, n, VNET_HDR_LEN if iface.tun.vnet_hdr else 0)
+        if inner is None:
+            return True
         tunnel = iface.tunnel
         plan = tunnel.tx_plan  # core.plan: this tunnel's own code for the ordinary packet; None: the specification
         planned = plan(inner) if plan is not None else None
@@ -279,7 +285,6 @@ class Dataplane:
     def _tun_batch(self, iface: Interface, batch: SendBatch, now: float) -> None:
         """Drain TUN (up to BATCH packets) into the preallocated slots, encapsulate, send all in one sendmmsg."""
         tunnel = iface.tunnel
-        vnet = iface.tun.vnet_hdr
         dynamic = tunnel.dynamic_destination  # a hub, or sit --remote any (6to4, 6rd, ISATAP): see _tun_one
         remote = tunnel.params.remote or bytes(4 if tunnel.params.mode.value.outer == 4 else 16)
         link_mtu = tunnel.link_mtu
@@ -290,7 +295,7 @@ class Dataplane:
             slots = self._tx_slots = Slots(BATCH, RECV_BUFFER)
         views, addresses = slots.views, slots.addresses
         readinto = iface.readinto
-        skip = VNET_HDR_LEN if vnet else 0  # the virtio_net_hdr in front of each packet read
+        skip = VNET_HDR_LEN if iface.tun.vnet_hdr else 0  # the virtio_net_hdr in front of each packet read
         lengths: list[int] = []
         for _ in range(BATCH):
             i = batch.pending
@@ -302,12 +307,9 @@ class Dataplane:
                 break
             if n is None:  # the queue is empty (EAGAIN)
                 break
-            if vnet:
-                if n < VNET_HDR_LEN:
-                    continue
-                if slot[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM:
-                    complete_checksum(slot, slot[VNET_HDR_LEN:n])
-            inner = slot[skip:n]
+            inner = _tun_packet(slot, n, skip)
+            if inner is None:
+                continue
             n -= skip
             if plan is not None:
                 planned = plan(inner)
