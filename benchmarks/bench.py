@@ -83,6 +83,7 @@ import ast
 import concurrent.futures
 import contextlib
 import datetime
+import functools
 import importlib.metadata
 import ipaddress
 import json
@@ -97,7 +98,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -374,14 +375,26 @@ def path_up(
         with vxlan_pair():
             yield []
         return
+
+    def start(namespace: str, local: str, remote: str, inner: str) -> TunnelProcess:
+        command = tunnel_argv(path, local, remote, inner) if argv is None else argv(local, remote, inner)
+        if path.kind == "prototype":
+            return TunnelProcess(namespace, command, tree, PROTOTYPE_READY, with_stdout=True)
+        return TunnelProcess(namespace, command, tree)
+
+    ends = ((NS_A, UNDER_A, UNDER_B, INNER_A), (NS_B, UNDER_B, UNDER_A, INNER_B))
+    with ends_ready(functools.partial(start, *end) for end in ends) as processes:
+        yield processes
+
+
+@contextlib.contextmanager
+def ends_ready(starts: Iterable[Callable[[], TunnelProcess]]) -> Iterator[list[TunnelProcess]]:
+    """Start each end in turn, wait until every one is ready, and yield them; afterwards (or when a start or a
+    wait fails) stop every end that was started."""
     ends: list[TunnelProcess] = []
     try:
-        for namespace, local, remote, inner in ((NS_A, UNDER_A, UNDER_B, INNER_A), (NS_B, UNDER_B, UNDER_A, INNER_B)):
-            command = tunnel_argv(path, local, remote, inner) if argv is None else argv(local, remote, inner)
-            if path.kind == "prototype":
-                ends.append(TunnelProcess(namespace, command, tree, PROTOTYPE_READY, with_stdout=True))
-            else:
-                ends.append(TunnelProcess(namespace, command, tree))
+        for start in starts:
+            ends.append(start())
         for end in ends:
             end.wait_ready()
         yield ends
@@ -459,20 +472,15 @@ def multi_tunnels() -> list[tuple[str, str, str, str]]:
 @contextlib.contextmanager
 def multi_up() -> Iterator[list[TunnelProcess]]:
     """MULTI_COUNT `usertunnel up` in A and as many in B, one gre tunnel each; A's ends first, then B's."""
-    ends: list[TunnelProcess] = []
-    try:
-        for namespace, local, remote in ((NS_A, UNDER_A, UNDER_B), (NS_B, UNDER_B, UNDER_A)):
-            for device, inner_a, inner_b, key in multi_tunnels():
-                inner = inner_a if namespace == NS_A else inner_b
-                argv = [sys.executable, "-m", "usertunnel", "up", "--local", local, "--remote", remote,
-                        "--name", device, "--address", f"{inner}/{INNER_PREFIX}", "--key", key]  # fmt: skip
-                ends.append(TunnelProcess(namespace, argv))
-        for end in ends:
-            end.wait_ready()
+    starts = []
+    for namespace, local, remote in ((NS_A, UNDER_A, UNDER_B), (NS_B, UNDER_B, UNDER_A)):
+        for device, inner_a, inner_b, key in multi_tunnels():
+            inner = inner_a if namespace == NS_A else inner_b
+            argv = [sys.executable, "-m", "usertunnel", "up", "--local", local, "--remote", remote,
+                    "--name", device, "--address", f"{inner}/{INNER_PREFIX}", "--key", key]  # fmt: skip
+            starts.append(functools.partial(TunnelProcess, namespace, argv))
+    with ends_ready(starts) as ends:
         yield ends
-    finally:
-        for end in ends:
-            end.stop()
 
 
 @contextlib.contextmanager
