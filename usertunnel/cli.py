@@ -480,6 +480,9 @@ def _add_daemon_parsers(sub: argparse._SubParsersAction[Any]) -> None:
         formatter_class=formatter,
         add_help=False,  # `help` and any word belong to the ip tunnel grammar
     )
+    # -h and --help as every other command takes them (first, or anywhere among the words: no tunnel is
+    # named so); the words belong to the grammar
+    tunnel.add_argument("-h", "--help", dest="tunnel_help", action="store_true", help="the same as `tunnel help`")
     tunnel.add_argument("words", nargs=argparse.REMAINDER, metavar="ARGS")
     reload = sub.add_parser(
         "reload",
@@ -502,6 +505,9 @@ def _cmd_tunnel(args: argparse.Namespace) -> int:
     that does not parse, 1 when the daemon refuses it."""
     from . import iptunnel
 
+    if args.tunnel_help or "-h" in args.words or "--help" in args.words:
+        sys.stdout.write(iptunnel.HELP6 if args.ipv6 else iptunnel.HELP)
+        return 0
     try:
         command = iptunnel.parse(args.words, ipv6=args.ipv6)
     except iptunnel.IpTunnelError as exc:

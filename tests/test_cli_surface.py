@@ -1,0 +1,32 @@
+"""What a person expects around the command line: help everywhere, --version, completion, a man page, logs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from usertunnel import iptunnel
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "usertunnel", *args], capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["tunnel", "--help"], iptunnel.HELP),
+        (["tunnel", "-h"], iptunnel.HELP),
+        (["tunnel", "add", "--help"], iptunnel.HELP),
+        (["-6", "tunnel", "--help"], iptunnel.HELP6),
+        (["-6", "tunnel", "-h"], iptunnel.HELP6),
+    ],
+)
+def test_tunnel_help_options_print_what_tunnel_help_prints(args: list[str], expected: str) -> None:
+    done = run_cli(*args)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == expected
+    help_word = run_cli(*[a for a in args if a not in ("-h", "--help", "add")], "help")
+    assert help_word.stdout == done.stdout
