@@ -286,7 +286,9 @@ class ControlServer:
         try:
             _make_directory(directory)
         except OSError as exc:
-            raise ConfigError(f"cannot create the control directory {directory}: {exc.strerror}") from None
+            raise ConfigError(
+                f"cannot create the control directory {directory}: {exc.strerror}{_denied_hint(exc)}"
+            ) from None
         pid = _live_pid(path)
         if pid is not None:
             raise ConfigError(f"a usertunnel instance named {name!r} is already running (pid {pid}, socket {path})")
@@ -297,7 +299,7 @@ class ControlServer:
             sock.close()
             if exc.errno == errno.EADDRINUSE:
                 raise ConfigError(f"a usertunnel instance named {name!r} is starting right now ({path})") from None
-            raise ConfigError(f"cannot create the control socket {path}: {exc.strerror}") from None
+            raise ConfigError(f"cannot create the control socket {path}: {exc.strerror}{_denied_hint(exc)}") from None
         # Not yet listening, so nobody can connect before the mode is root's only.
         self = cls(path, snapshot, commands)
         try:
@@ -342,6 +344,13 @@ class ControlServer:
         with contextlib.suppress(OSError):
             if self._identity is not None and _same_file(os.lstat(self.path), self._identity):
                 os.unlink(self.path)
+
+
+def _denied_hint(exc: OSError) -> str:
+    """What to do when the control directory may not be written (a user with capabilities but not root)."""
+    if exc.errno not in (errno.EACCES, errno.EPERM):
+        return ""
+    return f" (it is root's: run as root, or set {ENV_RUN_DIR} to a directory you may write)"
 
 
 def _live_pid(path: Path) -> int | None:

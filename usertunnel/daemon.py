@@ -69,7 +69,7 @@ from .control import DAEMON, ControlServer, snapshot_of
 from .core import sit
 from .core.encap import Demux, Tunnel
 from .core.params import ConfigError, ModeSpec
-from .io import netlink, sdnotify
+from .io import netlink, privilege, sdnotify
 from .io.claim import Claims, Identity, identities
 from .io.loop import Dataplane, Interface
 from .io.raw import ClaimFilter, open_icmp_listener, open_raw, open_raw6_receiver, open_raw6_sender
@@ -597,7 +597,9 @@ def _summary(answer: Mapping[str, Any]) -> str:
 
 
 def daemon(config_path: str | None, coalesce: bool = True, batch: bool = True) -> int:
-    """`usertunnel daemon`: check the config file (exit 2 through ConfigError if invalid), then serve."""
+    """`usertunnel daemon`: check the privileges and the config file (exit 2 through ConfigError if either
+    falls short), then serve."""
+    privilege.require(privilege.TUNNEL)
     initial = None
     if config_path is not None:
         initial = configuration.load_config(config_path)

@@ -20,6 +20,7 @@ from types import FrameType
 from typing import Any, TextIO
 
 from . import dissect, netns
+from .io import privilege
 
 NS_A, NS_B = "ut-lab-a", "ut-lab-b"
 VETH_A, VETH_B = "ut-veth-a", "ut-veth-b"
@@ -92,6 +93,7 @@ def run_lab(
 ) -> int:
     """Build the lab, ping through it, show the packets; `options` go to both ends' `usertunnel up`,
     and with `trace` host A's tunnel runs with --trace and its lines are shown."""
+    privilege.require(privilege.LAB)  # before anything is created (or "removed")
     out = sys.stdout
     procs: list[netns.UpProcess] = []
     captures: list[netns.Capture] = []

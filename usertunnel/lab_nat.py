@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from . import netns
+from .io import privilege
 from .lab import READY_TIMEOUT, _Stop, guarded
 from .topology import Host, Topology
 
@@ -81,10 +82,12 @@ def _guarded(body: Callable[[_Stop, list[netns.UpProcess], list[Topology], TextI
 
 
 def run_nat_lab(count: int = 3) -> int:
+    privilege.require(privilege.LAB)
     return _guarded(lambda stop, procs, topos, out: _nat_lab(stop, procs, topos, out, count))
 
 
 def run_p2mp_lab(count: int = 2) -> int:
+    privilege.require(privilege.LAB)
     return _guarded(lambda stop, procs, topos, out: _p2mp_lab(stop, procs, topos, out, count))
 
 
