@@ -15,7 +15,7 @@ from traffic import corrupt_last_byte, echo_request, fix_total_length
 RX_DROPS = {
     "outer_malformed", "outer_fragment", "gre_truncated", "gre_version", "gre_routing", "gre_protocol", "no_tunnel",
     "key_mismatch", "csum_missing", "csum_bad", "csum_unexpected", "seq_missing", "seq_old", "ecn_ce_not_ect",
-    "inner_malformed", "family", "icmp_error", "tun_write_error",
+    "inner_malformed", "family", "icmp_error", "tun_write_error", "tun_down",
 }  # fmt: skip
 
 

@@ -75,7 +75,7 @@ PACE_EVERY, PACE_SLEEP = 20, 0.001  # the flood: about 10-20k packets/s
 RX_REASONS = {
     "outer_malformed", "outer_fragment", "gre_truncated", "gre_version", "gre_routing", "gre_protocol", "no_tunnel",
     "key_mismatch", "csum_missing", "csum_bad", "csum_unexpected", "seq_missing", "seq_old", "ecn_ce_not_ect",
-    "inner_malformed", "family", "icmp_error", "tun_write_error",
+    "inner_malformed", "family", "icmp_error", "tun_write_error", "tun_down",
 }  # fmt: skip
 REFLECTED = "reflected"  # a peer's keepalive, sent back (usertunnel reflects them by default)
 

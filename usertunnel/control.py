@@ -533,6 +533,7 @@ DIRECTION: dict[Drop, str] = {
     Drop.INNER_MALFORMED: RX,
     Drop.FAMILY: RX,
     Drop.TUN_WRITE_ERROR: RX,
+    Drop.TUN_DOWN: RX,
     Drop.SPOKE_SOURCE: RX,
     Drop.HUB_FULL: RX,
     Drop.SIT_SPOOFED: RX,

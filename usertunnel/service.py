@@ -148,6 +148,12 @@ def prepare(options: UpOptions) -> Prepared:
         lookup_user(options.user)  # refuse an unknown user before anything is created
     if "%" not in params.name and netlink.link_exists(params.name):
         raise ConfigError(f"device {params.name!r} already exists: choose another --name or remove it")
+    if params.local is not None and not netlink.is_local_address(params.local):
+        family = socket.AF_INET if len(params.local) == 4 else socket.AF_INET6
+        raise ConfigError(
+            f"local {socket.inet_ntop(family, params.local)} is not an address of this host: give --local one "
+            "of the addresses `ip addr` lists here (packets sent from a foreign source are dropped by most networks)"
+        )
     underlay = netlink.underlay_mtu(params.remote, options.device)
     mtu = tunnel_mtu(options, underlay)
     claims = Claims("usertunnel up")
@@ -295,7 +301,8 @@ class ClaimWatch:
 def tunnel_mtu(options: UpOptions, underlay: int) -> int:
     """The device's MTU: --mtu, else the underlay's minus the overhead; ConfigError if out of range."""
     params = options.params
-    mtu = options.mtu if options.mtu is not None else params.default_mtu(underlay)
+    fits = params.default_mtu(underlay)
+    mtu = options.mtu if options.mtu is not None else fits
     if not 68 <= mtu <= 65535 - params.header_length:
         raise ConfigError(f"mtu {mtu} out of range: 68..{65535 - params.header_length}")
     carries_ipv6 = params.mode.value.families == {6} or any(a.version == 6 for a in options.addresses)
@@ -305,6 +312,12 @@ def tunnel_mtu(options: UpOptions, underlay: int) -> int:
             f"mtu {mtu} is below IPv6's minimum of {IPV6_MIN_MTU}, and this tunnel carries IPv6: give --mtu "
             f"{IPV6_MIN_MTU} or more (the underlay then needs {IPV6_MIN_MTU + params.header_length}), or no IPv6"
         )
+    if mtu > fits:
+        log.warning(
+            "%s: mtu %d does not fit the underlay (mtu %d less %d bytes of outer headers): larger packets will be "
+            "fragmented or refused; the largest MTU that fits is %d",
+            params.name, mtu, underlay, underlay - fits, fits,
+        )  # fmt: skip
     return mtu
 
 

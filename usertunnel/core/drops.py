@@ -49,6 +49,7 @@ class Drop(enum.Enum):
     SEND_MSGSIZE = "send_msgsize"
     ICMP_ERROR = "icmp_error"
     TUN_WRITE_ERROR = "tun_write_error"
+    TUN_DOWN = "tun_down"
     TUN_READ_ERROR = "tun_read_error"
 
     @property
@@ -86,5 +87,6 @@ _DESCRIPTIONS: dict[Drop, str] = {
     Drop.SEND_MSGSIZE: "outer packet larger than the path MTU (EMSGSIZE)",
     Drop.ICMP_ERROR: "an ICMP error from the underlay surfaced on the raw socket",
     Drop.TUN_WRITE_ERROR: "writing the inner packet into the TUN device failed",
+    Drop.TUN_DOWN: "the TUN device is down (ip link set NAME up): the kernel refuses what is written into it",
     Drop.TUN_READ_ERROR: "reading from the TUN device failed",
 }

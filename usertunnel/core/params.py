@@ -69,6 +69,7 @@ class Mode(enum.Enum):
 
 IFNAMSIZ = 16
 ETHERNET_HEADER = 14
+IP_MAX_MTU = 65535  # the largest outer packet an IPv4 total length can describe (the kernel's IP_MAX_MTU)
 _IFNAME = re.compile(r"^[^\s/:]{1,15}$")
 
 
@@ -127,6 +128,12 @@ class TunnelParams:
         for label, key in (("ikey", self.ikey), ("okey", self.okey)):
             if key is not None and not 0 <= key <= 0xFFFFFFFF:
                 raise ConfigError(f"{label} {key} out of range: 0..4294967295 or a dotted quad")
+        if self.local is not None and self.local == self.remote:
+            shown = ipaddress.ip_address(self.local)
+            raise ConfigError(
+                f"local and remote are the same address ({shown}): a tunnel joins this host to another one; "
+                "give --remote the peer's address"
+            )
         if self.ttl is not None and not 1 <= self.ttl <= 255:
             raise ConfigError(f"ttl {self.ttl} out of range: 1..255 or 'inherit'")
         if self.tos is not None and not 0 <= self.tos <= 0xFF:
@@ -214,7 +221,9 @@ class TunnelParams:
     def default_mtu(self, underlay_mtu: int) -> int:
         """The tunnel MTU Linux picks: the underlay MTU minus the exact overhead (and, for gretap, the
         14-byte Ethernet header the frame carries: 1462 on a 1500-byte underlay)."""
-        return underlay_mtu - self.header_length - (ETHERNET_HEADER if self.mode.value.ethernet else 0)
+        ethernet = ETHERNET_HEADER if self.mode.value.ethernet else 0
+        # Linux caps it at IP_MAX_MTU (65535) less the overhead: loopback's 65536 would overflow the outer length.
+        return min(underlay_mtu, IP_MAX_MTU) - self.header_length - ethernet
 
 
 _STRTOUL = re.compile(r"^(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$")

@@ -98,8 +98,8 @@ class Interface:
         """Write one received inner packet into TUN, as it is; a failure is counted."""
         try:
             self.tun.write(packet)
-        except OSError:
-            self.tunnel.counters.rx_failed(len(packet), Drop.TUN_WRITE_ERROR)
+        except OSError as exc:
+            self.tunnel.counters.rx_failed(len(packet), tun_write_drop(exc))
 
     def write_many(self, packets: list[bytes | bytearray | memoryview]) -> None:
         """Write received inner packets into TUN: coalesced TCP segments go in as one GSO packet each."""
@@ -111,8 +111,8 @@ class Interface:
             for packet in packets:
                 try:
                     os.write(fd, packet)
-                except OSError:
-                    self.tunnel.counters.rx_failed(len(packet), Drop.TUN_WRITE_ERROR)
+                except OSError as exc:
+                    self.tunnel.counters.rx_failed(len(packet), tun_write_drop(exc))
             return
         for packet in packets:  # only TCP segments merge: a batch without one skips the coalescing pass
             if (packet[9] if packet[0] >> 4 == 4 else packet[6]) == 6:
@@ -121,14 +121,19 @@ class Interface:
             for packet in packets:
                 try:
                     os.writev(fd, (VNET_NONE, packet))
-                except OSError:
-                    self.tunnel.counters.rx_failed(len(packet), Drop.TUN_WRITE_ERROR)
+                except OSError as exc:
+                    self.tunnel.counters.rx_failed(len(packet), tun_write_drop(exc))
             return
         for item in coalesce(packets, VNET_HDR_LEN, self.verify_segments):
             try:
                 os.writev(fd, (item.vnet, item.packet))
-            except OSError:
-                self.tunnel.counters.rx_failed(len(item.packet), Drop.TUN_WRITE_ERROR, item.segments)
+            except OSError as exc:
+                self.tunnel.counters.rx_failed(len(item.packet), tun_write_drop(exc), item.segments)
+
+
+def tun_write_drop(exc: OSError) -> Drop:
+    """Why writing into TUN failed: EIO is a device that is down (not yet `ip link set up`, or set down)."""
+    return Drop.TUN_DOWN if exc.errno == errno.EIO else Drop.TUN_WRITE_ERROR
 
 
 def _tun_packet(slot: memoryview, n: int, skip: int) -> memoryview | None:
@@ -540,8 +545,8 @@ class Dataplane:
                 if iface is not None:
                     try:
                         iface.tun.write(received.inner)
-                    except OSError:
-                        error = Drop.TUN_WRITE_ERROR
+                    except OSError as exc:
+                        error = tun_write_drop(exc)
                         received.tunnel.counters.rx_failed(len(received.inner), error)
             elif isinstance(received, (KeepaliveReply, Reflect)):
                 self._keepalive(sock, received)
@@ -608,8 +613,8 @@ class Dataplane:
             if iface is not None:
                 try:
                     iface.tun.write(received.inner)
-                except OSError:
-                    received.tunnel.counters.rx_failed(len(received.inner), Drop.TUN_WRITE_ERROR)
+                except OSError as exc:
+                    received.tunnel.counters.rx_failed(len(received.inner), tun_write_drop(exc))
             if received.then:
                 self._deliver(received.tunnel, received.then)
         elif isinstance(received, Held) and received.released:
@@ -623,8 +628,8 @@ class Dataplane:
         for inner in packets:
             try:
                 iface.tun.write(inner)
-            except OSError:
-                tunnel.counters.rx_failed(len(inner), Drop.TUN_WRITE_ERROR)
+            except OSError as exc:
+                tunnel.counters.rx_failed(len(inner), tun_write_drop(exc))
             if self.observer is not None:
                 self.observer.released(inner)
 

@@ -50,6 +50,18 @@ def underlay_mtu(remote: bytes | None, device: str | None) -> int:
         return int(links[0].get("IFLA_MTU"))
 
 
+def is_local_address(address: bytes) -> bool:
+    """Whether `address` (4 or 16 bytes) is assigned to an interface of this network namespace, as
+    `ip addr` lists it (tentative IPv6 addresses included)."""
+    family = socket.AF_INET if len(address) == 4 else socket.AF_INET6
+    text = socket.inet_ntop(family, address)
+    with IPRoute() as ipr:
+        for message in ipr.addr("dump", family=family):
+            if text in (message.get("IFA_LOCAL"), message.get("IFA_ADDRESS")):
+                return True
+    return False
+
+
 def configure(
     name: str,
     mtu: int,
