@@ -35,7 +35,7 @@ from .core import sit
 from .core.encap import Demux, Tunnel
 from .core.keepalive import Change, LineProtocol
 from .core.params import ConfigError, TunnelParams
-from .io import netlink
+from .io import netlink, privilege
 from .io.claim import Claims, Identity, claimed, identities, poke
 from .io.loop import Dataplane, Interface
 from .io.observe import Observer
@@ -144,6 +144,7 @@ class Prepared:
 def prepare(options: UpOptions) -> Prepared:
     """Check, open and configure everything; on any failure undo what was done and raise ConfigError."""
     params = options.params
+    privilege.require(privilege.TUNNEL)  # one line naming what is missing, before anything is created
     if options.user is not None:
         lookup_user(options.user)  # refuse an unknown user before anything is created
     if "%" not in params.name and netlink.link_exists(params.name):
