@@ -240,12 +240,29 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     if any(outcome == "skipped" for outcome in _interop_results.values()):
         return
-    body = _matrix_markdown(session)
+    write_matrix(_matrix_markdown(session), MATRIX_FILE, README)
+
+
+def write_matrix(body: str, matrix: Path, readme: Path, force: bool | None = None) -> bool:
+    """Write the matrix (and the README's copy of it) only when a result changed, or when asked
+    (USERTUNNEL_WRITE_MATRIX=1): a run that changes nothing leaves the work tree clean. True if written."""
+    if force is None:
+        force = os.environ.get("USERTUNNEL_WRITE_MATRIX") == "1"
+    old = matrix.read_text() if matrix.exists() else ""
+    if not force and _matrix_body(old) == body.strip():
+        return False
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     stamp = f"_Written by the interop suite (`pytest tests/interop`) on {when}._\n"
-    MATRIX_FILE.write_text("# Interoperability matrix\n\n" + stamp + "\n" + body)
-    text = README.read_text()
+    matrix.write_text("# Interoperability matrix\n\n" + stamp + "\n" + body)
+    text = readme.read_text()
     if MATRIX_START in text and MATRIX_END in text:
         head, _, rest = text.partition(MATRIX_START)
         _, _, tail = rest.partition(MATRIX_END)
-        README.write_text(f"{head}{MATRIX_START}\n{stamp}\n{body}\n{MATRIX_END}{tail}")
+        readme.write_text(f"{head}{MATRIX_START}\n{stamp}\n{body}\n{MATRIX_END}{tail}")
+    return True
+
+
+def _matrix_body(text: str) -> str:
+    """The matrix file's table, without its title and date line."""
+    lines = text.splitlines()
+    return "\n".join(line for line in lines[1:] if not line.startswith("_Written by")).strip()
