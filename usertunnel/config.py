@@ -13,9 +13,13 @@ Theory of operation:
 
   text --tomllib--> dict --canonical()--> one table per tunnel, in the canonical
   vocabulary (aliases folded: key -> ikey + okey, seq -> iseq + oseq, csum ->
-  icsum + ocsum, hoplimit -> ttl, tclass/dsfield -> tos) --tunnel_from_table()-->
+  icsum + ocsum, hoplimit -> ttl, tclass/dsfield -> tos) --check_tunnel()-->
   TunnelConfig (UpOptions, routes, up) --whole-file checks (collisions)-->
   DaemonConfig.
+
+  `check_tunnel` finds every mistake of a key on its own (unknown, given twice,
+  of the wrong type, a value its converter refuses) in one pass, then, if each
+  key is right, the first mistake between settings while it builds the tunnel.
 
   tomllib gives no positions for values, so `_Lines` reads the text once more
   (it is valid TOML by then) and notes the line where each key path is first
@@ -191,17 +195,29 @@ def _unknown(key: str, accepted: Sequence[str]) -> str:
     return f"unknown key {key!r}{hint}; accepted: {', '.join(accepted)}"
 
 
-def _fold(table: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    """The canonical table, and for each of its keys the key as written (to name it in errors)."""
+def _fold(table: Mapping[str, Any], errors: list[TableError] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """The canonical table, and for each of its keys the key as written (to name it in errors).
+
+    An unknown key, or a second key for a setting already given, raises TableError; with `errors`, it is
+    appended there instead and left out (an unknown key changes nothing), so that the other keys are
+    still checked."""
     folded: dict[str, Any] = {}
     origin: dict[str, str] = {}
     for key, value in table.items():
         targets = _ALIASES.get(key, (key,))
+        problem = None
         if key not in _ALIASES and key not in _KEYS:
-            raise TableError(_unknown(key, ACCEPTED_KEYS), key)
+            problem = TableError(_unknown(key, ACCEPTED_KEYS), key)
+        else:
+            clash = next((target for target in targets if target in origin), None)
+            if clash is not None:
+                problem = TableError(f"{key}: {_conflict(origin[clash], key, clash)}", key)
+        if problem is not None:
+            if errors is None:
+                raise problem
+            errors.append(problem)
+            continue
         for target in targets:
-            if target in origin:
-                raise TableError(f"{key}: {_conflict(origin[target], key, target)}", key)
             folded[target] = list(value) if isinstance(value, list) else value
             origin[target] = key
     return {k: folded[k] for k in _KEYS if k in folded}, origin
@@ -275,13 +291,22 @@ def _at(key: str | None, index: int | None = None) -> Iterator[None]:
 
 
 class _Reader:
-    """Typed access to a canonical table; every refusal names the key as written."""
+    """Typed access to a canonical table; every refusal names the key as written.
 
-    def __init__(self, table: dict[str, Any], origin: dict[str, str]) -> None:
+    A value of the wrong type raises TableError; with `errors`, each is appended there and its key left
+    out of `table` instead."""
+
+    def __init__(self, table: dict[str, Any], origin: dict[str, str], errors: list[TableError] | None = None) -> None:
         self.table = table
         self.origin = origin
-        for key, value in table.items():
-            self._check_type(key, value)
+        for key, value in list(table.items()):
+            try:
+                self._check_type(key, value)
+            except TableError as exc:
+                if errors is None:
+                    raise
+                errors.append(exc)
+                del table[key]
 
     def named(self, key: str) -> str:
         return self.origin.get(key, key)
@@ -392,23 +417,84 @@ def tunnel_from_table(
     """The tunnel `table` describes, built as `usertunnel up` builds it from the same settings.
 
     Raises TableError (a ConfigError) whose message starts with the key as written
-    ("ttl: invalid ttl ..."); `key` None means the table as a whole. `coalesce`
-    and `batch` are the daemon's settings, carried into the UpOptions.
+    ("ttl: invalid ttl ..."); `key` None means the table as a whole: the first
+    mistake `check_tunnel` finds. `coalesce` and `batch` are the daemon's
+    settings, carried into the UpOptions.
     """
+    config, errors = check_tunnel(name, table, coalesce=coalesce, batch=batch)
+    if config is None:
+        raise errors[0]
+    return config
 
-    folded, origin = _fold(table)
+
+def check_tunnel(
+    name: str, table: Mapping[str, Any], *, coalesce: bool = True, batch: bool = True
+) -> tuple[TunnelConfig | None, list[TableError]]:
+    """Every mistake of one tunnel's `table` (TableErrors, in the order found), and the tunnel when there is none.
+
+    Mistakes of a key on its own are all found: an unknown key, a setting given
+    twice, the name, each value's type, and each value that its converter
+    refuses, whatever the mode (`_ALONE`). The checks between settings (the
+    mode's keys, the outer family, pmtudisc with a ttl, ...) are made once every
+    key is right on its own: a wrong value would only make them report
+    consequences of it. An unknown key, the name or a setting given twice do
+    not stop them.
+    """
+    errors: list[TableError] = []
+    folded, origin = _fold(table, errors)
     folded = {k: v for k, v in folded.items() if v is not None}
-    _check_name(name)
-    r = _Reader(folded, origin)
-    if "mode" not in folded:
-        raise TableError(f"mode: missing: every tunnel needs one of {_KEYS['mode'].expect}")
+    built_name = name
+    try:
+        _check_name(name)
+    except TableError as exc:
+        errors.append(exc)
+        built_name = "invalid"  # the tunnel is refused anyway; its other settings are still checked
+    ignorable = len(errors)
+    if "mode" not in origin:
+        errors.append(TableError(f"mode: missing: every tunnel needs one of {_KEYS['mode'].expect}"))
+    r = _Reader(folded, origin, errors)
+    for key, convert in _ALONE.items():
+        if key not in r.table:
+            continue
+        values: list[tuple[int | None, Any]] = (
+            list(enumerate(r.table[key])) if key in _LISTS else [(None, r.table[key])]
+        )
+        for index, value in values:
+            try:
+                with _at(r.named(key), index):
+                    convert(value)
+            except TableError as exc:
+                errors.append(exc)
+    if len(errors) == ignorable and "mode" in r.table:
+        errors += _misplaced(r, Mode.from_name(r.table["mode"]).value)
+    if len(errors) > ignorable:
+        # An alias names two settings (key: ikey and okey): its mistake is found twice, and said once.
+        unique = {(str(e), e.key, e.index): e for e in errors}
+        return None, list(unique.values())
+    try:
+        config = _build(built_name, r, coalesce=coalesce, batch=batch)
+    except TableError as exc:
+        errors.append(exc)
+    return (None, errors) if errors else (config, errors)
+
+
+def _misplaced(r: _Reader, spec: ModeSpec) -> list[TableError]:
+    """A refusal for each key that mode `spec` has no use for (a GRE option on ipip, ...)."""
+    found: dict[str, TableError] = {}  # by the key as written: `seq` is refused once, not for iseq and oseq
+    for keys, what, belongs in _BELONGS:
+        for key in r.table:
+            if key in keys and not belongs(spec) and r.named(key) not in found:
+                modes = " or ".join(m.value.name for m in Mode if belongs(m.value))
+                found[r.named(key)] = r.refuse(key, f"is {what}, for mode {modes}: not mode {spec.name}")
+    return list(found.values())
+
+
+def _build(name: str, r: _Reader, *, coalesce: bool, batch: bool) -> TunnelConfig:
+    """The tunnel of a table whose keys are each right on their own; TableError for the first mistake
+    between settings."""
+    folded = r.table
     mode = r.get("mode", Mode.from_name)
     spec = mode.value
-    for keys, what, belongs in _BELONGS:
-        for key in folded:
-            if key in keys and not belongs(spec):
-                modes = " or ".join(m.value.name for m in Mode if belongs(m.value))
-                raise r.refuse(key, f"is {what}, for mode {modes}: not mode {spec.name}")
 
     local = r.get("local", _endpoint("local", spec), None)
     remote = r.get("remote", _endpoint("remote", spec), None)
@@ -516,6 +602,37 @@ _OUTER6: dict[str, Callable[[Any], int | None]] = {
 }
 
 
+def _address_or_any(what: str) -> Callable[[str], bytes | None]:
+    """An outer address of either family, or "any": what `_endpoint` accepts before it knows the mode."""
+    return lambda text: None if text == "any" else parse_address(text, what)
+
+
+# The keys whose values can be checked on their own, whatever the mode and the other keys say: each with
+# the converter the build uses (for a list, of each element). mtu and the 6rd prefixes are checked in the
+# build only: their bounds depend on the mode or on each other.
+_ALONE: dict[str, Callable[[Any], object]] = {
+    "mode": Mode.from_name,
+    "local": _address_or_any("local"),
+    "remote": _address_or_any("remote"),
+    "ikey": _decimal(parse_key),
+    "okey": _decimal(parse_key),
+    "ttl": _decimal(parse_ttl),
+    "tos": _hex_or_int(parse_tos, 0xFF, "tos"),
+    "dev": _device,
+    **_OUTER6,
+    "prl": PrlEntry.from_text,
+    "keepalive": _decimal(parse_keepalive),
+    "seq_policy": parse_seq_policy,
+    "csum_verify": _csum_verify,
+    "neighbors": parse_neighbor,
+    "spokes": parse_spoke,
+    "neighbor_timeout": _decimal(parse_timeout),
+    "addresses": parse_interface,
+    "routes": _route,
+}
+_LISTS = frozenset(key for key, spec in _KEYS.items() if spec.types == (list,))
+
+
 def _check_mtu(r: _Reader, params: TunnelParams, mtu: int, addresses: Sequence[Interface]) -> None:
     """service.prepare's checks of a given MTU, made here so that a reload refuses it before touching anything."""
     top = 65535 - params.header_length
@@ -585,13 +702,14 @@ def parse_config(text: str, path: str = "<config>") -> DaemonConfig:
         if not isinstance(table, dict):
             problem(("tunnel", name), f"tunnel {name}: expected a table of settings, got {_toml_type(table)}")
             continue
-        try:
-            tunnels[name] = tunnel_from_table(name, table, coalesce=settings["coalesce"], batch=settings["batch"])
-        except TableError as exc:
+        config, errors = check_tunnel(name, table, coalesce=settings["coalesce"], batch=settings["batch"])
+        if config is not None:
+            tunnels[name] = config
+        for mistake in errors:
             where: tuple[str | int, ...] = ("tunnel", name)
-            if exc.key is not None:
-                where += (exc.key,) if exc.index is None else (exc.key, exc.index)
-            problem(where, f"tunnel {name}: {exc}")
+            if mistake.key is not None:
+                where += (mistake.key,) if mistake.index is None else (mistake.key, mistake.index)
+            problem(where, f"tunnel {name}: {mistake}")
     for name, other in _collisions(tunnels):
         problem(
             ("tunnel", name),
