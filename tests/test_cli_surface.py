@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
 import subprocess
 import sys
 
@@ -30,3 +32,18 @@ def test_tunnel_help_options_print_what_tunnel_help_prints(args: list[str], expe
     assert done.stdout == expected
     help_word = run_cli(*[a for a in args if a not in ("-h", "--help", "add")], "help")
     assert help_word.stdout == done.stdout
+
+
+def test_ip6_tunnel_help_lists_no_word_that_add_then_refuses() -> None:
+    """The words whose values usertunnel keeps only to refuse them (EXTRA_KEYS) are not in -6 tunnel help's usage."""
+    refused = []
+    for word, handler in iptunnel._WORDS6.items():
+        state = iptunnel._State()
+        with contextlib.suppress(iptunnel.IpTunnelError):
+            handler(iptunnel._Words(["inherit"]), state)
+        if set(state.table) & set(iptunnel.EXTRA_KEYS):
+            refused.append(word)
+    assert "allow-localremote" in refused
+    usage = iptunnel.HELP6.partition("\nWhere:")[0]
+    for word in refused:
+        assert not re.search(rf"(?<![\w-]){re.escape(word)}(?![\w-])", usage), f"-6 tunnel help offers {word!r}"

@@ -38,12 +38,17 @@ from .core.sit import PrlEntry, SixRd
 
 EXIT_USAGE = 2
 
-UP_DESCRIPTION = """\
-Create a TUN device and carry its packets to REMOTE inside GRE (IP protocol 47,
-RFC 2784 with the key and sequence number of RFC 2890) or IPIP (IP protocol 4,
-RFC 2003), exactly as Linux's `ip tunnel add NAME mode gre|ipip ...` would put
-them on the wire. Runs in the foreground until SIGINT/SIGTERM, then removes the
-device it created.
+MODES = ", ".join(mode.value.name for mode in Mode)  # every mode, in the table's order (core/params.py)
+
+UP_DESCRIPTION = f"""\
+Create a TUN device (a TAP device for gretap and ip6gretap) and carry its
+packets to REMOTE inside the outer header of --mode, exactly as Linux's
+`ip tunnel add NAME mode MODE ...` (`ip -6 tunnel` over IPv6) would put them on
+the wire: GRE (IP protocol 47, RFC 2784 with the key and sequence number of
+RFC 2890), IPIP (protocol 4, RFC 2003) or SIT (protocol 41, RFC 4213: 6to4,
+6rd, ISATAP) over IPv4, and their IPv6 counterparts (RFC 2473; GRE: RFC 7676).
+Runs in the foreground until SIGINT/SIGTERM, then removes the device it created.
+modes: {MODES}.
 
 What each end must agree on: the mode; each side's --remote is the other's
 --local; a key sent (okey) must be the key the peer expects (ikey); a side that
@@ -65,9 +70,11 @@ examples:
   # point at 198.51.100.1 with key 1234 and are learned, even behind NAT
   usertunnel up --local 198.51.100.1 --remote any --key 1234 --address 203.0.113.1/24
 
-The packets: outer IPv4 header (TTL, TOS, DF as below) + GRE header
-(flags C/K/S, protocol type 0x0800 or 0x86DD, then checksum, key, sequence
-number when enabled) + the inner packet unchanged. IPIP has no GRE header.
+The packets: an outer IPv4 header (TTL, TOS, DF as below) or IPv6 header (hop
+limit, traffic class, flow label, the encapsulation limit option) + for the GRE
+modes a GRE header (flags C/K/S, protocol type 0x0800, 0x86DD, or 0x6558 for
+Ethernet frames, then checksum, key, sequence number when enabled) + the inner
+packet unchanged. The other modes put nothing between the two.
 """
 
 
@@ -119,7 +126,7 @@ def _queues(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="usertunnel",
-        description="GRE and IPIP tunnels in userspace, over a Linux TUN device.",
+        description=f"GRE, IPIP, SIT and IPv6 tunnels in userspace, over a Linux TUN device: {MODES}.",
         epilog="Run `usertunnel lab` to see a tunnel work between two network namespaces.",
     )
     parser.add_argument("--version", action="version", version=f"usertunnel {__version__}")
@@ -138,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=UP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ends = up.add_argument_group("endpoints (the outer IPv4 header's addresses)")
+    ends = up.add_argument_group("endpoints (the outer header's addresses: IPv4 or IPv6, as the mode runs)")
     ends.add_argument(
         "--mode",
         default="gre",
@@ -265,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="forget a spoke silent this long (default 300); its keepalives count as traffic",
     )
 
-    o = up.add_argument_group("outer header (as Linux's ip_tunnel_xmit sets it)")
+    o = up.add_argument_group("outer IPv4 or IPv6 header (as Linux's ip_tunnel_xmit and ip6_tnl_xmit set it)")
     o.add_argument(
         "--ttl",
         "--hoplimit",
@@ -346,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--mtu",
         type=_checked(_mtu),
         metavar="N",
-        help="default: the underlay MTU minus the overhead (IPv4 20 + GRE 4 + 4 per key/seq/csum; IPIP 20)",
+        help="default: the underlay MTU minus the overhead (outer IPv4 20, or IPv6 40 + 8 for the encapsulation "
+        "limit option; GRE 4 + 4 per key/seq/csum; gretap's Ethernet header 14)",
     )
     d.add_argument(
         "--address",
@@ -354,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="CIDR",
-        help="inner address to put on the device, e.g. 203.0.113.1/30 (repeatable, IPv6 too with gre)",
+        help="inner address to put on the device, e.g. 203.0.113.1/30 (repeatable; IPv4, IPv6 or both, as the "
+        "mode carries)",
     )
 
     up.add_argument(
@@ -424,7 +433,12 @@ def build_parser() -> argparse.ArgumentParser:
         "NAT and a POP, with the failing and the working configurations; p2mp: a hub and three spokes, "
         "two behind NAT",
     )
-    lab.add_argument("--mode", default="gre", choices=["gre", "ipip"], help="tunnel mode (default gre)")
+    lab.add_argument(
+        "--mode",
+        default="gre",
+        choices=["gre", "ipip"],
+        help="the basic lab's tunnel mode: gre (default) or ipip (`usertunnel up` runs every mode)",
+    )
     lab.add_argument("--count", type=int, default=3, help="pings to send (default 3)")
     lab.add_argument("--key", type=_checked(parse_key), default=1234, help="GRE key (default 1234, the seed's)")
     lab.add_argument("--seq", action="store_true", help="both ends number their packets and require numbers")

@@ -675,14 +675,21 @@ where the answers come from:
 
 SHOW_DESCRIPTION = """\
 Print every running tunnel (or the one named) the way `ip tunnel show`
-prints a kernel tunnel:
+(IPv4 outer) or `ip -6 tunnel show` (IPv6 outer) prints a kernel tunnel:
 
-  NAME: MODE/ip remote ADDR|any local ADDR|any [dev DEV] ttl N|inherit
-        [tos 0xNN|inherit] [nopmtudisc] [key K | ikey K okey K]
+  NAME: PROTO/ip remote ADDR|any local ADDR|any [dev DEV] ttl N|inherit
+        [tos 0xNN|inherit] [nopmtudisc] [6rd-prefix P [6rd-relay_prefix R]]
+        [key K | ikey K okey K]
+  NAME: PROTO/ipv6 remote ADDR local ADDR [dev DEV] encaplimit N|none
+        hoplimit N|inherit tclass 0xNN|inherit flowlabel 0xNNNNN|inherit
+        (flowinfo 0xNNNNNNNN) [key K | ikey K okey K]
 
-MODE is gre or ip (IPIP). ttl inherit copies the inner TTL; tos is printed
-only when not 0; nopmtudisc means DF is copied from the inner packet
-instead of always set. Then one line per GRE option:
+PROTO/ip and PROTO/ipv6 are iproute2's words for the mode: gre/ip (gre,
+gretap), ip/ip (ipip), ipv6/ip (sit, isatap, with its routers: pdr|pr ADDR),
+ip/ipv6 (ipip6), ipv6/ipv6 (ip6ip6), gre/ipv6 (ip6gre, ip6gretap); -j gives
+the mode itself. ttl inherit copies the inner TTL; tos is printed only when
+not 0; nopmtudisc means DF is copied from the inner packet instead of always
+set. Then one line per GRE option:
   "Drop packets out of sequence."            iseq
   "Checksum in received packet is required." icsum
   "Sequence packets on output."              oseq

@@ -44,7 +44,8 @@ PROGRAM6 = "usertunnel -6 tunnel"
 
 HELP = f"""\
 Usage: {PROGRAM} {{ add | change | del | show | prl | 6rd }} [ NAME ]
-          [ mode {{ ipip | gre | gretap | sit | isatap | ipip6 | ip6ip6 | ip6gre }} ]
+          [ mode {{ ipip | gre | gretap | sit | isatap |
+                   ipip6 | ip6ip6 | ip6gre | ip6gretap }} ]
           [ remote ADDR ] [ local ADDR ]
           [ [i|o]seq ] [ [i|o]key KEY ] [ [i|o]csum ]
           [ prl-default ADDR ] [ prl-nodefault ADDR ] [ prl-delete ADDR ]
@@ -67,8 +68,6 @@ Usage: {PROGRAM6} {{ add | change | del | show }} [ NAME ]
           [ remote ADDR local ADDR ] [ dev PHYS_DEV ]
           [ encaplimit ELIM ]
           [ hoplimit TTL ] [ tclass TCLASS ] [ flowlabel FLOWLABEL ]
-          [ dscp inherit ]
-          [ [no]allow-localremote ]
           [ [i|o]seq ] [ [i|o]key KEY ] [ [i|o]csum ]
 
 Where: NAME      := STRING
@@ -78,6 +77,9 @@ Where: NAME      := STRING
        TCLASS    := {{ 0x0..0xff | inherit }}
        FLOWLABEL := {{ 0x0..0xfffff | inherit }}
        KEY       := {{ DOTTED_QUAD | NUMBER }}
+
+add and change refuse ip -6 tunnel's `dscp inherit` and `[no]allow-localremote`:
+usertunnel has no counterpart (tclass inherit copies the inner DSCP).
 """
 
 MODES4 = ("gre", "ipip", "sit", "isatap", "gretap")  # outer IPv4: `ip tunnel`
