@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import re
 import subprocess
 import sys
 
 import pytest
 
-from usertunnel import iptunnel
+import usertunnel
+from usertunnel import cli, iptunnel
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -47,3 +49,22 @@ def test_ip6_tunnel_help_lists_no_word_that_add_then_refuses() -> None:
     usage = iptunnel.HELP6.partition("\nWhere:")[0]
     for word in refused:
         assert not re.search(rf"(?<![\w-]){re.escape(word)}(?![\w-])", usage), f"-6 tunnel help offers {word!r}"
+
+
+def test_version_is_the_installed_distributions(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    done = run_cli("--version")
+    assert (done.returncode, done.stdout) == (0, f"usertunnel {importlib.metadata.version('usertunnel')}\n")
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "9.8.7")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert (exit_.value.code, capsys.readouterr().out) == (0, "usertunnel 9.8.7\n")
+
+
+def test_version_without_an_installed_distribution_is_the_packages(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    assert cli.version() == usertunnel.__version__

@@ -7,6 +7,7 @@ would be accepted, and exits 2. No traceback reaches a user.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import os
@@ -123,13 +124,22 @@ def _queues(text: str) -> int:
     return n
 
 
+def version() -> str:
+    """The installed distribution's version (pyproject.toml's), or the package's own when usertunnel runs
+    from a checkout that was never installed."""
+    try:
+        return importlib.metadata.version("usertunnel")
+    except importlib.metadata.PackageNotFoundError:
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="usertunnel",
         description=f"GRE, IPIP, SIT and IPv6 tunnels in userspace, over a Linux TUN device: {MODES}.",
         epilog="Run `usertunnel lab` to see a tunnel work between two network namespaces.",
     )
-    parser.add_argument("--version", action="version", version=f"usertunnel {__version__}")
+    parser.add_argument("--version", action="version", version=f"usertunnel {version()}")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     # iproute2's global options, for `usertunnel [-6] [-j] [-s] tunnel ...` as `ip [-6] [-j] [-s] tunnel ...`
     parser.add_argument("-6", dest="ipv6", action="store_true", help="`tunnel`: the ip -6 tunnel grammar and tunnels")
