@@ -67,6 +67,7 @@ from .core.params import (
 )
 from .core.sequence import SeqPolicy, parse_seq_policy
 from .core.sit import PrlEntry, SixRd
+from .io.resolve import is_host_name, resolve
 from .service import UpOptions
 
 T = TypeVar("T")
@@ -357,12 +358,13 @@ def _check_name(name: str) -> None:
 
 
 def _endpoint(what: str, spec: ModeSpec) -> Callable[[str], bytes | None]:
-    """`any` -> None; otherwise an address of the mode's outer family, packed."""
+    """`any` -> None; otherwise an address of the mode's outer family, packed: given as such, or a host
+    name resolved in that family (io.resolve; at each load, so a reload resolves it again)."""
 
     def read(text: str) -> bytes | None:
         if text == "any":
             return None
-        packed = parse_address(text, what)
+        packed = resolve(text, spec.outer, what) if is_host_name(text) else parse_address(text, what)
         if len(packed) != (4 if spec.outer == 4 else 16):
             raise ConfigError(
                 f"mode {spec.name} runs over IPv{spec.outer}: give an IPv{spec.outer} address, not {text!r}"
@@ -603,8 +605,9 @@ _OUTER6: dict[str, Callable[[Any], int | None]] = {
 
 
 def _address_or_any(what: str) -> Callable[[str], bytes | None]:
-    """An outer address of either family, or "any": what `_endpoint` accepts before it knows the mode."""
-    return lambda text: None if text == "any" else parse_address(text, what)
+    """An outer address of either family, "any", or a host name (resolved by `_endpoint` once the mode is
+    known): what `_endpoint` accepts before it knows the mode."""
+    return lambda text: None if text == "any" or is_host_name(text) else parse_address(text, what)
 
 
 # The keys whose values can be checked on their own, whatever the mode and the other keys say: each with

@@ -40,5 +40,5 @@ def resolve(name: str, outer: int, what: str) -> bytes:
             f"cannot resolve {what} {name!r} to an IPv{outer} address ({reason}): give an address, "
             "or a name this host resolves (/etc/hosts, DNS)"
         ) from None
-    address = answers[0][4][0]
+    address = str(answers[0][4][0])
     return ipaddress.ip_address(address.split("%", 1)[0]).packed
