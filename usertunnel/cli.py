@@ -457,6 +457,14 @@ def build_parser() -> argparse.ArgumentParser:
     control.add_parsers(sub)
     explain.add_parser(sub)
     _add_daemon_parsers(sub)
+    completion = sub.add_parser(
+        "completion",
+        help="print a shell completion script (bash)",
+        description="Print a bash completion script for usertunnel, generated from this command line (every "
+        "command and option) and from ip tunnel's grammar (the words of `usertunnel tunnel`). Install it with "
+        "`usertunnel completion bash > /etc/bash_completion.d/usertunnel`, or source it from ~/.bashrc.",
+    )
+    completion.add_argument("shell", choices=["bash"], help="the shell: bash")
     return parser
 
 
@@ -516,6 +524,13 @@ def _add_daemon_parsers(sub: argparse._SubParsersAction[Any]) -> None:
         "removed, new ones added, changed ones restarted, and the others left alone.",
     )
     reload.add_argument("--dir", type=Path, metavar="DIR", help="the control sockets' directory (as `show --dir`)")
+
+
+def _cmd_completion(args: argparse.Namespace) -> int:
+    from . import completion
+
+    sys.stdout.write(completion.script(build_parser(), args.shell))
+    return 0
 
 
 def _cmd_daemon(args: argparse.Namespace) -> int:
@@ -717,6 +732,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "daemon": _cmd_daemon,
         "tunnel": _cmd_tunnel,
         "reload": _cmd_reload,
+        "completion": _cmd_completion,
     }
     if args.command is None:
         parser.print_help()
