@@ -492,7 +492,7 @@ def test_unmatched_drops_are_shown_once_per_instance() -> None:
 
 DOCUMENTED = {
     "name", "mode", "local", "remote", "dev", "ikey", "okey", "iseq", "oseq", "icsum", "ocsum",
-    "ttl", "tos", "pmtudisc", "encaplimit", "flowlabel", "sixrd", "prl", "seq_policy", "mtu", "pid",
+    "ttl", "tos", "pmtudisc", "sixrd", "prl", "seq_policy", "mtu", "pid",  # encaplimit, flowlabel: IPv6 outer only
     "stats", "unmatched",
 }  # fmt: skip
 

@@ -608,7 +608,7 @@ def _cmd_reload(args: argparse.Namespace) -> int:
         answer = control.ask_daemon({"cmd": "reload"}, args.dir)
     except control.Refused as exc:
         print(f"usertunnel reload: refused, nothing changed: {exc.reason}", file=sys.stderr)
-        return 1
+        return EXIT_USAGE if exc.bad_configuration else 1
     except control.ControlError as exc:
         print(f"usertunnel reload: error: {exc}", file=sys.stderr)
         return 1

@@ -27,15 +27,16 @@ The JSON tunnel object (`snapshot_of`); field names are stable:
   "ip6gre", "gretap", "ip6gretap"), local, remote (address text, null = any),
   dev (underlay device or null), ikey, okey (0..4294967295, null = none),
   iseq, oseq, icsum, ocsum, pmtudisc (booleans), ttl (1..255, null = inherit),
-  tos (0..255, null = inherit), encaplimit (0..255, null = none),
-  flowlabel (0..0xfffff, null = inherit), sixrd ({prefix, relay_prefix} text
-  or null), prl ([{address, default}]), seq_policy ("kernel" | "rfc2890" |
-  "resync"), mtu, pid,
+  tos (0..255, null = inherit), sixrd ({prefix, relay_prefix} text or null),
+  prl ([{address, default}]), seq_policy ("kernel" | "rfc2890" | "resync"),
+  mtu, pid,
   stats {rx_packets, rx_bytes, tx_packets, tx_bytes, drops {reason: count}},
   unmatched {drops {reason: count}}: packets this instance's raw socket received
     that none of its tunnels owned. Each instance has its own raw socket and so
     its own count (it also sees packets meant for other instances).
 Present only where they apply (stable names too):
+  encaplimit (0..255, null = none) and flowlabel (0..0xfffff, null = inherit):
+    tunnels over IPv6 (ipip6, ip6ip6, ip6gre, ip6gretap), as `ip -6 tunnel` shows them;
   keepalive {state, period, retries, sent, replies, unanswered, ...}: with --keepalive;
   hub {learned, moved, expired, ...} and neighbors [{outer, key, static, idle, hosts, ...}]: hubs;
   keepalives_reflected (count) and sequence {policy, next_expected, ...} (with iseq): counters.
@@ -110,6 +111,7 @@ def snapshot_of(
         return ipaddress.ip_address(packed).compressed if packed else None
 
     sixrd = params.sixrd
+    outer6 = {"encaplimit": params.encaplimit, "flowlabel": params.flowlabel} if params.mode.value.outer == 6 else {}
     return {
         "name": params.name,
         "mode": params.mode.value.name,
@@ -125,8 +127,7 @@ def snapshot_of(
         "ttl": params.ttl,
         "tos": params.tos,
         "pmtudisc": params.pmtudisc,
-        "encaplimit": params.encaplimit,
-        "flowlabel": params.flowlabel,
+        **outer6,  # an IPv4 header has neither: no field rather than a value that means nothing
         "sixrd": None
         if sixrd is None
         else {
@@ -205,9 +206,15 @@ def run_directory() -> Path:
     even with the variable set, so that two namespaces can each run a tunnel of
     the same name however the base is chosen.
     """
+    return _run_directory()[0]
+
+
+def _run_directory() -> tuple[Path, bool]:
+    """`run_directory()`, and whether it is a named namespace's own (BASE/netns/NAME): there is one for
+    every namespace a usertunnel ever ran in, so the last instance to leave it removes it."""
     base = Path(os.environ.get(ENV_RUN_DIR) or RUN_DIR)
     name = _netns_name()
-    return base / "netns" / name if name else base
+    return (base / "netns" / name, True) if name else (base, False)
 
 
 def socket_path(directory: Path, name: str) -> Path:
@@ -255,9 +262,16 @@ def _make_directory(directory: Path) -> None:
 class ControlServer:
     """The control socket of one `usertunnel up`: answers `show` and `stats` from `snapshot`."""
 
-    def __init__(self, path: Path, snapshot: Snapshot, commands: Mapping[str, Handler] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        snapshot: Snapshot,
+        commands: Mapping[str, Handler] | None = None,
+        remove_directory: bool = False,
+    ) -> None:
         """Use `await ControlServer.start(...)`; this only holds the state."""
         self.path = path
+        self._remove_directory = remove_directory  # the namespace's own directory: removed once empty
         self._snapshot = snapshot
         self._commands: Mapping[str, Handler] = commands or {}
         self._server: asyncio.AbstractServer | None = None
@@ -275,33 +289,42 @@ class ControlServer:
         """Listen on DIR/NAME.sock; ConfigError if an instance of that name already listens there.
 
         A socket file nobody listens on is a crashed instance's, and is removed.
-        `directory` defaults to `run_directory()`. `commands` answers requests besides show and stats
-        (NAME is then `DAEMON`).
+        `directory` defaults to `run_directory()`; when that is a named network namespace's own, the
+        last instance to close removes it. `commands` answers requests besides show and stats (NAME is
+        then `DAEMON`).
         """
-        directory = run_directory() if directory is None else directory
+        own = False
+        if directory is None:
+            directory, own = _run_directory()
         try:
             path = daemon_path(directory) if name == DAEMON else socket_path(directory, name)
         except ControlError as exc:
             raise ConfigError(str(exc)) from None
-        try:
-            _make_directory(directory)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot create the control directory {directory}: {exc.strerror}{_denied_hint(exc)}"
-            ) from None
-        pid = _live_pid(path)
-        if pid is not None:
-            raise ConfigError(f"a usertunnel instance named {name!r} is already running (pid {pid}, socket {path})")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(str(path))
-        except OSError as exc:
-            sock.close()
-            if exc.errno == errno.EADDRINUSE:
-                raise ConfigError(f"a usertunnel instance named {name!r} is starting right now ({path})") from None
-            raise ConfigError(f"cannot create the control socket {path}: {exc.strerror}{_denied_hint(exc)}") from None
+        for attempt in range(3):
+            try:
+                _make_directory(directory)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot create the control directory {directory}: {exc.strerror}{_denied_hint(exc)}"
+                ) from None
+            pid = _live_pid(path)
+            if pid is not None:
+                raise ConfigError(f"a usertunnel instance named {name!r} is already running (pid {pid}, socket {path})")
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.bind(str(path))
+            except OSError as exc:
+                sock.close()
+                if exc.errno == errno.ENOENT and attempt < 2:
+                    continue  # the last instance leaving removed the directory meanwhile: make it again
+                if exc.errno == errno.EADDRINUSE:
+                    raise ConfigError(f"a usertunnel instance named {name!r} is starting right now ({path})") from None
+                raise ConfigError(
+                    f"cannot create the control socket {path}: {exc.strerror}{_denied_hint(exc)}"
+                ) from None
+            break
         # Not yet listening, so nobody can connect before the mode is root's only.
-        self = cls(path, snapshot, commands)
+        self = cls(path, snapshot, commands, remove_directory=own)
         try:
             os.chmod(path, 0o600)
             self._identity = os.lstat(path)
@@ -310,6 +333,7 @@ class ControlServer:
             sock.close()
             with contextlib.suppress(OSError):
                 os.unlink(path)
+            self._leave_directory()
             raise
         return self
 
@@ -344,6 +368,13 @@ class ControlServer:
         with contextlib.suppress(OSError):
             if self._identity is not None and _same_file(os.lstat(self.path), self._identity):
                 os.unlink(self.path)
+        self._leave_directory()
+
+    def _leave_directory(self) -> None:
+        """Remove the namespace's own directory if we were the last to use it."""
+        if self._remove_directory:
+            with contextlib.suppress(OSError):  # ENOTEMPTY: another instance still listens there
+                os.rmdir(self.path.parent)
 
 
 def _denied_hint(exc: OSError) -> str:
@@ -449,16 +480,22 @@ def request(path: Path, message: dict[str, Any], timeout: float = TIMEOUT) -> di
     if not isinstance(answer, dict):
         raise ControlError(f"{path}: not a usertunnel answer: {bytes(data[:80])!r}")
     if isinstance(answer.get("error"), str):
-        raise Refused(path, answer["error"])
+        raise Refused(path, answer["error"], answer)
     return answer
 
 
 class Refused(ControlError):
     """The instance answered with an error: `reason` is its own words."""
 
-    def __init__(self, path: Path, reason: str) -> None:
+    def __init__(self, path: Path, reason: str, answer: Mapping[str, Any] | None = None) -> None:
         super().__init__(f"{path}: the instance refused: {reason}")
         self.reason = reason
+        self.answer: Mapping[str, Any] = answer or {}  # the whole answer: what else it says of the refusal
+
+    @property
+    def bad_configuration(self) -> bool:
+        """The daemon refused a reload because of its configuration file (exit 2, as any bad configuration)."""
+        return self.answer.get("refused") == "configuration"
 
 
 def query(
@@ -734,9 +771,10 @@ packets for other instances and other hosts' tunnels.
   name, mode ("gre"|"ipip"|"sit"|"isatap"|"ipip6"|"ip6ip6"|"ip6gre"|"gretap"|"ip6gretap"),
   local, remote (null = any), dev (null = none),
   ikey, okey (null = no key), iseq, oseq, icsum, ocsum, pmtudisc (booleans),
-  ttl (null = inherit), tos (null = inherit), encaplimit (null = none),
-  flowlabel (null = inherit), sixrd ({{prefix, relay_prefix}} or null),
-  prl ([{{address, default}}]), seq_policy, mtu, pid,
+  ttl (null = inherit), tos (null = inherit),
+  encaplimit (null = none) and flowlabel (null = inherit): over IPv6 only,
+  sixrd ({{prefix, relay_prefix}} or null), prl ([{{address, default}}]),
+  seq_policy, mtu, pid,
   stats {{rx_packets, rx_bytes, tx_packets, tx_bytes, drops {{reason: count}}}},
   unmatched {{drops {{reason: count}}}} (this instance's, as above)
 

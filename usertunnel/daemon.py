@@ -42,7 +42,8 @@ received packet exactly as `ip tunnel` devices do in one kernel.
   deleted, new ones added, and those whose settings changed are deleted and
   added again; the others are not touched. Tunnels added by `tunnel add` are
   left alone, unless the file now declares one of the same name (the file
-  then takes it over).
+  then takes it over). Each reload, by SIGHUP or by `usertunnel reload`
+  alike, is logged: what changed, or why nothing did.
 
 Refusals read like iproute2's (`add tunnel "gre1" failed: File exists`),
 followed by our reason where iproute2 would only have an errno.
@@ -51,6 +52,7 @@ followed by our reason where iproute2 would only have an errno.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -282,12 +284,8 @@ class Daemon:
         task.add_done_callback(self._tasks.discard)
 
     async def _reload_logged(self) -> None:
-        try:
-            answer = await self._cmd_reload({})
-        except ConfigError as exc:
-            log.error("daemon: reload refused, nothing changed: %s", exc)
-        else:
-            log.info("daemon: reloaded: %s", _summary(answer))
+        with contextlib.suppress(ConfigError):  # logged by _reload
+            await self._reload("SIGHUP")
 
     async def _thread(self, call: Callable[..., T], *args: Any) -> T:
         """Run blocking netlink work in a worker thread (never pyroute2 inside our loop)."""
@@ -340,7 +338,26 @@ class Daemon:
         raise ConfigError(f"unknown tunnel action {action!r}: add, change, del, prl or 6rd")
 
     async def _cmd_reload(self, message: dict[str, Any]) -> dict[str, Any]:
-        """Re-read the config file: all of it applies, or (invalid) none of it."""
+        """`usertunnel reload`: as SIGHUP. A refusal answers {"error", "refused": "configuration"}: the file
+        (or its absence) is at fault, which the command reports with exit status 2 as any bad configuration."""
+        try:
+            return await self._reload("usertunnel reload")
+        except ConfigError as exc:
+            return {"error": str(exc), "refused": "configuration"}
+
+    async def _reload(self, how: str) -> dict[str, Any]:
+        """Re-read the config file: all of it applies, or (invalid: ConfigError) none of it. Logged either
+        way, with `how` it was asked for (SIGHUP, usertunnel reload)."""
+        try:
+            answer = await self._reload_file()
+        except ConfigError as exc:
+            log.error("daemon: reload (%s) refused, nothing changed: %s", how, exc)
+            raise
+        log.info("daemon: reloaded (%s): %s", how, _summary(answer))
+        return answer
+
+    async def _reload_file(self) -> dict[str, Any]:
+        """Read and check the whole file, then apply it under the lock; what was added, removed, ..."""
         if self.config_path is None:
             raise ConfigError("this daemon was started without --config: there is no file to reload")
         wanted = await self._thread(configuration.load_config, self.config_path)
