@@ -6,12 +6,18 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-from collections.abc import Iterator
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
+from conftest import INNER_A, INNER_B, UNDER_A, UNDER_B, Lab, require_netns
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from traffic import echo_request
 
+from usertunnel import netns
 from usertunnel.core import ipv4
 from usertunnel.core.drops import Drop
 from usertunnel.core.encap import Counters, Demux, Received, Tunnel
@@ -19,11 +25,12 @@ from usertunnel.core.keepalive import KeepaliveParams
 from usertunnel.core.params import ConfigError, Mode, TunnelParams
 from usertunnel.io import metrics
 from usertunnel.io.metrics import Scrape, TunnelSample, parse_listen, sample
+from usertunnel.netns import UpProcess
 from usertunnel.service import new_event_loop
 
-A, B = bytes([198, 51, 100, 1]), bytes([198, 51, 100, 2])
-INNER_A, INNER_B = bytes([203, 0, 113, 1]), bytes([203, 0, 113, 2])
-INNER = ipv4.IPv4Header(0, 28, 1, ipv4.FLAG_DF, 64, 17, 0, INNER_B, INNER_A).with_checksum().pack() + bytes(8)
+A, B = socket.inet_aton(UNDER_A), socket.inet_aton(UNDER_B)
+FROM_B = socket.inet_aton(INNER_B), socket.inet_aton(INNER_A)
+INNER = ipv4.IPv4Header(0, 28, 1, ipv4.FLAG_DF, 64, 17, 0, *FROM_B).with_checksum().pack() + bytes(8)  # UDP, B to A
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -305,3 +312,181 @@ def test_a_failing_source_is_a_5xx_for_the_scraper_and_the_server_goes_on(loop: 
     failed, served = loop.run_until_complete(run())
     assert failed[0].startswith("HTTP/1.1 503") and b"worker 1 (pid 42) has ended" in failed[2]
     assert served[0] == "HTTP/1.1 200 OK"
+
+
+# --- end to end: scraped inside the tunnel's namespace ------------------------------------------------------
+
+PORT = 9477
+ECHO_ID = 0x4D54
+SCRAPE = """
+import sys, urllib.error, urllib.request
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=5) as answer:
+        print(answer.status)
+        sys.stdout.write(answer.read().decode())
+except urllib.error.HTTPError as exc:
+    print(exc.code)
+    sys.stdout.write(exc.read().decode())
+"""
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    """The conftest lab in namespaces of our own prefix, IPv6 off: nothing but our traffic in the tunnels."""
+    require_netns()
+    made = Lab(prefix="uhc", ipv6=False)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def scrape(lab: Lab, ns: str, address: str = f"127.0.0.1:{PORT}") -> Series:
+    """GET /metrics with urllib from a process inside `ns` (the namespace's own loopback)."""
+    out = lab.run(ns, [sys.executable, "-c", SCRAPE, f"http://{address}/metrics"], timeout=20)
+    assert out.returncode == 0, out.stderr.decode()
+    status, _, body = out.stdout.decode().partition("\n")
+    assert status == "200", body
+    return parse(body)
+
+
+def wait_for_series(lab: Lab, ns: str, check: Callable[[Series], bool], timeout: float = 5.0) -> Series:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = scrape(lab, ns)
+        if check(got) or time.monotonic() > deadline:
+            return got
+        time.sleep(0.1)
+
+
+def counted(got: Series, name: str, tunnel: str = "tun0") -> dict[str, float]:
+    """A tunnel's packet counters and drops as `usertunnel up` prints them at exit."""
+    drops = {
+        dict(labels)["reason"]: n
+        for (metric, labels), n in got.items()
+        if metric == "usertunnel_dropped_packets_total" and dict(labels)["tunnel"] == tunnel
+    }
+    values = {k: value(got, f"usertunnel_{k}_total", tunnel=tunnel) for k in ("tx_packets", "tx_bytes", "rx_packets",
+                                                                              "rx_bytes")}  # fmt: skip
+    return {**{k: v for k, v in values.items() if v is not None}, **{f"drop {k}": v for k, v in drops.items()}}
+
+
+def exit_counters(stats: dict[str, Any]) -> dict[str, float]:
+    values = {k: float(stats[k]) for k in ("tx_packets", "tx_bytes", "rx_packets", "rx_bytes")}
+    return {**values, **{f"drop {k}": float(v) for k, v in stats["drops"].items()}}
+
+
+def gre_with_key(key: int, icmp_seq: int = 1) -> bytes:
+    """An echo request B sends A in GRE with `key` (crafted: the peer's tunnel is not involved)."""
+    return echo_request((UNDER_B, UNDER_A), (INNER_B, INNER_A), ECHO_ID, icmp_seq, key=key)
+
+
+@pytest.mark.netns
+def test_up_serves_the_counters_it_prints_at_exit_and_a_drop_by_its_reason(lab: Lab) -> None:
+    end_a, _ = lab.pair(["--key", "7", "--metrics", f"127.0.0.1:{PORT}"], ["--key", "7"])
+    assert any(f"tun0: metrics on http://127.0.0.1:{PORT}/metrics" in line for line in end_a.lines)
+    first = scrape(lab, lab.a)
+    assert value(first, "usertunnel_tunnels") == 1
+    assert value(first, "usertunnel_tunnel_info", tunnel="tun0", mode="gre", local=UNDER_A, remote=UNDER_B) == 1
+    assert value(first, "usertunnel_mtu_bytes", tunnel="tun0") == 1500 - 28
+    assert value(first, "usertunnel_path_mtu_bytes", tunnel="tun0") == 1500
+    assert value(first, "usertunnel_keepalive_up", tunnel="tun0") is None  # no --keepalive
+    pings = 5
+    assert lab.ping(lab.a, INNER_B, count=pings).returncode == 0
+    got = scrape(lab, lab.a)
+    assert value(got, "usertunnel_tx_packets_total", tunnel="tun0") >= pings  # type: ignore[operator]
+    assert value(got, "usertunnel_rx_packets_total", tunnel="tun0") >= pings  # type: ignore[operator]
+    assert not [name for name, _ in got if name == "usertunnel_dropped_packets_total"]
+
+    raw = lab.socket(lab.b, socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    try:
+        raw.sendto(gre_with_key(8), (UNDER_A, 0))  # our addresses, the wrong key
+    finally:
+        raw.close()
+    got = wait_for_series(lab, lab.a, lambda s: "drop key_mismatch" in counted(s, "tun0"))
+    assert counted(got, "tun0")["drop key_mismatch"] == 1
+    # Nothing moves between the last scrape and the exit: the counters printed at exit are the ones served.
+    assert counted(got, "tun0") == exit_counters(end_a.stop()["tun0"])
+
+
+@pytest.mark.netns
+def test_the_line_protocol_state_follows_the_keepalive_replies(lab: Lab) -> None:
+    end_a, end_b = lab.pair(["--keepalive", "0.1,2", "--metrics", f"127.0.0.1:{PORT}"], [])
+    got = wait_for_series(
+        lab, lab.a, lambda s: (value(s, "usertunnel_keepalive_replies_total", tunnel="tun0") or 0) > 0
+    )
+    assert value(got, "usertunnel_keepalive_up", tunnel="tun0") == 1
+    end_b.kill()  # nobody reflects our keepalives any more
+    got = wait_for_series(lab, lab.a, lambda s: value(s, "usertunnel_keepalive_up", tunnel="tun0") == 0)
+    assert value(got, "usertunnel_keepalive_up", tunnel="tun0") == 0
+    assert value(got, "usertunnel_keepalive_unanswered", tunnel="tun0") >= 3  # type: ignore[operator]
+    end_a.stop()
+
+
+@pytest.mark.netns
+def test_a_port_in_use_is_refused_in_one_line_before_the_device_exists(lab: Lab) -> None:
+    lab.start(lab.a, ["--local", UNDER_A, "--remote", UNDER_B, "--name", "tun0", "--metrics", f"127.0.0.1:{PORT}"])
+    second = lab.start(
+        lab.a, ["--local", UNDER_A, "--remote", UNDER_B, "--key", "2", "--name", "tun1", "--metrics",
+                f"127.0.0.1:{PORT}"], wait=False,
+    )  # fmt: skip
+    assert second.wait_exit() == 2
+    assert second.lines == [
+        f"usertunnel up: error: cannot serve metrics on 127.0.0.1:{PORT}: port {PORT} is already in use "
+        "(another exporter or usertunnel?): choose another"
+    ]
+    assert lab.run(lab.a, ["ip", "link", "show", "tun1"]).returncode != 0
+
+
+@pytest.mark.netns
+def test_ipv6_loopback_is_served(lab: Lab) -> None:
+    lab.run(lab.a, ["sysctl", "-q", "-w", "net.ipv6.conf.lo.disable_ipv6=0"])
+    lab.start(lab.a, ["--local", UNDER_A, "--remote", UNDER_B, "--name", "tun0", "--metrics", f"[::1]:{PORT}"])
+    assert value(scrape(lab, lab.a, f"[::1]:{PORT}"), "usertunnel_tunnels") == 1
+
+
+@pytest.mark.netns
+def test_with_queues_the_parent_serves_every_workers_counters_summed(lab: Lab) -> None:
+    end_a, _ = lab.pair(["--queues", "2", "--metrics", f"127.0.0.1:{PORT}"], [])
+    pings = 6
+    assert lab.ping(lab.a, INNER_B, count=pings).returncode == 0
+    got = scrape(lab, lab.a)
+    assert value(got, "usertunnel_rx_packets_total", tunnel="tun0") >= pings  # type: ignore[operator]
+    assert value(got, "usertunnel_path_mtu_bytes", tunnel="tun0") is None  # each worker learns its own
+    assert counted(got, "tun0") == exit_counters(end_a.stop()["tun0"])  # the sum it logs at exit
+
+
+def _daemon_tunnel(ns: str, *words: str) -> None:
+    out = netns.run(ns, [sys.executable, "-m", "usertunnel", "tunnel", *words], timeout=30)
+    assert out.returncode == 0, out.stderr.decode()
+
+
+@pytest.mark.netns
+def test_the_daemons_metrics_follow_its_tunnels_as_they_are_added_and_deleted(lab: Lab) -> None:
+    daemon = UpProcess(lab.a, ["--metrics", f"127.0.0.1:{PORT}"], command="daemon")
+    lab.ends.append(daemon)
+    daemon.wait_ready()
+    assert any(f"daemon: metrics on http://127.0.0.1:{PORT}/metrics" in line for line in daemon.lines)
+    assert value(scrape(lab, lab.a), "usertunnel_tunnels") == 0
+    for name, key in (("g1", "1"), ("g2", "2")):
+        _daemon_tunnel(lab.a, "add", name, "mode", "gre", "local", UNDER_A, "remote", UNDER_B, "key", key)
+    got = scrape(lab, lab.a)
+    assert value(got, "usertunnel_tunnels") == 2
+    assert {dict(labels)["tunnel"] for name, labels in got if name == "usertunnel_tunnel_info"} == {"g1", "g2"}
+    _daemon_tunnel(lab.a, "del", "g1")
+    raw = lab.socket(lab.b, socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    try:
+        raw.sendto(gre_with_key(9), (UNDER_A, 0))  # g2's addresses, no tunnel's key: blamed on g2
+        bad_version = bytearray(gre_with_key(2))
+        bad_version[21] |= 1  # GRE version 1: no tunnel's packet (RFC 2784 2.3.1)
+        raw.sendto(bytes(bad_version), (UNDER_A, 0))
+    finally:
+        raw.close()
+    got = wait_for_series(
+        lab, lab.a, lambda s: value(s, "usertunnel_unmatched_packets_total", reason="gre_version") == 1
+    )
+    assert {dict(labels)["tunnel"] for name, labels in got if name == "usertunnel_tunnel_info"} == {"g2"}
+    assert value(got, "usertunnel_dropped_packets_total", tunnel="g2", reason="key_mismatch") == 1
+    assert value(got, "usertunnel_unmatched_packets_total", reason="gre_version") == 1
+    assert value(got, "usertunnel_tunnels") == 1
+    daemon.stop()

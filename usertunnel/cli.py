@@ -36,6 +36,7 @@ from .core.params import (
 )
 from .core.sequence import SeqPolicy, parse_seq_policy
 from .core.sit import PrlEntry, SixRd
+from .io.metrics import parse_listen
 
 EXIT_USAGE = 2
 
@@ -413,6 +414,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="N worker processes, each with its own queue of a multi-queue TUN device and its own raw socket; "
         "received packets are shared out by flow, so each flow stays in order (default 1: one process)",
     )
+    up.add_argument(
+        "--metrics",
+        type=_checked(parse_listen),
+        metavar="ADDR:PORT",
+        help="serve Prometheus metrics over HTTP at http://ADDR:PORT/metrics, e.g. 127.0.0.1:9477 or [::1]:9477: "
+        "the counters of `usertunnel stats`, drops by reason, keepalive state, MTU and path MTU (with --queues, "
+        "every worker's counters summed)",
+    )
     see = up.add_argument_group("seeing inside the tunnel")
     see.add_argument(
         "--trace",
@@ -502,6 +511,8 @@ def _add_daemon_parsers(sub: argparse._SubParsersAction[Any]) -> None:
                         help="as `up --no-coalesce`, for every tunnel")  # fmt: skip
     daemon.add_argument("--no-batch", dest="batch", action="store_false", default=True,
                         help="as `up --no-batch`, for every tunnel")  # fmt: skip
+    daemon.add_argument("--metrics", type=_checked(parse_listen), metavar="ADDR:PORT",
+                        help="as `up --metrics`: every tunnel of the daemon, as they come and go")  # fmt: skip
     tunnel = sub.add_parser(
         "tunnel",
         help="ip tunnel's grammar against the daemon: add, change, del, show, prl, 6rd",
@@ -536,7 +547,7 @@ def _cmd_completion(args: argparse.Namespace) -> int:
 def _cmd_daemon(args: argparse.Namespace) -> int:
     from .daemon import daemon
 
-    return daemon(args.config, coalesce=args.coalesce, batch=args.batch)
+    return daemon(args.config, coalesce=args.coalesce, batch=args.batch, metrics_address=args.metrics)
 
 
 def _cmd_tunnel(args: argparse.Namespace) -> int:
@@ -693,6 +704,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             coalesce=args.coalesce,
             batch=args.batch,
             queues=args.queues,
+            metrics=args.metrics,
         )
     )
 

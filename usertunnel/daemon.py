@@ -71,7 +71,7 @@ from .control import DAEMON, ControlServer, snapshot_of
 from .core import sit
 from .core.encap import Demux, Tunnel
 from .core.params import ConfigError, ModeSpec
-from .io import netlink, privilege, sdnotify
+from .io import metrics, netlink, privilege, sdnotify
 from .io.claim import Claims, Identity, identities
 from .io.loop import Dataplane, Interface
 from .io.raw import ClaimFilter, open_icmp_listener, open_raw, open_raw6_receiver, open_raw6_sender
@@ -230,13 +230,15 @@ class Daemon:
 
     # --- running ----------------------------------------------------------------------------------------
 
-    async def serve(self, initial: DaemonConfig | None) -> int:
-        """Listen, bring the config file's tunnels up, run until SIGINT/SIGTERM; the exit status."""
+    async def serve(self, initial: DaemonConfig | None, listener: socket.socket | None = None) -> int:
+        """Listen, bring the config file's tunnels up, run until SIGINT/SIGTERM; the exit status. `listener`:
+        --metrics' socket (io.metrics), served from now on."""
         control = await ControlServer.start(
             DAEMON,
             self.snapshot,
             commands={"tunnel": self._cmd_tunnel, "reload": self._cmd_reload},
         )
+        exporter = await metrics.start(listener, self.scrape, "daemon")
         status = 0
         self.watch = ClaimWatch(self.loop, self.claims, self.sockets.filters, DAEMON_REFRESH_DELAY)
         try:
@@ -271,6 +273,8 @@ class Daemon:
             self.watch.cancel()
             self.claims.close()
             await control.close()
+            if exporter is not None:
+                await exporter.close()
             self.sockets.close()
             self.dataplane.close()
         return status
@@ -290,6 +294,12 @@ class Daemon:
     async def _thread(self, call: Callable[..., T], *args: Any) -> T:
         """Run blocking netlink work in a worker thread (never pyroute2 inside our loop)."""
         return await self.loop.run_in_executor(None, functools.partial(call, *args))
+
+    def scrape(self) -> metrics.Scrape:
+        """What --metrics serves: the tunnels running now, with their live counters."""
+        now = time.monotonic()
+        tunnels = [metrics.sample(m.prepared.tunnel, m.prepared.mtu, now) for m in self.members.values()]
+        return metrics.Scrape(tunnels, self.demux.unmatched)
 
     # --- the control socket's commands --------------------------------------------------------------------
 
@@ -613,7 +623,9 @@ def _summary(answer: Mapping[str, Any]) -> str:
     return "; ".join(parts) + (f"; {len(errors)} error(s)" if errors else "")
 
 
-def daemon(config_path: str | None, coalesce: bool = True, batch: bool = True) -> int:
+def daemon(
+    config_path: str | None, coalesce: bool = True, batch: bool = True, metrics_address: tuple[str, int] | None = None
+) -> int:
     """`usertunnel daemon`: check the privileges and the config file (exit 2 through ConfigError if either
     falls short), then serve."""
     privilege.require(privilege.TUNNEL)
@@ -623,6 +635,11 @@ def daemon(config_path: str | None, coalesce: bool = True, batch: bool = True) -
         coalesce = coalesce and initial.coalesce
         batch = batch and initial.batch
         config_path = str(Path(config_path).resolve())
-    with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        loop = runner.get_loop()
-        return runner.run(Daemon(loop, config_path, coalesce, batch).serve(initial))
+    listener = metrics.listen(metrics_address) if metrics_address is not None else None  # a port in use: exit 2
+    try:
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            loop = runner.get_loop()
+            return runner.run(Daemon(loop, config_path, coalesce, batch).serve(initial, listener))
+    finally:
+        if listener is not None:
+            listener.close()  # a no-op once the exporter has closed it

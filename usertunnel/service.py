@@ -35,7 +35,7 @@ from .core import sit
 from .core.encap import Demux, Tunnel
 from .core.keepalive import Change, LineProtocol
 from .core.params import ConfigError, TunnelParams
-from .io import netlink, privilege
+from .io import metrics, netlink, privilege
 from .io.claim import Claims, Identity, claimed, identities, poke
 from .io.loop import Dataplane, Interface
 from .io.observe import Observer
@@ -65,6 +65,7 @@ class UpOptions:
     coalesce: bool = True  # receive coalescing into a TUN with a vnet header (core.gro)
     batch: bool = True  # recvmmsg / sendmmsg on raw IPv4 sockets (io.batch)
     queues: int = 1  # worker processes over a multi-queue TUN (usertunnel.workers)
+    metrics: tuple[str, int] | None = None  # --metrics ADDR:PORT: Prometheus metrics served there (io.metrics)
 
 
 def describe(params: TunnelParams, mtu: int) -> str:
@@ -127,9 +128,12 @@ class Prepared:
     icmp: socket.socket | None = None  # sees "fragmentation needed" about our packets (path MTU)
     claims: Claims | None = None  # the identities this process serves in its namespace (io.claim)
     rx_filter: ClaimFilter | None = None  # the receiving socket's filter, from the namespace's claims
+    metrics: socket.socket | None = None  # --metrics: the listening socket, bound before anything was created
 
     def close(self) -> None:
         self.tun.close()
+        if self.metrics is not None:
+            self.metrics.close()
         if self.claims is not None:
             self.claims.close()
         self.sock.close()
@@ -157,13 +161,18 @@ def prepare(options: UpOptions) -> Prepared:
         )
     underlay = netlink.underlay_mtu(params.remote, options.device)
     mtu = tunnel_mtu(options, underlay)
+    listener = metrics.listen(options.metrics) if options.metrics is not None else None  # a port in use: refused
     claims = Claims("usertunnel up")
-    claims.hold(identities(params), params.name)  # refused (File exists) before anything is created
     try:
-        return _open(options, params, underlay, mtu, claims)
+        claims.hold(identities(params), params.name)  # refused (File exists) before anything is created
+        prepared = _open(options, params, underlay, mtu, claims)
     except BaseException:
         claims.close()
+        if listener is not None:
+            listener.close()
         raise
+    prepared.metrics = listener
+    return prepared
 
 
 def _open(options: UpOptions, params: TunnelParams, underlay: int, mtu: int, claims: Claims) -> Prepared:
@@ -393,6 +402,11 @@ async def serve(prepared: Prepared) -> tuple[Demux, str | None]:
             prepared.tun.name,
             lambda: [_snapshot(tunnel, demux, prepared, pid)],
         )
+        exporter = await metrics.start(
+            prepared.metrics, lambda: metrics.Scrape([metrics.sample(tunnel, prepared.mtu)], demux.unmatched),
+            prepared.tun.name,
+        )  # fmt: skip
+        prepared.metrics = None  # the exporter closes it
         try:
             if prepared.user is not None:
                 # Everything privileged is done: TUN, raw socket, netlink, control socket.
@@ -410,6 +424,8 @@ async def serve(prepared: Prepared) -> tuple[Demux, str | None]:
                 sweeper.cancel()
             watch.cancel()
             await control.close()
+            if exporter is not None:
+                await exporter.close()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

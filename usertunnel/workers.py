@@ -72,6 +72,7 @@ from .core.drops import Drop
 from .core.encap import Counters, Demux
 from .core.gre import FLAG_CSUM, FLAG_KEY, PROTO_IPV4, PROTO_IPV6
 from .core.params import ConfigError, TunnelParams
+from .io import metrics
 from .io.claim import claimed, identities
 from .io.loop import Dataplane
 from .io.privilege import drop_to
@@ -247,6 +248,8 @@ def up_queues(options: UpOptions) -> int:
             prepared.observer.close()
         if prepared.claims is not None:
             prepared.claims.close()
+        if prepared.metrics is not None:
+            prepared.metrics.close()
 
 
 def _stop_all(workers: list[_Worker]) -> None:
@@ -298,6 +301,7 @@ async def _supervise(prepared: Prepared, workers: list[_Worker]) -> str | None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     control = None
+    exporter = None
 
     def on_poke() -> None:  # a newcomer claimed an identity: each worker rebuilds its filter (it holds the socket)
         for worker in workers:
@@ -308,6 +312,8 @@ async def _supervise(prepared: Prepared, workers: list[_Worker]) -> str | None:
         prepared.claims.serve(loop, on_poke)
     try:
         control = await ControlServer.start(name, lambda: [_summed_snapshot(prepared, workers)])
+        exporter = await metrics.start(prepared.metrics, lambda: _summed_scrape(prepared, workers), name)
+        prepared.metrics = None  # the exporter closes it
         if prepared.user is not None:
             log.info("%s: %s", name, drop_to(prepared.user))
         waiting = asyncio.ensure_future(ready.wait())
@@ -337,6 +343,8 @@ async def _supervise(prepared: Prepared, workers: list[_Worker]) -> str | None:
                 loop.remove_reader(worker.channel.fileno())
         if control is not None:
             await control.close()
+        if exporter is not None:
+            await exporter.close()
     errors = [w.error for w in workers if w.error is not None]
     if errors:
         raise ConfigError(errors[0])
@@ -366,6 +374,17 @@ def _summed_snapshot(prepared: Prepared, workers: list[_Worker]) -> dict[str, An
     """The control socket's answer: the tunnel with every worker's counters summed, and each worker's own."""
     reports = [worker.ask() for worker in workers]
     return _summed(prepared, reports, os.getpid())
+
+
+def _summed_scrape(prepared: Prepared, workers: list[_Worker]) -> metrics.Scrape:
+    """What --metrics serves: the tunnel with every worker's counters summed, as `stats` answers (each
+    worker learns the path MTU for itself, so none is reported)."""
+    reports = [worker.ask() for worker in workers]
+    counters = _sum([r["stats"] for r in reports])
+    unmatched = _sum([_fill_counts(r["unmatched"]) for r in reports])
+    reflected = sum(r["keepalives_reflected"] for r in reports)
+    sample = metrics.TunnelSample(prepared.tunnel.params, counters, prepared.mtu, None, reflected)
+    return metrics.Scrape([sample], unmatched)
 
 
 def _summed(prepared: Prepared, reports: list[dict[str, Any]], pid: int) -> dict[str, Any]:
@@ -427,11 +446,13 @@ def _fork(
                 icmp = icmps[i]
                 if icmp is not None:
                     icmp.close()
+        if prepared.metrics is not None:  # the parent serves them
+            prepared.metrics.close()
         if prepared.claims is not None:  # the parent holds them (and answers for them); this copy closes
             prepared.claims.close()
         mine = replace(
             prepared, tun=queues[index], sock=sockets[index], icmp=icmps[index], observer=None, claims=None,
-            rx_filter=filters[index],
+            rx_filter=filters[index], metrics=None,
         )  # fmt: skip
         status = _worker_main(index, count, mine, child_end, parent)
     except BaseException as exc:  # nothing may leave a forked child but os._exit

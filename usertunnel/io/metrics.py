@@ -44,16 +44,16 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
-
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.process_collector import ProcessCollector
-from prometheus_client.registry import Collector, CollectorRegistry
 
 from ..core.encap import Counters, Tunnel
 from ..core.keepalive import LineProtocol
 from ..core.params import ConfigError, TunnelParams
+
+if TYPE_CHECKING:  # prometheus_client is imported when metrics are served: other commands start 60 ms sooner
+    from prometheus_client.core import Metric
+    from prometheus_client.registry import CollectorRegistry
 
 log = logging.getLogger("usertunnel")
 
@@ -109,6 +109,8 @@ def _address(packed: bytes | None) -> str:
 def families(scrape: Scrape) -> list[Metric]:
     """The metric families of one scrape (the module docstring lists them). Only drop reasons that were
     counted appear, as in `stats`: a tunnel's series do not multiply by every reason there is."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+
     info = InfoMetricFamily("usertunnel_tunnel", "A tunnel this process runs", labels=("tunnel",))
     count = GaugeMetricFamily("usertunnel_tunnels", "Tunnels this process runs")
     labels = ("tunnel",)
@@ -173,7 +175,7 @@ def families(scrape: Scrape) -> list[Metric]:
     ]  # fmt: skip
 
 
-class TunnelCollector(Collector):
+class TunnelCollector:
     """A prometheus_client collector that reads the live counters at each scrape (`source`)."""
 
     def __init__(self, source: Source) -> None:
@@ -185,6 +187,9 @@ class TunnelCollector(Collector):
 
 def registry(source: Source) -> CollectorRegistry:
     """Our own registry (not prometheus_client's global one): the tunnels, and the serving process."""
+    from prometheus_client.process_collector import ProcessCollector
+    from prometheus_client.registry import CollectorRegistry
+
     found = CollectorRegistry()
     found.register(TunnelCollector(source))
     ProcessCollector(registry=found)
@@ -302,6 +307,8 @@ class MetricsServer:
             name, _, value = line.partition(":")
             if name.strip().lower() == "accept":
                 accept = value.strip()
+        from prometheus_client.exposition import choose_encoder
+
         encoder, content_type = choose_encoder(accept)
         try:
             body = encoder(self.registry)
