@@ -4,12 +4,15 @@ control directory left behind in a namespace nobody uses any more."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -243,3 +246,42 @@ def test_the_namespaces_control_directory_goes_with_the_last_instance(hosts: Hos
     assert (directory / "usertunnel-daemon.sock").exists()
     again.stop()
     assert not directory.exists()
+
+
+def test_the_last_server_to_close_removes_the_namespace_directory_and_a_starting_one_makes_it_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    base = Path(tempfile.mkdtemp(prefix="uhb-ctl-"))  # short: a Unix socket path fits in 108 bytes
+    directory = base / "netns" / "uhb-x"
+    monkeypatch.setattr(control, "_run_directory", lambda: (directory, True))
+    live_pid = control._live_pid
+    removed: list[Path] = []
+
+    def removed_meanwhile(path: Path) -> int | None:
+        """The last instance leaves between our mkdir and our bind, and takes the directory with it."""
+        if not removed:
+            os.rmdir(path.parent)
+            removed.append(path.parent)
+        return live_pid(path)
+
+    async def main() -> None:
+        one = await control.ControlServer.start("g1", list)
+        two = await control.ControlServer.start("g2", list)
+        await one.close()
+        assert [p.name for p in directory.iterdir()] == ["g2.sock"]
+        await two.close()
+        assert not directory.exists() and (base / "netns").is_dir()
+        monkeypatch.setattr(control, "_live_pid", removed_meanwhile)
+        three = await control.ControlServer.start("g3", list)
+        assert removed == [directory] and (directory / "g3.sock").exists()
+        await three.close()
+        assert not directory.exists()
+        # A directory given (--dir, a systemd RuntimeDirectory, the tests) is never removed.
+        four = await control.ControlServer.start("g4", list, base)
+        await four.close()
+        assert base.is_dir()
+
+    try:
+        asyncio.run(main())
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -76,6 +76,7 @@ REQUEST_LIMIT = 4096  # bytes: a request is one short JSON line
 ANSWER_LIMIT = 16 << 20  # bytes: more than any honest answer
 COMMANDS = ("show", "stats")
 EXIT_ERROR = 1
+EXIT_DENIED = 2  # run without the privilege it needs, as every usertunnel command
 
 Tunnel = dict[str, Any]  # one JSON tunnel object, as documented above
 Snapshot = Callable[[], list[Tunnel]]
@@ -421,8 +422,8 @@ class _Stale(Exception):
         self.removed = removed
 
 
-class _Denied(ControlError):
-    """Not root: true of every socket, so not worth a line per instance."""
+class Denied(ControlError):
+    """Not root: true of every socket, so not worth a line per instance (exit 2, as any missing privilege)."""
 
 
 def _ask(path: Path, cmd: str, timeout: float) -> list[Tunnel]:
@@ -451,7 +452,9 @@ def request(path: Path, message: dict[str, Any], timeout: float = TIMEOUT) -> di
             _remove_stale(path, seen)
             raise _Stale(removed=True) from None
         except PermissionError:
-            raise _Denied(f"{path}: permission denied: control sockets are root's only (mode 0600)") from None
+            raise Denied(
+                f"{path}: permission denied: control sockets are root's only (mode 0600): run it with sudo"
+            ) from None
         except (TimeoutError, BlockingIOError):
             raise ControlError(f"{path}: no answer within {timeout:g} s") from None
         except OSError as exc:
@@ -540,7 +543,7 @@ def query(
         except _Stale:
             continue
         except ControlError as exc:
-            if problems is None or isinstance(exc, _Denied):
+            if problems is None or isinstance(exc, Denied):
                 raise
             problems.append(str(exc))
     return sorted(tunnels, key=lambda t: str(t.get("name")))
@@ -811,7 +814,8 @@ def add_parsers(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """`usertunnel show` / `usertunnel stats`: the exit status (0, or 1 with one line per error on stderr)."""
+    """`usertunnel show` / `usertunnel stats`: the exit status (0, or 1 with one line per error on stderr;
+    2 when not root)."""
     command: str = args.command
     directory: Path = args.dir if args.dir is not None else run_directory()
     problems: list[str] = []
@@ -823,7 +827,7 @@ def run(args: argparse.Namespace) -> int:
             text = format_show(tunnels) if command == "show" else format_stats(tunnels)
     except ControlError as exc:
         print(f"usertunnel {command}: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_DENIED if isinstance(exc, Denied) else EXIT_ERROR
     except (KeyError, TypeError, ValueError, AttributeError) as exc:  # an answer from another version
         print(f"usertunnel {command}: error: unexpected answer ({type(exc).__name__}: {exc})", file=sys.stderr)
         return EXIT_ERROR
