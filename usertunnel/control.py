@@ -6,7 +6,8 @@ query must never disturb the data path: the server answers from the event
 loop the tunnel runs in, from a snapshot that costs a few dictionary copies.
 
 Theory of operation. Every `usertunnel up` listens on a Unix stream socket
-DIR/IFNAME.sock (mode 0600: root only; DIR is created 0755 if missing). A
+DIR/IFNAME.sock (mode 0600: root only; DIR is created 0755 if missing, and
+a named namespace's DIR removed by the last instance to leave it). A
 client connects, sends one JSON line `{"cmd": "show"}` or `{"cmd": "stats"}`
 and reads one JSON line back: `{"tunnels": [...]}`, or `{"error": "..."}`.
 `usertunnel show` / `stats` ask every socket in DIR (or the one named) and
@@ -708,7 +709,8 @@ where the answers come from:
   mode 0600: only root may ask. DIR is {RUN_DIR} (created 0755 by the first
   instance), or {RUN_DIR}/netns/NAME inside the network namespace NAME (as
   with `ip tunnel show`, you see the tunnels of the namespace you run in:
-  `ip netns exec NAME usertunnel show`). ${ENV_RUN_DIR} replaces {RUN_DIR}
+  `ip netns exec NAME usertunnel show`; the last instance there to stop
+  removes that directory). ${ENV_RUN_DIR} replaces {RUN_DIR}
   in both (for instances and clients alike); --dir names the exact directory.
   A socket left by a killed instance is removed and skipped.
 """
