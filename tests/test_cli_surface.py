@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import os
+import pty
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from conftest import Lab, require_netns
 
 import usertunnel
-from usertunnel import cli, iptunnel
+from usertunnel import cli, iptunnel, netns
 from usertunnel.core.params import Mode
 
 MODES = [mode.value.name for mode in Mode]
@@ -155,3 +160,129 @@ def test_every_keyword_completion_offers_is_one_the_grammar_reads(bash_script: P
             iptunnel.parse([*start, keyword, *value], ipv6=ipv6)
         except iptunnel.IpTunnelError as exc:
             assert "garbage" not in str(exc) and "not complete" not in str(exc), (keyword, value, str(exc))
+
+
+# --- logs --------------------------------------------------------------------------------------------------------
+
+LOGS = """
+import logging, sys
+from usertunnel.cli import setup_logging
+setup_logging(sys.argv[1])
+log = logging.getLogger("usertunnel")
+log.debug("a debug line")
+log.info("an info line")
+log.warning("a warning line")
+"""
+STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} usertunnel: ")
+
+
+def logged(stderr: Any, level: str = "info", env: dict[str, str] | None = None) -> None:
+    subprocess.run([sys.executable, "-c", LOGS, level], stderr=stderr, timeout=30, check=True, env=env)
+
+
+def test_log_lines_in_a_file_carry_a_timestamp(tmp_path: Path) -> None:
+    with (tmp_path / "log").open("w") as file:
+        logged(file)
+    lines = (tmp_path / "log").read_text().splitlines()
+    assert [STAMP.sub("", line) for line in lines] == ["an info line", "a warning line"]
+    assert all(STAMP.match(line) for line in lines), lines
+
+
+def test_log_lines_on_a_terminal_carry_a_timestamp() -> None:
+    leader, follower = pty.openpty()
+    try:
+        logged(follower)
+        os.close(follower)
+        follower = -1
+        received = b""
+        with contextlib.suppress(OSError):  # EIO: the terminal's other side is closed, all is read
+            while chunk := os.read(leader, 4096):
+                received += chunk
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+    lines = received.decode().splitlines()
+    assert len(lines) == 2 and all(STAMP.match(line) for line in lines), lines
+
+
+def test_log_lines_to_another_program_carry_none() -> None:
+    done = subprocess.run([sys.executable, "-c", LOGS, "info"], capture_output=True, text=True, timeout=30)
+    assert done.stderr.splitlines() == ["usertunnel: an info line", "usertunnel: a warning line"]
+
+
+def test_log_lines_in_systemds_journal_carry_no_timestamp_but_the_priority(tmp_path: Path) -> None:
+    """JOURNAL_STREAM names the journal's stream (device:inode); a file stands in for it here."""
+    with (tmp_path / "journal").open("w") as file:
+        status = os.fstat(file.fileno())
+        logged(file, env={**os.environ, "JOURNAL_STREAM": f"{status.st_dev}:{status.st_ino}"})
+        other = {**os.environ, "JOURNAL_STREAM": f"{status.st_dev}:{status.st_ino + 1}"}  # another stream's
+        logged(file, env=other)
+    lines = (tmp_path / "journal").read_text().splitlines()
+    assert lines[:2] == ["<6>usertunnel: an info line", "<4>usertunnel: a warning line"]
+    assert len(lines) == 4 and all(STAMP.match(line) for line in lines[2:]), lines
+
+
+@pytest.mark.parametrize(
+    ("level", "shown"),
+    [
+        ("debug", ["a debug line", "an info line", "a warning line"]),
+        ("info", ["an info line", "a warning line"]),
+        ("warning", ["a warning line"]),
+        ("error", []),
+    ],
+)
+def test_log_level_is_the_least_severe_line_shown(level: str, shown: list[str]) -> None:
+    done = subprocess.run([sys.executable, "-c", LOGS, level], capture_output=True, text=True, timeout=30)
+    assert [line.removeprefix("usertunnel: ") for line in done.stderr.splitlines()] == shown
+
+
+UP = ["up", "--remote", "198.51.100.2"]
+
+
+@pytest.mark.parametrize(
+    ("args", "level"),
+    [
+        (UP, "info"),
+        (["-q", *UP], "warning"),
+        (["--log-level", "debug", *UP], "debug"),
+        (["--log-level", "error", *UP, "--log-level", "debug"], "debug"),
+        ([*UP, "--log-level", "warning"], "warning"),
+        (["daemon", "--log-level", "error"], "error"),
+        (["--log-level", "debug", "daemon"], "debug"),
+    ],
+)
+def test_log_level_is_read_before_the_command_and_by_up_and_daemon(args: list[str], level: str) -> None:
+    assert cli.build_parser().parse_args(args).log_level == level
+
+
+def test_a_log_level_that_is_none_is_one_line_exit_2() -> None:
+    done = run_cli("--log-level", "verbose", "up", "--remote", "198.51.100.2")
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1
+    assert "invalid choice: 'verbose'" in done.stderr and "'debug', 'info', 'warning', 'error'" in done.stderr
+
+
+@pytest.mark.netns
+def test_up_in_a_file_logs_timestamped_lines_and_at_warning_no_ready_line(tmp_path: Path) -> None:
+    require_netns()
+    lab = Lab(prefix="uha", ipv6=False)
+    try:
+        for level, ready_shown in (("info", True), ("warning", False)):
+            path = tmp_path / f"{level}.log"
+            args = ["--local", "198.51.100.1", "--remote", "198.51.100.2", "--name", "uha0", "--log-level", level]
+            with path.open("w") as log:
+                proc = netns.popen(lab.a, [sys.executable, "-m", "usertunnel", "up", *args], stderr=log)
+            try:
+                # The ready line is logged at info; the control socket appears just after it.
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline and lab.run(lab.a, ["ip", "link", "show", "uha0"]).returncode:
+                    time.sleep(0.1)
+                time.sleep(0.5)
+            finally:
+                proc.terminate()
+                assert proc.wait(timeout=10) == 0
+            lines = path.read_text().splitlines()
+            assert any(" uha0: up mode gre" in line for line in lines) == ready_shown, lines
+            assert all(STAMP.match(line) for line in lines), lines
+    finally:
+        lab.close()

@@ -11,11 +11,12 @@ import importlib.metadata
 import json
 import logging
 import os
+import stat
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 from . import __version__, control, explain
 from .core.keepalive import parse_keepalive
@@ -141,7 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `usertunnel lab` to see a tunnel work between two network namespaces.",
     )
     parser.add_argument("--version", action="version", version=f"usertunnel {version()}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default="info",
+        help="the least severe log lines shown (default info); timestamped on a terminal or in a file, not in "
+        "systemd's journal (it adds its own)",
+    )
+    parser.add_argument(
+        "-q", "--quiet", dest="log_level", action="store_const", const="warning", help="--log-level warning"
+    )
     # iproute2's global options, for `usertunnel [-6] [-j] [-s] tunnel ...` as `ip [-6] [-j] [-s] tunnel ...`
     parser.add_argument("-6", dest="ipv6", action="store_true", help="`tunnel`: the ip -6 tunnel grammar and tunnels")
     parser.add_argument("-4", dest="ipv6", action="store_false", help="`tunnel`: IPv4 tunnels (the default)")
@@ -423,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
         "every worker's counters summed)",
     )
     see = up.add_argument_group("seeing inside the tunnel")
+    see.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS, help="as `usertunnel --log-level`")
     see.add_argument(
         "--trace",
         action="store_true",
@@ -507,6 +518,8 @@ def _add_daemon_parsers(sub: argparse._SubParsersAction[Any]) -> None:
         formatter_class=formatter,
     )
     daemon.add_argument("--config", metavar="FILE", help="TOML file declaring tunnels (docs/config.md)")
+    daemon.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS,
+                        help="as `usertunnel --log-level`")  # fmt: skip
     daemon.add_argument("--no-coalesce", dest="coalesce", action="store_false", default=True,
                         help="as `up --no-coalesce`, for every tunnel")  # fmt: skip
     daemon.add_argument("--no-batch", dest="batch", action="store_false", default=True,
@@ -727,14 +740,54 @@ def _cmd_lab(args: argparse.Namespace) -> int:
     return run_lab(mode=args.mode, count=args.count, key=args.key, options=options, trace=args.trace)
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def log_destination(stream: TextIO) -> str:
+    """Where log lines written to `stream` end up: "journal" (systemd's: JOURNAL_STREAM names this very
+    stream's device and inode), "terminal", "file", or "other" (a pipe or socket to some other program)."""
+    try:
+        status = os.fstat(stream.fileno())
+    except (OSError, ValueError):  # no descriptor (a test's StringIO), or a closed one
+        return "other"
+    if os.environ.get("JOURNAL_STREAM") == f"{status.st_dev}:{status.st_ino}":
+        return "journal"
+    if stream.isatty():
+        return "terminal"
+    return "file" if stat.S_ISREG(status.st_mode) else "other"
+
+
+class LogFormatter(logging.Formatter):
+    """`usertunnel: MESSAGE`, after a timestamp on a terminal or in a file (where nothing else dates the line);
+    in the journal, which dates each line itself, after the syslog priority journald reads (`<4>` a warning)."""
+
+    PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+    def __init__(self, destination: str) -> None:
+        timestamps = destination in ("terminal", "file")
+        stamp = "%(asctime)s.%(msecs)03d " if timestamps else ""
+        super().__init__(f"{stamp}usertunnel: %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+        self.journal = destination == "journal"
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        return f"<{self.PRIORITIES.get(record.levelno, 6)}>{line}" if self.journal else line
+
+
+def setup_logging(level: str, stream: TextIO | None = None) -> None:
+    """Log usertunnel's lines of `level` and above to `stream` (stderr); other libraries' from info up."""
+    stream = sys.stderr if stream is None else stream
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(LogFormatter(log_destination(stream)))
+    chosen = getattr(logging, level.upper())
+    logging.basicConfig(level=max(chosen, logging.INFO), handlers=[handler], force=True)
+    logging.getLogger("usertunnel").setLevel(chosen)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="usertunnel: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args.log_level)
     commands = {
         "up": _cmd_up,
         "lab": _cmd_lab,

@@ -474,8 +474,8 @@ def _worker_main(index: int, count: int, prepared: Prepared, channel: socket.soc
     _parent_death_signal(signal.SIGTERM)
     if os.getppid() != parent:  # the parent died before the line above
         return 1
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(logging.Formatter(f"usertunnel: worker {index}: %(message)s"))
+    for handler in logging.getLogger().handlers:  # the parent's lines (timestamps or not), labelled
+        handler.addFilter(_Labelled(f"worker {index}: "))
     tunnel = prepared.tunnel
     # Outer IPv4 identifications: each worker starts in its own part of the 16-bit space.
     tunnel.ident = (random.getrandbits(16) + index * (0x10000 // count)) & 0xFFFF
@@ -487,6 +487,18 @@ def _worker_main(index: int, count: int, prepared: Prepared, channel: socket.soc
         return 2
     _send(channel, {"final": _report(index, prepared, demux)})
     return 1 if fatal else 0
+
+
+class _Labelled(logging.Filter):
+    """Puts a label in front of each message, whatever the line around it (cli.LogFormatter's)."""
+
+    def __init__(self, label: str) -> None:
+        super().__init__()
+        self.label = label
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = f"{self.label}{record.msg}"
+        return True
 
 
 def _send(channel: socket.socket, message: dict[str, Any]) -> None:
