@@ -286,3 +286,24 @@ def test_up_in_a_file_logs_timestamped_lines_and_at_warning_no_ready_line(tmp_pa
             assert all(STAMP.match(line) for line in lines), lines
     finally:
         lab.close()
+
+
+def test_top_level_help_documents_the_exit_status_and_usertunnel_debug() -> None:
+    done = run_cli("--help")
+    text = done.stdout
+    assert done.returncode == 0
+    assert "USERTUNNEL_DEBUG=1" in text and "traceback" in text
+    section = text.partition("\nexit status:\n")[2].partition("\n\n")[0]
+    assert [line.split()[0] for line in section.splitlines() if not line.startswith("     ")] == ["0", "1", "2", "130"]
+    assert str(cli.EXIT_USAGE) in [code for code, _ in cli.EXIT_STATUS]
+
+
+def test_an_internal_error_names_usertunnel_debug_and_with_it_prints_the_traceback() -> None:
+    """The variable the help documents does what it says (`show`, made to fail inside)."""
+    code = "import sys; from usertunnel import cli, control\n"
+    code += "control.run = lambda args: 1 / 0\nsys.exit(cli.main(['show']))"
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert quiet.returncode == 1 and "Traceback" not in quiet.stderr and "USERTUNNEL_DEBUG=1" in quiet.stderr
+    env = {**os.environ, "USERTUNNEL_DEBUG": "1"}
+    loud = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, env=env)
+    assert loud.returncode == 1 and "Traceback" in loud.stderr and "ZeroDivisionError" in loud.stderr

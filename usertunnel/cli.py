@@ -13,6 +13,7 @@ import logging
 import os
 import stat
 import sys
+import textwrap
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -135,11 +136,63 @@ def version() -> str:
         return __version__
 
 
+# What the exit status of any usertunnel command means (README's table says what to do about each).
+EXIT_STATUS = (
+    ("0", "done; or stopped by SIGINT or SIGTERM, with everything it created removed"),
+    (
+        "1",
+        "failed while running (its TUN device removed from outside, a tunnel of the daemon's file that cannot be "
+        "created), the daemon refused a command or is not running, the tunnel named is not running, a lab step "
+        "failed, or an internal error (a bug: see USERTUNNEL_DEBUG)",
+    ),
+    (
+        "2",
+        "bad input, nothing created: an option or value, a configuration file (every mistake is listed), missing "
+        "privileges (root, or CAP_NET_ADMIN and CAP_NET_RAW), a device name or port already taken",
+    ),
+    ("130", "`usertunnel lab` interrupted (Ctrl-C, SIGTERM, SIGHUP), with everything it created removed"),
+)
+
+ENVIRONMENT = (
+    ("USERTUNNEL_DEBUG=1", "an internal error prints its traceback too (for the bug report it asks for)"),
+    (
+        "USERTUNNEL_RUN_DIR=DIR",
+        "the control sockets' directory instead of /run/usertunnel (instances and clients alike)",
+    ),
+    ("JOURNAL_STREAM", "set by systemd: when stderr is the journal, log lines carry no timestamp (it adds its own)"),
+    ("NOTIFY_SOCKET", "set by systemd: `usertunnel daemon` reports readiness and reloads (Type=notify)"),
+)
+
+
+def _table(title: str, rows: Sequence[tuple[str, str]]) -> str:
+    """A help section: each name, then its meaning wrapped beside it."""
+    width = max(len(name) for name, _ in rows) + 4
+    lines = [f"{title}:"]
+    for name, meaning in rows:
+        wrapped = textwrap.wrap(meaning, 79 - width)
+        lines.append(f"  {name:<{width - 2}}{wrapped[0]}")
+        lines += [" " * width + more for more in wrapped[1:]]
+    return "\n".join(lines)
+
+
+TOP_EPILOG = f"""\
+Run `usertunnel lab` to see a tunnel work between two network namespaces, and
+`usertunnel COMMAND --help` for what a command takes.
+
+{_table("exit status", EXIT_STATUS)}
+
+{_table("environment", ENVIRONMENT)}
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="usertunnel",
-        description=f"GRE, IPIP, SIT and IPv6 tunnels in userspace, over a Linux TUN device: {MODES}.",
-        epilog="Run `usertunnel lab` to see a tunnel work between two network namespaces.",
+        description=textwrap.fill(
+            f"GRE, IPIP, SIT and IPv6 tunnels in userspace, over a Linux TUN device: {MODES}.", 79
+        ),
+        epilog=TOP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"usertunnel {version()}")
     parser.add_argument(
