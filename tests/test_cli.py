@@ -21,7 +21,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     ("args", "expected"),
     [
         (["up", "--remote", "198.51.100"], "invalid remote address"),
-        (["up", "--remote", "198.51.100.2", "--local", "nonsense"], "invalid local address"),
+        (["up", "--remote", "198.51.100.2", "--local", "198.51.100.300"], "invalid local address"),
+        (["up", "--remote", "198.51.100.2", "--local", "no host"], "invalid local address"),
         (["up", "--remote", "2001:db8::2"], "runs over IPv4: remote must be an IPv4 address"),
         (["up", "--remote", "198.51.100.2", "--key", "4294967296"], 'invalid key "4294967296"'),
         (["up", "--remote", "198.51.100.2", "--key", "-1"], "invalid key"),
@@ -135,7 +136,7 @@ def test_an_ipv6_tunnel_below_1280_bytes_is_refused_with_the_figure_to_use() -> 
     netns.create(name)
     try:
         done = netns.run(name, [sys.executable, "-m", "usertunnel", "up", "--mode", "ip6ip6", "--local", "::1",
-                                "--remote", "::1", "--mtu", "1200"], timeout=30)  # fmt: skip
+                                "--remote", "2001:db8::2", "--mtu", "1200"], timeout=30)  # fmt: skip
         err = done.stderr.decode()
         assert done.returncode == 2 and "below IPv6's minimum of 1280" in err and "--mtu 1280" in err, err
     finally:

@@ -90,3 +90,47 @@ def _usertunnel() -> list[str]:
     import sys
 
     return [sys.executable, "-m", "usertunnel"]
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [("peer-b", True), ("pop.example.net", True), ("localhost", True), ("198.51.100.1", False),
+     ("2001:db8::1", False), ("1.2.3", False), ("a b", False), ("-bad", False), ("any", True)],
+)  # fmt: skip
+def test_host_names_are_told_from_addresses(text: str, name: bool) -> None:
+    from usertunnel.io import resolve
+
+    assert resolve.is_host_name(text) is name
+
+
+def test_a_host_name_resolves_in_the_outer_family() -> None:
+    from usertunnel.io import resolve
+
+    assert resolve.resolve("localhost", 4, "remote") == _address("127.0.0.1")
+
+
+@pytest.mark.netns
+def test_remote_given_as_a_host_name_is_resolved_once_and_shown(lab: Lab) -> None:
+    end = lab.start(lab.a, ["--local", UNDER_A, "--remote", "localhost", "--name", "tun0"])
+    ready = end.wait_ready()
+    assert "remote 127.0.0.1" in ready, ready
+    end.stop()
+    assert any("remote localhost is 127.0.0.1" in line for line in end.lines), end.lines
+
+
+@pytest.mark.netns
+def test_a_name_that_does_not_resolve_is_one_line_exit_2(lab: Lab) -> None:
+    result = lab.run(lab.a, [*_usertunnel(), "up", "--remote", "no-such-host.invalid", "--name", "tun4"])
+    err = result.stderr.decode()
+    assert result.returncode == 2, err
+    assert "cannot resolve remote 'no-such-host.invalid'" in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_the_configuration_file_takes_host_names_too() -> None:
+    from usertunnel.config import ConfigFileError, parse_config
+
+    config = parse_config('[tunnel.g1]\nmode = "gre"\nremote = "localhost"\n')
+    assert config.tunnels["g1"].options.params.remote == _address("127.0.0.1")
+    with pytest.raises(ConfigFileError, match=r":3: tunnel g1: remote: cannot resolve remote 'no-such-host\.invalid'"):
+        parse_config('[tunnel.g1]\nmode = "gre"\nremote = "no-such-host.invalid"\n')

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import ipaddress
 import json
 import logging
 import os
@@ -17,9 +18,9 @@ import textwrap
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
-from . import __version__, control, explain
+from . import __version__, control, down, explain
 from .core.keepalive import parse_keepalive
 from .core.neighbors import HubParams, parse_neighbor, parse_spoke, parse_timeout
 from .core.params import (
@@ -38,6 +39,10 @@ from .core.params import (
 )
 from .core.sequence import SeqPolicy, parse_seq_policy
 from .core.sit import PrlEntry, SixRd
+from .io import resolve
+
+if TYPE_CHECKING:
+    from .service import UpOptions
 from .io.metrics import parse_listen
 
 EXIT_USAGE = 2
@@ -105,9 +110,30 @@ def _checked(convert: Callable[[str], object]) -> Callable[[str], object]:
 _DEFAULT: object = object()  # an option not given: the mode decides
 
 
-def _remote(text: str) -> bytes | None:
-    """The peer's outer address, or None for `any` (a point-to-multipoint hub)."""
-    return None if text == "any" else parse_address(text, "remote")
+def _endpoint(what: str) -> Callable[[str], bytes | str]:
+    """--local / --remote: an address (packed), or a host name kept as text and resolved once the mode
+    says which family (params_from_args)."""
+
+    def convert(text: str) -> bytes | str:
+        return text if resolve.is_host_name(text) else parse_address(text, what)
+
+    convert.__name__ = what
+    return convert
+
+
+def _remote(text: str) -> bytes | str | None:
+    """The peer's outer address or host name, or None for `any` (a point-to-multipoint hub)."""
+    return None if text == "any" else _endpoint("remote")(text)
+
+
+def _resolved(value: bytes | str | None, outer: int, what: str) -> bytes | None:
+    """An endpoint given as a host name, resolved in the outer family (logged: the name and what it gave)."""
+    if not isinstance(value, str):
+        return value
+    address = resolve.resolve(value, outer, what)
+    shown = ipaddress.ip_address(address)
+    logging.getLogger("usertunnel").info("%s %s is %s (resolved once, at start)", what, value, shown)
+    return address
 
 
 def _mtu(text: str) -> int:
@@ -232,17 +258,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ends.add_argument(
         "--local",
-        type=_checked(lambda t: parse_address(t, "local")),
-        metavar="ADDR",
-        help="our outer address: the source of what we send, the destination of what we accept "
-        "(default: any address of this host)",
+        type=_checked(_endpoint("local")),
+        metavar="ADDR|NAME",
+        help="our outer address (or a host name, resolved once at start): the source of what we send, the "
+        "destination of what we accept; it must be an address of this host (default: any address of this host)",
     )
     ends.add_argument(
         "--remote",
-        required=True,
         type=_checked(_remote),
-        metavar="ADDR|any",
-        help="the peer's outer address: where we send, and the only sender we accept; 'any' makes a "
+        default=_DEFAULT,  # not given (None is `any`)
+        metavar="ADDR|NAME|any",
+        help="the peer's outer address (or a host name, resolved once at start): where we send, and the only "
+        "sender we accept; 'any' makes a "
         "point-to-multipoint hub (gre, ipip: see below), or with sit derives each IPv4 destination from "
         "the IPv6 one (6to4, 6rd; isatap always)",
     )
@@ -456,6 +483,13 @@ def build_parser() -> argparse.ArgumentParser:
         "the kernel's stack instead of many; when the host forwards, each segment's checksum is checked first",
     )
     up.add_argument(
+        "--config",
+        metavar="FILE",
+        help="take the tunnel from FILE, the TOML file `usertunnel daemon` reads (docs/config.md): its only "
+        "[tunnel.NAME], or the one --name names. The tunnel's options then all come from the file: give no "
+        "other tunnel option (--trace, --pcap, --user, --queues and --metrics still apply)",
+    )
+    up.add_argument(
         "--show-plan",
         action="store_true",
         help="print the code compiled for this tunnel (its transmit and receive plans, core/plan.py: what runs "
@@ -538,6 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
         "`usertunnel completion bash > /etc/bash_completion.d/usertunnel`, or source it from ~/.bashrc.",
     )
     completion.add_argument("shell", choices=["bash"], help="the shell: bash")
+    down.add_parser(sub)
     return parser
 
 
@@ -638,7 +673,7 @@ def _cmd_tunnel(args: argparse.Namespace) -> int:
             found = control.query(control.run_directory(), None, "stats", problems=problems)
         except control.ControlError as exc:
             print(f"usertunnel tunnel: error: {exc}", file=sys.stderr)
-            return 1
+            return EXIT_USAGE if isinstance(exc, control.Denied) else 1
         outer = 6 if args.ipv6 else 4
         chosen = [t for t in found if _outer_version(t) == outer and iptunnel.matches(command, t)]
         if args.global_json:
@@ -669,7 +704,7 @@ def _cmd_tunnel(args: argparse.Namespace) -> int:
         return 1
     except control.ControlError as exc:
         print(f"usertunnel tunnel: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_USAGE if isinstance(exc, control.Denied) else 1
     return 0
 
 
@@ -688,7 +723,7 @@ def _cmd_reload(args: argparse.Namespace) -> int:
         return EXIT_USAGE if exc.bad_configuration else 1
     except control.ControlError as exc:
         print(f"usertunnel reload: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_USAGE if isinstance(exc, control.Denied) else 1
     for what in ("added", "removed", "restarted", "unchanged"):
         names = answer.get(what) or []
         print(f"{what}: {' '.join(names) if names else '-'}")
@@ -726,8 +761,8 @@ def params_from_args(args: argparse.Namespace) -> TunnelParams:
     return TunnelParams(
         name=args.name or f"{mode.value.name}%d",
         mode=mode,
-        local=args.local,
-        remote=args.remote,
+        local=_resolved(args.local, spec.outer, "local"),
+        remote=_resolved(args.remote, spec.outer, "remote"),
         ikey=ikey,
         okey=okey,
         iseq=args.seq or args.iseq,
@@ -748,9 +783,61 @@ def params_from_args(args: argparse.Namespace) -> TunnelParams:
     )
 
 
+# `up` options that say how the process runs, not what the tunnel is: they combine with --config.
+_PROCESS_OPTIONS = frozenset({"command", "config", "name", "trace", "pcap", "user", "queues", "metrics",
+                              "show_plan", "quiet", "log_level"})  # fmt: skip
+
+
+def _options_from_file(args: argparse.Namespace) -> UpOptions:
+    """`up --config FILE`: the tunnel of FILE (its only one, or --name's), with this command's process options."""
+    from dataclasses import replace
+
+    from .config import load_config
+
+    defaults = build_parser().parse_args(["up", "--config", args.config])
+    given = sorted(
+        f"--{key.replace('_', '-')}"
+        for key, value in vars(args).items()
+        if key not in _PROCESS_OPTIONS and value != getattr(defaults, key, value)
+    )
+    if given:
+        raise ConfigError(
+            f"--config {args.config} takes the tunnel's options from the file; {', '.join(given)} given too: "
+            "put them in the file"
+        )
+    tunnels = load_config(args.config).tunnels
+    if args.name is not None:
+        cfg = tunnels.get(args.name)
+        if cfg is None:
+            have = ", ".join(tunnels) or "none"
+            raise ConfigError(f"{args.config} has no [tunnel.{args.name}] (its tunnels: {have})")
+    elif len(tunnels) == 1:
+        (cfg,) = tunnels.values()
+    else:
+        have = ", ".join(tunnels) or "none"
+        raise ConfigError(f"{args.config} has {len(tunnels)} tunnels ({have}): say which with --name")
+    options = replace(
+        cfg.options, trace=args.trace, pcap=args.pcap, user=args.user, queues=args.queues,
+        routes=cfg.routes, link_up=cfg.up,
+    )  # fmt: skip
+    if getattr(args, "metrics", None) is not None:
+        options = replace(options, metrics=args.metrics)
+    return options
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     from .service import UpOptions, up
 
+    if args.config is not None:
+        options = _options_from_file(args)
+        if args.show_plan:
+            from .core.plan import describe_plans
+
+            print(describe_plans(options.params))
+            return 0
+        return up(options)
+    if args.remote is _DEFAULT:
+        raise ConfigError("--remote is required (an address, a host name or 'any'), or --config FILE")
     params = params_from_args(args)
     check_address_families(params, args.address)
     if args.show_plan:
@@ -851,6 +938,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tunnel": _cmd_tunnel,
         "reload": _cmd_reload,
         "completion": _cmd_completion,
+        "down": down.run,
     }
     if args.command is None:
         parser.print_help()

@@ -26,7 +26,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -66,6 +66,8 @@ class UpOptions:
     batch: bool = True  # recvmmsg / sendmmsg on raw IPv4 sockets (io.batch)
     queues: int = 1  # worker processes over a multi-queue TUN (usertunnel.workers)
     metrics: tuple[str, int] | None = None  # --metrics ADDR:PORT: Prometheus metrics served there (io.metrics)
+    routes: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # `up --config`: the file's routes
+    link_up: bool = True  # `up --config` with `up = false`: the device is created down, as `ip tunnel add`
 
 
 def describe(params: TunnelParams, mtu: int) -> str:
@@ -210,7 +212,9 @@ def _open(options: UpOptions, params: TunnelParams, underlay: int, mtu: int, cla
         if tun.name != params.name:  # a name pattern such as gre%d, resolved by the kernel
             params = replace(params, name=tun.name)
             claims.relabel(identities(params), tun.name)
-        netlink.configure(tun.name, mtu, options.addresses, ipv6=6 in params.mode.value.families)
+        netlink.configure(
+            tun.name, mtu, options.addresses, 6 in params.mode.value.families, options.routes, options.link_up
+        )
     except BaseException:
         if tun is not None:
             tun.close()
@@ -375,6 +379,20 @@ def wire(dataplane: Dataplane, prepared: Prepared) -> None:
     dataplane.add_interface(iface)
 
 
+DOWN = "down"  # the control request `usertunnel down NAME` sends
+
+
+def down_handler(name: str, stop: asyncio.Event) -> Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]:
+    """The answer to `usertunnel down NAME`: stop as SIGTERM would (counters printed, device removed)."""
+
+    async def down(message: dict[str, Any]) -> dict[str, Any]:
+        log.info("%s: asked to stop (usertunnel down)", name)
+        stop.set()
+        return {"stopping": name, "pid": os.getpid()}
+
+    return down
+
+
 async def serve(prepared: Prepared) -> tuple[Demux, str | None]:
     """Move packets until SIGINT or SIGTERM (reason None) or until the data path cannot go on
     (the reason); return the demux with its counters and that reason."""
@@ -401,6 +419,7 @@ async def serve(prepared: Prepared) -> tuple[Demux, str | None]:
         control = await ControlServer.start(
             prepared.tun.name,
             lambda: [_snapshot(tunnel, demux, prepared, pid)],
+            commands={DOWN: down_handler(prepared.tun.name, stop)},
         )
         exporter = await metrics.start(
             prepared.metrics, lambda: metrics.Scrape([metrics.sample(tunnel, prepared.mtu)], demux.unmatched),

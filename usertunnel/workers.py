@@ -78,7 +78,7 @@ from .io.loop import Dataplane
 from .io.privilege import drop_to
 from .io.raw import OUTER_HEADER, ClaimFilter, ShardLayout, open_icmp_listener, open_raw
 from .io.tun import Tun
-from .service import ClaimWatch, Prepared, UpOptions, describe, new_event_loop, prepare, wire
+from .service import DOWN, ClaimWatch, Prepared, UpOptions, describe, down_handler, new_event_loop, prepare, wire
 
 log = logging.getLogger("usertunnel")
 
@@ -311,7 +311,9 @@ async def _supervise(prepared: Prepared, workers: list[_Worker]) -> str | None:
     if prepared.claims is not None:
         prepared.claims.serve(loop, on_poke)
     try:
-        control = await ControlServer.start(name, lambda: [_summed_snapshot(prepared, workers)])
+        control = await ControlServer.start(
+            name, lambda: [_summed_snapshot(prepared, workers)], commands={DOWN: down_handler(name, stop)}
+        )
         exporter = await metrics.start(prepared.metrics, lambda: _summed_scrape(prepared, workers), name)
         prepared.metrics = None  # the exporter closes it
         if prepared.user is not None:
