@@ -134,3 +134,24 @@ def test_the_configuration_file_takes_host_names_too() -> None:
     assert config.tunnels["g1"].options.params.remote == _address("127.0.0.1")
     with pytest.raises(ConfigFileError, match=r":3: tunnel g1: remote: cannot resolve remote 'no-such-host\.invalid'"):
         parse_config('[tunnel.g1]\nmode = "gre"\nremote = "no-such-host.invalid"\n')
+
+
+@pytest.mark.netns
+def test_the_daemon_warns_about_a_local_that_is_not_an_address_of_this_host(lab: Lab) -> None:
+    import time
+
+    from usertunnel.netns import UpProcess
+
+    daemon = UpProcess(lab.a, [], command="daemon")
+    lab.ends.append(daemon)
+    daemon.wait_ready()
+    foreign = lab.run(lab.a, [*_usertunnel(), "tunnel", "add", "g9", "mode", "gre", "local", "198.51.100.9",
+                              "remote", UNDER_B])  # fmt: skip
+    assert foreign.returncode == 0, foreign.stderr.decode()  # added, as `ip tunnel add` would
+    own = lab.run(lab.a, [*_usertunnel(), "tunnel", "add", "g8", "mode", "gre", "local", UNDER_A, "remote", UNDER_B])
+    assert own.returncode == 0, own.stderr.decode()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not any("g9: local" in line for line in daemon.lines):
+        time.sleep(0.05)
+    warned = [line for line in daemon.lines if "is not an address of this host" in line]
+    assert len(warned) == 1 and "g9: local 198.51.100.9" in warned[0], daemon.lines

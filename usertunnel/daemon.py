@@ -54,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import ipaddress
 import logging
 import os
 import random
@@ -425,6 +426,13 @@ class Daemon:
             mtu = tunnel_mtu(options, underlay)
         except ConfigError as exc:
             raise _failed(action, name, str(exc)) from None
+        if params.local is not None and not await self._thread(netlink.is_local_address, params.local):
+            # `up` refuses this; a daemon's tunnel may be declared before its address is configured (as
+            # `ip tunnel add` allows), so it is warned about instead, on every add and restart.
+            log.warning(
+                "%s: local %s is not an address of this host (yet?): what it sends has a foreign source",
+                name, ipaddress.ip_address(params.local),
+            )  # fmt: skip
         tunnel = Tunnel(params, ident=random.getrandbits(16))
         tunnel.link_mtu = underlay
         tunnel.device_addresses = tuple(
