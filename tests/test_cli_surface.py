@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib.metadata
 import os
 import pty
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -307,3 +309,62 @@ def test_an_internal_error_names_usertunnel_debug_and_with_it_prints_the_traceba
     env = {**os.environ, "USERTUNNEL_DEBUG": "1"}
     loud = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, env=env)
     assert loud.returncode == 1 and "Traceback" in loud.stderr and "ZeroDivisionError" in loud.stderr
+
+
+# --- the man page ------------------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+MANPAGE = ROOT / "docs" / "usertunnel.1"
+
+
+def test_the_committed_man_page_is_the_one_the_parser_writes(tmp_path: Path) -> None:
+    fresh = tmp_path / "usertunnel.1"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "manpage.py"), "--output", str(fresh)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert fresh.read_text() == MANPAGE.read_text(), (
+        "docs/usertunnel.1 is stale: run `python3 scripts/manpage.py` and commit it"
+    )
+
+
+def require_man() -> str:
+    """man(1), or the test is skipped (failed under USERTUNNEL_REQUIRE_NETNS=1, as the other tests that need
+    something of the machine)."""
+    man = shutil.which("man")
+    if man is None:
+        reason = "needs man (Debian man-db)"
+        if os.environ.get("USERTUNNEL_REQUIRE_NETNS") == "1":
+            pytest.fail(f"USERTUNNEL_REQUIRE_NETNS=1 but this test cannot run: {reason}")
+        pytest.skip(reason)
+    return man
+
+
+def test_the_man_page_renders_every_section_and_command_without_a_warning() -> None:
+    man = require_man()
+    env = {**os.environ, "MANWIDTH": "80", "MANPAGER": "cat", "PAGER": "cat"}
+    done = subprocess.run(
+        [man, "--warnings", "-l", "-P", "cat", str(MANPAGE)], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    headings = [line for line in done.stdout.splitlines() if re.match(r"[A-Z][A-Z ]+$", line)]
+    assert headings == [
+        "NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "COMMANDS", "EXIT STATUS", "ENVIRONMENT", "FILES", "SEE ALSO"
+    ]  # fmt: skip
+    assert "usertunnel - GRE, IPIP, SIT and IPv6 tunnels" in done.stdout
+    commands = [line.split()[1] for line in done.stdout.splitlines() if re.match(r"   usertunnel \w+$", line)]
+    assert commands == list(subparsers_of(cli.build_parser()))
+    for code, _ in cli.EXIT_STATUS:
+        assert re.search(rf"^       {code} ", done.stdout, re.MULTILINE), f"exit status {code}"
+    assert "USERTUNNEL_DEBUG=1" in done.stdout and "JOURNAL_STREAM" in done.stdout
+    assert max(len(line) for line in done.stdout.splitlines()) <= 7 + 100  # no paragraph left unwrapped
+
+
+def subparsers_of(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
