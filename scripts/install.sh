@@ -3,7 +3,8 @@
 # Idempotent: what is already there is not installed again.
 #   - Debian packages: iproute2 (ip netns, for inspection), iputils-ping (the lab and tests ping),
 #     util-linux (setpriv, to test privilege errors), iperf3 and tshark (throughput and captures),
-#     man-db (the man page's test reads it with man -l),
+#     man-db (the man page's test reads it with man -l), systemd (systemd-analyze verifies our units),
+#     chromium (headless: the explain/lab pages' browser test),
 #     nftables (NAT labs), python3-venv; for the interop suite (tests/interop): user-mode-linux (a real
 #     Linux kernel peer), busybox-static (its insmod), ethtool, openvswitch-switch (an OVS peer).
 #   - A virtual environment in .venv with usertunnel installed (editable) and its test extras.
@@ -12,7 +13,8 @@ cd "$(dirname "$0")/.."
 
 need=()
 for pair in ip:iproute2 ping:iputils-ping sysctl:procps setpriv:util-linux iperf3:iperf3 tshark:tshark nft:nftables \
-    ethtool:ethtool man:man-db busybox:busybox-static linux.uml:user-mode-linux ovs-vswitchd:openvswitch-switch; do
+    ethtool:ethtool man:man-db systemd-analyze:systemd chromium:chromium \
+    busybox:busybox-static linux.uml:user-mode-linux ovs-vswitchd:openvswitch-switch; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
