@@ -21,6 +21,8 @@ class Drop(enum.Enum):
     GRE_VERSION = "gre_version"
     GRE_ROUTING = "gre_routing"
     GRE_PROTOCOL = "gre_protocol"
+    GUE_VERSION = "gue_version"
+    GUE_MALFORMED = "gue_malformed"
     # Tunnel lookup and receive rules (the kernel's ip_tunnel_lookup / ip_tunnel_rcv).
     NO_TUNNEL = "no_tunnel"
     KEY_MISMATCH = "key_mismatch"
@@ -64,6 +66,8 @@ _DESCRIPTIONS: dict[Drop, str] = {
     Drop.GRE_VERSION: "GRE version is not 0 (RFC 2784 section 2.3.1)",
     Drop.GRE_ROUTING: "GRE routing bit set (RFC 1701 source routing; Linux drops it too)",
     Drop.GRE_PROTOCOL: "GRE protocol type is neither IPv4 (0x0800) nor IPv6 (0x86DD)",
+    Drop.GUE_VERSION: "GUE variant is neither 0 nor 1 (draft-ietf-intarea-gue section 3)",
+    Drop.GUE_MALFORMED: "GUE header truncated, a control message, or with flags and options we do not implement",
     Drop.NO_TUNNEL: "no tunnel matches the outer addresses",
     Drop.KEY_MISMATCH: "outer addresses match a tunnel but the GRE key (or its absence) does not",
     Drop.CSUM_MISSING: "tunnel requires a GRE checksum (icsum) and the packet has none",

@@ -27,7 +27,7 @@ import struct
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from . import ecn, gre, icmp, ipv4, ipv6, plan, sit
+from . import ecn, fou, gre, icmp, ipv4, ipv6, plan, sit
 from .checksum import checksum_is_valid, fold, ones_complement_sum
 from .drops import Drop
 from .gre import parse_fields
@@ -41,6 +41,7 @@ _OUTER = struct.Struct("!BBHHHBBH4s4s")
 _OUTER6 = struct.Struct("!IHBB16s16s")
 _NOT_IP = bytes(40)  # what ip6gretap reads for the outer header's sake from a frame carrying no IP packet
 _U16 = struct.Struct("!H")
+_UDP = struct.Struct("!HHHH")  # source port, destination port, length, checksum (RFC 768)
 _U32 = struct.Struct("!I")
 _FRAGMENT_BITS = ipv4.FLAG_MF | ipv4.OFFSET_MASK
 
@@ -115,6 +116,7 @@ class Tunnel:
         "plan_fit",
         "tx_plan",
         "rx_plan",
+        "source_ports",
     )
 
     def __init__(self, params: TunnelParams, ident: int = 0) -> None:
@@ -148,7 +150,7 @@ class Tunnel:
                 self._gre_fixed[proto] = hdr.pack()
         # Sum of the outer IPv4 header words that never change for this tunnel
         # (version/IHL, protocol, addresses); TOS, length, flags and TTL are added per packet.
-        self._outer_sum_base = 0x4500 + params.mode.value.ip_protocol + ones_complement_sum(self._src)
+        self._outer_sum_base = 0x4500 + params.outer_protocol + ones_complement_sum(self._src)
         self._outer_sum = self._outer_sum_base + ones_complement_sum(self._dst)
         # Point-to-multipoint (`--remote any`): the outer destination, key and sequence number
         # come from the neighbor table, per packet (core.neighbors).
@@ -172,6 +174,9 @@ class Tunnel:
         # does not fragment, so larger outer packets are refused with ICMP (DF) or cut by the shell.
         self._link_mtu = 0xFFFF
         self.prl = sit.PotentialRouterList(params.prl) if mode.isatap else None
+        # FOU/GUE with `encap-sport auto`: the UDP ports the I/O shell sends from (one socket each); each
+        # inner flow keeps one of them. Empty: the port a flow hashes to (tests, explain).
+        self.source_ports: tuple[int, ...] = ()
         # The largest inner packet a plan sends by itself (no fragmentation, no ICMP, no expiry to check).
         self.plan_fit = 0
         self._refit()
@@ -325,6 +330,8 @@ class Tunnel:
         else:
             tunnel_hdr = b""
 
+        if p.encap is not None:
+            tunnel_hdr = self._udp(p.encap, inner, tunnel_hdr, dst)
         tos = ecn.encapsulate(inner_tos if p.tos is None else p.tos, inner_tos)
         ttl = inner_ttl if p.ttl is None else p.ttl
         if p.mode.value.outer == 6:
@@ -334,11 +341,34 @@ class Tunnel:
         ident = self.ident
         self.ident = (ident + 1) & 0xFFFF
         csum = ~fold(outer_sum + tos + total_length + ident + frag + (ttl << 8)) & 0xFFFF
-        outer = _OUTER.pack(0x45, tos, total_length, ident, frag, ttl, p.mode.value.ip_protocol, csum, self._src, dst)
+        outer = _OUTER.pack(0x45, tos, total_length, ident, frag, ttl, p.outer_protocol, csum, self._src, dst)
         c = self.counters
         c.tx_packets += 1
         c.tx_bytes += n
         return outer + tunnel_hdr
+
+    def _udp(self, encap: fou.Encap, inner: bytes | bytearray | memoryview, tunnel_hdr: bytes, dst: bytes) -> bytes:
+        """FOU or GUE: the UDP header (and GUE's) in front of what the mode puts after the outer IP header.
+
+        The source port is the fixed one, else one of the ports the I/O shell sends from (`source_ports`),
+        picked by the inner flow; with no shell (tests, explain), the port the flow hashes to.
+        """
+        if encap.kind is fou.EncapKind.GUE:
+            tunnel_hdr = fou.gue_header(self.params.mode.value.ip_protocol) + tunnel_hdr
+        if encap.sport is not None:
+            sport = encap.sport
+        elif self.source_ports:
+            sport = self.source_ports[fou.flow_hash(inner) % len(self.source_ports)]
+        else:
+            sport = fou.flow_source_port(inner)
+        length = fou.UDP_HEADER_LEN + len(tunnel_hdr) + len(inner)
+        csum = 0
+        if encap.csum:
+            # RFC 768: over the pseudo-header (addresses, protocol, UDP length), the UDP header and the data.
+            total = ones_complement_sum(self._src) + ones_complement_sum(dst) + 17 + length
+            total += sport + encap.dport + length + ones_complement_sum(tunnel_hdr) + inner_sum(inner)
+            csum = ~fold(total) & 0xFFFF or 0xFFFF  # a computed 0 is sent as all ones (RFC 768)
+        return _UDP.pack(sport, encap.dport, length, csum) + tunnel_hdr
 
     def update_path_mtu(self, mtu: int, now: float) -> bool:
         """An ICMP "fragmentation needed" said the path to the remote carries `mtu` bytes (RFC 1191).
@@ -584,6 +614,30 @@ class Demux:
         and stepped over its extension headers (an encapsulation limit option included); the source,
         destination and traffic class come with it as ancillary data (IPV6_PKTINFO, IPV6_TCLASS)."""
         return self._decapsulate(protocol + 256, src, dst, tclass, memoryview(payload), now)
+
+    def decapsulate_udp(
+        self,
+        kind: fou.EncapKind,
+        protocol: int,
+        src: bytes,
+        dst: bytes,
+        tos: int,
+        payload: bytes | bytearray | memoryview,
+        now: float = 0.0,
+    ) -> Result:
+        """A datagram read from a FOU or GUE socket: the kernel has checked the outer IP and UDP headers
+        (and the UDP checksum) and hands us the UDP payload, with the outer addresses and TOS as ancillary
+        data. FOU: `protocol` is the port's (`ip fou add port N ipproto P`); GUE: its header says.
+        What follows is decided as for the same protocol straight over IP (the kernel, too, hands the
+        payload to its gre, ipip or sit receive path)."""
+        view = memoryview(payload)
+        if kind is fou.EncapKind.GUE:
+            found = fou.parse_gue(view)
+            if isinstance(found, Drop):
+                return self.unmatched.drop(found)
+            protocol, start = found
+            view = view[start:]
+        return self._decapsulate(protocol, src, dst, tos, view, now)
 
     def _frame(self, tunnel: Tunnel, rule: Rule, frame: bytes | bytearray | memoryview, outer_tos: int) -> Result:
         """gretap: an Ethernet frame for the TAP device. An outer CE reaches an IP packet inside it

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import gre, ipv4, ipv6
+from .fou import Encap, EncapKind
 from .sequence import SeqPolicy
 
 if TYPE_CHECKING:
@@ -113,6 +114,8 @@ class TunnelParams:
     # "full" sums every byte, as Linux; "derived" sums the headers only and leaves the TCP/UDP payload
     # to the receiving host's transport checksum. Linux has no such choice.
     csum_verify: str = "full"
+    # FOU or GUE (`--encap`, core.fou): the packet is carried in UDP; None: straight over IP, as usual.
+    encap: Encap | None = None
 
     def __post_init__(self) -> None:
         if not _IFNAME.match(self.name):
@@ -168,6 +171,20 @@ class TunnelParams:
             # iproute2 refuses this combination with the same words.
             raise ConfigError("ttl != 0 and nopmtudisc are incompatible")
         self._check_families()
+        if self.encap is not None:
+            self._check_encap()
+
+    def _check_encap(self) -> None:
+        """FOU and GUE as this version carries them: a fixed remote over IPv4, gre, ipip or sit."""
+        mode = self.mode.value
+        if mode.outer != 4 or mode.ethernet or mode.isatap:
+            raise ConfigError(
+                f"mode {mode.name}: FOU and GUE (--encap) carry gre, ipip and sit over IPv4 in this version"
+            )
+        if self.remote is None:
+            raise ConfigError("FOU and GUE (--encap) need a fixed --remote in this version (no hub, 6to4 or 6rd)")
+        if self.keepalive is not None:
+            raise ConfigError("keepalives over FOU and GUE (--encap) are not there yet: use plain GRE for them")
 
     def _check_families(self) -> None:
         """Addresses of the outer family; IPv6-only and sit-only options only where they mean something."""
@@ -207,13 +224,20 @@ class TunnelParams:
         return extra + self.hub.spoke_keys
 
     @property
+    def outer_protocol(self) -> int:
+        """The outer IP header's protocol: UDP (17) with FOU or GUE, else the mode's own (47, 4, 41)."""
+        return 17 if self.encap is not None else self.mode.value.ip_protocol
+
+    @property
     def header_length(self) -> int:
         """Bytes added in front of each inner packet: the outer IP header (IPv6: with the encapsulation
-        limit option, 8 bytes, unless `encaplimit none`) plus GRE with its options."""
+        limit option, 8 bytes, unless `encaplimit none`), UDP (and GUE) with --encap, plus GRE with its options."""
         if self.mode.value.outer == 6:
             n = ipv6.HEADER_LEN + (ipv6.ENCAP_LIMIT_OPTION_LEN if self.encaplimit is not None else 0)
         else:
             n = ipv4.MIN_HEADER_LEN
+        if self.encap is not None:
+            n += self.encap.header_length
         if self.mode.value.is_gre:
             n += gre.header_length(gre.flags_for(self.ocsum, self.okey is not None, self.oseq))
         return n
@@ -252,6 +276,29 @@ def parse_key(text: str) -> int:
         if value is not None and value <= 0xFFFFFFFF:
             return value
     raise ConfigError(f'invalid key "{text}": an unsigned integer 0..4294967295 or a dotted quad such as 0.0.4.210')
+
+
+def parse_encap(text: str) -> EncapKind | None:
+    """`--encap fou|gue|none` (iproute2's words; `none` is no UDP)."""
+    if text.lower() == "none":
+        return None
+    try:
+        return EncapKind(text.lower())
+    except ValueError:
+        raise ConfigError(f"invalid encap {text!r}: fou, gue or none") from None
+
+
+def parse_port(text: str, what: str) -> int:
+    """A UDP port, 1..65535."""
+    value = strtoul(text)
+    if value is None or not 1 <= value <= 65535:
+        raise ConfigError(f"invalid {what} {text!r}: a UDP port 1..65535")
+    return value
+
+
+def parse_sport(text: str) -> int | None:
+    """`--encap-sport auto|N`: None is auto (a port per inner flow)."""
+    return None if text == "auto" else parse_port(text, "encap-sport")
 
 
 def parse_ttl(text: str) -> int | None:

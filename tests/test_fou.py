@@ -1,0 +1,229 @@
+"""FOU and GUE (core.fou, Tunnel._udp, Demux.decapsulate_udp): the wire format against scapy's independent
+builder, the GUE header's rules, and the round trip through the receive path."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
+from scapy.layers.l2 import GRE
+from scapy.packet import Raw
+
+from usertunnel.core import fou
+from usertunnel.core.drops import Drop
+from usertunnel.core.encap import Demux, Received, Tunnel
+from usertunnel.core.params import ConfigError, Mode, TunnelParams, parse_encap, parse_port, parse_sport
+
+A, B = "198.51.100.1", "198.51.100.2"
+FOU, GUE = fou.EncapKind.FOU, fou.EncapKind.GUE
+
+
+def _packed(text: str) -> bytes:
+    return ipaddress.ip_address(text).packed
+
+
+def tunnel(mode: Mode = Mode.GRE, encap: fou.Encap | None = None, local: str = A, remote: str = B,
+           **options: object) -> Tunnel:  # fmt: skip
+    encap = encap or fou.Encap(FOU, dport=5555, sport=4000)
+    params = TunnelParams(name="t0", mode=mode, local=_packed(local), remote=_packed(remote), encap=encap,
+                          **options)  # type: ignore[arg-type]  # fmt: skip
+    return Tunnel(params, ident=7)
+
+
+def inner4(payload: bytes = b"hello", sport: int = 1234) -> bytes:
+    return bytes(IP(src="203.0.113.1", dst="203.0.113.2", ttl=61, tos=0x10) / UDP(sport=sport, dport=53) / payload)
+
+
+def inner6() -> bytes:
+    return bytes(IPv6(src="2001:db8::1", dst="2001:db8::2", hlim=33) / ICMPv6EchoRequest() / b"x")
+
+
+@pytest.mark.parametrize("csum", [False, True])
+def test_gre_in_fou_is_ip_udp_then_the_gre_packet_scapy_builds(csum: bool) -> None:
+    t = tunnel(encap=fou.Encap(FOU, dport=4754, sport=40000, csum=csum), ikey=1234, okey=1234, ocsum=True, oseq=True)
+    inner = inner4()
+    ours = t.encapsulate(inner)
+    assert isinstance(ours, bytes)
+    udp = UDP(sport=40000, dport=4754) if csum else UDP(sport=40000, dport=4754, chksum=0)
+    theirs = IP(src=A, dst=B, ttl=61, tos=0, id=7, flags="DF") / udp  # tos 0: the default, not inherit
+    theirs = theirs / GRE(chksum_present=1, key_present=1, seqnum_present=1, key=1234, sequence_number=0, proto=0x0800)
+    expected = bytes(theirs / Raw(inner))
+    assert ours == expected
+
+
+@pytest.mark.parametrize(("mode", "proto", "make"), [(Mode.IPIP, 4, inner4), (Mode.SIT, 41, inner6)])
+def test_gue_puts_its_four_bytes_naming_the_protocol_before_the_packet(mode: Mode, proto: int, make: object) -> None:
+    t = tunnel(mode, fou.Encap(GUE, dport=6080, sport=5000, csum=True))
+    inner = make()  # type: ignore[operator]
+    ours = t.encapsulate(inner)
+    assert isinstance(ours, bytes)
+    outer = IP(ours)
+    assert outer.proto == 17 and outer[UDP].sport == 5000 and outer[UDP].dport == 6080
+    assert bytes(outer[UDP].payload)[:4] == bytes((0, proto, 0, 0))
+    assert bytes(outer[UDP].payload)[4:] == inner
+    rebuilt = IP(ours)
+    del rebuilt.chksum, rebuilt[UDP].chksum, rebuilt[UDP].len, rebuilt.len
+    assert bytes(IP(bytes(rebuilt))) == ours  # scapy recomputes both checksums and lengths: the same
+
+
+def test_a_udp_checksum_that_computes_to_zero_is_sent_as_all_ones() -> None:
+    inner = inner4()
+    first = tunnel(encap=fou.Encap(FOU, dport=5555, sport=1, csum=True)).encapsulate(inner)
+    assert isinstance(first, bytes)
+    folded = ~int.from_bytes(first[26:28], "big") & 0xFFFF  # the folded sum with source port 1
+    # The source port adds to the sum one for one: pick the port that makes the sum all ones (checksum 0).
+    sport = (1 + 0xFFFF - folded) % 0xFFFF or 0xFFFF
+    ours = tunnel(encap=fou.Encap(FOU, dport=5555, sport=sport, csum=True)).encapsulate(inner)
+    assert isinstance(ours, bytes)
+    assert int.from_bytes(ours[26:28], "big") == 0xFFFF  # RFC 768: a computed 0 goes out as all ones
+    copy = IP(ours)
+    del copy[UDP].chksum
+    assert IP(bytes(copy))[UDP].chksum == 0xFFFF  # scapy applies the same rule
+
+
+def test_default_mtu_counts_the_udp_header_as_linux_does() -> None:
+    plain = TunnelParams(name="t0", mode=Mode.GRE, local=_packed(A), remote=_packed(B), okey=1, ikey=1)
+    with_fou = tunnel(encap=fou.Encap(FOU, dport=5555), okey=1, ikey=1).params
+    with_gue = tunnel(encap=fou.Encap(GUE, dport=5555), okey=1, ikey=1).params
+    assert plain.default_mtu(1500) == 1472
+    assert with_fou.default_mtu(1500) == 1464  # ip_tunnel: hlen = encap_hlen + tun_hlen
+    assert with_gue.default_mtu(1500) == 1460
+
+
+@pytest.mark.parametrize("kind", [FOU, GUE])
+@pytest.mark.parametrize(("mode", "make"), [(Mode.GRE, inner4), (Mode.GRE, inner6), (Mode.IPIP, inner4),
+                                            (Mode.SIT, inner6)])  # fmt: skip
+def test_what_is_sent_is_received_through_the_udp_path(kind: fou.EncapKind, mode: Mode, make: object) -> None:
+    sender = tunnel(mode, fou.Encap(kind, dport=5555), ikey=None)
+    receiver = tunnel(mode, fou.Encap(kind, dport=5555), local=B, remote=A)
+    demux = Demux()
+    demux.add(receiver)
+    inner = make()  # type: ignore[operator]
+    packet = sender.encapsulate(inner)
+    assert isinstance(packet, bytes)
+    payload = packet[28:]  # what a UDP socket hands over: no IP header, no UDP header
+    got = demux.decapsulate_udp(kind, mode.value.ip_protocol, _packed(A), _packed(B), packet[1], payload)
+    assert isinstance(got, Received), got
+    assert bytes(got.inner) == inner and got.tunnel is receiver
+
+
+def test_gre_in_udp_with_the_wrong_key_is_dropped_as_over_ip() -> None:
+    sender = tunnel(ikey=1, okey=1)
+    receiver = tunnel(local=B, remote=A, ikey=2, okey=2)
+    demux = Demux()
+    demux.add(receiver)
+    packet = sender.encapsulate(inner4())
+    assert isinstance(packet, bytes)
+    got = demux.decapsulate_udp(FOU, 47, _packed(A), _packed(B), 0, packet[28:])
+    assert got is Drop.KEY_MISMATCH
+    assert receiver.counters.drops == {Drop.KEY_MISMATCH: 1}
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (bytes((0x00, 47, 0, 0)), (47, 4)),  # variant 0, GRE
+        (bytes((0x00, 4, 0, 0)), (4, 4)),
+        (bytes((0x45, 0, 0, 20)), (4, 0)),  # variant 1: an IPv4 packet itself
+        (bytes((0x60, 0, 0, 0)), (41, 0)),  # variant 1: an IPv6 packet itself
+        (bytes((0x80, 47, 0, 0)), Drop.GUE_VERSION),  # variant 2
+        (bytes((0xC0, 47, 0, 0)), Drop.GUE_VERSION),
+        (bytes((0x20, 47, 0, 0)), Drop.GUE_MALFORMED),  # C: a control message
+        (bytes((0x01, 47, 0, 0)), Drop.GUE_MALFORMED),  # hlen 1: options we do not implement
+        (bytes((0x00, 47, 0x80, 0)), Drop.GUE_MALFORMED),  # flags
+        (bytes((0x00, 47)), Drop.GUE_MALFORMED),  # truncated
+        (b"", Drop.GUE_MALFORMED),
+        (bytes((0x55, 0, 0, 0)), Drop.GUE_MALFORMED),  # variant 1 with neither 4 nor 6
+    ],
+)
+def test_gue_header_rules(header: bytes, expected: object) -> None:
+    assert fou.parse_gue(header) == expected
+
+
+def test_a_bad_gue_header_is_counted_as_unmatched_and_nothing_else_moves() -> None:
+    receiver = tunnel(local=B, remote=A, encap=fou.Encap(GUE, dport=6080))
+    demux = Demux()
+    demux.add(receiver)
+    got = demux.decapsulate_udp(GUE, 0, _packed(A), _packed(B), 0, bytes((0x80, 47, 0, 0)) + inner4())
+    assert got is Drop.GUE_VERSION
+    assert demux.unmatched.drops == {Drop.GUE_VERSION: 1} and receiver.counters.rx_packets == 0
+
+
+def test_auto_source_ports_keep_a_flow_on_one_port_and_spread_flows() -> None:
+    t = tunnel(encap=fou.Encap(FOU, dport=5555))
+    ports = set()
+    for flow in range(64):
+        first = t.encapsulate(inner4(b"a", sport=1000 + flow))
+        again = t.encapsulate(inner4(b"bb", sport=1000 + flow))
+        assert isinstance(first, bytes) and isinstance(again, bytes)
+        assert first[20:22] == again[20:22]  # the same flow, the same port
+        port = int.from_bytes(first[20:22], "big")
+        assert fou.EPHEMERAL_LOW <= port < fou.EPHEMERAL_HIGH
+        ports.add(port)
+    assert len(ports) > 48  # 64 flows over some 28,000 ports: few collisions
+    t.source_ports = (41000, 41001, 41002)  # the sockets the I/O shell bound
+    used = set()
+    for flow in range(32):
+        packet = t.encapsulate(inner4(b"a", sport=2000 + flow))
+        assert isinstance(packet, bytes)
+        used.add(int.from_bytes(packet[20:22], "big"))
+    assert used == {41000, 41001, 41002}
+
+
+def test_tcp_flow_ports_are_part_of_the_flow() -> None:
+    one = bytes(IP(src="203.0.113.1", dst="203.0.113.2") / TCP(sport=1, dport=2))
+    two = bytes(IP(src="203.0.113.1", dst="203.0.113.2") / TCP(sport=1, dport=3))
+    assert fou.flow_hash(one) != fou.flow_hash(two)
+
+
+@given(st.binary(min_size=0, max_size=1400), st.booleans(), st.sampled_from([FOU, GUE]))
+@settings(max_examples=200, deadline=None)
+def test_property_any_payload_round_trips_and_its_udp_checksum_is_right(
+    data: bytes, csum: bool, kind: fou.EncapKind
+) -> None:
+    sender = tunnel(encap=fou.Encap(kind, dport=5555, sport=4242, csum=csum), ocsum=True, icsum=True)
+    receiver = tunnel(encap=fou.Encap(kind, dport=5555), local=B, remote=A, ocsum=True, icsum=True)
+    demux = Demux()
+    demux.add(receiver)
+    inner = inner4(data)
+    packet = sender.encapsulate(inner)
+    assert isinstance(packet, bytes)
+    if csum:
+        copy = IP(packet)
+        del copy[UDP].chksum
+        assert IP(bytes(copy))[UDP].chksum == IP(packet)[UDP].chksum
+    got = demux.decapsulate_udp(kind, 47, _packed(A), _packed(B), 0, packet[28:])
+    assert isinstance(got, Received) and bytes(got.inner) == inner
+
+
+@pytest.mark.parametrize(
+    ("mode", "options", "message"),
+    [
+        (Mode.IP6GRE, {}, "carry gre, ipip and sit over IPv4"),
+        (Mode.GRETAP, {}, "carry gre, ipip and sit over IPv4"),
+        (Mode.GRE, {"remote": None}, "need a fixed --remote"),
+    ],
+)
+def test_what_this_version_cannot_carry_in_udp_is_refused(mode: Mode, options: dict[str, object], message: str) -> None:
+    outer6 = mode.value.outer == 6
+    fields: dict[str, object] = {
+        "local": _packed("2001:db8::1" if outer6 else A),
+        "remote": _packed("2001:db8::2" if outer6 else B),
+    }
+    fields.update(options)
+    with pytest.raises(ConfigError, match=message):
+        TunnelParams(name="t0", mode=mode, encap=fou.Encap(FOU, dport=5555), **fields)  # type: ignore[arg-type]
+
+
+def test_words_for_encap_ports_and_sport() -> None:
+    assert parse_encap("FOU") is FOU and parse_encap("gue") is GUE and parse_encap("none") is None
+    assert parse_port("4754", "encap-dport") == 4754 and parse_sport("auto") is None and parse_sport("0x10") == 16
+    for bad in ("0", "65536", "x"):
+        with pytest.raises(ConfigError, match="a UDP port 1..65535"):
+            parse_port(bad, "encap-dport")
+    with pytest.raises(ConfigError, match="fou, gue or none"):
+        parse_encap("vxlan")
