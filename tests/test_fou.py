@@ -227,3 +227,9 @@ def test_words_for_encap_ports_and_sport() -> None:
             parse_port(bad, "encap-dport")
     with pytest.raises(ConfigError, match="fou, gue or none"):
         parse_encap("vxlan")
+
+
+def test_every_drop_reason_gue_included_has_a_direction_for_ip_s_tunnel_show() -> None:
+    from usertunnel.control import DIRECTION
+
+    assert set(DIRECTION) == set(Drop)

@@ -563,6 +563,8 @@ DIRECTION: dict[Drop, str] = {
     Drop.GRE_VERSION: RX,
     Drop.GRE_ROUTING: RX,
     Drop.GRE_PROTOCOL: RX,
+    Drop.GUE_VERSION: RX,
+    Drop.GUE_MALFORMED: RX,
     Drop.NO_TUNNEL: RX,
     Drop.KEY_MISMATCH: RX,
     Drop.CSUM_MISSING: RX,
