@@ -10,8 +10,11 @@ import ipaddress
 import itertools
 import json
 import os
+import re
 import shutil
+import struct
 import subprocess
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,13 +22,16 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scapy.contrib.erspan import ERSPAN_II, ERSPAN_III, ERSPAN_PlatformSpecific
 from scapy.layers.inet import GRE, ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6, IPv6ExtHdrDestOpt, PadN
-from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Dot1Q, Ether
+from scapy.layers.l2 import GRE_PPTP, CookedLinux, CookedLinuxV2, Dot1Q, Ether
+from scapy.layers.ppp import PPP
 from scapy.packet import Packet, Raw
 from scapy.utils import PcapNgWriter, wrpcap
 
 from usertunnel import explain
+from usertunnel.core.checksum import internet_checksum
 from usertunnel.core.encap import Tunnel
 from usertunnel.core.params import Mode, TunnelParams
 from usertunnel.explain import Explanation, Layer
@@ -85,6 +91,73 @@ def _packets() -> dict[str, Packet]:
 PACKETS = _packets()
 WIRE = {name: bytes(p) for name, p in PACKETS.items()}
 EXAMPLE = bytes.fromhex("".join(explain.EXAMPLE_HEX))
+
+
+def _nhrp(kind: int, flags: int, cies: list[tuple[str, str]], extensions: list[tuple[int, bytes]] | None) -> bytes:
+    """An NHRP packet (RFC 2332 5) over IPv4, with its checksum: a mandatory part for `kind` (flags, request ID,
+    the addresses), a client information entry per (NBMA, protocol) address pair, then `extensions`."""
+    src_nbma, src_proto, dst_proto = (ipaddress.IPv4Address(a).packed for a in (A, INNER_A, INNER_B))
+    # An error indication has an error code and offset where the others have flags and a request ID.
+    head = struct.pack("!BBHHH", 4, 4, 0, 6, 20) if kind == 7 else struct.pack("!BBHI", 4, 4, flags, 0x1234)
+    body = head + src_nbma + src_proto + dst_proto
+    for nbma, proto in cies:
+        body += struct.pack("!BBHHHBBBB", 0, 32, 0, 1400, 7200, 4, 0, 4, 0)
+        body += ipaddress.IPv4Address(nbma).packed + ipaddress.IPv4Address(proto).packed
+    if kind == 7:  # ... and ends with the packet in error
+        body += _nhrp(1, 0, [], None)
+    extoff = 0
+    if extensions is not None:
+        extoff = 20 + len(body)
+        for ext, value in [*extensions, (0x8000, b"")]:
+            body += struct.pack("!HH", ext, len(value)) + value
+    fixed = struct.pack("!HH5sBHHHBBBB", 1, 0x0800, bytes(5), 255, 20 + len(body), 0, extoff, 1, kind, 4, 0)
+    packet = fixed + body
+    return packet[:12] + internet_checksum(packet).to_bytes(2, "big") + packet[14:]
+
+
+def _more_packets() -> dict[str, Packet]:
+    frame = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / _inner("icmp")
+    outer = IP(src=A, dst=B)
+    ppp_ip = _inner("icmp")
+    return {
+        "erspan-i": outer / GRE(proto=0x88BE) / frame,
+        "erspan-ii": outer
+        / GRE(proto=0x88BE, seqnum_present=1, sequence_number=7)
+        / ERSPAN_II(vlan=100, cos=5, en=3, t=1, session_id=513, index=0x12345)
+        / frame,
+        "erspan-iii": outer
+        / GRE(proto=0x22EB, seqnum_present=1, sequence_number=8)
+        / ERSPAN_III(
+            vlan=100, cos=3, bso=2, session_id=77, timestamp=0xDEADBEEF, sgt_other=0x1234, p=1, hw=9, d=1, gra=1
+        )
+        / frame,
+        "erspan-iii-platform": outer
+        / GRE(proto=0x22EB, seqnum_present=1, sequence_number=9)
+        / ERSPAN_III(vlan=5, session_id=1023, timestamp=1, gra=3, o=1)
+        / ERSPAN_PlatformSpecific(platf_id=3, info1=0x12345, info2=0xABCDEF)
+        / frame,
+        "pptp": outer
+        / GRE_PPTP(seqnum_present=1, acknum_present=1, call_id=0x4242, sequence_number=5, ack_number=4)
+        / b"\xff\x03"
+        / PPP(proto=0x21)
+        / ppp_ip,
+        "pptp-compressed": outer / GRE_PPTP(seqnum_present=1, call_id=7, sequence_number=6) / b"\x21" / ppp_ip,
+        "pptp-ack-only": outer / GRE_PPTP(acknum_present=1, call_id=7, payload_len=0, ack_number=9),
+        "nhrp-registration": outer
+        / GRE(proto=0x2001)
+        / _nhrp(3, 0x8000, [(A, INNER_A)], [(0x8003, b""), (0x8004, b""), (0x8005, b"")]),
+        "nhrp-resolution-with-key": IP(src=A, dst=B)
+        / GRE(proto=0x2001, key_present=1, key=1234)
+        / _nhrp(1, 0xC000, [], [(0x8003, b"")]),
+        "nhrp-resolution-reply": outer / GRE(proto=0x2001) / _nhrp(2, 0xD000, [(B, INNER_B)], None),
+        "nhrp-purge": outer / GRE(proto=0x2001) / _nhrp(5, 0x8000, [(B, INNER_B)], None),
+        "nhrp-error": outer / GRE(proto=0x2001) / _nhrp(7, 0, [], None),
+        "wccp-redirect": outer / GRE(proto=0x883E) / bytes([0x03, 0x5A, 0x12, 0x34]) / _inner("tcp"),
+        "wccp-v1": outer / GRE(proto=0x883E) / _inner("udp"),
+    }
+
+
+MORE_WIRE = {name: bytes(p) for name, p in _more_packets().items()}
 
 
 def _scapy(wire: bytes) -> Packet:
@@ -553,9 +626,9 @@ def _stop_is_named(e: Explanation) -> None:
     assert doc[-1][-1]["name"] == "parsing stopped" and doc[-1][-1]["offset"] == e.stop.offset
 
 
-@pytest.mark.parametrize("name", sorted(PACKETS))
+@pytest.mark.parametrize("name", [*sorted(PACKETS), *sorted(MORE_WIRE)])
 def test_truncation_at_every_offset_names_the_offset_where_parsing_stopped(name: str) -> None:
-    wire = WIRE[name]
+    wire = {**WIRE, **MORE_WIRE}[name]
     whole = {(f.offset, f.name): f.value for layer in explain.explain(wire).layers for f in layer.fields}
     for cut in range(len(wire)):
         e = explain.explain(wire[:cut])
@@ -605,7 +678,8 @@ def _mutate(offset: int, value: int) -> bytes:
         (_mutate(0, 0x43), "IHL < 5", 0, "IHL < 5"),
         (_mutate(3, 0x04), "total length < header", 2, "total length < header length"),
         (_mutate(3, 0x50), "truncated", 68, "total length beyond the data"),
-        (_mutate(21, 0x01), "GRE version != 0", 20, "GRE version != 0"),
+        (_mutate(21, 0x01), "not enhanced GRE", 20, "C bit set in enhanced GRE"),
+        (_mutate(21, 0x02), "GRE version != 0", 20, "GRE version != 0"),
         (_mutate(20, 0xF0), "routing bit", 20, "routing bit set"),
         (_mutate(36, 0x65), "wrong version", 36, "wrong version"),
         (_mutate(36, 0x44), "IHL < 5", 36, "IHL < 5"),
@@ -644,14 +718,14 @@ def test_arbitrary_bytes_never_raise_and_always_render(data: bytes, linktype: in
 
 @SETTINGS
 @given(
-    st.sampled_from(sorted(WIRE)),
+    st.sampled_from(sorted({**WIRE, **MORE_WIRE})),
     st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), min_size=1, max_size=4),
     st.integers(0, 200),
 )
 def test_valid_packets_with_bytes_changed_and_cut_never_raise(
     name: str, changes: list[tuple[int, int]], cut: int
 ) -> None:
-    wire = bytearray(WIRE[name])
+    wire = bytearray({**WIRE, **MORE_WIRE}[name])
     for offset, value in changes:
         wire[offset % len(wire)] = value
     e = explain.explain(bytes(wire[: max(cut, 1)]))
@@ -880,3 +954,161 @@ def test_a_malformed_packet_is_not_an_error(capsys: pytest.CaptureFixture[str]) 
     status, out, err = run(capsys, "4500ffff")
     assert (status, err) == (0, "")
     assert "parsing stopped at offset 4: truncated" in out
+
+
+# --- (e) what real captures hold besides tunnels: ERSPAN, NHRP, PPTP's enhanced GRE, WCCP -----------------------
+
+
+# (our layer kind, our field name) -> (tshark's field, how to read tshark's value: "show" or "raw" bytes)
+TSHARK_NEW_FIELDS: dict[str, dict[str, tuple[str, str]]] = {
+    "GRE": {
+        "C": ("gre.flags.checksum", "show"),
+        "R": ("gre.flags.routing", "show"),
+        "K": ("gre.flags.key", "show"),
+        "S": ("gre.flags.sequence_number", "show"),
+        "s": ("gre.flags.strict_source_route", "show"),
+        "Recur": ("gre.flags.recursion_control", "show"),
+        "A": ("gre.flags.ack", "show"),
+        "Flags": ("gre.flags.reserved", "show"),
+        "Ver": ("gre.flags.version", "show"),
+        "protocol type": ("gre.proto", "show"),
+        "key": ("gre.key", "show"),
+        "sequence number": ("gre.sequence_number", "show"),
+        "payload length": ("gre.key.payload_length", "show"),
+        "call ID": ("gre.key.call_id", "show"),
+        "acknowledgment number": ("gre.ack_number", "show"),
+    },
+    "ERSPAN": {
+        "Ver": ("erspan.version", "show"),
+        "VLAN": ("erspan.vlan", "show"),
+        "COS": ("erspan.cos", "show"),
+        "En": ("erspan.encap", "show"),
+        "BSO": ("erspan.bso", "show"),
+        "T": ("erspan.truncated", "show"),
+        "Session ID": ("erspan.spanid", "show"),
+        "Reserved": ("erspan.reserved", "show"),
+        "Index": ("erspan.index", "show"),
+        "timestamp": ("erspan.timestamp", "show"),
+        "SGT": ("erspan.sgt", "show"),
+        "P": ("erspan.p", "show"),
+        "FT": ("erspan.ft", "show"),
+        "Hw ID": ("erspan.hw", "show"),
+        "D": ("erspan.direction", "show"),
+        "Gra": ("erspan.gra", "show"),
+        "O": ("erspan.o", "show"),
+        "Platf ID": ("erspan.platid", "show"),
+    },
+    "PPP": {
+        "address": ("ppp.address", "show"),
+        "control": ("ppp.control", "show"),
+        "protocol": ("ppp.protocol", "show"),
+    },
+    "WCCP": {
+        "U": ("gre.wccp.redirect_header_valid", "show"),
+        "A": ("gre.wccp.alternative_bucket_used", "show"),
+        "D": ("gre.wccp.dynamic_service", "show"),
+        "service ID": ("gre.wccp.service_id", "show"),
+        "alternate bucket": ("gre.wccp.alternative_bucket", "show"),
+        "primary bucket": ("gre.wccp.primary_bucket", "show"),
+    },
+    "NHRP": {
+        "address family": ("nhrp.hdr.afn", "show"),
+        "protocol type": ("nhrp.hdr.pro.type", "show"),
+        "protocol SNAP": ("nhrp.protocol_type", "raw"),
+        "hop count": ("nhrp.hdr.hopcnt", "show"),
+        "packet size": ("nhrp.hdr.pktsz", "show"),
+        "checksum": ("nhrp.hdr.chksum", "show"),
+        "extension offset": ("nhrp.hdr.extoff", "show"),
+        "version": ("nhrp.hdr.version", "show"),
+        "type": ("nhrp.hdr.op.type", "show"),
+        "source NBMA type/length": ("nhrp.hdr.shtl", "raw"),
+        "source NBMA subaddress type/length": ("nhrp.hdr.sstl", "raw"),
+        "source protocol length": ("nhrp.src.prot.len", "show"),
+        "destination protocol length": ("nhrp.dst.prot.len", "show"),
+        "flags": ("nhrp.flags", "show"),
+        "request ID": ("nhrp.reqid", "show"),
+        "error code": ("nhrp.err.code", "show"),
+        "error offset": ("nhrp.err.offset", "show"),
+        "source NBMA address": ("nhrp.src.nbma.addr", "show"),
+        "source protocol address": ("nhrp.src.prot.addr", "show"),
+        "destination protocol address": ("nhrp.dst.prot.addr", "show"),
+        "code": ("nhrp.code", "show"),
+        "prefix length": ("nhrp.prefix", "show"),
+        "MTU": ("nhrp.mtu", "show"),
+        "holding time": ("nhrp.htime", "show"),
+        "unused": ("nhrp.unused", "show"),
+        "client NBMA type/length": ("nhrp.cli.addr_tl", "raw"),
+        "client NBMA subaddress type/length": ("nhrp.cli.saddr_tl", "raw"),
+        "client protocol length": ("nhrp.prot.len", "show"),
+        "preference": ("nhrp.pref", "show"),
+        "client NBMA address": ("nhrp.client.nbma.addr", "show"),
+        "client protocol address": ("nhrp.client.prot.addr", "show"),
+        "C": ("nhrp.ext.c", "show"),
+        "extension type": ("nhrp.ext.type", "show"),
+        "extension length": ("nhrp.ext.len", "show"),
+    },
+}
+NOT_IN_TSHARK = {("NHRP mandatory part (error indication)", "unused")}
+
+
+def _pdml_value(node: ET.Element, how: str) -> int | str:
+    if how == "raw":
+        raw = node.get("value", "")
+        return int(raw, 16) if len(raw) <= 2 else raw
+    show = node.get("show", "")
+    if re.fullmatch(r"0x[0-9a-fA-F]+|\d+", show):
+        return _n(show)
+    return show
+
+
+@pytest.fixture(scope="module")
+def tshark_pdml(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[ET.Element]]:
+    """Each new packet as tshark dissects it: every field element of its PDML, in order."""
+    if shutil.which("tshark") is None:
+        reason = "tshark is not installed (Debian package tshark): the Wireshark cross-check needs it"
+        if os.environ.get("USERTUNNEL_REQUIRE_NETNS") == "1":
+            pytest.fail(f"USERTUNNEL_REQUIRE_NETNS=1 but {reason}")
+        pytest.skip(reason)
+    names = sorted(MORE_WIRE)
+    path = tmp_path_factory.mktemp("tshark-more") / "packets.pcap"
+    wrpcap(str(path), [Raw(MORE_WIRE[name]) for name in names], linktype=explain.LINKTYPE_RAW)
+    done = subprocess.run(["tshark", "-n", "-r", str(path), "-T", "pdml"], capture_output=True, timeout=60, check=True)
+    packets = ET.fromstring(done.stdout).findall("packet")
+    return {name: list(packet.iter("field")) for name, packet in zip(names, packets, strict=True)}
+
+
+@pytest.mark.parametrize("name", sorted(MORE_WIRE))
+def test_erspan_nhrp_pptp_and_wccp_fields_equal_tsharks_field_by_field(
+    name: str, tshark_pdml: dict[str, list[ET.Element]]
+) -> None:
+    e = explain.explain(MORE_WIRE[name])
+    assert e.well_formed and e.stop is None, explain.render_text(e)
+    theirs: dict[str, list[ET.Element]] = {}
+    for node in tshark_pdml[name]:
+        theirs.setdefault(node.get("name", ""), []).append(node)
+    seen: dict[str, int] = {}
+    compared = 0
+    for layer in e.layers:
+        fields = TSHARK_NEW_FIELDS.get(layer.kind, {})
+        for f in layer.fields:
+            if f.name not in fields:
+                continue
+            if (layer.title, f.name) in NOT_IN_TSHARK:
+                continue
+            tshark_name, how = fields[f.name]
+            k = seen.get(tshark_name, 0)
+            seen[tshark_name] = k + 1
+            nodes = theirs.get(tshark_name, [])
+            assert k < len(nodes), f"{name}: tshark has no {tshark_name} #{k} for our {layer.title} {f.name}"
+            node = nodes[k]
+            pos, size = int(node.get("pos", "-1")), int(node.get("size", "0"))
+            assert pos <= f.offset < pos + size, f"{name}: {f.name} at {f.offset}, tshark's at {pos}+{size}"
+            expected = _pdml_value(node, how)
+            assert f.value == expected, f"{name}: {layer.title} {f.name}: {f.value!r} != tshark's {expected!r}"
+            compared += 1
+    assert compared >= 9, compared
+    kinds = {layer.kind for layer in e.layers}
+    wanted = {"erspan-i": "Ethernet", "erspan": "ERSPAN", "pptp-ack": "GRE", "pptp": "PPP", "nhrp": "NHRP"}
+    wanted |= {"wccp-v1": "UDP", "wccp": "WCCP"}
+    kind = next(kind for prefix, kind in wanted.items() if name.startswith(prefix))
+    assert kind in kinds, f"{name}: no {kind} layer in {sorted(kinds)}"
