@@ -3,7 +3,9 @@
 A test that needs root and network namespaces asks for the `lab` fixture. Where
 they are unavailable it is skipped with the reason, except under
 USERTUNNEL_REQUIRE_NETNS=1 (set by .ci/run), where it fails instead: in CI a
-skipped end-to-end test would hide a broken data path.
+skipped end-to-end test would hide a broken data path. The same holds for every
+other skip (`skip_or_fail`, and `pytest_runtest_makereport` below for any skip that
+does not go through it).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -39,13 +41,53 @@ def _netns_unavailable() -> str | None:
     return None
 
 
+def ci_requires_every_test() -> bool:
+    """USERTUNNEL_REQUIRE_NETNS=1 (set by .ci/run): every test must run; a skip is a failure."""
+    return os.environ.get("USERTUNNEL_REQUIRE_NETNS") == "1"
+
+
+def skip_or_fail(reason: str, what: str = "this test") -> NoReturn:
+    """Skip a test that cannot run on this machine, saying why; under USERTUNNEL_REQUIRE_NETNS=1 fail it
+    instead: in CI what it needs (root, a Debian package, a Python package) must be there."""
+    if ci_requires_every_test():
+        pytest.fail(f"USERTUNNEL_REQUIRE_NETNS=1 but {what} cannot run: {reason}")
+    pytest.skip(reason)
+
+
 def require_netns() -> None:
     reason = _netns_unavailable()
-    if reason is None:
-        return
-    if os.environ.get("USERTUNNEL_REQUIRE_NETNS") == "1":
-        pytest.fail(f"USERTUNNEL_REQUIRE_NETNS=1 but this test cannot run: {reason}")
-    pytest.skip(reason)
+    if reason is not None:
+        skip_or_fail(reason)
+
+
+_SKIP_IN_CI = "USERTUNNEL_REQUIRE_NETNS=1 but this test was skipped (in CI every test runs): "
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Under USERTUNNEL_REQUIRE_NETNS=1 a skip that did not go through `skip_or_fail` (a `skipif` marker,
+    `pytest.importorskip`, a bare `pytest.skip`) is reported as a failure all the same."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.skipped and ci_requires_every_test() and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = _SKIP_IN_CI + _skip_reason(report.longrepr)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    """The same for a whole module skipped while it is imported (`pytest.importorskip` at its top)."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.skipped and ci_requires_every_test():
+        report.outcome = "failed"
+        report.longrepr = _SKIP_IN_CI + _skip_reason(report.longrepr)
+
+
+def _skip_reason(longrepr: object) -> str:
+    """The reason out of a skip report's (path, line, reason)."""
+    reason = str(longrepr[2]) if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return reason.removeprefix("Skipped: ")
 
 
 class Lab:
@@ -120,11 +162,8 @@ def repo_root() -> Path:
 
 def require_peer(reason: str | None) -> None:
     """Skip an interop test whose peer cannot run here, or fail under USERTUNNEL_REQUIRE_NETNS=1."""
-    if reason is None:
-        return
-    if os.environ.get("USERTUNNEL_REQUIRE_NETNS") == "1":
-        pytest.fail(f"USERTUNNEL_REQUIRE_NETNS=1 but this interop test cannot run: {reason}")
-    pytest.skip(reason)
+    if reason is not None:
+        skip_or_fail(reason, "this interop test")
 
 
 @pytest.fixture(scope="session")

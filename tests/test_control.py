@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import skip_or_fail
 
 from usertunnel import control
 from usertunnel.control import ControlError, ControlServer, format_show, format_stats, query, snapshot_of
@@ -35,7 +36,10 @@ PID = 4242
 
 
 def _uvloop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
-    uvloop = pytest.importorskip("uvloop")
+    try:
+        import uvloop
+    except ImportError:
+        skip_or_fail("uvloop is not installed (a dependency: pip install -e .)")
     return uvloop.new_event_loop  # type: ignore[no-any-return]
 
 
@@ -272,8 +276,9 @@ def test_close_does_not_wait_for_a_client_that_never_asks(arun: Any, run_dir: Pa
     arun(main)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start a server and to drop to nobody")
 def test_a_user_other_than_root_is_told_the_sockets_are_roots_only(arun: Any, run_dir: Path) -> None:
+    if os.geteuid() != 0:
+        skip_or_fail("needs root to start a server and to drop to nobody")
     os.chmod(run_dir, 0o755)  # as /run/usertunnel is: anyone may list it, only root may connect
     repo = Path(__file__).resolve().parent.parent
     # Import as root (the interpreter may live under /root), then become nobody before asking.

@@ -2,8 +2,10 @@
 
 Pure tests: the notification socket is one the test binds itself (a path and
 an abstract name), and the units are parsed as text. Where systemd-analyze is
-installed (Debian's systemd package; no running systemd is needed) the units
-are also verified and given a security exposure score.
+installed (Debian's systemd package, which scripts/install.sh installs; no
+running systemd is needed) the units are also verified and given a security
+exposure score; where it is not, those tests are skipped, and fail in CI
+(USERTUNNEL_REQUIRE_NETNS=1, conftest.skip_or_fail).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import skip_or_fail
 
 from usertunnel.io import sdnotify
 
@@ -263,7 +266,13 @@ def test_the_two_units_differ_only_in_description_config_file_and_control_direct
 # --- systemd-analyze (no running systemd needed) ----------------------------------------------------------
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
-needs_analyze = pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="needs systemd-analyze (Debian systemd)")
+
+
+def require_analyze() -> str:
+    """systemd-analyze, or the test is skipped (a failure under USERTUNNEL_REQUIRE_NETNS=1)."""
+    if SYSTEMD_ANALYZE is None:
+        skip_or_fail("needs systemd-analyze (Debian package systemd; scripts/install.sh installs it)")
+    return SYSTEMD_ANALYZE
 
 
 def _installable(directory: Path) -> tuple[Path, Path]:
@@ -281,11 +290,9 @@ def _installable(directory: Path) -> tuple[Path, Path]:
 
 
 def _analyze(*args: str) -> subprocess.CompletedProcess[str]:
-    assert SYSTEMD_ANALYZE is not None
-    return subprocess.run([SYSTEMD_ANALYZE, *args], capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run([require_analyze(), *args], capture_output=True, text=True, timeout=60, check=False)
 
 
-@needs_analyze
 def test_systemd_analyze_verify_accepts_both_units_without_a_warning(tmp_path: Path) -> None:
     daemon, template = _installable(tmp_path)
     instance = tmp_path / "usertunnel@site-a.service"  # an instance of the template in the same directory
@@ -293,7 +300,6 @@ def test_systemd_analyze_verify_accepts_both_units_without_a_warning(tmp_path: P
     assert (result.returncode, result.stderr, result.stdout) == (0, "", "")
 
 
-@needs_analyze
 def test_systemd_analyze_verify_would_report_a_mistake(tmp_path: Path) -> None:
     # The check above is only worth something if verify speaks up here, without a running systemd.
     daemon, _ = _installable(tmp_path)
@@ -302,14 +308,89 @@ def test_systemd_analyze_verify_would_report_a_mistake(tmp_path: Path) -> None:
     assert "AmbientCapabilites" in result.stderr
 
 
-@needs_analyze
 def test_systemd_analyze_security_rates_both_units_ok(tmp_path: Path) -> None:
     daemon, _ = _installable(tmp_path)
     for path in (daemon, tmp_path / "usertunnel@site-a.service"):
         result = _analyze("security", "--offline=yes", "--no-pager", str(path))
         if "--offline" in result.stderr:
-            pytest.skip(f"this systemd-analyze has no offline security review: {result.stderr.strip()}")
+            skip_or_fail(f"this systemd-analyze has no offline security review: {result.stderr.strip()}")
         match = re.search(r"Overall exposure level for \S+: (\d+\.\d+) (\w+)", result.stdout)
         assert match is not None, result.stdout + result.stderr
         # 2.2 when written: CAP_NET_ADMIN, CAP_NET_RAW and the host's network are what a tunnel is.
         assert float(match[1]) <= 2.5, result.stdout
+
+
+# --- no silent skips in CI ----------------------------------------------------------------------------------------
+# Under USERTUNNEL_REQUIRE_NETNS=1 (.ci/run) a test that cannot run fails: through conftest.skip_or_fail, and
+# through conftest's report hook for any other skip. Each case runs pytest on real tests in a subprocess.
+
+ANALYZE_TESTS = [
+    "tests/test_systemd.py::test_systemd_analyze_verify_accepts_both_units_without_a_warning",
+    "tests/test_systemd.py::test_systemd_analyze_verify_would_report_a_mistake",
+    "tests/test_systemd.py::test_systemd_analyze_security_rates_both_units_ok",
+]
+
+
+def _pytest(args: list[str], require: bool, **env: str) -> str:
+    """The summary line of a pytest run in a subprocess, with USERTUNNEL_REQUIRE_NETNS=1 or without."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("USERTUNNEL_REQUIRE_NETNS", "HYPOTHESIS_PROFILE")}
+    if require:
+        environ["USERTUNNEL_REQUIRE_NETNS"] = "1"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfs", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**environ, **env},
+    )
+    return done.stdout
+
+
+def test_without_systemd_analyze_its_three_tests_skip_here_and_fail_in_ci() -> None:
+    path = str(Path(sys.executable).parent)  # python and nothing of Debian's: no systemd-analyze
+    assert "3 skipped" in _pytest(ANALYZE_TESTS, require=False, PATH=path)
+    out = _pytest(ANALYZE_TESTS, require=True, PATH=path)
+    assert "3 failed" in out and "USERTUNNEL_REQUIRE_NETNS=1 but this test cannot run: needs systemd-analyze" in out
+
+
+def test_without_uvloop_the_control_tests_under_uvloop_skip_here_and_fail_in_ci(tmp_path: Path) -> None:
+    (tmp_path / "uvloop.py").write_text("raise ModuleNotFoundError(\"No module named 'uvloop'\", name='uvloop')\n")
+    hidden = {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    tests = ["tests/test_control.py", "-k", "test_server_answers_show_and_stats_with_the_snapshot"]
+    assert "1 passed, 1 skipped" in _pytest(tests, require=False, **hidden)
+    out = _pytest(tests, require=True, **hidden)
+    assert "1 passed" in out and "1 error" in out and "cannot run: uvloop is not installed" in out  # in the fixture
+
+
+SKIPPING = '''
+import os
+import pytest
+from conftest import skip_or_fail
+
+@pytest.mark.skipif(True, reason="a skipif marker")
+def test_marker():
+    pass
+
+def test_importorskip():
+    pytest.importorskip("a_module_nobody_installed")
+
+def test_bare_skip():
+    pytest.skip("a bare pytest.skip")
+
+def test_helper():
+    skip_or_fail("through the helper")
+'''
+
+
+def test_every_kind_of_skip_is_a_failure_in_ci(tmp_path: Path) -> None:
+    (tmp_path / "test_skipping.py").write_text(SKIPPING)
+    (tmp_path / "test_module_skip.py").write_text("import pytest\npytest.importorskip('a_module_nobody_installed')\n")
+    tests = [str(tmp_path), "-p", "conftest", "--rootdir", str(tmp_path), "--continue-on-collection-errors"]
+    plugin = {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
+    assert "5 skipped" in _pytest(tests, require=False, **plugin)
+    out = _pytest(tests, require=True, **plugin)
+    # The skipif marker and the module's importorskip stop the test before its call: errors, not failures.
+    assert "3 failed, 2 errors in" in out.splitlines()[-1], out
+    for reason in ("a skipif marker", "a_module_nobody_installed", "a bare pytest.skip", "through the helper"):
+        assert reason in out, reason
