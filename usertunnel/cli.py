@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from . import __version__, control, down, explain
+from .core.fou import GRE_IN_UDP_PORT, Encap
 from .core.keepalive import parse_keepalive
 from .core.neighbors import HubParams, parse_neighbor, parse_spoke, parse_timeout
 from .core.params import (
@@ -30,10 +31,13 @@ from .core.params import (
     TunnelParams,
     check_address_families,
     parse_address,
+    parse_encap,
     parse_encaplimit,
     parse_flowlabel,
     parse_interface,
     parse_key,
+    parse_port,
+    parse_sport,
     parse_tos,
     parse_ttl,
 )
@@ -372,6 +376,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="forget a spoke silent this long (default 300); its keepalives count as traffic",
     )
+
+    u = up.add_argument_group(
+        "FOU and GUE: the tunnel's packets in UDP (Linux's `encap fou|gue`; RFC 8086, draft-ietf-intarea-gue)",
+        "Outer IPv4, UDP, then what the mode sends (a GRE header, or the inner packet itself). Through NAT, "
+        "UDP works where GRE cannot, and ordinary UDP sockets need no CAP_NET_RAW. The peer receives on "
+        "--encap-dport: on Linux, `ip fou add port DPORT ipproto 47|4|41` (FOU) or `ip fou add port DPORT gue`; "
+        "we receive on the same port number. This version: gre, ipip and sit over IPv4, a fixed --remote.",
+    )
+    u.add_argument("--encap", type=_checked(parse_encap), default=None, metavar="fou|gue|none",
+                   help="carry the tunnel in UDP: fou (the port says the protocol) or gue (a 4-byte header says "
+                   "it); none (default): straight over IP")  # fmt: skip
+    u.add_argument("--encap-dport", type=_checked(lambda t: parse_port(t, "encap-dport")), metavar="PORT",
+                   help=f"the UDP port the peer receives on (required with --encap; GRE-in-UDP's own is "
+                   f"{GRE_IN_UDP_PORT}); we receive on the same number")  # fmt: skip
+    u.add_argument("--encap-sport", type=_checked(parse_sport), default=None, metavar="auto|PORT",
+                   help="the UDP source port: auto (default) spreads inner flows over a few ports, each flow "
+                   "keeping one (for ECMP and receive-side scaling), or a fixed PORT")  # fmt: skip
+    u.add_argument("--encap-csum", dest="encap_csum", action="store_true", default=False,
+                   help="compute the UDP checksum (default over IPv4: none, as iproute2's default)")  # fmt: skip
+    u.add_argument("--no-encap-csum", dest="encap_csum", action="store_false", help="send UDP checksum 0")
 
     o = up.add_argument_group("outer IPv4 or IPv6 header (as Linux's ip_tunnel_xmit and ip6_tnl_xmit set it)")
     o.add_argument(
@@ -758,6 +782,7 @@ def params_from_args(args: argparse.Namespace) -> TunnelParams:
             raise ConfigError(f"{' and '.join(given)} belong to IPv6 outer headers; mode {spec.name} runs over IPv4")
     outer6: dict[str, Any] = {k: v for k, v in ipv6_only.items() if v is not _DEFAULT}
     ttl = args.ttl if args.ttl is not _DEFAULT else (64 if spec.outer == 6 else None)
+    encap = _encap_from_args(args)
     return TunnelParams(
         name=args.name or f"{mode.value.name}%d",
         mode=mode,
@@ -779,8 +804,27 @@ def params_from_args(args: argparse.Namespace) -> TunnelParams:
         csum_verify=args.csum_verify,
         sixrd=sixrd,
         prl=tuple(args.prl),
+        encap=encap,
         **outer6,
     )
+
+
+def _encap_from_args(args: argparse.Namespace) -> Encap | None:
+    """--encap and its companions, or None; each companion without --encap is refused, as is what this
+    version cannot do over UDP (--trace, --pcap, --queues)."""
+    if args.encap is None:
+        given = [f"--{n}" for n in ("encap-dport", "encap-sport") if getattr(args, n.replace("-", "_")) is not None]
+        given += ["--encap-csum"] if args.encap_csum else []
+        if given:
+            raise ConfigError(f"{' and '.join(given)} belong to --encap fou|gue")
+        return None
+    if args.encap_dport is None:
+        raise ConfigError(f"--encap {args.encap.value} needs --encap-dport PORT: the UDP port the peer receives on")
+    options = (("--trace", args.trace), ("--pcap", args.pcap), ("--queues", args.queues > 1))
+    unable = [name for name, on in options if on]
+    if unable:
+        raise ConfigError(f"{' and '.join(unable)} cannot be used with --encap in this version")
+    return Encap(args.encap, dport=args.encap_dport, sport=args.encap_sport, csum=args.encap_csum)
 
 
 # `up` options that say how the process runs, not what the tunnel is: they combine with --config.

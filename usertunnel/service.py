@@ -35,7 +35,7 @@ from .core import sit
 from .core.encap import Demux, Tunnel
 from .core.keepalive import Change, LineProtocol
 from .core.params import ConfigError, TunnelParams
-from .io import metrics, netlink, privilege
+from .io import metrics, netlink, privilege, udp
 from .io.claim import Claims, Identity, claimed, identities, poke
 from .io.loop import Dataplane, Interface
 from .io.observe import Observer
@@ -131,6 +131,9 @@ class Prepared:
     claims: Claims | None = None  # the identities this process serves in its namespace (io.claim)
     rx_filter: ClaimFilter | None = None  # the receiving socket's filter, from the namespace's claims
     metrics: socket.socket | None = None  # --metrics: the listening socket, bound before anything was created
+    # FOU / GUE (io.udp): every UDP socket by local port (all read), and those we send from by source port.
+    udp: dict[int, socket.socket] = field(default_factory=dict)
+    udp_senders: dict[int, socket.socket] = field(default_factory=dict)
 
     def close(self) -> None:
         self.tun.close()
@@ -139,6 +142,8 @@ class Prepared:
         if self.claims is not None:
             self.claims.close()
         self.sock.close()
+        for sock in self.udp.values():
+            sock.close()
         if self.receiver is not None:
             self.receiver.close()
         if self.icmp is not None:
@@ -150,7 +155,8 @@ class Prepared:
 def prepare(options: UpOptions) -> Prepared:
     """Check, open and configure everything; on any failure undo what was done and raise ConfigError."""
     params = options.params
-    privilege.require(privilege.TUNNEL)  # one line naming what is missing, before anything is created
+    # One line naming what is missing, before anything is created. FOU / GUE use UDP sockets: no CAP_NET_RAW.
+    privilege.require(privilege.TUNNEL if params.encap is None else (privilege.NET_ADMIN,))
     if options.user is not None:
         lookup_user(options.user)  # refuse an unknown user before anything is created
     if "%" not in params.name and netlink.link_exists(params.name):
@@ -177,7 +183,30 @@ def prepare(options: UpOptions) -> Prepared:
     return prepared
 
 
+def _open_udp(options: UpOptions, params: TunnelParams) -> dict[int, socket.socket]:
+    """FOU / GUE: the receive socket on encap-dport first, then the send sockets (encap-sport N, or
+    AUTO_PORTS ports the kernel picks), by local port; every one is read (see io.udp)."""
+    encap = params.encap
+    assert encap is not None
+    opened: dict[int, socket.socket] = {}
+    try:
+        kw = {"csum": encap.csum, "pmtudisc": params.pmtudisc, "device": options.device}
+        opened[encap.dport] = udp.open_udp(encap.dport, params.local, **kw)  # type: ignore[arg-type]
+        wanted = [encap.sport] if encap.sport is not None else [0] * udp.AUTO_PORTS
+        for port in wanted:
+            if port not in opened:
+                sock = udp.open_udp(port, params.local, **kw)  # type: ignore[arg-type]
+                opened[udp.port_of(sock)] = sock
+    except BaseException:
+        for sock in opened.values():
+            sock.close()
+        raise
+    return opened
+
+
 def _open(options: UpOptions, params: TunnelParams, underlay: int, mtu: int, claims: Claims) -> Prepared:
+    if params.encap is not None:
+        return _open_encap(options, params, underlay, mtu, claims)
     observer = _observer(options)
     receiver = None
     if params.mode.value.outer == 6:
@@ -235,6 +264,37 @@ def _open(options: UpOptions, params: TunnelParams, underlay: int, mtu: int, cla
         tunnel, tun, sock, mtu, observer, options.device, options.user, receiver, forwarding(), options.batch, icmp,
         claims, rx_filter,
     )  # fmt: skip
+
+
+def _open_encap(options: UpOptions, params: TunnelParams, underlay: int, mtu: int, claims: Claims) -> Prepared:
+    """A FOU / GUE tunnel: UDP sockets instead of raw ones (no CAP_NET_RAW), then the device as for any."""
+    encap = params.encap
+    assert encap is not None
+    sockets = _open_udp(options, params)
+    tun: Tun | None = None
+    try:
+        tun = Tun(params.name, vnet_hdr=options.coalesce, multi_queue=False)
+        if tun.name != params.name:
+            params = replace(params, name=tun.name)
+            claims.relabel(identities(params), tun.name)
+        netlink.configure(
+            tun.name, mtu, options.addresses, 6 in params.mode.value.families, options.routes, options.link_up
+        )
+    except BaseException:
+        if tun is not None:
+            tun.close()
+        for sock in sockets.values():
+            sock.close()
+        raise
+    tunnel = Tunnel(params, ident=random.getrandbits(16))
+    tunnel.link_mtu = underlay
+    senders = {encap.sport: sockets[encap.sport]} if encap.sport is not None else {
+        port: sock for port, sock in sockets.items() if port != encap.dport
+    }  # fmt: skip
+    tunnel.source_ports = tuple(senders) if encap.sport is None else ()
+    return Prepared(tunnel, tun, sockets[encap.dport], mtu, None, options.device, options.user,
+                    forwarding=forwarding(), batch=options.batch, claims=claims, udp=sockets,
+                    udp_senders=senders)  # fmt: skip
 
 
 def competitors(mine: Collection[Identity], claims: Collection[Identity] | None = None) -> list[Identity]:
@@ -368,6 +428,14 @@ def _trace_line(line: str) -> None:
 
 def wire(dataplane: Dataplane, prepared: Prepared) -> None:
     """Hand a prepared tunnel's sockets and device to the data path (closed with it)."""
+    encap = prepared.tunnel.params.encap
+    if encap is not None:
+        for sock in prepared.udp.values():
+            dataplane.add_udp(sock, encap.kind, prepared.tunnel.params.mode.value.ip_protocol)
+        iface = Interface(prepared.tunnel, prepared.tun, prepared.sock, verify_segments=prepared.forwarding)
+        iface.udp = dict(prepared.udp_senders)
+        dataplane.add_interface(iface)
+        return
     if prepared.receiver is not None:
         dataplane.add_socket(prepared.tunnel.params.mode.value.table, prepared.receiver)
         dataplane.add_sender(prepared.sock)

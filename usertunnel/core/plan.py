@@ -423,9 +423,10 @@ def describe_plans(params: TunnelParams) -> str:
         ("receive", compile_rx(tunnel), rx_eligible(tunnel)),
     ):
         if plan is None:
-            why = "a fixed remote; not gretap, not a hub" if direction == "transmit" else (
-                "IPv4 outer, local and remote both set; not sit or gretap, not a hub; sequence policy kernel"
-            )
+            if direction == "transmit":
+                why = "a fixed remote; not gretap, not a hub, not FOU or GUE"
+            else:
+                why = "IPv4 outer, local and remote set; not sit, gretap, a hub, FOU or GUE; sequence policy kernel"
             out.append(f"# {direction}: no plan ({why} only); core/encap.py's specification serves every packet")
             continue
         assert eligible

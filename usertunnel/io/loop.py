@@ -39,10 +39,13 @@ from dataclasses import dataclass, field
 from ..core import ipv4
 from ..core.drops import Drop
 from ..core.encap import Demux, Held, KeepaliveReply, Received, Reflect, Result, Tunnel
+from ..core.fou import EncapKind
 from ..core.gro import coalesce
 from .batch import RecvBatch, SendBatch, Slots
 from .observe import Observer
 from .tun import VIRTIO_NET_HDR_F_NEEDS_CSUM, VNET_HDR_LEN, VNET_NONE, Tun, complete_checksum
+from .udp import ANCILLARY as UDP_ANCILLARY
+from .udp import outer_ancillary, parse_ancillary
 
 log = logging.getLogger("usertunnel")
 
@@ -56,6 +59,8 @@ RECV_ROUNDS = 4  # recvmmsg calls per wakeup at most (BATCH packets each), so TU
 RECV_BUFFER = 65536
 # Room for IPV6_PKTINFO (struct in6_pktinfo, 20 bytes) and IPV6_TCLASS (an int), with their headers.
 _ANCILLARY6 = socket.CMSG_SPACE(20) + socket.CMSG_SPACE(4)
+
+_UDP_START = 28  # FOU / GUE: after the outer IPv4 header (20) and the UDP header (8) the core built
 
 _SEND_ERRORS = {
     errno.ENOBUFS: Drop.SEND_NOBUFS,
@@ -85,9 +90,15 @@ class Interface:
     left: float = 0.0
     # A read from the TUN device into a buffer, one read(2) and no object made (None when nothing is queued).
     readinto: Callable[[memoryview], int | None] = field(init=False)
+    # FOU / GUE (io.udp): the send sockets by source port, and where the peer listens; empty: raw IP.
+    udp: dict[int, socket.socket] = field(default_factory=dict)
+    udp_destination: tuple[str, int] = ("0.0.0.0", 0)
 
     def __post_init__(self) -> None:
         self.readinto = io.FileIO(self.tun.fd, closefd=False).readinto
+        encap = self.tunnel.params.encap
+        if encap is not None and self.tunnel.params.remote is not None:
+            self.udp_destination = (socket.inet_ntoa(self.tunnel.params.remote), encap.dport)
         remote = self.tunnel.params.remote
         if self.tunnel.params.mode.value.outer == 6:
             self.destination = (socket.inet_ntop(socket.AF_INET6, remote) if remote else "::", 0)
@@ -172,6 +183,7 @@ class Dataplane:
         self._view = memoryview(self._buffer)
         self._expiry: asyncio.TimerHandle | None = None  # rfc2890 policy: the OUTOFORDER_TIMER
         self._senders: list[socket.socket] = []
+        self._udp: list[socket.socket] = []  # FOU / GUE sockets (io.udp), read and closed with the rest
         self._recv_batches: dict[socket.socket, RecvBatch] = {}
         # When the last wakeup of each raw socket (IPv4, batched) ended: see BUSY_GAP.
         self._left: dict[socket.socket, float] = {}
@@ -198,12 +210,17 @@ class Dataplane:
             self._recv_batches.pop(sock, None)
             self._left.pop(sock, None)
 
+    def add_udp(self, sock: socket.socket, kind: EncapKind, protocol: int) -> None:
+        """Read FOU or GUE datagrams from `sock` (io.udp); with FOU, they carry `protocol` (47, 4, 41)."""
+        self._udp.append(sock)
+        self.loop.add_reader(sock.fileno(), self._on_udp_readable, sock, kind, protocol)
+
     def add_sender(self, sock: socket.socket) -> None:
         """A socket that only sends (IPv6's IPPROTO_RAW): closed with the rest."""
         self._senders.append(sock)
 
     def add_interface(self, iface: Interface) -> None:
-        if self.batched:
+        if self.batched and not iface.udp:  # FOU/GUE: one sendmsg per packet (with its TOS and TTL) for now
             iface.batch = SendBatch(iface.sock, BATCH)
         self.demux.add(iface.tunnel)
         self.interfaces[iface.tunnel] = iface
@@ -235,6 +252,10 @@ class Dataplane:
             sock.close()
         for sock in self._senders:
             sock.close()
+        for sock in self._udp:
+            self.loop.remove_reader(sock.fileno())
+            sock.close()
+        self._udp.clear()
         self.interfaces.clear()
         self.sockets.clear()
         self._senders.clear()
@@ -272,17 +293,21 @@ class Dataplane:
         if header is Drop.FRAG_NEEDED:
             self._too_big(iface, inner)
         elif not isinstance(header, Drop):
-            if len(header) + len(inner) > tunnel.link_mtu:
+            if iface.udp:
+                error = self._send_udp(iface, header, inner)
+            elif len(header) + len(inner) > tunnel.link_mtu:
                 self._send_fragments(iface, header + bytes(inner))  # no DF (--nopmtudisc): cut it, as the kernel
                 return True
-            # A hub (--remote any) sends each packet to the spoke its neighbor table picks, sit any to the address
-            # in the IPv6 destination: the outer destination is then per packet, the header's bytes 16..20.
-            destination = (socket.inet_ntoa(header[16:20]), 0) if tunnel.dynamic_destination else iface.destination
-            try:
-                iface.sock.sendmsg((header, inner), (), 0, destination)
-            except OSError as exc:
-                error = _SEND_ERRORS.get(exc.errno or 0, Drop.SEND_ERROR)
-                tunnel.counters.tx_failed(len(inner), error)
+            else:
+                # A hub (--remote any) sends each packet to the spoke its neighbor table picks, sit any to the
+                # address in the IPv6 destination: the outer destination is then per packet, bytes 16..20.
+                dynamic = tunnel.dynamic_destination
+                destination = (socket.inet_ntoa(header[16:20]), 0) if dynamic else iface.destination
+                try:
+                    iface.sock.sendmsg((header, inner), (), 0, destination)
+                except OSError as exc:
+                    error = _SEND_ERRORS.get(exc.errno or 0, Drop.SEND_ERROR)
+                    tunnel.counters.tx_failed(len(inner), error)
         if self.observer is not None:
             self.observer.tx(tunnel, bytes(inner), header, error)
         return True
@@ -338,6 +363,53 @@ class Dataplane:
                 batch.failed = [(i, 0) for i in range(len(lengths))]
             for index, code in batch.failed:
                 tunnel.counters.tx_failed(lengths[index], _SEND_ERRORS.get(code, Drop.SEND_ERROR))
+
+    def _send_udp(self, iface: Interface, header: bytes, inner: bytes | bytearray | memoryview) -> Drop | None:
+        """FOU / GUE: what follows the outer IPv4 and UDP headers the core built, sent from the socket of the
+        source port it chose, with its TOS and TTL; the kernel builds those two headers the same way."""
+        sock = iface.udp.get((header[20] << 8) | header[21])
+        if sock is None:  # a port the shell did not bind: cannot happen while source_ports is kept
+            iface.tunnel.counters.tx_failed(len(inner), Drop.SEND_ERROR)
+            return Drop.SEND_ERROR
+        try:
+            sock.sendmsg((header[_UDP_START:], inner), outer_ancillary(header[1], header[8]), 0, iface.udp_destination)
+        except OSError as exc:
+            error = _SEND_ERRORS.get(exc.errno or 0, Drop.SEND_ERROR)
+            iface.tunnel.counters.tx_failed(len(inner), error)
+            return error
+        return None
+
+    def _on_udp_readable(self, sock: socket.socket, kind: EncapKind, protocol: int) -> None:
+        """FOU / GUE datagrams: the UDP payload, with the outer destination and TOS as ancillary data and
+        the source as the sender's address; decided as the IPv6 path decides, coalesced into TUN at the end."""
+        demux = self.demux
+        if self._buffers6 is None:
+            self._buffers6 = [bytearray(RECV_BUFFER) for _ in range(BATCH)]
+        now = time.monotonic()
+        out: dict[Interface, list[bytes | bytearray | memoryview]] = {}
+        for buffer in self._buffers6:
+            try:
+                n, ancillary, _flags, address = sock.recvmsg_into((buffer,), UDP_ANCILLARY)
+            except BlockingIOError:
+                break
+            except OSError:
+                demux.unmatched.drop(Drop.ICMP_ERROR)
+                continue
+            dst, tos = parse_ancillary(ancillary)
+            src = socket.inet_aton(address[0])
+            received = demux.decapsulate_udp(kind, protocol, src, dst, tos, memoryview(buffer)[:n], now)
+            if isinstance(received, Received):
+                iface = self.interfaces.get(received.tunnel)
+                if iface is not None:
+                    out.setdefault(iface, []).append(received.inner)
+                    if received.then:
+                        out[iface].extend(received.then)
+            else:
+                self._hand_over(sock, received)  # --trace and --pcap are refused with --encap (for now)
+        for iface, inners in out.items():
+            iface.write_many(inners)
+        if demux.holding:
+            self._arm_expiry()
 
     def _send_fragments(self, iface: Interface, packet: bytes) -> None:
         """An outer IPv4 packet without DF, larger than the underlay link: send it as fragments (RFC 791),

@@ -1,0 +1,129 @@
+"""FOU and GUE end to end (issue 16): two `usertunnel up --encap ...` in namespaces, real UDP on the veth."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+
+import pytest
+from conftest import INNER_B, UNDER_A, UNDER_B, Lab
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+from traffic import tcp_transfer
+
+TRANSFER = 2 * 1024 * 1024
+
+
+def _capture(lab: Lab, ns: str, device: str) -> socket.socket:
+    sock = lab.socket(ns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    sock.bind((device, 0))
+    sock.settimeout(0.2)
+    return sock
+
+
+def _udp_frames(sock: socket.socket, seconds: float = 1.0) -> list[IP]:
+    found = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            frame = sock.recv(65535)
+        except TimeoutError:
+            continue
+        packet = Ether(frame)
+        if IP in packet and packet[IP].proto == 17:
+            found.append(packet[IP])
+    return found
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize(
+    ("args", "first_bytes"),
+    [
+        (["--encap", "fou", "--encap-dport", "5555", "--key", "7"], bytes((0x20, 0x00, 0x08, 0x00))),  # GRE, K
+        (["--encap", "gue", "--encap-dport", "6080", "--key", "7"], bytes((0x00, 47, 0x00, 0x00))),  # GUE: 47
+        (["--mode", "ipip", "--encap", "fou", "--encap-dport", "5555"], bytes((0x45,))),  # the inner IPv4 itself
+        (["--encap", "fou", "--encap-dport", "4754", "--encap-sport", "4754", "--encap-csum", "--seq", "--csum"],
+         bytes((0x90, 0x00, 0x08, 0x00))),  # GRE-in-UDP (RFC 8086) with C and S  # fmt: skip
+    ],
+)
+def test_ping_and_tcp_cross_the_tunnel_in_udp(lab: Lab, args: list[str], first_bytes: bytes) -> None:
+    end_a, end_b = lab.pair(args)
+    if "--encap-csum" in args:  # a veth passes a checksum left to offload on as partial: have it computed now
+        assert lab.run(lab.a, ["ethtool", "-K", lab.veth_a, "tx", "off"]).returncode == 0
+    capture = _capture(lab, lab.b, lab.veth_b)
+    try:
+        ping = lab.ping(lab.a, INNER_B)
+        assert ping.returncode == 0, ping.stdout.decode() + "\n".join(end_a.lines + end_b.lines)
+        frames = _udp_frames(capture, 0.3)
+    finally:
+        capture.close()
+    sent, received = tcp_transfer(lab.a, lab.b, INNER_B, 5201, TRANSFER)
+    assert sent == received
+    dport = int(args[args.index("--encap-dport") + 1])
+    ours = [f for f in frames if f[UDP].dport == dport and f.src == UNDER_A]
+    assert ours, [f.summary() for f in frames]
+    for packet in ours:
+        payload = bytes(packet[UDP].payload)
+        assert payload.startswith(first_bytes), payload[:8].hex()
+        assert packet.flags.DF  # pmtudisc, the default
+        if "--encap-sport" in args:
+            assert packet[UDP].sport == 4754
+        if "--encap-csum" in args:
+            assert packet[UDP].chksum != 0
+            copy = packet.copy()
+            del copy[UDP].chksum
+            assert IP(bytes(copy))[UDP].chksum == packet[UDP].chksum  # the kernel's checksum, right
+        else:
+            assert packet[UDP].chksum == 0  # RFC 768: none computed (iproute2's default over IPv4)
+    stats_a, stats_b = end_a.stop(), end_b.stop()
+    assert stats_a["tun0"]["tx_packets"] >= 3 and stats_b["tun0"]["rx_packets"] >= 3
+    for stats in (stats_a, stats_b):
+        assert not stats["tun0"]["drops"], stats
+
+
+@pytest.mark.netns
+def test_a_wrong_key_in_udp_is_dropped_and_counted(lab: Lab) -> None:
+    udp = ["--encap", "gue", "--encap-dport", "6080"]
+    _, end_b = lab.pair([*udp, "--key", "1"], [*udp, "--key", "2"])
+    assert lab.ping(lab.a, INNER_B, count=3).returncode != 0
+    stats = end_b.stop()["tun0"]
+    assert stats["rx_packets"] == 0 and stats["drops"].get("key_mismatch", 0) >= 3
+
+
+@pytest.mark.netns
+def test_fou_needs_no_cap_net_raw(lab: Lab) -> None:
+    udp = ["--encap", "fou", "--encap-dport", "5555", "--key", "9"]
+    lab.start(lab.b, ["--local", UNDER_B, "--remote", UNDER_A, "--name", "tun0", "--address", f"{INNER_B}/30", *udp])
+    argv = ["setpriv", "--bounding-set=-net_raw", "--inh-caps=-net_raw", sys.executable, "-m", "usertunnel", "up",
+            "--local", UNDER_A, "--remote", UNDER_B, "--name", "tun0", "--address", "203.0.113.1/30", *udp]  # fmt: skip
+    from usertunnel import netns
+
+    proc = netns.popen(lab.a, argv, stdout=None, stderr=None)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and lab.run(lab.a, ["ip", "link", "show", "tun0"]).returncode != 0:
+            time.sleep(0.1)
+        with open(f"/proc/{proc.pid}/status") as f:
+            status = dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
+        assert not int(status["CapEff"], 16) & (1 << 13)  # CAP_NET_RAW is not in effect
+        ping = lab.ping(lab.a, INNER_B)
+        assert ping.returncode == 0, ping.stdout.decode()
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+@pytest.mark.netns
+def test_a_port_in_use_is_one_line_exit_2_and_nothing_left(lab: Lab) -> None:
+    taken = lab.socket(lab.a, socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("0.0.0.0", 5555))
+    try:
+        result = lab.run(lab.a, [sys.executable, "-m", "usertunnel", "up", "--local", UNDER_A, "--remote", UNDER_B,
+                                 "--name", "tun3", "--encap", "fou", "--encap-dport", "5555"])  # fmt: skip
+    finally:
+        taken.close()
+    err = result.stderr.decode()
+    assert result.returncode == 2 and "UDP 198.51.100.1:5555 is in use" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert lab.run(lab.a, ["ip", "link", "show", "tun3"]).returncode != 0
