@@ -43,8 +43,10 @@ def _udp_frames(sock: socket.socket, seconds: float = 1.0) -> list[IP]:
         (["--encap", "fou", "--encap-dport", "5555", "--key", "7"], bytes((0x20, 0x00, 0x08, 0x00))),  # GRE, K
         (["--encap", "gue", "--encap-dport", "6080", "--key", "7"], bytes((0x00, 47, 0x00, 0x00))),  # GUE: 47
         (["--mode", "ipip", "--encap", "fou", "--encap-dport", "5555"], bytes((0x45,))),  # the inner IPv4 itself
-        (["--encap", "fou", "--encap-dport", "4754", "--encap-sport", "4754", "--encap-csum", "--seq", "--csum"],
-         bytes((0x90, 0x00, 0x08, 0x00))),  # GRE-in-UDP (RFC 8086) with C and S  # fmt: skip
+        (
+            ["--encap", "fou", "--encap-dport", "4754", "--encap-sport", "4754", "--encap-csum", "--seq", "--csum"],
+            bytes((0x90, 0x00, 0x08, 0x00)),
+        ),  # GRE-in-UDP (RFC 8086) with C and S  # fmt: skip
     ],
 )
 def test_ping_and_tcp_cross_the_tunnel_in_udp(lab: Lab, args: list[str], first_bytes: bytes) -> None:
@@ -127,3 +129,33 @@ def test_a_port_in_use_is_one_line_exit_2_and_nothing_left(lab: Lab) -> None:
     assert result.returncode == 2 and "UDP 198.51.100.1:5555 is in use" in err, err
     assert len(err.strip().splitlines()) == 1
     assert lab.run(lab.a, ["ip", "link", "show", "tun3"]).returncode != 0
+
+
+@pytest.mark.netns
+def test_show_and_the_ready_line_say_the_encapsulation_in_iproute2s_words(lab: Lab) -> None:
+    import json
+
+    end_a, _ = lab.pair(["--encap", "gue", "--encap-dport", "6080", "--encap-sport", "7000"])
+    assert "encap gue encap-sport 7000 encap-dport 6080 noencap-csum" in end_a.wait_ready()
+    shown = lab.run(lab.a, [sys.executable, "-m", "usertunnel", "show", "-j"])
+    assert shown.returncode == 0, shown.stderr.decode()
+    (tunnel,) = json.loads(shown.stdout)
+    assert tunnel["encap"] == {"type": "gue", "sport": 7000, "dport": 6080, "csum": False}
+
+
+@pytest.mark.netns
+def test_the_daemon_refuses_a_fou_tunnel_by_name_and_says_how_to_run_it(lab: Lab, tmp_path: object) -> None:
+    from pathlib import Path
+
+    from usertunnel.netns import UpProcess
+
+    path = Path(str(tmp_path)) / "t.toml"
+    path.write_text(f'[tunnel.f1]\nmode = "gre"\nlocal = "{UNDER_A}"\nremote = "{UNDER_B}"\n'
+                    'encap = "fou"\nencap_dport = 5555\n')  # fmt: skip
+    daemon = UpProcess(lab.a, ["--config", str(path)], command="daemon")
+    lab.ends.append(daemon)
+    status = daemon.wait_exit(10)
+    text = "\n".join(daemon.lines)
+    assert status == 1, text
+    assert "FOU and GUE tunnels are not in the daemon yet" in text and "usertunnel up --config FILE --name f1" in text
+    assert lab.run(lab.a, ["ip", "link", "show", "f1"]).returncode != 0

@@ -233,3 +233,22 @@ def test_every_drop_reason_gue_included_has_a_direction_for_ip_s_tunnel_show() -
     from usertunnel.control import DIRECTION
 
     assert set(DIRECTION) == set(Drop)
+
+
+def test_the_configuration_file_takes_the_same_encapsulation() -> None:
+    from usertunnel.config import ConfigFileError, parse_config
+
+    head = f'[tunnel.g1]\nmode = "gre"\nlocal = "{A}"\nremote = "{B}"\n'
+    config = parse_config(head + 'encap = "gue"\nencap_dport = 6080\nencap_sport = 7000\nencap_csum = true\n')
+    assert config.tunnels["g1"].options.params.encap == fou.Encap(GUE, dport=6080, sport=7000, csum=True)
+    assert parse_config(head + 'encap = "fou"\nencap_dport = 5555\n').tunnels["g1"].options.params.encap == (
+        fou.Encap(FOU, dport=5555)
+    )
+    for bad, message in [
+        ('encap = "fou"\n', '"fou" needs encap_dport'),
+        ("encap_dport = 5555\n", 'belongs to encap = "fou" or "gue"'),
+        ('encap = "fou"\nencap_dport = 70000\n', "a UDP port 1..65535"),
+        ('encap = "vxlan"\nencap_dport = 1\n', "fou, gue or none"),
+    ]:
+        with pytest.raises(ConfigFileError, match=message):
+            parse_config(head + bad)

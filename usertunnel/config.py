@@ -47,6 +47,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from .core.fou import Encap
 from .core.keepalive import parse_keepalive
 from .core.neighbors import DEFAULT_TIMEOUT, HubParams, parse_neighbor, parse_spoke, parse_timeout
 from .core.params import (
@@ -58,10 +59,13 @@ from .core.params import (
     TunnelParams,
     check_address_families,
     parse_address,
+    parse_encap,
     parse_encaplimit,
     parse_flowlabel,
     parse_interface,
     parse_key,
+    parse_port,
+    parse_sport,
     parse_tos,
     parse_ttl,
 )
@@ -150,6 +154,10 @@ _KEYS: dict[str, _Key] = {
     "addresses": _Key((list,), _STRINGS + '["203.0.113.1/30"]'),
     "routes": _Key((list,), _STRINGS + '["203.0.113.128/25"]'),
     "up": _Key((bool,), _BOOL),
+    "encap": _Key((str,), '"fou", "gue" or "none"'),
+    "encap_sport": _Key((int, str), 'a UDP port 1..65535 or "auto"'),
+    "encap_dport": _Key((int,), "a UDP port 1..65535"),
+    "encap_csum": _Key((bool,), _BOOL),
 }
 
 # Aliases, as iproute2 has them: each sets the canonical keys it names.
@@ -548,6 +556,7 @@ def _build(name: str, r: _Reader, *, coalesce: bool, batch: bool) -> TunnelConfi
         raise r.refuse("6rd_relay_prefix", "needs 6rd_prefix (alone, it changes nothing)")
     tos = r.get("tos", _hex_or_int(parse_tos, 0xFF, "tos"), DEFAULT_TOS)
     outer6: dict[str, Any] = {key: r.get(key, convert) for key, convert in _OUTER6.items() if key in folded}
+    encap = _encap(r)
 
     with _at(None):
         params = TunnelParams(
@@ -571,6 +580,7 @@ def _build(name: str, r: _Reader, *, coalesce: bool, batch: bool) -> TunnelConfi
             csum_verify=csum_verify,
             sixrd=sixrd,
             prl=tuple(r.each("prl", PrlEntry.from_text)),
+            encap=encap,
             **outer6,
         )
 
@@ -596,6 +606,24 @@ def _build(name: str, r: _Reader, *, coalesce: bool, batch: bool) -> TunnelConfi
         batch=batch,
     )
     return TunnelConfig(name, folded, options, tuple(routes), r.get("up", bool, True))
+
+
+def _encap(r: _Reader) -> Encap | None:
+    """encap, encap_sport, encap_dport and encap_csum (FOU / GUE): as `usertunnel up --encap ...`."""
+    kind = r.get("encap", parse_encap, None)
+    if kind is None:
+        for key in ("encap_sport", "encap_dport", "encap_csum"):
+            if key in r.table:
+                raise r.refuse(key, 'belongs to encap = "fou" or "gue"')
+        return None
+    if "encap_dport" not in r.table:
+        raise r.refuse("encap", f'"{kind.value}" needs encap_dport, the UDP port the peer receives on')
+    return Encap(
+        kind,
+        dport=r.get("encap_dport", _decimal(lambda text: parse_port(text, "encap_dport"))),
+        sport=r.get("encap_sport", _decimal(parse_sport), None),
+        csum=r.get("encap_csum", bool, False),
+    )
 
 
 _OUTER6: dict[str, Callable[[Any], int | None]] = {
@@ -632,6 +660,9 @@ _ALONE: dict[str, Callable[[Any], object]] = {
     "neighbor_timeout": _decimal(parse_timeout),
     "addresses": parse_interface,
     "routes": _route,
+    "encap": parse_encap,
+    "encap_sport": _decimal(parse_sport),
+    "encap_dport": _decimal(lambda text: parse_port(text, "encap_dport")),
 }
 _LISTS = frozenset(key for key, spec in _KEYS.items() if spec.types == (list,))
 

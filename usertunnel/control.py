@@ -38,6 +38,7 @@ The JSON tunnel object (`snapshot_of`); field names are stable:
 Present only where they apply (stable names too):
   encaplimit (0..255, null = none) and flowlabel (0..0xfffff, null = inherit):
     tunnels over IPv6 (ipip6, ip6ip6, ip6gre, ip6gretap), as `ip -6 tunnel` shows them;
+  encap {type ("fou" | "gue"), sport (null = auto), dport, csum}: tunnels carried in UDP (--encap);
   keepalive {state, period, retries, sent, replies, unanswered, ...}: with --keepalive;
   hub {learned, moved, expired, ...} and neighbors [{outer, key, static, idle, hosts, ...}]: hubs;
   keepalives_reflected (count) and sequence {policy, next_expected, ...} (with iseq): counters.
@@ -130,6 +131,7 @@ def snapshot_of(
         "tos": params.tos,
         "pmtudisc": params.pmtudisc,
         **outer6,  # an IPv4 header has neither: no field rather than a value that means nothing
+        **({"encap": params.encap.as_dict()} if params.encap is not None else {}),  # FOU / GUE only
         "sixrd": None
         if sixrd is None
         else {

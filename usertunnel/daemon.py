@@ -417,6 +417,9 @@ class Daemon:
         params = options.params
         spec = params.mode.value
         name = params.name
+        if params.encap is not None:
+            raise _failed(action, name, "FOU and GUE tunnels are not in the daemon yet: run this one with "
+                          f"`usertunnel up --config FILE --name {name}`")  # fmt: skip
         if name in self.members:
             raise _failed(action, name, "File exists")
         if "%" not in name and await self._thread(netlink.link_exists, name):

@@ -93,6 +93,8 @@ def describe(params: TunnelParams, mtu: int) -> str:
         parts.append(f"ttl {p.ttl if p.ttl is not None else 'inherit'}")
         parts.append(f"tos {'inherit' if p.tos is None else format(p.tos, '#04x')}")
         parts.append("pmtudisc" if p.pmtudisc else "nopmtudisc")
+    if p.encap is not None:
+        parts.append(p.encap.words())
     if p.sixrd is not None:
         r = p.sixrd
         parts.append(f"6rd-prefix {ipaddress.ip_address(r.prefix)}/{r.prefixlen}")

@@ -59,6 +59,16 @@ class Encap:
     sport: int | None = None  # None: auto, from the inner flow
     csum: bool = False  # the UDP checksum (over IPv6: on unless asked)
 
+    def words(self) -> str:
+        """As iproute2 prints and reads them: `encap fou encap-sport auto encap-dport 5555 noencap-csum`."""
+        sport = "auto" if self.sport is None else str(self.sport)
+        csum = "encap-csum" if self.csum else "noencap-csum"
+        return f"encap {self.kind.value} encap-sport {sport} encap-dport {self.dport} {csum}"
+
+    def as_dict(self) -> dict[str, object]:
+        """The `encap` object of `show -j`: type, sport (null: auto), dport, csum."""
+        return {"type": self.kind.value, "sport": self.sport, "dport": self.dport, "csum": self.csum}
+
     @property
     def header_length(self) -> int:
         """Bytes the encapsulation adds after the outer IP header: UDP, and the GUE header with gue."""
