@@ -1755,6 +1755,14 @@ the other forms:
 -j prints a list of layers, each a list of fields {{layer, offset, length, bits,
 name, value, meaning, rfc, problem}}; where parsing stopped is a last field named
 "parsing stopped". With --all, a list of those, one per packet.
+
+--svg draws the packet as RFCs draw headers (32-bit rows, a box per field, as
+wide as its bits, a colour per header, the value inside); --html makes a page
+of it that needs nothing else (no script, font or network) and reads on a
+phone: the drawing beside the hex dump, where pointing at a box lights up its
+bytes, then every field with its meaning and RFC section. With --all, every
+packet, one under the other:
+  usertunnel explain --html --pcap gre.pcap --all > gre.html
 Exit status: 0 when the packet was explained (even a malformed one); 2 when the
 input is unusable (not hex, no such file, not a capture, index out of range).
 """
@@ -1774,10 +1782,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--index", metavar="N", help="with --pcap: the packet to explain, 0-based (default 0)")
     p.add_argument("--all", action="store_true", help="with --pcap: explain every packet")
     p.add_argument("-j", "--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--svg",
+        action="store_true",
+        help="print an SVG drawing instead: RFC-style 32-bit rows, a box per field as wide as its bits, each "
+        "header its own colour, the value inside the box (its meaning and RFC section as its tooltip)",
+    )
+    p.add_argument(
+        "--html",
+        action="store_true",
+        help="print a self-contained HTML page instead: the drawing beside the hex dump (pointing at a box "
+        "highlights its bytes), then every field with its meaning and RFC section; no script, no network",
+    )
 
 
 def _index(args: argparse.Namespace) -> int | None:
     """The packet --index asks for (None: every packet), after checking the options go together."""
+    chosen = [flag for flag, on in (("-j", args.json), ("--svg", args.svg), ("--html", args.html)) if on]
+    if len(chosen) > 1:
+        raise InputError(f"give one of -j, --svg and --html, not {' and '.join(chosen)}")
     if args.pcap is None:
         if args.index is not None or args.all:
             raise InputError("--index and --all need --pcap FILE")
@@ -1856,7 +1879,18 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     explanations = [(i, explain(data, linktype, wire or None)) for i, data, linktype, wire in packets]
-    if args.json:
+    if args.svg or args.html:
+        from .picture import packet, page
+
+        source = f"{args.pcap}" if args.pcap else "a packet"
+        items = [
+            (f"packet {i} ({LINKTYPES[e.linktype]}): {summary(e)}" if args.pcap else summary(e), e)
+            for i, e in explanations
+        ]
+        title = f"usertunnel explain: {source}"
+        text = packet.svg(items, title) if args.svg else page.explain_page(items, title)
+        text = text.rstrip("\n")
+    elif args.json:
         docs = [to_json(e) for _, e in explanations]
         text = json.dumps(docs if index is None else docs[0], indent=1)
     else:

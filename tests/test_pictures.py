@@ -1,0 +1,332 @@
+"""explain --svg and --html: a box per field as wide as its bits, for every mode's packets and for what else
+captures hold; the SVG is well-formed XML whatever the bytes; the page lists every field with the value
+explain's JSON gives, and needs nothing outside itself. (tests/test_browser.py loads the pages in Chromium.)"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import re
+import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scapy.layers.inet import ICMP, IP
+from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
+from scapy.layers.l2 import Ether
+from test_explain import MORE_WIRE
+
+from usertunnel import explain
+from usertunnel.core.encap import Tunnel
+from usertunnel.core.params import Mode, TunnelParams
+from usertunnel.picture import packet, page
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def mode_packet(mode: Mode) -> bytes:
+    """A ping as usertunnel's core sends it through a tunnel of `mode` (GRE modes with key 1234)."""
+    v6 = mode.value.outer == 6
+    local, remote = ("2001:db8::1", "2001:db8::2") if v6 else ("198.51.100.1", "198.51.100.2")
+    params = TunnelParams(
+        name="t0",
+        mode=mode,
+        local=ipaddress.ip_address(local).packed,
+        remote=None if mode is Mode.ISATAP else ipaddress.ip_address(remote).packed,
+        ikey=1234 if mode.value.is_gre else None,
+        okey=1234 if mode.value.is_gre else None,
+    )
+    ping4 = IP(src="203.0.113.1", dst="203.0.113.2", id=7) / ICMP(id=1, seq=1) / b"ping"
+    if mode.value.ethernet:
+        inner = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / ping4)
+    elif 4 in mode.value.families:
+        inner = bytes(ping4)
+    else:
+        destination = "fe80::5efe:c633:6402" if mode is Mode.ISATAP else "2001:db8:1::2"
+        inner = bytes(IPv6(src="2001:db8:1::1", dst=destination) / ICMPv6EchoRequest(id=1, seq=1, data=b"ping"))
+    wire = Tunnel(params).encapsulate(inner)
+    assert isinstance(wire, bytes), wire
+    return wire
+
+
+MODE_WIRE = {mode.value.name: mode_packet(mode) for mode in Mode}
+MALFORMED = {
+    "truncated-gre": bytes.fromhex("".join(explain.EXAMPLE_HEX))[:30],
+    "bad-gre-checksum": bytes.fromhex("".join(explain.EXAMPLE_HEX).replace("432d", "432e")),
+    "big-payload": bytes(IP(src="198.51.100.1", dst="198.51.100.2") / ICMP() / (b"x" * 300)),
+}
+ALL_WIRE = {**MODE_WIRE, **MORE_WIRE, **MALFORMED}
+
+
+# --- reading a page back ------------------------------------------------------------------------------------
+
+
+class PageDOM(HTMLParser):
+    """What a page (as written, or as a browser dumps its DOM) holds: its fields' lines, boxes and bytes."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.fields: list[dict[str, str]] = []  # each field's data-* attributes and its <data value>
+        self.boxes: list[str] = []  # the data-field of each box
+        self.rect_classes: list[str] = []
+        self.hex: list[tuple[str, str]] = []  # (data-offset, byte) of each byte of every dump
+        self.values: list[str] = []  # the text of the values drawn in boxes
+        self.tags: list[tuple[str, dict[str, str]]] = []
+        self._field: dict[str, str] | None = None
+        self._text: list[str] | None = None
+        self._byte: str | None = None
+        self.feed(text)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        self.tags.append((tag, a))
+        classes = a.get("class", "").split()
+        if "field" in classes:
+            self._field = {k.removeprefix("data-"): v for k, v in a.items() if k.startswith("data-")}
+        elif tag == "data" and self._field is not None:
+            self._field["value"] = a.get("value", "")
+        elif tag == "g" and "box" in classes:
+            self.boxes.append(a["data-field"])
+        elif tag == "rect" and re.search(r"\bf\d+\b", a.get("class", "")):
+            self.rect_classes.append(a["class"])
+        elif tag == "text" and "value" in classes:
+            self._text = []
+        elif tag == "span" and "b" in classes:
+            self._byte = a["data-offset"]
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("li", "p") and self._field is not None:
+            self.fields.append(self._field)
+            self._field = None
+        elif tag == "text" and self._text is not None:
+            self.values.append("".join(self._text))
+            self._text = None
+
+    def handle_data(self, data: str) -> None:
+        if self._text is not None:
+            self._text.append(data)
+        if self._byte is not None:
+            self.hex.append((self._byte, data))
+            self._byte = None
+
+
+def json_fields(e: explain.Explanation) -> list[dict[str, str]]:
+    """Every field of explain's JSON as the page's lines must give it: layer, name, offset, value."""
+    return [
+        {"layer": str(f["layer"]), "name": str(f["name"]), "offset": str(f["offset"]), "value": str(f["value"])}
+        for layer in explain.to_json(e)
+        for f in layer
+    ]
+
+
+def page_fields(dom: PageDOM) -> list[dict[str, str]]:
+    return [{k: f.get(k, "") for k in ("layer", "name", "offset", "value")} for f in dom.fields]
+
+
+def assert_page_shows(dom: PageDOM, explanations: list[explain.Explanation]) -> None:
+    """The page lists every field of every packet with explain's JSON value, draws a box for every field
+    that is not told in another's box, shows each value that fits in its box, and dumps every byte."""
+    assert page_fields(dom) == [f for e in explanations for f in json_fields(e)]
+    boxed = [str(b.number) for e in explanations for block in packet.layout(e) for b in block.boxes]
+    assert dom.boxes == boxed
+    told = {n for classes in dom.rect_classes for n in re.findall(r"\bf(\d+)\b", classes)}
+    assert told == {str(n) for e in explanations for fields in packet.numbered(e) for n, _ in fields}
+    assert "".join(byte for _, byte in dom.hex) == "".join(e.packet.hex() for e in explanations)
+    for e in explanations:
+        for block in packet.layout(e):
+            for b in block.boxes:
+                if len(b.field.shown) * 12 * packet.CHAR + 6 <= min(b.width, 32) * packet.BIT:
+                    assert b.field.shown in dom.values, f"{b.field.name}: {b.field.shown!r} not drawn"
+
+
+# --- the drawing ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(ALL_WIRE))
+def test_every_field_has_a_box_as_wide_as_its_bits_starting_at_its_first_bit(name: str) -> None:
+    e = explain.explain(ALL_WIRE[name])
+    blocks = packet.layout(e)
+    assert [block.layer for block in blocks] == list(e.layers)
+    for block in blocks:
+        for b in block.boxes:
+            f = b.field
+            bits = f.length * 8 if f.bits is None else f.bits[1] - f.bits[0] + 1
+            assert b.width == bits
+            first = (f.offset - block.layer.offset) * 8 + (f.bits[0] if f.bits else 0)
+            assert b.start == first
+            pieces = block.pieces[b.number]
+            assert pieces[0].row == first // 32 and pieces[0].col == first % 32
+            assert sum(p.bits * p.rows for p in pieces) == max(bits, 1)
+            assert all(p.col + p.bits <= 32 for p in pieces)
+        # Boxes of one header never overlap: each bit is drawn once.
+        drawn = [bit for b in block.boxes for bit in range(b.start, b.start + b.width)]
+        assert len(drawn) == len(set(drawn))
+
+
+def test_a_verdict_over_the_same_bits_is_told_in_that_fields_box() -> None:
+    e = explain.explain(MODE_WIRE["gre"])
+    inner = next(block for block in packet.layout(e) if block.layer.title.startswith("inner IPv4"))
+    ecn = next(b for b in inner.boxes if b.field.name == "ECN")
+    assert [f.name for _, f in ecn.also] == ["ECN after decapsulation"]
+    assert "ECN after decapsulation = keep" in packet.tooltip(ecn.field, ecn.also)
+
+
+def test_the_rfc_bit_layout_of_the_gre_header_is_drawn_at_rfc_2784s_columns() -> None:
+    e = explain.explain(bytes.fromhex("".join(explain.EXAMPLE_HEX)))
+    gre = next(block for block in packet.layout(e) if block.layer.kind == "GRE")
+    columns = {b.field.name: (b.start, b.width) for b in gre.boxes}
+    assert columns["C"] == (0, 1) and columns["Recur"] == (5, 3) and columns["Flags"] == (8, 5)
+    assert columns["Ver"] == (13, 3) and columns["protocol type"] == (16, 16)
+    assert columns["checksum"] == (32, 16) and columns["reserved1"] == (48, 16) and columns["key"] == (64, 32)
+
+
+def test_a_long_payload_is_drawn_two_rows_high_with_its_size() -> None:
+    e = explain.explain(MALFORMED["big-payload"])
+    block = next(block for block in packet.layout(e) if block.layer.kind == "ICMP")
+    data = next(b for b in block.boxes if b.field.name == "data")
+    (piece,) = [p for p in block.pieces[data.number] if p.rows > 1]
+    assert sum(block.heights[piece.row : piece.row + piece.rows]) == packet.ELIDED * packet.ROW
+    assert "⋮ 300 bytes" in packet.svg([("", e)], "t")
+
+
+@pytest.mark.parametrize("name", sorted(ALL_WIRE))
+def test_the_svg_is_well_formed_xml_with_a_box_and_a_tooltip_per_field(name: str) -> None:
+    e = explain.explain(ALL_WIRE[name])
+    root = ET.fromstring(packet.svg([(name, e)], f"usertunnel explain: {name}"))
+    assert root.tag == f"{SVG}svg"
+    boxes = [g for g in root.iter(f"{SVG}g") if "box" in g.get("class", "").split()]
+    assert len(boxes) == sum(len(block.boxes) for block in packet.layout(e))
+    for g in boxes:
+        title = g.find(f"{SVG}title")
+        assert title is not None and title.text and (" = " in title.text)
+    tooltips = "\n".join(g.findtext(f"{SVG}title", "") for g in boxes)
+    for layer in e.layers:
+        for f in layer.fields:
+            assert f"{f.name} = {f.shown}" in tooltips and f.meaning in tooltips
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=120), st.sampled_from(sorted(explain.LINKTYPES)))
+def test_any_bytes_draw_well_formed_svg_and_a_page_listing_every_field(data: bytes, linktype: int) -> None:
+    e = explain.explain(data, linktype)
+    ET.fromstring(packet.svg([("any", e)], "any"))
+    assert_page_shows(PageDOM(page.explain_page([("any", e)], "any")), [e])
+
+
+# --- the page -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("group", ["modes", "captures", "malformed"])
+def test_the_page_lists_every_field_with_explains_json_value_and_its_bytes(group: str) -> None:
+    wires = {"modes": MODE_WIRE, "captures": MORE_WIRE, "malformed": MALFORMED}[group]
+    explanations = [explain.explain(w) for _, w in sorted(wires.items())]
+    text = page.explain_page([(explain.summary(e), e) for e in explanations], group)
+    assert_page_shows(PageDOM(text), explanations)
+
+
+def test_a_page_needs_nothing_outside_itself() -> None:
+    e = explain.explain(MODE_WIRE["ip6gretap"])
+    text = page.explain_page([("p", e)], "p")
+    dom = PageDOM(text)
+    assert not [tag for tag, _ in dom.tags if tag in ("script", "link", "img", "iframe", "object")]
+    refs = [a[k] for _, a in dom.tags for k in ("href", "src") if k in a]
+    assert refs and all(ref.startswith("#") for ref in refs)
+    assert "url(" not in text and "@import" not in text and "javascript:" not in text
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in text
+
+
+def test_each_box_links_to_its_fields_line_and_hovering_lights_up_its_bytes() -> None:
+    e = explain.explain(MODE_WIRE["gre"])
+    text = page.explain_page([("p", e)], "p")
+    dom = PageDOM(text)
+    ids = {a["id"] for _, a in dom.tags if "id" in a}
+    links = [a["href"] for tag, a in dom.tags if tag == "a"]
+    assert len(links) == sum(len(block.boxes) for block in packet.layout(e))
+    assert all(link[1:] in ids for link in links)
+    total = sum(len(layer.fields) for layer in e.layers)
+    assert f".packet:has(.f{total - 1}:hover) .f{total - 1}" in text
+    # The key's four bytes carry the key field's class, so pointing at its box lights them up.
+    key = next((n, f) for fields in packet.numbered(e) for n, f in fields if f.name == "key")
+    lit = [int(offset) for offset, _ in dom.hex if f"f{key[0]} " in _byte_classes(text, int(offset)) + " "]
+    assert lit == list(range(key[1].offset, key[1].offset + 4))
+
+
+def _byte_classes(text: str, offset: int) -> str:
+    m = re.search(rf'<span class="([^"]*)" data-offset="{offset}">', text)
+    assert m is not None
+    return m.group(1)
+
+
+def test_the_same_packet_draws_the_same_bytes() -> None:
+    e = explain.explain(MORE_WIRE["nhrp-registration"])
+    assert page.explain_page([("p", e)], "p") == page.explain_page([("p", explain.explain(e.packet))], "p")
+
+
+# --- the command line -----------------------------------------------------------------------------------------
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    explain.add_parser(sub)
+    return parser.parse_args(["explain", *argv])
+
+
+def test_explain_svg_and_html_print_the_drawing_and_the_page(capsys: pytest.CaptureFixture[str]) -> None:
+    hex_text = "".join(explain.EXAMPLE_HEX)
+    assert explain.run(parse("--svg", hex_text)) == 0
+    svg = capsys.readouterr().out
+    root = ET.fromstring(svg)
+    assert root.findtext(f"{SVG}title") == "usertunnel explain: a packet"
+    assert explain.run(parse("--html", hex_text)) == 0
+    html = capsys.readouterr().out
+    assert html.startswith("<!DOCTYPE html>") and "1234 = 0x000004d2 = 0.0.4.210" in html
+    e = explain.explain(bytes.fromhex(hex_text))
+    assert_page_shows(PageDOM(html), [e])
+
+
+def test_explain_html_with_all_draws_every_packet_of_a_capture(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from scapy.packet import Raw
+    from scapy.utils import wrpcap
+
+    path = f"{tmp_path}/more.pcap"
+    names = sorted(MORE_WIRE)
+    wrpcap(path, [Raw(MORE_WIRE[n]) for n in names], linktype=explain.LINKTYPE_RAW)
+    assert explain.run(parse("--html", "--pcap", path, "--all")) == 0
+    dom = PageDOM(capsys.readouterr().out)
+    assert_page_shows(dom, [explain.explain(MORE_WIRE[n]) for n in names])
+    assert explain.run(parse("--svg", "--pcap", path, "--all")) == 0
+    root = ET.fromstring(capsys.readouterr().out)
+    headings = [t.findtext(f"{SVG}title") for t in root.iter(f"{SVG}text") if t.findtext(f"{SVG}title")]
+    assert sum(1 for h in headings if h and h.startswith("packet ")) == len(names)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--svg", "-j", "4500"], "give one of -j, --svg and --html, not -j and --svg"),
+        (["--svg", "--html", "4500"], "give one of -j, --svg and --html, not --svg and --html"),
+    ],
+)
+def test_two_output_forms_at_once_are_one_line_and_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert explain.run(parse(*argv)) == 2
+    err = capsys.readouterr().err
+    assert err == f"usertunnel explain: error: {message}\n"
+
+
+def test_json_and_the_page_agree_on_every_value_of_every_mode() -> None:
+    for wire in MODE_WIRE.values():
+        e = explain.explain(wire)
+        dom = PageDOM(page.explain_page([("p", e)], "p"))
+        assert [f["value"] for f in page_fields(dom)] == [
+            str(f["value"]) for layer in json.loads(json.dumps(explain.to_json(e))) for f in layer
+        ]
