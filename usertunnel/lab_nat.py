@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable
 from typing import TextIO
 
@@ -52,6 +53,22 @@ def _ping(stop: _Stop, host: Host, target: str, count: int, out: TextIO) -> bool
     summary = next((line for line in text.splitlines() if "packets transmitted" in line), "no answer")
     print(f"   {host.namespace}: ping {target}: {summary}", file=out)
     return status == 0
+
+
+def _wait_answered(stop: _Stop, host: Host, timeout: float) -> None:
+    """Wait (bounded) until `host`'s keepalives are answered: line protocol up, none unanswered.
+
+    Attempts 1 and 2 cannot answer the CPE's keepalives (their inner packet is addressed to the CPE's private
+    address, which the POP cannot reach), and the fourth unanswered one takes the CPE's line protocol down, some
+    six seconds in: when the hub of attempt 3 starts. The hub answers the next one; until then the CPE's pings
+    would not enter its tunnel, and the attempt would fail or lose a ping by timing alone."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, text = stop.run(host.namespace, [sys.executable, "-m", "usertunnel", "stats", "-j"], 10)
+        states = [t.get("keepalive") or {} for t in json.loads(text)] if status == 0 else []
+        if states and all(k.get("state") == "up" and k.get("unanswered") == 0 for k in states):
+            return
+        time.sleep(0.2)
 
 
 def _show(stop: _Stop, host: Host, out: TextIO) -> None:
@@ -119,6 +136,8 @@ def _nat_lab(stop: _Stop, procs: list[netns.UpProcess], topos: list[Topology], o
         pop_args = ["--local", HUB_PUBLIC, "--remote", remote, "--key", str(KEY)]
         pop_args += ["--address", "203.0.113.1/30", "--name", "tun0"]
         pop_proc = _start(stop, procs, pop, pop_args, out)
+        if remote == "any":
+            _wait_answered(stop, cpe, 3 * 2 + 1)  # a keepalive period is 2 s
         ok = _ping(stop, cpe, "203.0.113.1", count, out)
         if ok:
             _ping(stop, pop, "203.0.113.2", count, out)  # and back, through the NAT's mapping
