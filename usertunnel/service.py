@@ -436,6 +436,7 @@ def wire(dataplane: Dataplane, prepared: Prepared) -> None:
             dataplane.add_udp(sock, encap.kind, prepared.tunnel.params.mode.value.ip_protocol)
         iface = Interface(prepared.tunnel, prepared.tun, prepared.sock, verify_segments=prepared.forwarding)
         iface.udp = dict(prepared.udp_senders)
+        iface.gso = prepared.batch and encap.csum  # UDP_SEGMENT needs the UDP checksum (the kernel refuses it off)
         dataplane.add_interface(iface)
         return
     if prepared.receiver is not None:

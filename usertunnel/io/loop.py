@@ -61,6 +61,9 @@ RECV_BUFFER = 65536
 _ANCILLARY6 = socket.CMSG_SPACE(20) + socket.CMSG_SPACE(4)
 
 _UDP_START = 28  # FOU / GUE: after the outer IPv4 header (20) and the UDP header (8) the core built
+UDP_SEGMENT = 103  # SOL_UDP: the size of each datagram a larger send is cut into (linux/udp.h)
+_GSO_SEGMENTS = 64  # datagrams per UDP_SEGMENT send (the kernel's UDP_MAX_SEGMENTS is 64 or more)
+_GSO_BYTES = 65000  # and their bytes, under the 64 KiB a UDP send can hold
 
 _SEND_ERRORS = {
     errno.ENOBUFS: Drop.SEND_NOBUFS,
@@ -93,6 +96,9 @@ class Interface:
     # FOU / GUE (io.udp): the send sockets by source port, and where the peer listens; empty: raw IP.
     udp: dict[int, socket.socket] = field(default_factory=dict)
     udp_destination: tuple[str, int] = ("0.0.0.0", 0)
+    # FOU / GUE with the UDP checksum on: a busy wakeup sends runs of equal-sized datagrams with UDP_SEGMENT
+    # (the kernel cuts them; it refuses to for sockets without checksums). Off: one sendmsg per packet.
+    gso: bool = False
 
     def __post_init__(self) -> None:
         self.readinto = io.FileIO(self.tun.fd, closefd=False).readinto
@@ -264,6 +270,8 @@ class Dataplane:
         now = time.monotonic()
         if now - iface.left > BUSY_GAP:  # quiet: one packet, sent at once
             self._tun_one(iface, now)
+        elif iface.gso:  # FOU / GUE with UDP checksums: equal-sized datagrams leave in one sendmsg each run
+            self._tun_batch_udp(iface, now)
         elif iface.batch is None or self.observer is not None:  # per-packet I/O; --trace/--pcap see each send
             for _ in range(BATCH):
                 if not self._tun_one(iface, now):
@@ -364,6 +372,78 @@ class Dataplane:
             for index, code in batch.failed:
                 tunnel.counters.tx_failed(lengths[index], _SEND_ERRORS.get(code, Drop.SEND_ERROR))
 
+    def _tun_batch_udp(self, iface: Interface, now: float) -> None:
+        """FOU / GUE, busy: drain TUN (up to BATCH packets), encapsulate each, and send each run of datagrams
+        that share a source port, TOS and TTL and have the size of the run's first (the last may be shorter)
+        in one sendmsg with UDP_SEGMENT: one trip through the kernel's UDP and IP layers per run."""
+        tunnel = iface.tunnel
+        slots = self._tx_slots
+        if slots is None:
+            slots = self._tx_slots = Slots(BATCH, RECV_BUFFER)
+        views = slots.views
+        readinto = iface.readinto
+        skip = VNET_HDR_LEN if iface.tun.vnet_hdr else 0
+        run: list[bytes | memoryview] = []  # header, inner, header, inner, ...
+        run_key: tuple[int, int, int] | None = None
+        run_size = run_bytes = 0
+        run_open = False  # the run may take more (its last datagram is not shorter than the first)
+        for i in range(BATCH):
+            slot = views[i]
+            try:
+                n = readinto(slot)
+            except OSError as exc:
+                self._tun_failed(iface, exc)
+                break
+            if n is None:
+                break
+            inner = _tun_packet(slot, n, skip)
+            if inner is None:
+                continue
+            header = tunnel.encapsulate_header(inner, now)
+            if isinstance(header, Drop):
+                if header is Drop.FRAG_NEEDED:
+                    self._too_big(iface, inner)
+                continue
+            payload = header[_UDP_START:]
+            size = len(payload) + len(inner)
+            key = ((header[20] << 8) | header[21], header[1], header[8])
+            if run and (not run_open or key != run_key or size > run_size or run_bytes + size > _GSO_BYTES
+                        or len(run) >= 2 * _GSO_SEGMENTS):  # fmt: skip
+                self._send_run(iface, run, run_key, run_size)
+                run = []
+            if not run:
+                run_key, run_size, run_bytes, run_open = key, size, 0, True
+            run.append(payload)
+            run.append(inner)
+            run_bytes += size
+            run_open = size == run_size
+        if run:
+            self._send_run(iface, run, run_key, run_size)
+
+    def _send_run(
+        self, iface: Interface, run: list[bytes | memoryview], key: tuple[int, int, int] | None, size: int
+    ) -> None:
+        """One sendmsg for a run of datagrams (`_tun_batch_udp`): with UDP_SEGMENT when there are several."""
+        assert key is not None
+        sport, tos, ttl = key
+        count = len(run) // 2
+        sock = iface.udp.get(sport)
+        ancillary = outer_ancillary(tos, ttl)
+        if count > 1:
+            ancillary.append((socket.SOL_UDP, UDP_SEGMENT, size.to_bytes(2, sys.byteorder)))
+        error = None
+        if sock is None:
+            error = Drop.SEND_ERROR
+        else:
+            try:
+                sock.sendmsg(run, ancillary, 0, iface.udp_destination)
+            except OSError as exc:
+                error = _SEND_ERRORS.get(exc.errno or 0, Drop.SEND_ERROR)
+        if error is not None:
+            counters = iface.tunnel.counters
+            for inner in run[1::2]:
+                counters.tx_failed(len(inner), error)
+
     def _send_udp(self, iface: Interface, header: bytes, inner: bytes | bytearray | memoryview) -> Drop | None:
         """FOU / GUE: what follows the outer IPv4 and UDP headers the core built, sent from the socket of the
         source port it chose, with its TOS and TTL; the kernel builds those two headers the same way."""
@@ -395,17 +475,21 @@ class Dataplane:
             except OSError:
                 demux.unmatched.drop(Drop.ICMP_ERROR)
                 continue
-            dst, tos = parse_ancillary(ancillary)
+            dst, tos, segment = parse_ancillary(ancillary)
             src = socket.inet_aton(address[0])
-            received = demux.decapsulate_udp(kind, protocol, src, dst, tos, memoryview(buffer)[:n], now)
-            if isinstance(received, Received):
-                iface = self.interfaces.get(received.tunnel)
-                if iface is not None:
-                    out.setdefault(iface, []).append(received.inner)
-                    if received.then:
-                        out[iface].extend(received.then)
-            else:
-                self._hand_over(sock, received)  # --trace and --pcap are refused with --encap (for now)
+            view = memoryview(buffer)[:n]
+            # UDP_GRO: the kernel joined datagrams of one flow, each `segment` bytes (the last may be shorter).
+            for start in range(0, n, segment or n or 1):
+                datagram = view[start : start + segment] if segment else view
+                received = demux.decapsulate_udp(kind, protocol, src, dst, tos, datagram, now)
+                if isinstance(received, Received):
+                    iface = self.interfaces.get(received.tunnel)
+                    if iface is not None:
+                        out.setdefault(iface, []).append(received.inner)
+                        if received.then:
+                            out[iface].extend(received.then)
+                else:
+                    self._hand_over(sock, received)  # --trace and --pcap are refused with --encap (for now)
         for iface, inners in out.items():
             iface.write_many(inners)
         if demux.holding:
