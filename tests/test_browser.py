@@ -18,10 +18,19 @@ import zlib
 from pathlib import Path
 
 import pytest
-from test_pictures import MALFORMED, MODE_WIRE, MORE_WIRE, PageDOM, assert_page_shows
+from test_pictures import (
+    LAB_PACKETS,
+    MALFORMED,
+    MODE_WIRE,
+    MORE_WIRE,
+    PageDOM,
+    _report,
+    assert_lab_report,
+    assert_page_shows,
+)
 
 from usertunnel import explain
-from usertunnel.picture import packet, page
+from usertunnel.picture import network, packet, page
 
 # Screenshots are kept here after the run (pytest's tmp_path is not), one PNG per page.
 ARTIFACTS = Path(tempfile.gettempdir()) / "usertunnel-browser-artifacts"
@@ -98,15 +107,16 @@ def png_rgb(data: bytes) -> tuple[int, int, list[bytes]]:
     return width, height, rows
 
 
-def assert_shows_the_drawing(png: Path) -> None:
-    """Not blank: many colours, much that is not white, and the first header's colour filling boxes."""
+def assert_shows_the_drawing(png: Path, colour: str = packet.PALETTE[0]) -> None:
+    """Not blank: many colours, much that is not white, and `colour` filling boxes (by default the first
+    header's: the packet was drawn)."""
     width, height, rows = png_rgb(png.read_bytes())
     pixels = [row[i : i + 3] for row in rows[::2] for i in range(0, len(row), 6)]
     white = sum(1 for p in pixels if p == b"\xff\xff\xff")
     assert len(set(pixels)) >= 16, f"{png}: {len(set(pixels))} colours"
     assert white < 0.97 * len(pixels), f"{png}: {white} of {len(pixels)} sampled pixels white"
-    first = bytes.fromhex(packet.PALETTE[0][1:])
-    assert sum(1 for p in pixels if p == first) > 200, f"{png}: no box in the first header's colour"
+    fill = bytes.fromhex(colour[1:])
+    assert sum(1 for p in pixels if p == fill) > 200, f"{png}: no box filled with {colour}"
 
 
 def _check_page(tmp_path: Path, name: str, wires: list[bytes]) -> None:
@@ -136,3 +146,16 @@ def test_chromium_draws_the_svg_and_the_page_at_a_desktops_width(tmp_path: Path)
     html = tmp_path / "example.html"
     html.write_text(page.explain_page([("the help's example", e)], "usertunnel explain"))
     assert_shows_the_drawing(screenshot(html, "explain-example-desktop", DESKTOP))
+
+
+def check_lab_report(path: Path, name: str, namespaces: list[str], transcript: str) -> None:
+    """A lab's page as Chromium builds it: the topology, the journeys, every packet and every field of it as
+    explain gives it, the transcript; its screenshot at a phone's width shows the drawings."""
+    assert_lab_report(PageDOM(dump_dom(path)), namespaces, transcript)
+    assert_shows_the_drawing(screenshot(path, name), network.FILLS["host"])  # the topology's hosts
+
+
+def test_chromium_shows_a_lab_reports_topology_journeys_and_packets(tmp_path: Path) -> None:
+    path = tmp_path / "report.html"
+    path.write_text(_report(LAB_PACKETS))
+    check_lab_report(path, "lab-report-unit", ["ut-lab-a", "ut-lab-b"], "== a <lab> & more")

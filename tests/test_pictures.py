@@ -20,10 +20,10 @@ from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import Ether
 from test_explain import MORE_WIRE
 
-from usertunnel import explain
-from usertunnel.core.encap import Tunnel
+from usertunnel import explain, trace
+from usertunnel.core.encap import Demux, Tunnel
 from usertunnel.core.params import Mode, TunnelParams
-from usertunnel.picture import packet, page
+from usertunnel.picture import network, packet, page
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -76,9 +76,15 @@ class PageDOM(HTMLParser):
         self.hex: list[tuple[str, str]] = []  # (data-offset, byte) of each byte of every dump
         self.values: list[str] = []  # the text of the values drawn in boxes
         self.tags: list[tuple[str, dict[str, str]]] = []
+        self.nodes: list[str] = []  # a topology's namespaces
+        self.tunnels: list[tuple[str, str]] = []
+        self.journeys: list[str] = []  # each journey's direction, and the steps of all
+        self.steps: list[str] = []
+        self.pre: list[str] = []
         self._field: dict[str, str] | None = None
         self._text: list[str] | None = None
         self._byte: str | None = None
+        self._pre: list[str] | None = None
         self.feed(text)
         self.close()
 
@@ -98,6 +104,16 @@ class PageDOM(HTMLParser):
             self._text = []
         elif tag == "span" and "b" in classes:
             self._byte = a["data-offset"]
+        elif tag == "g" and "node" in classes:
+            self.nodes.append(a["data-name"])
+        elif "tunnel" in classes:
+            self.tunnels.append((a["data-a"], a["data-b"]))
+        elif tag == "svg" and "journey" in classes:
+            self.journeys.append(a["data-direction"])
+        elif tag == "g" and "stage" in classes:
+            self.steps.append(a["data-step"])
+        elif tag == "pre":
+            self._pre = []
 
     def handle_endtag(self, tag: str) -> None:
         if tag in ("li", "p") and self._field is not None:
@@ -106,13 +122,27 @@ class PageDOM(HTMLParser):
         elif tag == "text" and self._text is not None:
             self.values.append("".join(self._text))
             self._text = None
+        elif tag == "pre" and self._pre is not None:
+            self.pre.append("".join(self._pre))
+            self._pre = None
 
     def handle_data(self, data: str) -> None:
+        if self._pre is not None:
+            self._pre.append(data)
         if self._text is not None:
             self._text.append(data)
         if self._byte is not None:
             self.hex.append((self._byte, data))
             self._byte = None
+
+    def packets(self) -> list[bytes]:
+        """The bytes of each packet the page dumps (each dump counts its offsets from 0)."""
+        out: list[bytearray] = []
+        for offset, byte in self.hex:
+            if offset == "0":
+                out.append(bytearray())
+            out[-1].append(int(byte, 16))
+        return [bytes(p) for p in out]
 
 
 def json_fields(e: explain.Explanation) -> list[dict[str, str]]:
@@ -330,3 +360,107 @@ def test_json_and_the_page_agree_on_every_value_of_every_mode() -> None:
         assert [f["value"] for f in page_fields(dom)] == [
             str(f["value"]) for layer in json.loads(json.dumps(explain.to_json(e))) for f in layer
         ]
+
+
+# --- the journey and the lab's report -------------------------------------------------------------------------
+
+
+def _tunnel(mode: Mode, local: str, remote: str, **options: object) -> Tunnel:
+    params = TunnelParams(
+        name=f"{mode.value.name}-lab",
+        mode=mode,
+        local=ipaddress.IPv4Address(local).packed,
+        remote=ipaddress.IPv4Address(remote).packed,
+        **options,
+    )
+    return Tunnel(params)
+
+
+def traced_lines() -> list[str]:
+    """What --trace writes on host A of the lab for a GRE ping out and its reply in (with key, sequence
+    numbers and checksums), a packet with the wrong key, and an IPIP ping out."""
+    options = {"ikey": 1234, "okey": 1234, "iseq": True, "oseq": True, "icsum": True, "ocsum": True}
+    a = _tunnel(Mode.GRE, "198.51.100.1", "198.51.100.2", **options)
+    b = _tunnel(Mode.GRE, "198.51.100.2", "198.51.100.1", **options)
+    request = bytes(IP(src="203.0.113.1", dst="203.0.113.2") / ICMP(type=8) / b"ping")
+    reply = bytes(IP(src="203.0.113.2", dst="203.0.113.1") / ICMP(type=0) / b"ping")
+    lines = trace.describe_tx(a, request, a.encapsulate_header(request))
+    demux = Demux()
+    demux.add(a)
+    for wire in (b.encapsulate(reply), _tunnel(Mode.GRE, "198.51.100.2", "198.51.100.1", okey=9).encapsulate(reply)):
+        assert isinstance(wire, bytes)
+        context = trace.rx_context(demux, wire)
+        lines += trace.describe_rx(wire, context, demux.decapsulate(wire))
+    ipip = _tunnel(Mode.IPIP, "198.51.100.1", "198.51.100.2")
+    lines += trace.describe_tx(ipip, request, ipip.encapsulate_header(request))
+    return [f"trace: {line}" for line in lines]
+
+
+def test_every_line_trace_writes_is_a_known_stage_between_the_right_lanes() -> None:
+    journeys = trace.journeys(traced_lines())
+    assert [d for d, _ in journeys] == ["tx", "rx", "rx", "tx"]
+    for _, stages in journeys:
+        assert all(s.step != "(a step this picture does not know)" for s in stages), stages
+    (_, sent), (_, received), (_, refused), (_, ipip) = journeys
+    assert [(s.source, s.target) for s in (sent[0], sent[-1])] == [
+        (trace.TUN_LANE, trace.OUR_LANE),
+        (trace.OUR_LANE, trace.WIRE_LANE),
+    ]
+    assert [s.step.split(" (")[0] for s in sent] == [
+        "read a packet from the TUN device",
+        "build the GRE header",
+        "build the outer IPv4 header",
+        "send it on the raw socket",
+    ]
+    steps = [s.step.split(" (")[0] for s in received]
+    assert steps[0] == "read a packet from the raw socket" and "find the tunnel" in steps
+    assert {"match the key", "verify the checksum", "check the sequence number"} <= set(steps)
+    assert (received[-1].source, received[-1].target) == (trace.OUR_LANE, trace.TUN_LANE)
+    assert refused[-1].step == "drop it and count why" and "key_mismatch" in refused[-1].text
+    assert ipip[1].step.startswith("no tunnel header")
+
+
+def _report(packets: list[tuple[str, bytes]]) -> str:
+    net = network.Network(
+        "usertunnel lab: gre key 1234",
+        [
+            network.Node("ut-lab-a", "host A", ("ut-veth-a 198.51.100.1/24",), 0, 0),
+            network.Node("ut-lab-b", "host B", ("ut-veth-b 198.51.100.2/24",), 2, 0),
+        ],
+        [network.Link("ut-lab-a", "ut-lab-b", "veth: underlay 198.51.100.0/24")],
+        [network.Link("ut-lab-a", "ut-lab-b", "gre key 1234")],
+        capture=("ut-lab-b", "packets captured on ut-veth-b"),
+    )
+    journeys = trace.journeys(traced_lines())
+    return page.lab_report(
+        "usertunnel lab", "summary: works", net, "ut-lab-a", journeys, packets, "== a <lab> & more\n"
+    )
+
+
+LAB_PACKETS = [(f"{n}. {name}", MODE_WIRE[name]) for n, name in enumerate(("gre", "ipip", "gretap"), 1)]
+
+
+def assert_lab_report(dom: PageDOM, namespaces: list[str], transcript: str) -> list[explain.Explanation]:
+    """A lab's page: its topology's namespaces and tunnel, a journey out and one in, every packet with
+    every field as explain gives it, and what the lab printed. Returns the packets' explanations."""
+    assert sorted(dom.nodes) == sorted(namespaces)
+    assert dom.tunnels and all(a in namespaces and b in namespaces for a, b in dom.tunnels)
+    assert dom.journeys == ["tx", "rx"]
+    assert any(s.startswith("send it on the raw socket") for s in dom.steps)
+    assert any(s.startswith("find the tunnel") for s in dom.steps)
+    explanations = [explain.explain(wire) for wire in dom.packets()]
+    assert explanations
+    assert_page_shows(dom, explanations)
+    assert dom.pre and transcript in dom.pre[-1]
+    return explanations
+
+
+def test_the_lab_report_draws_the_topology_the_journey_out_and_in_and_every_packet() -> None:
+    dom = PageDOM(_report(LAB_PACKETS))
+    explanations = assert_lab_report(dom, ["ut-lab-a", "ut-lab-b"], "== a <lab> & more")
+    assert [e.packet for e in explanations] == [wire for _, wire in LAB_PACKETS]
+    # The journey out is the one that was sent whole, the journey in the one written to TUN, not the refused.
+    assert "build the GRE header (gre_build_header)" in dom.steps
+    assert "strip the outer headers, write the inner packet to TUN" in dom.steps
+    assert "drop it and count why" not in dom.steps
+    ET.fromstring(network.drawing(network.Network("t", [network.Node("a", "a", (), 0, 0)])))

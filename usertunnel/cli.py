@@ -585,6 +585,12 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--seq", action="store_true", help="both ends number their packets and require numbers")
     lab.add_argument("--csum", action="store_true", help="both ends checksum their packets and require checksums")
     lab.add_argument("--trace", action="store_true", help="host A runs with --trace; its lines are shown at the end")
+    lab.add_argument(
+        "--html",
+        metavar="FILE",
+        help="also write a page to FILE that draws the lab: its topology, one packet's journey through usertunnel "
+        "out and one's in (as --trace reports them), and every captured packet as explain --html draws it",
+    )
     control.add_parsers(sub)
     explain.add_parser(sub)
     _add_daemon_parsers(sub)
@@ -916,12 +922,13 @@ def _cmd_lab(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"the {args.scenario} lab runs GRE with key 1234; --mode/--seq/--csum/--trace are for the basic lab"
             )
-        return run_nat_lab(args.count) if args.scenario == "nat" else run_p2mp_lab(args.count)
+        run = run_nat_lab if args.scenario == "nat" else run_p2mp_lab
+        return run(args.count, html=args.html)
 
     if args.mode != "gre" and (args.seq or args.csum):
         raise ConfigError("--seq and --csum are GRE options; the ipip lab has none")
     options = [flag for flag, on in (("--seq", args.seq), ("--csum", args.csum)) if on]
-    return run_lab(mode=args.mode, count=args.count, key=args.key, options=options, trace=args.trace)
+    return run_lab(mode=args.mode, count=args.count, key=args.key, options=options, trace=args.trace, html=args.html)
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")

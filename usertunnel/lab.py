@@ -6,11 +6,18 @@ with the other as remote and key 1234, with inner addresses 203.0.113.1/30 and
 203.0.113.2/30. Host A pings host B's inner address; a packet socket on B's
 underlay interface captures what crossed the wire, and each packet is
 dissected field by field. Everything is removed at the end, Ctrl-C included.
+
+With --html FILE (here and in `lab nat` and `lab p2mp`) the lab also writes a
+page that shows it: the topology drawn, one packet's journey through
+usertunnel out and one's in (an end runs with --trace for it), every captured
+packet drawn as explain --html draws it, and what the lab printed.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -20,7 +27,10 @@ from types import FrameType
 from typing import Any, TextIO
 
 from . import dissect, netns
+from .core.params import ConfigError
 from .io import privilege
+from .picture import network, page
+from .trace import journeys
 
 NS_A, NS_B = "ut-lab-a", "ut-lab-b"
 VETH_A, VETH_B = "ut-veth-a", "ut-veth-b"
@@ -88,13 +98,66 @@ class _Stop:
         return proc.returncode, out
 
 
+class Transcript(io.StringIO):
+    """What the lab prints, printed as it goes and kept for its report."""
+
+    def __init__(self, out: TextIO) -> None:
+        super().__init__()
+        self.out = out
+
+    def write(self, text: str) -> int:
+        self.out.write(text)
+        self.out.flush()
+        return super().write(text)
+
+
+def check_report(html: str | None) -> None:
+    """Refuse a report file that cannot be written, before the lab builds anything (exit 2)."""
+    if html is None:
+        return
+    folder = os.path.dirname(os.path.abspath(html))
+    why = None
+    if os.path.isdir(html):
+        why = "it is a directory"
+    elif not os.path.isdir(folder):
+        why = f"there is no directory {folder}"
+    elif not os.access(folder, os.W_OK) or (os.path.exists(html) and not os.access(html, os.W_OK)):
+        why = "it is not writable"
+    if why is not None:
+        raise ConfigError(f"--html {html!r}: cannot write the report there: {why} (give a file name to write)")
+
+
+def write_report(
+    html: str,
+    title: str,
+    verdict: str,
+    net: network.Network,
+    traced: str,
+    lines: Sequence[str],
+    packets: list[tuple[str, bytes]],
+    out: Transcript,
+) -> None:
+    """Write the lab's page (picture.page.lab_report) and say where it is."""
+    text = page.lab_report(title, verdict, net, traced, journeys(lines), packets, out.getvalue())
+    with open(html, "w", encoding="utf-8") as f:
+        f.write(text)
+    print(f"== report: {html} (open it in a browser)", file=out)
+
+
 def run_lab(
-    mode: str = "gre", count: int = 3, key: int = 1234, options: Sequence[str] = (), trace: bool = False
+    mode: str = "gre",
+    count: int = 3,
+    key: int = 1234,
+    options: Sequence[str] = (),
+    trace: bool = False,
+    html: str | None = None,
 ) -> int:
     """Build the lab, ping through it, show the packets; `options` go to both ends' `usertunnel up`,
-    and with `trace` host A's tunnel runs with --trace and its lines are shown."""
+    and with `trace` host A's tunnel runs with --trace and its lines are shown. With `html`, a page
+    that draws it all is written there."""
+    check_report(html)
     privilege.require(privilege.LAB)  # before anything is created (or "removed")
-    out = sys.stdout
+    out: TextIO = sys.stdout if html is None else Transcript(sys.stdout)
     procs: list[netns.UpProcess] = []
     captures: list[netns.Capture] = []
 
@@ -107,7 +170,7 @@ def run_lab(
             netns.remove(name)
         print(f"== removed {NS_A} and {NS_B}", file=out)
 
-    return guarded(lambda stop: _basic_lab(stop, procs, captures, out, mode, count, key, options, trace), cleanup)
+    return guarded(lambda stop: _basic_lab(stop, procs, captures, out, mode, count, key, options, trace, html), cleanup)
 
 
 def guarded(body: Callable[[_Stop], int], cleanup: Callable[[], None]) -> int:
@@ -136,6 +199,7 @@ def _basic_lab(
     key: int,
     options: Sequence[str],
     trace: bool,
+    html: str | None,
 ) -> int:
     print(f"== building the lab: namespaces {NS_A}, {NS_B}; underlay {UNDER_A} <-> {UNDER_B}", file=out)
     for name in (NS_A, NS_B):
@@ -147,7 +211,7 @@ def _basic_lab(
     stop.check()
     words = " ".join([mode, *([f"key {key}"] if mode == "gre" else []), *options])
     print(f"== starting both ends of the tunnel ({words})", file=out)
-    traced = [*options, "--trace"] if trace else list(options)
+    traced = [*options, "--trace"] if trace or html else list(options)
     procs.append(_start_end(NS_A, UNDER_A, UNDER_B, INNER_A, mode, key, traced))
     procs.append(_start_end(NS_B, UNDER_B, UNDER_A, INNER_B, mode, key, options))
     for label, proc in zip((NS_A, NS_B), procs, strict=True):
@@ -171,8 +235,25 @@ def _basic_lab(
         for line in procs[0].lines:
             if line.startswith("trace: "):
                 print(f"   {line.removeprefix('trace: ')}", file=out)
-    _summary(packets, status == 0, out)
+    verdict = _summary(packets, status == 0, out)
+    if html is not None and isinstance(out, Transcript):
+        net = network.Network(
+            f"usertunnel lab: {words}",
+            [
+                network.Node(NS_A, "host A", (f"{VETH_A} {UNDER_A}/24", f"{mode}-lab {INNER_A}/30"), 0, 0),
+                network.Node(NS_B, "host B", (f"{VETH_B} {UNDER_B}/24", f"{mode}-lab {INNER_B}/30"), 2, 0),
+            ],
+            [network.Link(NS_A, NS_B, "veth: underlay 198.51.100.0/24")],
+            [network.Link(NS_A, NS_B, f"{words}: inner 203.0.113.0/30")],
+            capture=(NS_B, f"packets captured on {VETH_B}"),
+        )
+        shown = [(_heading(n, outgoing, pkt), pkt) for n, (_, outgoing, pkt) in enumerate(packets, 1)]
+        write_report(html, f"usertunnel lab ({words})", verdict, net, NS_A, procs[0].lines, shown, out)
     return 0 if status == 0 and packets else 1
+
+
+def _heading(number: int, outgoing: bool, pkt: bytes) -> str:
+    return f"{number}. {'sent by B' if outgoing else 'received by B'}: {dissect.summary(pkt)}"
 
 
 def _show_packets(packets: list[tuple[float, bool, bytes]], out: TextIO) -> None:
@@ -198,12 +279,13 @@ def _inner_icmp_type(pkt: bytes) -> int | None:
     return None
 
 
-def _summary(packets: list[tuple[float, bool, bytes]], ok: bool, out: TextIO) -> None:
+def _summary(packets: list[tuple[float, bool, bytes]], ok: bool, out: TextIO) -> str:
     sent = sum(1 for p in packets if not p[1])
     back = sum(1 for p in packets if p[1])
     verdict = "the tunnel works" if ok else "PINGS FAILED"
-    print(
-        f"== summary: {verdict}; {sent} packets A->B and {back} B->A crossed the underlay, "
-        "each an IPv4 packet inside an outer header",
-        file=out,
+    line = (
+        f"summary: {verdict}; {sent} packets A->B and {back} B->A crossed the underlay, "
+        "each an IPv4 packet inside an outer header"
     )
+    print(f"== {line}", file=out)
+    return line

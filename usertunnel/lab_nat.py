@@ -17,6 +17,10 @@ tunnel must point at. Three attempts, one after another, with the same CPE:
 pings the hub and the other spokes through it; the hub's neighbor table is
 shown. Spokes run keepalives, which keep their NAT mappings open.
 
+With --html FILE, a page draws the topology, the CPE's (or the hub's) --trace
+of one packet out and one in, and every GRE packet captured on the POP's (the
+hub's) public interface.
+
 Topology (usertunnel.topology): a public segment 198.51.100.0/26 on a bridge,
 NAT routers masquerading 198.51.100.64/28, 198.51.100.80/28. Everything is
 removed at the end, Ctrl-C included.
@@ -30,10 +34,11 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from . import netns
+from . import dissect, netns
 from .io import privilege
-from .lab import READY_TIMEOUT, _Stop, guarded
-from .topology import Host, Topology
+from .lab import READY_TIMEOUT, Transcript, _Stop, check_report, guarded, write_report
+from .picture import network
+from .topology import Host, Nat, Topology
 
 KEY = 1234
 HUB_PUBLIC = "198.51.100.1"
@@ -87,32 +92,79 @@ def _drops(stats: dict[str, dict[str, object]]) -> str:
     return ", ".join(f"{reason} {n}" for reason, n in sorted(found.items())) or "none"
 
 
-def _guarded(body: Callable[[_Stop, list[netns.UpProcess], list[Topology], TextIO], int]) -> int:
-    """Run a lab's `body` under lab.guarded: however it ends, its tunnels stop and its namespaces go.
-    `body` appends what it creates to the lists it is given."""
-    out = sys.stdout
-    procs: list[netns.UpProcess] = []
-    topos: list[Topology] = []
-    return guarded(
-        lambda stop: body(stop, procs, topos, out), lambda: _cleanup(procs, topos[0] if topos else None, out)
-    )
+class _Run:
+    """What a lab creates, for its cleanup, and what its report needs."""
+
+    def __init__(self, html: str | None) -> None:
+        self.html = html
+        self.out: TextIO = sys.stdout if html is None else Transcript(sys.stdout)
+        self.procs: list[netns.UpProcess] = []
+        self.topos: list[Topology] = []
+        self.captures: list[netns.Capture] = []
+
+    def capture(self, host: Host) -> netns.Capture | None:
+        """With a report to write, capture on `host`'s public interface."""
+        if self.html is None:
+            return None
+        capture = netns.Capture(host.namespace, "pub")
+        self.captures.append(capture)
+        return capture
+
+    def report(self, title: str, verdict: str, net: network.Network, traced: netns.UpProcess | None, who: str) -> None:
+        if self.html is None or not isinstance(self.out, Transcript):
+            return
+        packets: list[tuple[str, bytes]] = []
+        for capture in self.captures:
+            capture.stop()
+            for _, outgoing, pkt in capture.packets:
+                if len(pkt) > 20 and pkt[9] == 47:
+                    direction = f"sent by the {who}" if outgoing else f"received by the {who}"
+                    packets.append((f"{len(packets) + 1}. {direction}: {dissect.summary(pkt)}", pkt))
+        lines = traced.lines if traced is not None else []
+        write_report(self.html, title, verdict, net, traced.namespace if traced else "", lines, packets, self.out)
 
 
-def run_nat_lab(count: int = 3) -> int:
+def _guarded(html: str | None, body: Callable[[_Stop, _Run], int]) -> int:
+    """Run a lab's `body` under lab.guarded: however it ends, its captures and tunnels stop and its
+    namespaces go. `body` records what it creates in the `_Run` it is given."""
+    check_report(html)
     privilege.require(privilege.LAB)
-    return _guarded(lambda stop, procs, topos, out: _nat_lab(stop, procs, topos, out, count))
+    run = _Run(html)
+    return guarded(lambda stop: body(stop, run), lambda: _cleanup(run))
 
 
-def run_p2mp_lab(count: int = 2) -> int:
-    privilege.require(privilege.LAB)
-    return _guarded(lambda stop, procs, topos, out: _p2mp_lab(stop, procs, topos, out, count))
+def run_nat_lab(count: int = 3, html: str | None = None) -> int:
+    return _guarded(html, lambda stop, run: _nat_lab(stop, run, count))
 
 
-def _nat_lab(stop: _Stop, procs: list[netns.UpProcess], topos: list[Topology], out: TextIO, count: int) -> int:
+def run_p2mp_lab(count: int = 2, html: str | None = None) -> int:
+    return _guarded(html, lambda stop, run: _p2mp_lab(stop, run, count))
+
+
+def _public(host: Host, label: str, *lines: str, col: float, row: float) -> network.Node:
+    return network.Node(host.namespace, label, (f"pub {host.address}/26", *lines), col, row)
+
+
+def _nat_node(nat: Nat, label: str, col: float, row: float) -> network.Node:
+    inside = f"lan {nat.inside.network_address + 1}/{nat.inside.prefixlen}"
+    return network.Node(nat.namespace, label, (f"pub {nat.public}/26", inside, "masquerade"), col, row, "nat")
+
+
+def _segment(topo: Topology, col: float, row: float) -> network.Node:
+    return network.Node(topo.ix, "public segment", ("bridge br0", "198.51.100.0/26"), col, row, "switch")
+
+
+def _private(host: Host, label: str, *lines: str, col: float, row: float) -> network.Node:
+    assert host.nat is not None
+    return network.Node(host.namespace, label, (f"lan {host.address}/{host.nat.inside.prefixlen}", *lines), col, row)
+
+
+def _nat_lab(stop: _Stop, run: _Run, count: int) -> int:
+    out, procs = run.out, run.procs
     results: list[bool] = []
     print("== building the seed's NAT scenario: CPE -> NAT -> POP", file=out)
     topo = Topology("ut-nat")
-    topos.append(topo)
+    run.topos.append(topo)
     pop = topo.public_host("pop", HUB_PUBLIC)
     nat = topo.nat("nat", "198.51.100.12")
     cpe = topo.private_host("cpe", nat)
@@ -121,11 +173,14 @@ def _nat_lab(stop: _Stop, procs: list[netns.UpProcess], topos: list[Topology], o
         f" {cpe.namespace} {cpe.address} behind it",
         file=out,
     )
+    run.capture(pop)
     stop.check()
     print(f"== the CPE points at the POP's public address (keepalives every 2 s, key {KEY})", file=out)
     cpe_args = ["--local", cpe.address, "--remote", HUB_PUBLIC, "--key", str(KEY)]
     cpe_args += ["--address", "203.0.113.2/30", "--keepalive", "2", "--name", "tun0"]
-    _start(stop, procs, cpe, cpe_args, out)
+    if run.html is not None:
+        cpe_args.append("--trace")
+    cpe_proc = _start(stop, procs, cpe, cpe_args, out)
     attempts = [
         (f"remote {cpe.address}: the CPE's own, private address (the seed: does not work)", cpe.address),
         (f"remote {nat.public}: the NAT's public address (the seed's working setup)", nat.public),
@@ -151,13 +206,32 @@ def _nat_lab(stop: _Stop, procs: list[netns.UpProcess], topos: list[Topology], o
     verdict = "as the seed says, and fixed" if results == expected else "UNEXPECTED"
     marks = ", ".join(f"{n}. {'works' if r else 'fails'}" for n, r in enumerate(results, 1))
     print(f"== summary: {marks} ({verdict})", file=out)
+    net = network.Network(
+        "usertunnel lab nat: a CPE behind NAT, a POP on the public side",
+        [
+            _private(cpe, "CPE", "tun0 203.0.113.2/30", col=0, row=0),
+            _nat_node(nat, "NAT router", col=1, row=0),
+            _segment(topo, col=2, row=0),
+            _public(pop, "POP", "tun0 203.0.113.1/30", col=3, row=0),
+        ],
+        [
+            network.Link(cpe.namespace, nat.namespace, "private"),
+            network.Link(nat.namespace, topo.ix, "public"),
+            network.Link(topo.ix, pop.namespace, "public"),
+        ],
+        [network.Link(cpe.namespace, pop.namespace, f"GRE key {KEY}, CPE keepalives every 2 s")],
+        capture=(pop.namespace, "packets captured on pub"),
+        grid=(240, 150),
+    )
+    run.report("usertunnel lab nat", f"summary: {marks} ({verdict})", net, cpe_proc, "POP")
     return 0 if results == expected else 1
 
 
-def _p2mp_lab(stop: _Stop, procs: list[netns.UpProcess], topos: list[Topology], out: TextIO, count: int) -> int:
+def _p2mp_lab(stop: _Stop, run: _Run, count: int) -> int:
+    out, procs = run.out, run.procs
     print("== building a hub and three spokes, two of them behind NAT", file=out)
     topo = Topology("ut-p2mp")
-    topos.append(topo)
+    run.topos.append(topo)
     hub = topo.public_host("hub", HUB_PUBLIC)
     spokes = [
         topo.public_host("spoke1", "198.51.100.11"),
@@ -174,7 +248,10 @@ def _p2mp_lab(stop: _Stop, procs: list[netns.UpProcess], topos: list[Topology], 
     stop.check()
     print(f"== the hub: local and key only, as in the seed's point-to-multipoint example (key {KEY})", file=out)
     hub_args = ["--local", HUB_PUBLIC, "--remote", "any", "--key", str(KEY)]
-    hub_proc = _start(stop, procs, hub, [*hub_args, "--address", "203.0.113.1/24", "--name", "hub0"], out)
+    hub_args += ["--address", "203.0.113.1/24", "--name", "hub0"]
+    if run.capture(hub) is not None:
+        hub_args.append("--trace")
+    hub_proc = _start(stop, procs, hub, hub_args, out)
     print("== the spokes: remote = the hub, nothing else to know", file=out)
     inner = {}
     for number, s in enumerate(spokes, 1):
@@ -193,14 +270,35 @@ def _p2mp_lab(stop: _Stop, procs: list[netns.UpProcess], topos: list[Topology], 
     hub_stats = stats.get("hub0", {})
     print(f"== the hub's counters: {json.dumps(hub_stats.get('hub', {}), sort_keys=True)}", file=out)
     print(f"   drops: {_drops(stats)}", file=out)
-    print(f"== summary: {'every ping answered' if ok else 'PINGS FAILED'}", file=out)
+    verdict = f"summary: {'every ping answered' if ok else 'PINGS FAILED'}"
+    print(f"== {verdict}", file=out)
+    nodes = [
+        _public(hub, "hub", "hub0 203.0.113.1/24", "remote any", col=1.5, row=0),
+        _segment(topo, col=1.5, row=1),
+        _public(spokes[0], "spoke 1", f"tun0 {inner[spokes[0].namespace]}/24", col=0, row=1),
+    ]
+    links = [network.Link(hub.namespace, topo.ix, "public"), network.Link(spokes[0].namespace, topo.ix, "public")]
+    for number, (s, col) in enumerate(((spokes[1], 0.75), (spokes[2], 2.25)), 2):
+        assert s.nat is not None
+        nodes.append(_nat_node(s.nat, f"NAT {number}", col=col, row=2))
+        nodes.append(_private(s, f"spoke {number}", f"tun0 {inner[s.namespace]}/24", col=col, row=3))
+        links.append(network.Link(s.nat.namespace, topo.ix, "public"))
+        links.append(network.Link(s.namespace, s.nat.namespace, "private"))
+    tunnels = [network.Link(hub.namespace, s.namespace, f"key {KEY}") for s in spokes]
+    net = network.Network(
+        "usertunnel lab p2mp: a hub and three spokes", nodes, links, tunnels, (hub.namespace, "captured on pub")
+    )
+    run.report("usertunnel lab p2mp", verdict, net, hub_proc, "hub")
     return 0 if ok else 1
 
 
-def _cleanup(procs: list[netns.UpProcess], topo: Topology | None, out: TextIO) -> None:
-    for proc in procs:
+def _cleanup(run: _Run) -> None:
+    for capture in run.captures:
+        capture.stop()
+    for proc in run.procs:
         proc.kill()
-    if topo is not None:
+    if run.topos:
+        topo = run.topos[0]
         names = list(topo.namespaces)
         topo.remove()
-        print(f"== removed {', '.join(names)}", file=out)
+        print(f"== removed {', '.join(names)}", file=run.out)

@@ -13,6 +13,7 @@ follow gre_rcv -> ipgre_rcv -> ip_tunnel_lookup -> ip_tunnel_rcv.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .core import ecn, gre, ipv4
@@ -123,7 +124,7 @@ def rx_context(demux: Demux, packet: bytes | bytearray | memoryview) -> RxContex
     tunnel, rule = found
     window = tunnel.iseq_window
     if tunnel.hub is not None:
-        peer = tunnel.hub.peers.get((outer.src, key))
+        peer = tunnel.hub.peers.get((outer.src, 0, key))  # raw IP: no UDP port
         window = peer.window if peer is not None else tunnel.new_window()
     return RxContext(tunnel, rule, _last_accepted(window))
 
@@ -201,3 +202,75 @@ def describe_rx(
     if result.then:
         written += f"; then {len(result.then)} held packet(s) now in order (rfc2890)"
     return [*lines, f"  stripped {stripped} bytes of outer headers; {written}"]
+
+
+# --- the stages, for pictures --------------------------------------------------------------------------------
+# The lines above, read back as the steps of a journey: which step each line tells, where in our code it is
+# taken, and between which lanes the packet moves. They live next to the words they read so that the two
+# change together (tests/test_pictures.py checks that every line describe_tx and describe_rx write is known).
+
+TUN_LANE, OUR_LANE, WIRE_LANE = "TUN device", "usertunnel", "raw socket (underlay)"
+LANES = (TUN_LANE, OUR_LANE, WIRE_LANE)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of a packet's journey: what happened, the code that did it, the lanes it moves between
+    (the same lane for a step taken inside usertunnel), and the trace line that told it."""
+
+    step: str
+    where: str
+    source: str
+    target: str
+    text: str
+
+
+_ENCAP = "core/plan.py (the tunnel's transmit plan), else core/encap.py Tunnel.encapsulate_header"
+_DECAP = "core/plan.py (the tunnel's receive plan), else core/encap.py Demux.decapsulate"
+# direction -> (how the line starts, once its indentation is gone; the step; where; from; to), in order tried.
+STAGES: dict[str, tuple[tuple[str, str, str, str, str], ...]] = {
+    "tx": (
+        ("tx ", "read a packet from the TUN device", "io/loop.py Dataplane._on_tun_readable", TUN_LANE, OUR_LANE),
+        ("GRE header", "build the GRE header (gre_build_header)", _ENCAP, OUR_LANE, OUR_LANE),
+        ("", "no tunnel header: the inner packet follows the outer one", _ENCAP, OUR_LANE, OUR_LANE),
+        ("outer IPv4:", "build the outer IPv4 header (ip_tunnel_xmit)", _ENCAP, OUR_LANE, OUR_LANE),
+        ("sent ", "send it on the raw socket", "io/loop.py (io/raw.py's socket)", OUR_LANE, WIRE_LANE),
+        ("dropped:", "drop it and count why", "core/drops.py", OUR_LANE, OUR_LANE),
+    ),
+    "rx": (
+        ("rx:", "read a packet from the raw socket", "io/loop.py Dataplane._on_raw_readable", WIRE_LANE, OUR_LANE),
+        ("outer IPv4:", "parse the outer IPv4 header", "core/ipv4.py parse_ipv4", OUR_LANE, OUR_LANE),
+        ("GRE header", "parse the GRE header (gre_parse_header)", "core/gre.py parse_gre", OUR_LANE, OUR_LANE),
+        ("lookup:", "find the tunnel (ip_tunnel_lookup)", "core/lookup.py TunnelTable.lookup", OUR_LANE, OUR_LANE),
+        ("key:", "match the key", "core/lookup.py TunnelTable.lookup", OUR_LANE, OUR_LANE),
+        ("checksum:", "verify the checksum (RFC 2784 2.5)", "core/gre.py parse_gre", OUR_LANE, OUR_LANE),
+        ("sequence:", "check the sequence number (RFC 2890)", "core/sequence.py", OUR_LANE, OUR_LANE),
+        ("keepalive", "a keepalive", "core/keepalive.py", OUR_LANE, OUR_LANE),
+        ("held:", "hold it until the packets before it come", "core/sequence.py", OUR_LANE, OUR_LANE),
+        ("stripped ", "strip the outer headers, write the inner packet to TUN", _DECAP, OUR_LANE, TUN_LANE),
+        ("dropped:", "drop it and count why", "core/drops.py", OUR_LANE, OUR_LANE),
+    ),
+}
+
+
+def _stage(direction: str, line: str) -> Stage:
+    text = line.strip()
+    for start, step, where, source, target in STAGES[direction]:
+        if (start and text.startswith(start)) or (not start and " header: none" in text):
+            return Stage(step, where, source, target, text)
+    return Stage("(a step this picture does not know)", "", OUR_LANE, OUR_LANE, text)
+
+
+def journeys(lines: Iterable[str]) -> list[tuple[str, list[Stage]]]:
+    """--trace's lines (with or without their "trace: " prefix) as journeys: ("tx" or "rx", its stages).
+    A journey starts at an unindented "tx NAME:" or "rx:" line; the indented lines after it are its steps."""
+    out: list[tuple[str, list[Stage]]] = []
+    for raw in lines:
+        line = raw.removeprefix("trace: ")
+        if line.startswith(("tx ", "rx:")):
+            direction = line[:2]
+            out.append((direction, [_stage(direction, line)]))
+        elif line.startswith("  ") and out:
+            direction, stages = out[-1]
+            stages.append(_stage(direction, line))
+    return out

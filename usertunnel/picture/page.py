@@ -16,8 +16,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from html import escape
 
-from ..explain import Explanation, Field, to_json
-from . import packet
+from ..explain import Explanation, Field, explain, to_json
+from ..trace import Stage
+from . import journey, network, packet
 
 BYTES_PER_ROW = 8  # narrow enough for a phone; the dump's rows are two of the drawing's
 
@@ -33,6 +34,9 @@ details.packet{border-top:1px solid #bbb;padding:.3em 0}
 details.packet>summary{font-weight:bold;cursor:pointer;overflow-wrap:anywhere}
 .view{display:flex;flex-wrap:wrap;gap:12px 20px;align-items:flex-start;margin:.5em 0}
 .view>svg{flex:1 1 440px;width:100%;max-width:704px;height:auto}
+.picture svg{width:100%;height:auto}
+.picture svg.journey{max-width:760px}
+.picture svg.topology{max-width:900px}
 .hex{flex:0 0 auto;font-size:13px;line-height:1.55;white-space:pre}
 .hex .off{color:#777}
 .hex .b{padding:0 .12em;border-radius:3px}
@@ -176,3 +180,52 @@ def explain_page(items: list[tuple[str, Explanation]], title: str) -> str:
     )
     body += [packet_section(e, heading, f"p{i}") for i, (heading, e) in enumerate(items)]
     return document(title, body, count_fields(e for _, e in items))
+
+
+def _pick(journeys: list[tuple[str, list[Stage]]], direction: str, last: str) -> list[Stage] | None:
+    """The first journey in `direction` that went all the way (its last step is `last`), else the first."""
+    mine = [stages for d, stages in journeys if d == direction]
+    whole = [stages for stages in mine if stages[-1].text.startswith(last) and " ICMP " in stages[0].text]
+    found = whole or [s for s in mine if s[-1].text.startswith(last)] or mine
+    return found[0] if found else None
+
+
+def lab_report(
+    title: str,
+    verdict: str,
+    net: network.Network,
+    traced: str,
+    journeys: list[tuple[str, list[Stage]]],
+    packets: list[tuple[str, bytes]],
+    transcript: str,
+) -> str:
+    """`usertunnel lab --html`: the topology, one packet's journey out and one's in (as `traced`'s --trace
+    told them), every packet captured on the wire drawn and listed, and what the lab printed."""
+    body = [f"<h1>{escape(title)}</h1>", f'<p class="verdict">{escape(verdict)}</p>']
+    body += ["<h2>The topology</h2>", f'<div class="picture">{network.drawing(net)}</div>']
+    body.append("<h2>A packet's journey through usertunnel</h2>")
+    body.append(
+        f"<p>The stages {escape(traced)}'s <code>--trace</code> reported for the first packet it sent into the "
+        "tunnel and the first it took out of it: each step, the code that takes it, and the values behind it.</p>"
+    )
+    shown = 0
+    for direction, last, what in (("tx", "sent ", "sent"), ("rx", "stripped ", "received")):
+        stages = _pick(journeys, direction, last)
+        if stages is not None:
+            label = f"{traced}: a packet {what} ({len(stages)} stages)"
+            body.append(f'<div class="picture">{journey.drawing(direction, stages, label)}</div>')
+            shown += 1
+    if not shown:
+        body.append("<p>No journey was traced.</p>")
+    body.append(f"<h2>The packets on the wire ({len(packets)})</h2>")
+    body.append(
+        "<p>Every tunnel packet the lab captured, in order, drawn as RFC diagrams draw headers; open one to "
+        "see it. Rest the pointer on a box for its meaning and RFC section; click it for its line.</p>"
+    )
+    explanations = [explain(wire) for _, wire in packets]
+    body += [
+        packet_section(e, heading, f"p{i}", opened=i < 2)
+        for i, ((heading, _), e) in enumerate(zip(packets, explanations, strict=True))
+    ]
+    body += ["<h2>What the lab printed</h2>", f"<pre>{escape(transcript)}</pre>"]
+    return document(title, body, count_fields(explanations))
