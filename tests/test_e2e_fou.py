@@ -173,3 +173,83 @@ def test_bulk_tcp_through_udp_segmentation_arrives_intact_and_nothing_is_dropped
     for stats in (stats_a, stats_b):
         assert not stats["tun0"]["drops"], stats  # seq_old would show datagrams out of order or twice
     assert stats_b["tun0"]["rx_bytes"] >= 16 * 1024 * 1024
+
+
+# --- the seed's NAT case: two CPEs behind one NAT reach the POP at the same time --------------------------------
+
+
+def _two_behind_one_nat(topo: object) -> tuple[object, list[object]]:
+    """The NAT of `topo` with a bridge on its inside and two hosts on it (topology.Topology has one per NAT)."""
+    from pyroute2 import NetNS
+
+    from usertunnel import netns
+    from usertunnel.topology import Host, Topology
+
+    assert isinstance(topo, Topology)
+    nat = topo.nat("n", "198.51.100.12")
+    gateway = str(nat.inside.network_address + 1)
+    with NetNS(nat.namespace) as ns:
+        ns.link("add", ifname="lanbr", kind="bridge")
+        bridge = ns.link_lookup(ifname="lanbr")[0]
+        ns.addr("add", index=bridge, address=gateway, prefixlen=nat.inside.prefixlen)
+        ns.link("set", index=bridge, state="up")
+    hosts = []
+    for n in (1, 2):
+        name = f"{topo.prefix}-c{n}"
+        netns.create(name, ipv6=False)
+        topo.namespaces.append(name)
+        address = str(nat.inside.network_address + 1 + n)
+        netns.veth(name, "lan", nat.namespace, f"lan{n}", address, None, nat.inside.prefixlen)
+        with NetNS(nat.namespace) as ns:
+            ns.link("set", index=ns.link_lookup(ifname=f"lan{n}")[0], master=bridge)
+        with NetNS(name) as ns:
+            ns.route("add", dst="0.0.0.0/0", gateway=gateway)
+        hosts.append(Host(name, address, nat))
+    return nat, hosts
+
+
+@pytest.mark.netns
+def test_two_cpes_behind_one_nat_reach_the_pop_at_once_and_each_other_through_it() -> None:
+    import json
+    import os
+
+    from conftest import require_netns
+
+    from usertunnel import netns
+    from usertunnel.netns import UpProcess
+    from usertunnel.topology import Topology
+
+    require_netns()
+    topo = Topology(f"utf{os.getpid() % 10000}")
+    procs: list[UpProcess] = []
+    try:
+        pop = topo.public_host("pop", "198.51.100.1")
+        netns.run(pop.namespace, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"], check=True)
+        _, cpes = _two_behind_one_nat(topo)
+        udp = ["--key", "1234", "--encap", "fou", "--encap-dport", "5555"]
+        procs.append(UpProcess(pop.namespace, ["--local", "198.51.100.1", "--remote", "any", "--address",
+                                               "203.0.113.1/24", *udp]))  # fmt: skip
+        procs[-1].wait_ready()
+        for n, cpe in enumerate(cpes, 1):
+            # Both CPEs send from the same port: only the NAT's port mapping tells them apart at the POP.
+            args = ["--local", cpe.address, "--remote", "198.51.100.1", "--address", f"203.0.113.2{n}/24",  # type: ignore[attr-defined]
+                    "--encap-sport", "6000", *udp]  # fmt: skip
+            procs.append(UpProcess(cpe.namespace, args))  # type: ignore[attr-defined]
+            procs[-1].wait_ready()
+
+        def ping(host: object, target: str) -> bool:
+            run = netns.run(host.namespace, ["ping", "-c", "2", "-i", "0.2", "-W", "2", target], timeout=30)  # type: ignore[attr-defined]
+            return run.returncode == 0
+
+        assert ping(cpes[0], "203.0.113.1") and ping(cpes[1], "203.0.113.1")
+        assert ping(cpes[0], "203.0.113.22") and ping(cpes[1], "203.0.113.21")  # spoke to spoke, through the POP
+        shown = netns.run(pop.namespace, [sys.executable, "-m", "usertunnel", "stats", "-j"], timeout=10, check=True)
+        (hub,) = json.loads(shown.stdout)
+        peers = hub["neighbors"]
+        assert {p["outer"] for p in peers} == {"198.51.100.12"}  # one public address...
+        assert len({p["port"] for p in peers}) == 2  # ...two UDP ports: two CPEs at once
+        assert sorted(h for p in peers for h in p["hosts"]) == ["203.0.113.21", "203.0.113.22"]
+    finally:
+        for proc in procs:
+            proc.kill()
+        topo.remove()

@@ -205,7 +205,7 @@ def test_property_any_payload_round_trips_and_its_udp_checksum_is_right(
     [
         (Mode.IP6GRE, {}, "carry gre, ipip and sit over IPv4"),
         (Mode.GRETAP, {}, "carry gre, ipip and sit over IPv4"),
-        (Mode.GRE, {"remote": None}, "need a fixed --remote"),
+        (Mode.SIT, {"remote": None}, "need a fixed --remote, or a hub"),
     ],
 )
 def test_what_this_version_cannot_carry_in_udp_is_refused(mode: Mode, options: dict[str, object], message: str) -> None:
@@ -252,3 +252,27 @@ def test_the_configuration_file_takes_the_same_encapsulation() -> None:
     ]:
         with pytest.raises(ConfigFileError, match=message):
             parse_config(head + bad)
+
+
+def test_a_hub_tells_two_spokes_behind_one_nat_apart_by_port_and_answers_each_at_its_own() -> None:
+    from usertunnel.core.neighbors import HubParams
+
+    hub = Tunnel(TunnelParams(name="hub", mode=Mode.GRE, local=_packed(A), remote=None, ikey=5, okey=5,
+                              hub=HubParams((), ()), encap=fou.Encap(FOU, dport=5555)))  # fmt: skip
+    demux = Demux()
+    demux.add(hub)
+    nat = _packed("198.51.100.12")
+    spoke = tunnel(local="198.51.100.12", remote=A, ikey=5, okey=5, encap=fou.Encap(FOU, dport=5555, sport=6000))
+    for port, host in ((40001, "203.0.113.21"), (40002, "203.0.113.22")):
+        inner = bytes(IP(src=host, dst="203.0.113.1") / UDP(sport=1, dport=2) / b"x")
+        packet = spoke.encapsulate(inner)
+        assert isinstance(packet, bytes)
+        got = demux.decapsulate_udp(FOU, 47, nat, _packed(A), 0, packet[28:], 1.0, port)
+        assert isinstance(got, Received), got
+    assert hub.hub is not None and {(p.outer, p.port) for p in hub.hub.peers.values()} == {(nat, 40001), (nat, 40002)}
+    for port, host in ((40001, "203.0.113.21"), (40002, "203.0.113.22")):
+        answer = hub.encapsulate(bytes(IP(src="203.0.113.1", dst=host) / UDP(sport=2, dport=1) / b"y"), 1.5)
+        assert isinstance(answer, bytes)
+        outer = IP(answer)
+        assert outer.dst == "198.51.100.12" and outer[UDP].dport == port
+        assert outer[UDP].sport == 5555  # from the port it receives on: what the NAT mapped the spoke's packets to

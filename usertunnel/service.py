@@ -194,7 +194,9 @@ def _open_udp(options: UpOptions, params: TunnelParams) -> dict[int, socket.sock
     try:
         kw = {"csum": encap.csum, "pmtudisc": params.pmtudisc, "device": options.device}
         opened[encap.dport] = udp.open_udp(encap.dport, params.local, **kw)  # type: ignore[arg-type]
-        wanted = [encap.sport] if encap.sport is not None else [0] * udp.AUTO_PORTS
+        # auto: a few ports the kernel picks; a hub answers every spoke from the port it receives on.
+        auto = [] if params.hub is not None else [0] * udp.AUTO_PORTS
+        wanted = [encap.sport] if encap.sport is not None else auto
         for port in wanted:
             if port not in opened:
                 sock = udp.open_udp(port, params.local, **kw)  # type: ignore[arg-type]
@@ -290,10 +292,13 @@ def _open_encap(options: UpOptions, params: TunnelParams, underlay: int, mtu: in
         raise
     tunnel = Tunnel(params, ident=random.getrandbits(16))
     tunnel.link_mtu = underlay
-    senders = {encap.sport: sockets[encap.sport]} if encap.sport is not None else {
-        port: sock for port, sock in sockets.items() if port != encap.dport
-    }  # fmt: skip
-    tunnel.source_ports = tuple(senders) if encap.sport is None else ()
+    if encap.sport is not None:
+        senders = {encap.sport: sockets[encap.sport]}
+    elif params.hub is not None:
+        senders = {encap.dport: sockets[encap.dport]}
+    else:
+        senders = {port: sock for port, sock in sockets.items() if port != encap.dport}
+    tunnel.source_ports = tuple(senders) if encap.sport is None and params.hub is None else ()
     return Prepared(tunnel, tun, sockets[encap.dport], mtu, None, options.device, options.user,
                     forwarding=forwarding(), batch=options.batch, claims=claims, udp=sockets,
                     udp_senders=senders)  # fmt: skip

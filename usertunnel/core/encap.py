@@ -154,7 +154,9 @@ class Tunnel:
         self._outer_sum = self._outer_sum_base + ones_complement_sum(self._dst)
         # Point-to-multipoint (`--remote any`): the outer destination, key and sequence number
         # come from the neighbor table, per packet (core.neighbors).
-        self.hub = NeighborTable(params.hub, params.okey, new_window=self.new_window) if params.hub else None
+        # FOU / GUE: a hub tells spokes behind one NAT apart by their UDP port, and answers each at it.
+        port = params.encap.dport if params.encap is not None else 0
+        self.hub = NeighborTable(params.hub, params.okey, new_window=self.new_window, port=port) if params.hub else None
         self._gre_by_key: dict[int | None, dict[int, bytes]] = {params.okey: self._gre_fixed}
         # sit --remote any: the IPv4 destination comes from each packet's IPv6 destination
         # (6to4, 6rd; ISATAP: the address itself, or the default router of the PRL).
@@ -331,7 +333,8 @@ class Tunnel:
             tunnel_hdr = b""
 
         if p.encap is not None:
-            tunnel_hdr = self._udp(p.encap, inner, tunnel_hdr, dst)
+            port = sender.port if isinstance(sender, Peer) else p.encap.dport
+            tunnel_hdr = self._udp(p.encap, inner, tunnel_hdr, dst, port)
         tos = ecn.encapsulate(inner_tos if p.tos is None else p.tos, inner_tos)
         ttl = inner_ttl if p.ttl is None else p.ttl
         if p.mode.value.outer == 6:
@@ -347,16 +350,22 @@ class Tunnel:
         c.tx_bytes += n
         return outer + tunnel_hdr
 
-    def _udp(self, encap: fou.Encap, inner: bytes | bytearray | memoryview, tunnel_hdr: bytes, dst: bytes) -> bytes:
+    def _udp(
+        self, encap: fou.Encap, inner: bytes | bytearray | memoryview, tunnel_hdr: bytes, dst: bytes, dport: int
+    ) -> bytes:
         """FOU or GUE: the UDP header (and GUE's) in front of what the mode puts after the outer IP header.
 
         The source port is the fixed one, else one of the ports the I/O shell sends from (`source_ports`),
-        picked by the inner flow; with no shell (tests, explain), the port the flow hashes to.
+        picked by the inner flow; with no shell (tests, explain), the port the flow hashes to. A hub sends
+        from the port it receives on (what a spoke's NAT expects an answer from), to the port it saw the
+        spoke's packets come from (`dport`).
         """
         if encap.kind is fou.EncapKind.GUE:
             tunnel_hdr = fou.gue_header(self.params.mode.value.ip_protocol) + tunnel_hdr
         if encap.sport is not None:
             sport = encap.sport
+        elif self.hub is not None:
+            sport = encap.dport
         elif self.source_ports:
             sport = self.source_ports[fou.flow_hash(inner) % len(self.source_ports)]
         else:
@@ -366,9 +375,9 @@ class Tunnel:
         if encap.csum:
             # RFC 768: over the pseudo-header (addresses, protocol, UDP length), the UDP header and the data.
             total = ones_complement_sum(self._src) + ones_complement_sum(dst) + 17 + length
-            total += sport + encap.dport + length + ones_complement_sum(tunnel_hdr) + inner_sum(inner)
+            total += sport + dport + length + ones_complement_sum(tunnel_hdr) + inner_sum(inner)
             csum = ~fold(total) & 0xFFFF or 0xFFFF  # a computed 0 is sent as all ones (RFC 768)
-        return _UDP.pack(sport, encap.dport, length, csum) + tunnel_hdr
+        return _UDP.pack(sport, dport, length, csum) + tunnel_hdr
 
     def update_path_mtu(self, mtu: int, now: float) -> bool:
         """An ICMP "fragmentation needed" said the path to the remote carries `mtu` bytes (RFC 1191).
@@ -624,10 +633,12 @@ class Demux:
         tos: int,
         payload: bytes | bytearray | memoryview,
         now: float = 0.0,
+        sport: int = 0,
     ) -> Result:
-        """A datagram read from a FOU or GUE socket: the kernel has checked the outer IP and UDP headers
-        (and the UDP checksum) and hands us the UDP payload, with the outer addresses and TOS as ancillary
-        data. FOU: `protocol` is the port's (`ip fou add port N ipproto P`); GUE: its header says.
+        """A datagram read from a FOU or GUE socket (from UDP port `sport`, which a hub learns with the
+        address): the kernel has checked the outer IP and UDP headers (and the UDP checksum) and hands us
+        the UDP payload, with the outer addresses and TOS as ancillary data. FOU: `protocol` is the
+        port's (`ip fou add port N ipproto P`); GUE: its header says.
         What follows is decided as for the same protocol straight over IP (the kernel, too, hands the
         payload to its gre, ipip or sit receive path)."""
         view = memoryview(payload)
@@ -637,7 +648,7 @@ class Demux:
                 return self.unmatched.drop(found)
             protocol, start = found
             view = view[start:]
-        return self._decapsulate(protocol, src, dst, tos, view, now)
+        return self._decapsulate(protocol, src, dst, tos, view, now, sport)
 
     def _frame(self, tunnel: Tunnel, rule: Rule, frame: bytes | bytearray | memoryview, outer_tos: int) -> Result:
         """gretap: an Ethernet frame for the TAP device. An outer CE reaches an IP packet inside it
@@ -658,7 +669,7 @@ class Demux:
         return Received(tunnel, rule, out)
 
     def _decapsulate(
-        self, table_id: int, src: bytes, dst: bytes, outer_tos: int, payload: memoryview, now: float
+        self, table_id: int, src: bytes, dst: bytes, outer_tos: int, payload: memoryview, now: float, port: int = 0
     ) -> Result:
         """Everything after the outer IP header: GRE, lookup, receive rules, the inner packet."""
         unmatched = self.unmatched
@@ -712,7 +723,7 @@ class Demux:
         window = tunnel.iseq_window
         if hub is not None:
             # Every spoke (outer source, key) has its own sequence stream and learned hosts.
-            peer = hub.peer(src, key, now)
+            peer = hub.peer(src, key, now, port)
             if peer is None:
                 return counters.drop(Drop.HUB_FULL)
             window = peer.window

@@ -148,6 +148,7 @@ class Peer:
         "hosts",
         "gre_fixed",
         "outer_sum",
+        "port",
     )
 
     def __init__(
@@ -158,8 +159,10 @@ class Peer:
         now: float,
         static: bool = False,
         window: SequenceState | None = None,
+        port: int = 0,
     ) -> None:
         self.outer = outer
+        self.port = port  # FOU / GUE: the UDP port it sends from, after any NAT (0: straight over IP)
         self.key = key  # the key it sends (our ikey for it)
         self.okey = okey  # the key we send to it
         self.static = static
@@ -173,6 +176,7 @@ class Peer:
     def as_dict(self, now: float) -> dict[str, object]:
         return {
             "outer": ipaddress.IPv4Address(self.outer).compressed,
+            **({"port": self.port} if self.port else {}),
             "key": self.key,
             "static": self.static,
             "idle": None if self.static else round(now - self.last_seen, 1),
@@ -226,22 +230,25 @@ class NeighborTable:
         okey: int | None,
         now: float = 0.0,
         new_window: Callable[[], SequenceState] = KernelSequence,
+        port: int = 0,
     ) -> None:
         self.params = hub
+        self.port = port  # FOU / GUE: where static neighbors receive (the tunnel's encap-dport); 0: raw IP
         self.new_window = new_window  # each peer's receive sequence state, under the tunnel's policy
         self.okey = okey  # what we send to a spoke that uses the shared key
         self.counters = NeighborCounters()
-        self.peers: dict[tuple[bytes, int | None], Peer] = {}
+        # By outer address, UDP port (FOU / GUE: two spokes behind one NAT differ by it; else 0) and key.
+        self.peers: dict[tuple[bytes, int, int | None], Peer] = {}
         self.hosts: dict[bytes, Peer] = {}  # learned and static host entries, by inner address
         self._routes = {4: _PrefixRoutes(32), 6: _PrefixRoutes(128)}
         self._spoke_prefixes: dict[int, tuple[Network, ...]] = {s.key: s.prefixes for s in hub.spokes}
         self._spoke_peer: dict[int, Peer] = {}  # where each spoke key was last seen from
         self._static_hosts: set[bytes] = set()
         for n in hub.neighbors:
-            peer = self.peers.get((n.outer, okey))
+            peer = self.peers.get((n.outer, port, okey))
             if peer is None:
-                peer = Peer(n.outer, okey, okey, now, static=True, window=new_window())
-                self.peers[(n.outer, okey)] = peer
+                peer = Peer(n.outer, okey, okey, now, static=True, window=new_window(), port=port)
+                self.peers[(n.outer, port, okey)] = peer
             if n.prefix.prefixlen == n.prefix.max_prefixlen:
                 host = n.prefix.network_address.packed
                 self.hosts[host] = peer
@@ -255,9 +262,10 @@ class NeighborTable:
 
     # Receive side -----------------------------------------------------------------------------
 
-    def peer(self, outer: bytes, key: int | None, now: float) -> Peer | None:
-        """The peer a packet from `outer` with `key` comes from, created on first sight (None: table full)."""
-        peer = self.peers.get((outer, key))
+    def peer(self, outer: bytes, key: int | None, now: float, port: int = 0) -> Peer | None:
+        """The peer a packet from `outer` (and UDP `port`) with `key` comes from, created on first sight
+        (None: table full)."""
+        peer = self.peers.get((outer, port, key))
         if peer is None:
             if len(self.peers) >= self.params.max_peers:
                 self.expire(now)
@@ -265,7 +273,8 @@ class NeighborTable:
                     self.counters.table_full += 1
                     return None
             okey = key if key in self._spoke_prefixes else self.okey
-            peer = self.peers[(outer, key)] = Peer(outer, key, okey, now, window=self.new_window())
+            peer = Peer(outer, key, okey, now, window=self.new_window(), port=port)
+            self.peers[(outer, port, key)] = peer
         return peer
 
     def source_allowed(self, key: int | None, inner_source: bytes) -> bool:
@@ -328,7 +337,7 @@ class NeighborTable:
         return len(stale)
 
     def _forget(self, peer: Peer) -> None:
-        if self.peers.pop((peer.outer, peer.key), None) is None:
+        if self.peers.pop((peer.outer, peer.port, peer.key), None) is None:
             return
         for host in peer.hosts:
             if self.hosts.get(host) is peer:
@@ -340,7 +349,7 @@ class NeighborTable:
 
     def as_list(self, now: float) -> list[dict[str, object]]:
         """The table for `show`: one entry per peer, static first, then by outer address."""
-        peers = sorted(self.peers.values(), key=lambda p: (not p.static, p.outer, p.key or 0))
+        peers = sorted(self.peers.values(), key=lambda p: (not p.static, p.outer, p.port, p.key or 0))
         listed = []
         for peer in peers:
             entry = peer.as_dict(now)

@@ -175,14 +175,14 @@ class TunnelParams:
             self._check_encap()
 
     def _check_encap(self) -> None:
-        """FOU and GUE as this version carries them: a fixed remote over IPv4, gre, ipip or sit."""
+        """FOU and GUE as this version carries them: gre, ipip or sit over IPv4, to a fixed remote or as a hub."""
         mode = self.mode.value
         if mode.outer != 4 or mode.ethernet or mode.isatap:
             raise ConfigError(
                 f"mode {mode.name}: FOU and GUE (--encap) carry gre, ipip and sit over IPv4 in this version"
             )
-        if self.remote is None:
-            raise ConfigError("FOU and GUE (--encap) need a fixed --remote in this version (no hub, 6to4 or 6rd)")
+        if self.remote is None and self.hub is None:
+            raise ConfigError("FOU and GUE (--encap) need a fixed --remote, or a hub (gre, ipip): no 6to4 or 6rd")
         if self.keepalive is not None:
             raise ConfigError("keepalives over FOU and GUE (--encap) are not there yet: use plain GRE for them")
 

@@ -384,7 +384,7 @@ class Dataplane:
         readinto = iface.readinto
         skip = VNET_HDR_LEN if iface.tun.vnet_hdr else 0
         run: list[bytes | memoryview] = []  # header, inner, header, inner, ...
-        run_key: tuple[int, int, int] | None = None
+        run_key: tuple[bytes, int, int] | None = None
         run_size = run_bytes = 0
         run_open = False  # the run may take more (its last datagram is not shorter than the first)
         for i in range(BATCH):
@@ -406,7 +406,7 @@ class Dataplane:
                 continue
             payload = header[_UDP_START:]
             size = len(payload) + len(inner)
-            key = ((header[20] << 8) | header[21], header[1], header[8])
+            key = (header[16:24], header[1], header[8])  # destination, ports, TOS, TTL
             if run and (not run_open or key != run_key or size > run_size or run_bytes + size > _GSO_BYTES
                         or len(run) >= 2 * _GSO_SEGMENTS):  # fmt: skip
                 self._send_run(iface, run, run_key, run_size)
@@ -421,13 +421,16 @@ class Dataplane:
             self._send_run(iface, run, run_key, run_size)
 
     def _send_run(
-        self, iface: Interface, run: list[bytes | memoryview], key: tuple[int, int, int] | None, size: int
+        self, iface: Interface, run: list[bytes | memoryview], key: tuple[bytes, int, int] | None, size: int
     ) -> None:
         """One sendmsg for a run of datagrams (`_tun_batch_udp`): with UDP_SEGMENT when there are several."""
         assert key is not None
-        sport, tos, ttl = key
+        where, tos, ttl = key  # outer destination, UDP source and destination ports (header bytes 16..24)
         count = len(run) // 2
-        sock = iface.udp.get(sport)
+        sock = iface.udp.get((where[4] << 8) | where[5])
+        destination = iface.udp_destination
+        if iface.tunnel.dynamic_destination:
+            destination = (socket.inet_ntoa(where[:4]), (where[6] << 8) | where[7])
         ancillary = outer_ancillary(tos, ttl)
         if count > 1:
             ancillary.append((socket.SOL_UDP, UDP_SEGMENT, size.to_bytes(2, sys.byteorder)))
@@ -436,7 +439,7 @@ class Dataplane:
             error = Drop.SEND_ERROR
         else:
             try:
-                sock.sendmsg(run, ancillary, 0, iface.udp_destination)
+                sock.sendmsg(run, ancillary, 0, destination)
             except OSError as exc:
                 error = _SEND_ERRORS.get(exc.errno or 0, Drop.SEND_ERROR)
         if error is not None:
@@ -451,8 +454,11 @@ class Dataplane:
         if sock is None:  # a port the shell did not bind: cannot happen while source_ports is kept
             iface.tunnel.counters.tx_failed(len(inner), Drop.SEND_ERROR)
             return Drop.SEND_ERROR
+        destination = iface.udp_destination
+        if iface.tunnel.dynamic_destination:  # a hub: the spoke's address and port, as the core chose them
+            destination = (socket.inet_ntoa(header[16:20]), (header[22] << 8) | header[23])
         try:
-            sock.sendmsg((header[_UDP_START:], inner), outer_ancillary(header[1], header[8]), 0, iface.udp_destination)
+            sock.sendmsg((header[_UDP_START:], inner), outer_ancillary(header[1], header[8]), 0, destination)
         except OSError as exc:
             error = _SEND_ERRORS.get(exc.errno or 0, Drop.SEND_ERROR)
             iface.tunnel.counters.tx_failed(len(inner), error)
@@ -481,7 +487,7 @@ class Dataplane:
             # UDP_GRO: the kernel joined datagrams of one flow, each `segment` bytes (the last may be shorter).
             for start in range(0, n, segment or n or 1):
                 datagram = view[start : start + segment] if segment else view
-                received = demux.decapsulate_udp(kind, protocol, src, dst, tos, datagram, now)
+                received = demux.decapsulate_udp(kind, protocol, src, dst, tos, datagram, now, address[1])
                 if isinstance(received, Received):
                     iface = self.interfaces.get(received.tunnel)
                     if iface is not None:
