@@ -276,3 +276,29 @@ def test_a_hub_tells_two_spokes_behind_one_nat_apart_by_port_and_answers_each_at
         outer = IP(answer)
         assert outer.dst == "198.51.100.12" and outer[UDP].dport == port
         assert outer[UDP].sport == 5555  # from the port it receives on: what the NAT mapped the spoke's packets to
+
+
+@pytest.mark.parametrize("kind", [FOU, GUE])
+@pytest.mark.parametrize("csum", [False, True])
+@pytest.mark.parametrize("sport", [None, 4242])
+@pytest.mark.parametrize(
+    ("mode", "options"),
+    [(Mode.GRE, {}), (Mode.GRE, {"ikey": 9, "okey": 9, "oseq": True, "ocsum": True}),
+     (Mode.GRE, {"okey": 1, "oseq": True}), (Mode.IPIP, {}), (Mode.SIT, {})],
+)  # fmt: skip
+def test_the_transmit_plan_of_a_udp_tunnel_is_the_specification_byte_for_byte(
+    kind: fou.EncapKind, csum: bool, sport: int | None, mode: Mode, options: dict[str, object]
+) -> None:
+    encap = fou.Encap(kind, dport=6080, sport=sport, csum=csum)
+    planned, spec = tunnel(mode, encap, **options), tunnel(mode, encap, **options)
+    assert planned.tx_plan is not None
+    for t in (planned, spec):
+        t.source_ports = (41000, 41001, 41002)
+    make = inner6 if mode is Mode.SIT else inner4
+    packets = [make()] if mode is Mode.SIT else [inner4(bytes([n]) * n, sport=1000 + n) for n in range(0, 200, 37)]
+    packets.append(bytes(IP(src="203.0.113.1", dst="203.0.113.2") / TCP(sport=5, dport=6) / (b"z" * 1000)))
+    for inner in packets if mode is not Mode.SIT else [make(), make()]:
+        got = planned.tx_plan(inner)
+        assert got is not None, "an ordinary packet takes the plan"
+        assert got == spec.encapsulate_header(inner)
+    assert planned.counters.as_dict() == spec.counters.as_dict() and planned.ident == spec.ident

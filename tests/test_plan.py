@@ -22,6 +22,7 @@ from usertunnel.core import plan
 from usertunnel.core.checksum import internet_checksum
 from usertunnel.core.drops import Drop
 from usertunnel.core.encap import Demux, Received, Result, Tunnel
+from usertunnel.core.fou import Encap, EncapKind
 from usertunnel.core.params import Mode, TunnelParams
 from usertunnel.core.sequence import SeqPolicy
 
@@ -130,6 +131,10 @@ def tunnel_params(
     options["pmtudisc"] = pmtudisc
     options["ttl"] = draw(st.one_of(st.none(), st.integers(1, 255))) if pmtudisc else None
     options["reflect_keepalives"] = draw(st.booleans())
+    if mode.value.outer == 4 and remote is not None and draw(st.integers(0, 2)) == 0:  # FOU / GUE, a third
+        kind = draw(st.sampled_from(list(EncapKind)))
+        sport = draw(st.one_of(st.none(), st.integers(1, 65535)))
+        options["encap"] = Encap(kind, dport=draw(st.integers(1, 65535)), sport=sport, csum=draw(st.booleans()))
     return TunnelParams("t0", mode, local, remote, **options)
 
 
@@ -178,6 +183,8 @@ def test_tx_plan_then_specification_equals_the_specification(
     assert planned.tx_plan is not None
     for tunnel in (planned, spec):
         tunnel.link_mtu = link_mtu
+        if ident % 2:  # FOU / GUE with auto source ports: the shell's sockets, or (even) none
+            tunnel.source_ports = (40000 + ident % 7, 50001)
         if path_mtu is not None:
             tunnel.update_path_mtu(path_mtu, 0.0)
     for inner in packets:

@@ -54,7 +54,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import ecn, gre, ipv4, ipv6
+from . import ecn, fou, gre, ipv4, ipv6
 from .checksum import checksum_is_valid
 from .sequence import HALF, SeqPolicy
 
@@ -98,7 +98,7 @@ def _struct(fmt: str) -> struct.Struct:
 def tx_eligible(tunnel: Tunnel) -> bool:
     """Whether `tunnel` gets a transmit plan (see the module docstring)."""
     p = tunnel.params
-    return not p.mode.value.ethernet and p.remote is not None and tunnel.hub is None and p.encap is None
+    return not p.mode.value.ethernet and p.remote is not None and tunnel.hub is None
 
 
 def rx_eligible(tunnel: Tunnel) -> bool:
@@ -127,7 +127,9 @@ def compile_tx(tunnel: Tunnel) -> Plan | None:
     outer6 = p.mode.value.outer == 6
     fixed_label = p.flowlabel is not None and p.flowlabel & ipv6.FLOW_LABEL_MASK != 0
     shape = (keyed, p.oseq, p.ocsum, p.ttl is not None, p.pmtudisc, p.encaplimit is not None, fixed_label)
-    lines, fmt = _tx_source(p.mode, *shape)
+    encap = p.encap
+    udp = (encap.kind.value, encap.sport is not None, encap.csum) if encap is not None else None
+    lines, fmt = _tx_source(p.mode, *shape, udp)
     env: dict[str, object] = {
         "T": tunnel,
         "SRC": p.local or bytes(16 if outer6 else 4),
@@ -148,20 +150,49 @@ def compile_tx(tunnel: Tunnel) -> Plan | None:
         "inner_sum": _encap().inner_sum,
         "HEADER": _struct(fmt),
     }
+    if encap is not None:
+        src = p.local or bytes(4)
+        gue = p.mode.value.ip_protocol if encap.kind is fou.EncapKind.GUE else 0
+        gre_words = gre.flags_for(p.ocsum, keyed, p.oseq) + _words(p.okey) if p.mode.value.is_gre else 0
+        env.update(
+            SPORT=encap.sport or 0,
+            DPORT=encap.dport,
+            flow_hash=fou.flow_hash,
+            flow_source_port=fou.flow_source_port,
+            # The UDP checksum's words that never change: pseudo-header addresses and protocol, the
+            # destination port, GUE's protocol word, and (without a GRE checksum) GRE's flags and key.
+            UDP_SUM=_words(int.from_bytes(src, "big"))
+            + _words(int.from_bytes(p.remote, "big"))
+            + 17
+            + encap.dport
+            + gue
+            + (0 if p.ocsum else gre_words),
+        )
     return _compile(lines, env, "<plan tx>")
 
 
 @functools.lru_cache(maxsize=256)
 def _tx_source(
-    mode: Mode, keyed: bool, oseq: bool, ocsum: bool, fixed_ttl: bool, pmtudisc: bool, limit: bool, fixed_label: bool
+    mode: Mode,
+    keyed: bool,
+    oseq: bool,
+    ocsum: bool,
+    fixed_ttl: bool,
+    pmtudisc: bool,
+    limit: bool,
+    fixed_label: bool,
+    udp: tuple[str, bool, bool] | None = None,
 ) -> tuple[tuple[str, ...], str]:
     """The transmit plan's source for one shape of options (the values are the caller's), and its header's
-    struct format. Written once per shape: tunnels configured alike share it, and its compiled code."""
+    struct format. Written once per shape: tunnels configured alike share it, and its compiled code.
+    `udp`: FOU or GUE over IPv4 (kind, a fixed source port, the UDP checksum), core.fou."""
     spec = mode.value
     outer6 = spec.outer == 6
     families = sorted(spec.families)
     flags = gre.flags_for(ocsum, keyed, oseq)
     gre_len = gre.header_length(flags) if spec.is_gre else 0
+    udp_len = 0 if udp is None else fou.UDP_HEADER_LEN + (fou.GUE_HEADER_LEN if udp[0] == "gue" else 0)
+    gre_len += udp_len  # what follows the outer IP header, UDP and GUE included
     if outer6:
         # ip6_tnl_xmit: version, traffic class and flow label; payload length; next header (the destination
         # options header with the encapsulation limit, or the protocol); hop limit; the addresses.
@@ -174,7 +205,8 @@ def _tx_source(
             fields.append("OPTION")
             fmt += f"{ipv6.ENCAP_LIMIT_OPTION_LEN}s"
     else:
-        fields = ["0x45", "tos", "total", "ident", "frag", "ttl", str(spec.ip_protocol), "csum", "SRC", "DST"]
+        protocol = 17 if udp is not None else spec.ip_protocol
+        fields = ["0x45", "tos", "total", "ident", "frag", "ttl", str(protocol), "csum", "SRC", "DST"]
         fmt = "!BBHHHBBH4s4s"
         hlen = ipv4.MIN_HEADER_LEN + gre_len
     lines = [
@@ -214,6 +246,21 @@ def _tx_source(
         lines.append("    label = LABEL" if fixed_label else "    label = outer_flow_label(FLOWLABEL, inner)")
     else:
         lines += ["    ident = T.ident", "    T.ident = (ident + 1) & 0xFFFF"]
+    if udp is not None:
+        kind, fixed_sport, udp_csum = udp
+        if fixed_sport:
+            lines.append("    sport = SPORT")
+        else:  # one of the shell's sockets by the inner flow, else the port the flow hashes to (core.fou)
+            lines += [
+                "    ports = T.source_ports",
+                "    sport = ports[flow_hash(inner) % len(ports)] if ports else flow_source_port(inner)",
+            ]
+        lines.append(f"    ulen = {gre_len} + n")  # UDP, GUE, GRE and the inner packet
+        fmt += "HHHH"
+        fields += ["sport", "DPORT", "ulen", "ucsum"]
+        if kind == "gue":
+            fmt += "HH"
+            fields += [str(spec.ip_protocol), "0"]  # version 0, C 0, hlen 0, proto/ctype; flags 0
     if spec.is_gre:
         fmt += "HH"
         fields += [f"{flags:#06x}", "proto"]
@@ -233,6 +280,19 @@ def _tx_source(
         if oseq:
             fmt += "I"
             fields.append("seq")
+    if udp is not None:
+        if udp[2]:
+            # RFC 768 over the pseudo-header, the UDP header and everything after it. A GRE checksum makes the
+            # GRE header and the inner packet sum to all ones, which adds nothing.
+            rest = ""
+            if not (spec.is_gre and ocsum):
+                seq_words = " + (seq >> 16) + (seq & 0xFFFF)" if spec.is_gre and oseq else ""
+                rest = (" + proto" if spec.is_gre else "") + seq_words + " + inner_sum(inner)"
+            lines.append(f"    u = UDP_SUM + ulen + ulen + sport{rest}")
+            lines += _fold_lines("u", "    ")
+            lines.append("    ucsum = (~u & 0xFFFF) or 0xFFFF")  # a computed 0 is sent as all ones
+        else:
+            lines.append("    ucsum = 0")
     if not outer6:
         lines.append(f"    total = {hlen} + n")
         # The outer IPv4 header's checksum: the words that never change for this tunnel are summed once.

@@ -377,6 +377,7 @@ class Dataplane:
         that share a source port, TOS and TTL and have the size of the run's first (the last may be shorter)
         in one sendmsg with UDP_SEGMENT: one trip through the kernel's UDP and IP layers per run."""
         tunnel = iface.tunnel
+        plan = tunnel.tx_plan
         slots = self._tx_slots
         if slots is None:
             slots = self._tx_slots = Slots(BATCH, RECV_BUFFER)
@@ -399,7 +400,8 @@ class Dataplane:
             inner = _tun_packet(slot, n, skip)
             if inner is None:
                 continue
-            header = tunnel.encapsulate_header(inner, now)
+            planned = plan(inner) if plan is not None else None  # core.plan, else the specification
+            header = planned if planned is not None else tunnel.encapsulate_header(inner, now)
             if isinstance(header, Drop):
                 if header is Drop.FRAG_NEEDED:
                     self._too_big(iface, inner)
