@@ -15,16 +15,24 @@ it produced, so no output in the tutorial is typed by hand:
   <!-- start B -->           start host B's tunnel again, as it was
   <!-- wait: SECONDS -->     let time pass (keepalive timers), shown as a comment
   <!-- stop -->              stop both tunnels and remove the hosts
+  <!-- picture: FILE: FROM --> draw a picture into pictures/FILE (next to the output) and show it, from
+                             `usertunnel ... --svg ...` (a command that prints SVG, shown too), from
+                             `topology of PATH` (the topology a `lab --html PATH` run drew), or from
+                             `journey out` / `journey in` (explain's example packet sent by host A and
+                             received by host B, drawn from the lines --trace writes for it)
 
 A CMD may end in `| grep REGEX` or `| head N` (applied in Python, in order), and
 may use {tmp} and {echo_index} (the index in host A's pcap of the first echo
 request that crossed the underlay). Run as root: `python3 scripts/tutorial.py`
-(`--output FILE` writes elsewhere; tests/test_tutorial.py rebuilds it and compares).
+(`--output FILE` writes elsewhere, its pictures in a pictures/ folder beside it;
+tests/test_tutorial.py rebuilds it and compares). Every picture is drawn from
+what does not change from run to run, so that rebuilding gives the same files.
 """
 
 from __future__ import annotations
 
 import argparse
+import html
 import re
 import shlex
 import subprocess
@@ -33,17 +41,58 @@ import tempfile
 import time
 from pathlib import Path
 
-from usertunnel import netns
+from usertunnel import explain, netns, trace
+from usertunnel.core.encap import Demux, Tunnel
+from usertunnel.core.params import Mode, TunnelParams
+from usertunnel.picture import journey
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE, TARGET = ROOT / "docs" / "tutorial.src.md", ROOT / "docs" / "tutorial.md"
 NS_A, NS_B = "ut-tut-a", "ut-tut-b"
-DIRECTIVE = re.compile(r"<!-- (tunnels|daemons|ping|run|run on A|run on B|stop B|start B|stop|wait)(?::\s*(.*?))? -->")
+PICTURES = "pictures"  # the folder beside the tutorial that holds its pictures
+DIRECTIVE = re.compile(
+    r"<!-- (tunnels|daemons|ping|run|run on A|run on B|stop B|start B|stop|wait|picture)(?::\s*(.*?))? -->"
+)
+
+
+def example_journeys() -> dict[str, str]:
+    """The journey of `usertunnel explain --help`'s example packet (what usertunnel sends with --key 1234
+    --seq --csum): out of host A and into host B, drawn from the lines --trace writes for it. The core
+    builds the packet the same way every time, so the pictures are the same every time."""
+    ends = []
+    for local, remote in ((b"\xc6\x33\x64\x01", b"\xc6\x33\x64\x02"), (b"\xc6\x33\x64\x02", b"\xc6\x33\x64\x01")):
+        flags = {"ikey": 1234, "okey": 1234, "iseq": True, "oseq": True, "icsum": True, "ocsum": True}
+        ends.append(Tunnel(TunnelParams(name="tun0", mode=Mode.GRE, local=local, remote=remote, **flags)))
+    inner = bytes.fromhex("".join(explain.EXAMPLE_HEX))[36:]
+    header = ends[0].encapsulate_header(inner)
+    wire = ends[0].encapsulate(inner)
+    assert isinstance(header, bytes) and isinstance(wire, bytes)
+    demux = Demux()
+    demux.add(ends[1])
+    lines = trace.describe_tx(ends[0], inner, header)
+    lines += trace.describe_rx(wire, trace.rx_context(demux, wire), demux.decapsulate(wire))
+    (_, out), (_, back) = trace.journeys(lines)
+    return {
+        "journey out": journey.drawing("tx", out, "host A sends explain's example packet (--trace's stages)"),
+        "journey in": journey.drawing("rx", back, "host B receives it (--trace's stages)"),
+    }
+
+
+def _standalone(svg: str) -> str:
+    """An inline <svg> element as an SVG file."""
+    head = '<?xml version="1.0" encoding="UTF-8"?>\n'
+    return svg if svg.startswith("<?xml") else head + svg.strip() + "\n"
+
+
+def _title(svg: str) -> str:
+    found = re.search(r'aria-label="([^"]*)"', svg) or re.search(r"<title>([^<]*)</title>", svg)
+    return html.unescape(found.group(1)) if found else "picture"
 
 
 class Session:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, pictures: Path) -> None:
         self.tmp = tmp
+        self.pictures = pictures
         self.ends: list[netns.UpProcess] = []
         self.b_args: list[str] = []
 
@@ -91,7 +140,7 @@ class Session:
             done = subprocess.run(argv, capture_output=True, timeout=120)
         else:
             done = netns.run(namespace, argv, timeout=120)
-        out = (done.stdout + done.stderr).decode(errors="replace")
+        out = (done.stdout + done.stderr).decode(errors="replace").replace(str(self.tmp), "/tmp")
         for kind, value in filters:
             lines = out.splitlines()
             lines = [line for line in lines if re.search(value, line)] if kind == "grep" else lines[: int(value)]
@@ -109,6 +158,29 @@ class Session:
             if meta.ifname == b"underlay" and len(data) > 40 and data[9] == 47 and b"\x08\x00" in data[20:40]:
                 return index
         return 0
+
+    def picture(self, arg: str) -> str:
+        """Draw pictures/FILE from FROM (see the module's docstring) and show it as a Markdown image."""
+        name, _, source = arg.partition(": ")
+        source = source.strip().format(tmp=self.tmp)
+        shown = ""
+        if source.startswith("usertunnel "):
+            argv = [sys.executable, "-m", "usertunnel", *shlex.split(source)[1:]]
+            svg = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=True).stdout
+            shown = f"```\n$ {source} > {PICTURES}/{name}\n```\n\n"
+        elif source.startswith("topology of "):
+            page = Path(source.removeprefix("topology of ")).read_text()
+            found = re.search(r'<svg [^>]*class="topology".*?</svg>', page, re.S)
+            if found is None:
+                raise SystemExit(f"tutorial: no topology in {source!r}")
+            svg = found.group(0)
+        elif source in ("journey out", "journey in"):
+            svg = example_journeys()[source]
+        else:
+            raise SystemExit(f"tutorial: unknown picture source {source!r}")
+        self.pictures.mkdir(parents=True, exist_ok=True)
+        (self.pictures / name).write_text(_standalone(svg))
+        return f"{shown}![{_title(svg)}]({PICTURES}/{name})\n"
 
     @staticmethod
     def _block(command: str, output: str, where: str | None) -> str:
@@ -151,10 +223,10 @@ def _split_filters(command: str) -> tuple[str, list[tuple[str, str]]]:
     return parts[0], filters
 
 
-def build() -> str:
+def build(pictures: Path = TARGET.parent / PICTURES) -> str:
     text = SOURCE.read_text()
     with tempfile.TemporaryDirectory(prefix="ut-tutorial-") as tmp:
-        session = Session(Path(tmp))
+        session = Session(Path(tmp), pictures)
         try:
             out, pos = [], 0
             for m in DIRECTIVE.finditer(text):
@@ -178,6 +250,8 @@ def build() -> str:
                     out.append(session.start_b())
                 elif kind == "wait":
                     out.append(session.wait(arg))
+                elif kind == "picture":
+                    out.append(session.picture(arg))
                 else:
                     out.append(session.stop())
                 pos = m.end()
@@ -192,7 +266,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=TARGET)
     args = parser.parse_args()
-    args.output.write_text(build())
+    args.output.write_text(build(args.output.parent / PICTURES))
     print(f"wrote {args.output}")
     return 0
 

@@ -5,12 +5,16 @@ explain's JSON gives, and needs nothing outside itself. (tests/test_browser.py l
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import ipaddress
 import json
 import re
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -464,3 +468,45 @@ def test_the_lab_report_draws_the_topology_the_journey_out_and_in_and_every_pack
     assert "strip the outer headers, write the inner packet to TUN" in dom.steps
     assert "drop it and count why" not in dom.steps
     ET.fromstring(network.drawing(network.Network("t", [network.Node("a", "a", (), 0, 0)])))
+
+
+# --- the tutorial's pictures ------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+PICTURE = re.compile(r"<!-- picture: (\S+): (.*?) -->")
+
+
+def _tutorial_script() -> Any:
+    spec = importlib.util.spec_from_file_location("tutorial_script", ROOT / "scripts" / "tutorial.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_tutorial_shows_every_picture_and_each_is_what_usertunnel_draws_today() -> None:
+    """docs/pictures holds what scripts/tutorial.py drew: explain's drawing and the example's journey are
+    drawn again here and must be the same bytes; a lab's topology names the namespaces the lab removed."""
+    source = (ROOT / "docs" / "tutorial.src.md").read_text()
+    tutorial = (ROOT / "docs" / "tutorial.md").read_text()
+    script = _tutorial_script()
+    journeys = script.example_journeys()
+    pictures = PICTURE.findall(source)
+    assert len(pictures) >= 6
+    for name, origin in pictures:
+        committed = (ROOT / "docs" / "pictures" / name).read_text()
+        root = ET.fromstring(committed)
+        assert f"](pictures/{name})" in tutorial, name
+        if origin.startswith("usertunnel explain --svg "):
+            argv = [sys.executable, "-m", "usertunnel", *origin.split()[1:]]
+            drawn = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+            assert committed == script._standalone(drawn), f"{name} is stale: run scripts/tutorial.py"
+        elif origin in journeys:
+            assert committed == script._standalone(journeys[origin]), f"{name} is stale: run scripts/tutorial.py"
+        else:
+            report = origin.removeprefix("topology of {tmp}/")
+            after = tutorial[tutorial.index(f"== report: /tmp/{report}") :]
+            removed = after[after.index("== removed ") :].splitlines()[0].removeprefix("== removed ")
+            namespaces = set(re.split(r", | and ", removed))
+            nodes = {g.get("data-name") for g in root.iter(f"{SVG}g") if g.get("class") == "node"}
+            assert nodes == namespaces, name
