@@ -6,9 +6,12 @@ underlay: one JSON request per line, one JSON answer per line.
 
 Requests:
   {"sh": "ip -j -s link show gre1", "timeout": 20}  -> {"rc": 0, "out": "...", "err": "..."}
-  {"sink": [addr, port]}      start accepting one TCP connection and hashing what it sends
+  {"sink": [addr, port], "rcvbuf": B}   start accepting one TCP connection and hashing what it sends
+                              (with "rcvbuf", SO_RCVBUF B: a bounded receive window)
   {"sink_result": [addr, port], "timeout": 60}    -> {"sha256": "...", "bytes": N} when it ends
   {"source": [addr, port], "bytes": N, "seed": S}  -> {"sha256": "..."}: send N pseudo-random bytes
+  {"inject": ifname, "packets": [hex, ...], "gap": s}  -> {"sent": N}: write each IP packet into device
+      ifname with a packet socket (its own bytes: no routing, no header field filled in), `gap` s apart
 
 This file is test equipment, not part of usertunnel; it uses only the standard library.
 """
@@ -23,14 +26,20 @@ import socketserver
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 _sinks: dict[tuple[str, int], dict[str, Any]] = {}
 
 
-def _sink(address: tuple[str, int]) -> dict[str, Any]:
+def _sink(address: tuple[str, int], rcvbuf: int | None) -> dict[str, Any]:
     state: dict[str, Any] = {"done": threading.Event()}
-    server = socket.create_server(address)
+    server = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if rcvbuf is not None:  # before listen(): the accepted connection inherits it, and its window scale
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    server.bind(address)
+    server.listen()
     server.settimeout(120)
 
     def run() -> None:
@@ -64,7 +73,7 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
         return {"rc": done.returncode, "out": done.stdout, "err": done.stderr}
     if "sink" in request:
         address = (request["sink"][0], int(request["sink"][1]))
-        _sinks[address] = _sink(address)
+        _sinks[address] = _sink(address, request.get("rcvbuf"))
         return {"ok": True}
     if "sink_result" in request:
         address = (request["sink_result"][0], int(request["sink_result"][1]))
@@ -80,6 +89,13 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
             conn.shutdown(socket.SHUT_WR)
             conn.recv(1)  # wait for the receiver to close
         return {"sha256": hashlib.sha256(data).hexdigest()}
+    if "inject" in request:
+        packets = [bytes.fromhex(text) for text in request["packets"]]
+        with socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM) as sock:
+            for packet in packets:
+                sock.sendto(packet, (request["inject"], 0x86DD if packet[0] >> 4 == 6 else 0x0800))
+                time.sleep(float(request.get("gap", 0)))
+        return {"sent": len(packets)}
     return {"error": f"unknown request {sorted(request)}"}
 
 

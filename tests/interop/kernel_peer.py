@@ -7,6 +7,10 @@ Topology (all in namespaces created here and always removed):
                                                |  vector driver, raw transport
                                             guest kernel: vec0 198.51.100.2/24
 
+The guest's underlay device has GRO off: Linux counts one received tunnel
+packet per skb, and GRO would merge several wire packets into one, so the
+tests could not compare its tunnel's counters with ours.
+
 The guest boots with the host's root filesystem read-only (hostfs), loads the
 tunnel modules with busybox's insmod, and runs `guest_agent.py` with the
 host's Python; the tests drive it over TCP on the underlay. The guest is
@@ -19,6 +23,7 @@ import contextlib
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -66,6 +71,7 @@ for m in {modules}; do
 done
 ip link set lo up
 ip link set vec0 up
+ethtool -K vec0 gro off || echo "GUEST: ethtool -K vec0 gro off failed"
 ip addr add {guest}/24 dev vec0
 ip -6 addr add {guest6}/64 dev vec0 nodad
 sysctl -q -w net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
@@ -154,9 +160,9 @@ class KernelPeer:
                 preexec_fn=lambda: (os.setsid(), netns._enter(NS_GUEST)),
             )
         self._connect()
-        insmod_failures = [line for line in self.console().splitlines() if "insmod" in line and "failed" in line]
-        if insmod_failures:
-            raise PeerError(f"kernel peer could not load modules: {insmod_failures}")
+        failures = [line for line in self.console().splitlines() if line.startswith("GUEST:") and "failed" in line]
+        if failures:
+            raise PeerError(f"kernel peer could not set itself up: {failures}")
 
     def _connect(self) -> None:
         deadline = time.monotonic() + BOOT_TIMEOUT
@@ -219,7 +225,40 @@ class KernelPeer:
         out: str = answer["out"]
         return out
 
-    def link_stats(self, name: str) -> dict[str, int]:
-        """The tunnel device's counters as the kernel keeps them (ip -s -s -j link show)."""
-        data = json.loads(self.check(f"ip -s -s -j link show dev {name}"))[0]["stats64"]["rx"]
+    def link_stats(self, name: str, direction: str = "rx") -> dict[str, int]:
+        """The tunnel device's counters as the kernel keeps them (ip -s -s -j link show), "rx" or "tx"."""
+        data = json.loads(self.check(f"ip -s -s -j link show dev {name}"))[0]["stats64"][direction]
         return {k: int(v) for k, v in data.items()}
+
+    def link_counters(self, name: str) -> dict[str, dict[str, int]]:
+        """Both directions' counters of a device, read at once: {"rx": {...}, "tx": {...}}."""
+        data = json.loads(self.check(f"ip -s -s -j link show dev {name}"))[0]
+        return {d: {k: int(v) for k, v in data["stats64"][d].items()} for d in ("rx", "tx")}
+
+    def link_mtu(self, name: str) -> int:
+        mtu: int = json.loads(self.check(f"ip -j link show dev {name}"))[0]["mtu"]
+        return mtu
+
+    def snmp(self) -> dict[str, int]:
+        """The guest's /proc/net/snmp as "Group.Field" -> value (e.g. "Icmp.OutDestUnreachs")."""
+        lines = self.check("cat /proc/net/snmp").splitlines()
+        found: dict[str, int] = {}
+        for names, values in zip(lines[::2], lines[1::2], strict=True):
+            group, _, fields = names.partition(":")
+            found |= {f"{group}.{k}": int(v) for k, v in zip(fields.split(), values.split(":")[1].split(), strict=True)}
+        return found
+
+    def underlay_drops(self) -> int | None:
+        """Frames the host dropped on their way into the guest: user-mode-linux's packet socket on VETH_GUEST was
+        full (its skmem drop count, from `ss`); None if it cannot be read."""
+        shown = netns.run(NS_GUEST, ["ss", "-0", "-a", "-m"]).stdout.decode()
+        for line in shown.splitlines():  # the receiving socket takes every protocol ("*")
+            found = re.search(r",d(\d+)\)", line)
+            if f"*:{VETH_GUEST}" in line and found:
+                return int(found.group(1))
+        return None
+
+    def inject(self, ifname: str, packets: list[bytes], gap: float = 0.0) -> None:
+        """Write each IP packet into the guest's device `ifname` (guest_agent's "inject")."""
+        answer = self.request({"inject": ifname, "packets": [p.hex() for p in packets], "gap": gap})
+        assert answer["sent"] == len(packets), answer
