@@ -302,3 +302,79 @@ def test_the_transmit_plan_of_a_udp_tunnel_is_the_specification_byte_for_byte(
         assert got is not None, "an ordinary packet takes the plan"
         assert got == spec.encapsulate_header(inner)
     assert planned.counters.as_dict() == spec.counters.as_dict() and planned.ident == spec.ident
+
+
+def _rx_state(t: Tunnel) -> dict[str, object]:
+    return {"counters": t.counters.as_dict(), "window": t.iseq_window.as_dict()}
+
+
+@given(
+    kind=st.sampled_from([FOU, GUE]),
+    shape=st.sampled_from([(Mode.GRE, {}), (Mode.GRE, {"ikey": 9, "okey": 9, "iseq": True, "oseq": True,
+                                                        "icsum": True, "ocsum": True}),
+                           (Mode.GRE, {"ikey": 9, "okey": 9, "icsum": True, "ocsum": True, "csum_verify": "derived"}),
+                           (Mode.IPIP, {})]),
+    data=st.data(),
+)  # fmt: skip
+@settings(max_examples=300, deadline=None)
+def test_property_the_udp_receive_plan_then_the_specification_is_the_specification(
+    kind: fou.EncapKind, shape: tuple[Mode, dict[str, object]], data: st.DataObject
+) -> None:
+    mode, options = shape
+    encap = fou.Encap(kind, dport=6080)
+    sender = tunnel(mode, encap, **options)
+    planned = tunnel(mode, encap, local=B, remote=A, **options)
+    spec = tunnel(mode, encap, local=B, remote=A, **options)
+    assert planned.rx_plan is not None
+    spec_demux = Demux()
+    spec_demux.add(spec)
+    for _ in range(data.draw(st.integers(1, 4))):
+        inner = inner4(data.draw(st.binary(max_size=40)), sport=data.draw(st.integers(1, 3)))
+        packet = sender.encapsulate(inner)
+        assert isinstance(packet, bytes)
+        payload = bytearray(packet[28:])
+        how = data.draw(st.sampled_from(["as is", "as is", "flip", "truncate", "ce", "stranger"]))
+        tos, src = 0, _packed(A)
+        if how == "flip" and payload:
+            at = data.draw(st.integers(0, len(payload) - 1))
+            payload[at] ^= 1 << data.draw(st.integers(0, 7))
+        elif how == "truncate":
+            payload = payload[: data.draw(st.integers(0, len(payload)))]
+        elif how == "ce":
+            tos = 3
+        elif how == "stranger":
+            src = _packed("198.51.100.9")
+        before = _rx_state(planned)
+        got = planned.rx_plan(memoryview(bytes(payload)), src + _packed(B), tos)  # type: ignore[call-arg]
+        expected = spec_demux.decapsulate_udp(kind, mode.value.ip_protocol, src, _packed(B), tos, bytes(payload))
+        if got is None:
+            assert _rx_state(planned) == before, "a plan that declines changes nothing"
+            demux = Demux()
+            demux.add(planned)
+            got_result = demux.decapsulate_udp(kind, mode.value.ip_protocol, src, _packed(B), tos, bytes(payload))
+            assert type(got_result) is type(expected) and got_result == expected or (
+                isinstance(got_result, Received) and isinstance(expected, Received)
+                and bytes(got_result.inner) == bytes(expected.inner)
+            )  # fmt: skip
+        else:
+            assert isinstance(expected, Received), expected
+            assert bytes(got) == bytes(expected.inner)
+            if how == "as is":
+                pass
+        assert _rx_state(planned) == _rx_state(spec)
+
+
+def test_an_ordinary_datagram_takes_the_udp_receive_plan() -> None:
+    for kind in (FOU, GUE):
+        encap = fou.Encap(kind, dport=6080)
+        sender = tunnel(Mode.GRE, encap, ikey=3, okey=3, oseq=True, iseq=True)
+        receiver = tunnel(Mode.GRE, encap, local=B, remote=A, ikey=3, okey=3, oseq=True, iseq=True)
+        demux = Demux()
+        demux.add(receiver)
+        for n in range(3):
+            inner = inner4(bytes([n]) * 30)
+            packet = sender.encapsulate(inner)
+            assert isinstance(packet, bytes)
+            found = demux.planned_udp(memoryview(packet[28:]), _packed(A) + _packed(B), 0)
+            assert found is not None and found[0] is receiver and bytes(found[1]) == inner
+        assert receiver.counters.rx_packets == 3

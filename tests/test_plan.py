@@ -261,6 +261,8 @@ def test_rx_plan_then_specification_equals_the_specification(params: TunnelParam
     if planned.rx_plan is None:
         assert not plan.rx_eligible(planned)
         return
+    if params.encap is not None:  # its plan reads UDP payloads: tests/test_fou.py proves that one
+        return
     planned_demux, spec_demux = Demux(), Demux()
     planned_demux.add(planned)
     spec_demux.add(spec)
@@ -292,7 +294,7 @@ def test_rx_plan_serves_every_ordinary_packet_from_a_peer_that_agrees(
     params: TunnelParams, data: st.DataObject
 ) -> None:
     tunnel = Tunnel(params)
-    if tunnel.rx_plan is None:
+    if tunnel.rx_plan is None or params.encap is not None:  # FOU / GUE: tests/test_fou.py
         return
     peer = Tunnel(TunnelParams("peer", params.mode, B, A, okey=params.ikey, oseq=params.iseq, ocsum=params.icsum))
     inner = data.draw(ordinary_inner(params.mode.value.families, right_sums=True))

@@ -507,6 +507,8 @@ class Demux:
         # such tunnel, when there is only one (a `usertunnel up`), tried without the dictionary.
         self.fast: dict[bytes, tuple[Tunnel, ...] | dict[tuple[int, int | None], Tunnel]] = {}
         self.single: Tunnel | None = None
+        # FOU / GUE tunnels with a receive plan, by outer source and destination (`planned_udp`).
+        self.udp_fast: dict[bytes, tuple[Tunnel, ...]] = {}
 
     def deadline(self) -> float | None:
         """When `expire` next has work (the earliest OUTOFORDER_TIMER), or None."""
@@ -527,6 +529,10 @@ class Demux:
 
     def add(self, tunnel: Tunnel) -> None:
         self.tables.setdefault(tunnel.params.mode.value.table, TunnelTable()).add(tunnel)
+        if tunnel.rx_plan is not None and tunnel.params.encap is not None:
+            # FOU / GUE: plans that read a UDP payload, by the outer source and destination (planned_udp).
+            self.udp_fast[_fast_address(tunnel)] = (*self.udp_fast.get(_fast_address(tunnel), ()), tunnel)
+            return
         if tunnel.rx_plan is not None:
             address = _fast_address(tunnel)
             group = self.fast.get(address, ())
@@ -542,6 +548,14 @@ class Demux:
         table = self.tables.get(tunnel.params.mode.value.table)
         if table is not None:
             table.remove(tunnel)
+        if tunnel.rx_plan is not None and tunnel.params.encap is not None:
+            address = _fast_address(tunnel)
+            left = tuple(t for t in self.udp_fast.get(address, ()) if t is not tunnel)
+            if left:
+                self.udp_fast[address] = left
+            else:
+                self.udp_fast.pop(address, None)
+            return
         if tunnel.rx_plan is not None:
             address = _fast_address(tunnel)
             group = self.fast.get(address, ())
@@ -590,6 +604,15 @@ class Demux:
             return None
         inner = found.rx_plan(packet)  # type: ignore[misc]
         return None if inner is None else (found, inner)
+
+    def planned_udp(self, payload: memoryview, addresses: bytes, tos: int) -> tuple[Tunnel, memoryview] | None:
+        """The receive plans' answer for a FOU / GUE datagram from `addresses` (outer source and destination):
+        its tunnel and inner packet, or None (run `decapsulate_udp`: a plan that declines changed nothing)."""
+        for tunnel in self.udp_fast.get(addresses, ()):
+            inner = tunnel.rx_plan(payload, addresses, tos)  # type: ignore[call-arg,misc]
+            if inner is not None:
+                return tunnel, inner
+        return None
 
     def decapsulate(self, packet: bytes | bytearray | memoryview, now: float = 0.0) -> Result:
         """Check a packet from the raw socket and return its inner packet, or why it was dropped.

@@ -113,7 +113,6 @@ def rx_eligible(tunnel: Tunnel) -> bool:
         and tunnel.hub is None
         and not tunnel.sit_rules
         and (not p.iseq or p.seq_policy is SeqPolicy.KERNEL)
-        and p.encap is None  # FOU and GUE arrive on UDP sockets, without their outer headers
     )
 
 
@@ -308,6 +307,7 @@ def _tx_source(
 
 def compile_rx(tunnel: Tunnel) -> Plan | None:
     """The receive plan of `tunnel`: `rx(outer packet) -> inner packet view`, or None (run the specification).
+    For FOU / GUE, `rx(UDP payload, outer source and destination, outer TOS)`: what a UDP socket hands over.
 
     The caller has found the tunnel by the packet's outer addresses (`Demux.planned`); the plan checks them
     again, with everything else, from one unpack of the fixed headers.
@@ -316,7 +316,9 @@ def compile_rx(tunnel: Tunnel) -> Plan | None:
         return None
     p = tunnel.params
     assert p.local is not None and p.remote is not None
-    lines, fmt = _rx_source(p.mode, p.ikey is not None, p.iseq, p.icsum, p.csum_verify, p.reflect_keepalives)
+    udp = p.encap.kind.value if p.encap is not None else None
+    keyed = p.ikey is not None
+    lines, fmt = _rx_source(p.mode, keyed, p.iseq, p.icsum, p.csum_verify, p.reflect_keepalives, udp)
     env: dict[str, object] = {
         "T": tunnel,
         "ADDRESSES": p.remote + p.local,
@@ -331,15 +333,23 @@ def compile_rx(tunnel: Tunnel) -> Plan | None:
 
 @functools.lru_cache(maxsize=256)
 def _rx_source(
-    mode: Mode, keyed: bool, iseq: bool, icsum: bool, csum_verify: str, reflect: bool
+    mode: Mode, keyed: bool, iseq: bool, icsum: bool, csum_verify: str, reflect: bool, udp: str | None = None
 ) -> tuple[tuple[str, ...], str]:
-    """The receive plan's source for one shape of options, and the struct format of its one unpack."""
+    """The receive plan's source for one shape of options, and the struct format of its one unpack.
+    `udp` ("fou", "gue"): the plan reads a UDP payload, the kernel having checked the outer IPv4 and UDP
+    headers; the addresses and TOS come with it (the loop reads them as ancillary data)."""
     spec = mode.value
     flags = gre.flags_for(icsum, keyed, iseq)
-    hlen = ipv4.MIN_HEADER_LEN + (gre.header_length(flags) if spec.is_gre else 0)  # outer IPv4 + the GRE we take
-    # Outer IPv4: version/IHL, TOS, total length, flags/fragment offset, protocol, source and destination.
-    fmt = "!BBH2xHxB2x8s"
-    names = ["vihl", "tos", "total", "frag", "proto", "addresses"]
+    # Where what the mode sends starts: after the outer IPv4 header, or GUE's header, or at once (FOU).
+    base = ipv4.MIN_HEADER_LEN if udp is None else (fou.GUE_HEADER_LEN if udp == "gue" else 0)
+    hlen = base + (gre.header_length(flags) if spec.is_gre else 0)  # the outer header + the GRE we take
+    if udp is None:
+        # Outer IPv4: version/IHL, TOS, total length, flags/fragment offset, protocol, source and destination.
+        fmt = "!BBH2xHxB2x8s"
+        names = ["vihl", "tos", "total", "frag", "proto", "addresses"]
+    else:
+        fmt = "!I" if udp == "gue" else "!"
+        names = ["guehdr"] if udp == "gue" else []
     if spec.is_gre:
         fmt += "I"
         names.append("gre")
@@ -355,16 +365,30 @@ def _rx_source(
             fmt += "I"
             names.append("seq")
     smallest = hlen + (20 if 4 in spec.families else 40)
-    lines = [
-        "def rx(view):",
-        f"    if len(view) < {smallest}:",
-        "        return None",
-        f"    {', '.join(names)} = OUTER.unpack_from(view)",
-        # No IP options, not a fragment, not CE (RFC 6040 section 4.2 is the specification's), ours.
-        f"    if (vihl != 0x45 or total > len(view) or total < {smallest} or frag & {ipv4.FLAG_MF | ipv4.OFFSET_MASK}",
-        f"            or proto != {spec.ip_protocol} or tos & 3 == 3 or addresses != ADDRESSES):",
-        "        return None",
-    ]
+    if udp is None:
+        lines = [
+            "def rx(view):",
+            f"    if len(view) < {smallest}:",
+            "        return None",
+            f"    {', '.join(names)} = OUTER.unpack_from(view)",
+            # No IP options, not a fragment, not CE (RFC 6040 section 4.2 is the specification's), ours.
+            f"    if (vihl != 0x45 or total > len(view) or total < {smallest} "
+            f"or frag & {ipv4.FLAG_MF | ipv4.OFFSET_MASK}",
+            f"            or proto != {spec.ip_protocol} or tos & 3 == 3 or addresses != ADDRESSES):",
+            "        return None",
+        ]
+    else:
+        lines = [
+            "def rx(view, addresses, tos):",
+            "    total = len(view)",
+            f"    if total < {smallest} or tos & 3 == 3 or addresses != ADDRESSES:",
+            "        return None",
+        ]
+        if names:
+            lines.append(f"    {', '.join(names)}{',' if len(names) == 1 else ''} = OUTER.unpack_from(view)")
+        if udp == "gue":
+            # GUE variant 0, no options, no flags, this mode's protocol: anything else is the specification's.
+            lines += [f"    if guehdr != {spec.ip_protocol << 16:#010x}:", "        return None"]
     if spec.is_gre:
         # Only this tunnel's canonical GRE flags (exactly C, K and S as icsum, ikey and iseq say); any other
         # header, a keepalive (protocol 0) or gretap's frames included, goes to the specification.
@@ -376,7 +400,7 @@ def _rx_source(
         if keyed:
             lines += ["    if key != IKEY:", "        return None"]
         if icsum and csum_verify == "full":
-            lines += ["    if not checksum_is_valid(view[20:total]):", "        return None"]
+            lines += [f"    if not checksum_is_valid(view[{base}:total]):", "        return None"]
         if iseq:
             # Linux's ip_tunnel_rcv: not newer than the last accepted goes to the specification (seq_old).
             lines += [

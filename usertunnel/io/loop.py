@@ -487,8 +487,15 @@ class Dataplane:
             src = socket.inet_aton(address[0])
             view = memoryview(buffer)[:n]
             # UDP_GRO: the kernel joined datagrams of one flow, each `segment` bytes (the last may be shorter).
+            addresses = src + dst
             for start in range(0, n, segment or n or 1):
                 datagram = view[start : start + segment] if segment else view
+                planned = demux.planned_udp(datagram, addresses, tos) if demux.udp_fast else None
+                if planned is not None:  # core.plan: the tunnel's own code took it
+                    iface = self.interfaces.get(planned[0])
+                    if iface is not None:
+                        out.setdefault(iface, []).append(planned[1])
+                    continue
                 received = demux.decapsulate_udp(kind, protocol, src, dst, tos, datagram, now, address[1])
                 if isinstance(received, Received):
                     iface = self.interfaces.get(received.tunnel)
