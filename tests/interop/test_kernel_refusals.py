@@ -6,16 +6,24 @@ its tunnel, so the answers captured on our side say exactly which packets it
 delivered, and its device counters say how it counted the others.
 Second direction: the kernel is configured to send what our receive rules
 refuse, and our counters must say why.
+Then usertunnel itself misconfigured against the kernel (our key wrong, our
+checksums or sequence numbers on and the kernel's off): the same inner packets
+are written into both tunnel devices, and what the kernel counts for ours and
+what we count for its (`usertunnel stats -j` while running, and the stats
+`usertunnel up` prints at exit) are asserted both ways, packet for packet,
+with the packets themselves seen on the wire.
 """
 
 from __future__ import annotations
 
 import socket
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from kernel_peer import GUEST_ADDR, HOST_ADDR, NS_HOST, KernelPeer
+import same_inner
+from kernel_peer import GUEST_ADDR, HOST_ADDR, NS_HOST, VETH_HOST, KernelPeer
 from test_kernel import OURS, THEIRS, Pair, Variant
 from traffic import corrupt_last_byte, echo_replies_seen, echo_request
 
@@ -170,3 +178,98 @@ def test_we_refuse_what_the_kernel_sends_against_our_rules_and_count_why(
     ours = stats["ut0"]
     assert ours["rx_packets"] == 0
     assert ours["drops"].get(reason, 0) >= 3, stats
+
+
+# --- usertunnel misconfigured against the kernel: what each side counts ------------------------------------
+
+
+@dataclass(frozen=True)
+class Misconfigured:
+    """usertunnel set up against the kernel's tunnel with one option wrong, and what each side must count for
+    the N packets the other sends: the kernel device's rx counters, how much sums of the kernel's own
+    /proc/net/snmp counters grow, and usertunnel's drop reasons (exactly these, no other)."""
+
+    variant: Variant
+    kernel_rx: dict[str, str]  # counter -> "N" (every packet the other side sent) or "0"
+    kernel_snmp: dict[str, str]  # "Group.Field+Group.Field" -> how much their sum grows: "N" or "0"
+    our_drops: dict[str, str]  # reason -> "N"
+
+
+MISCONFIGURED = [
+    # Our key is not the kernel's: ip_tunnel_lookup finds no tunnel, so kt0 counts nothing; gre_rcv answers
+    # each with an ICMP port unreachable, sent or (rate limits) counted as not sent. The kernel's key is not
+    # ours: key_mismatch.
+    Misconfigured(
+        Variant("our-key-wrong", "gre", "key 1234", ("--key", "99")),
+        kernel_rx={"packets": "0", "errors": "0"},
+        kernel_snmp={"Icmp.OutDestUnreachs+Icmp.OutRateLimitHost+Icmp.OutRateLimitGlobal": "N"},
+        our_drops={"key_mismatch": "N"},
+    ),
+    # Our checksums on, the kernel's off: it drops a C bit its icsum does not ask for (crc_errors), and we
+    # drop its packets without one (csum_missing).
+    Misconfigured(
+        Variant("our-csum-theirs-off", "gre", "", ("--csum",)),
+        kernel_rx={"packets": "0", "errors": "N", "crc_errors": "N"},
+        kernel_snmp={"Icmp.OutDestUnreachs": "0"},
+        our_drops={"csum_missing": "N"},
+    ),
+    # Our sequence numbers on, the kernel's off: Linux without iseq accepts numbered packets (ip_tunnel_rcv
+    # only looks at the number with iseq), and we drop its unnumbered ones (seq_missing).
+    Misconfigured(
+        Variant("our-seq-theirs-off", "gre", "", ("--seq",)),
+        kernel_rx={"packets": "N", "errors": "0"},
+        kernel_snmp={"Icmp.OutDestUnreachs": "0"},
+        our_drops={"seq_missing": "N"},
+    ),
+]
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("case", MISCONFIGURED, ids=[c.variant.name for c in MISCONFIGURED])
+@pytest.mark.matrix("usertunnel misconfigured: the kernel counts ours, we count its, both ways")
+def test_usertunnel_misconfigured_against_the_kernel_each_side_counts_the_others_packets(
+    pair_factory, case: Misconfigured
+) -> None:
+    pair = pair_factory(Pair, case.variant)
+    kernel = pair.kernel
+    # TCP, UDP and ICMP, IPv4 and IPv6, one of 1400 bytes (within both sides' MTU, which differ here).
+    packets = same_inner.inner_packets("gre", 1400)[::12]
+    n = len(packets)
+    snmp = kernel.snmp()
+    capture = netns.Capture(NS_HOST, VETH_HOST)
+    try:
+        same_inner.inject(NS_HOST, "ut0", packets)
+        kernel.inject("kt0", packets, gap=same_inner.GAP)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and min(len(capture.incoming), len(capture.outgoing)) < n:
+            time.sleep(0.1)
+        time.sleep(0.3)
+    finally:
+        capture.stop()
+    # Every packet was sent, by both sides, and seen on the wire.
+    assert len(same_inner.tunnel_packets(capture.outgoing, "gre", HOST_ADDR)) == n
+    assert len(same_inner.tunnel_packets(capture.incoming, "gre", GUEST_ADDR)) == n
+    expected_rx = {k: n if v == "N" else 0 for k, v in case.kernel_rx.items()}
+    expected_drops = {k: n if v == "N" else 0 for k, v in case.our_drops.items()}
+    deadline = time.monotonic() + 5
+    while True:  # until both sides have counted everything (bounded: the assertions say what is missing)
+        ours, theirs = pair.our_stats(), kernel.link_counters("kt0")
+        counted = {k: theirs["rx"][k] for k in expected_rx}
+        if (counted == expected_rx and ours["drops"] == expected_drops) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    both = f"usertunnel {ours}; kernel kt0 {theirs}"
+    # What the kernel counts for our packets, and that it sent all of its own.
+    assert counted == expected_rx, both
+    assert theirs["tx"]["packets"] == n and theirs["tx"]["errors"] == 0, both
+    after = kernel.snmp()
+    for names, grows in case.kernel_snmp.items():
+        fields = names.split("+")
+        delta = {field: after[field] - snmp[field] for field in fields}
+        assert sum(delta.values()) == (n if grows == "N" else 0), f"the kernel's {delta} for {n} packets"
+    # What we count for the kernel's packets, and that we sent all of ours.
+    assert ours["tx_packets"] == n and ours["rx_packets"] == 0, both
+    assert ours["drops"] == expected_drops, both
+    # The stats `usertunnel up` prints at exit say the same.
+    at_exit = pair.close()["ut0"]
+    assert (at_exit["tx_packets"], at_exit["rx_packets"], at_exit["drops"]) == (n, 0, expected_drops), at_exit
