@@ -5,7 +5,7 @@ they are unavailable it is skipped with the reason, except under
 USERTUNNEL_REQUIRE_NETNS=1 (set by .ci/run), where it fails instead: in CI a
 skipped end-to-end test would hide a broken data path. The same holds for every
 other skip (`skip_or_fail`, and `pytest_runtest_makereport` below for any skip that
-does not go through it).
+does not go through it), and CI runs hypothesis under the `ci` profile (below).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from usertunnel import netns
 from usertunnel.netns import UpProcess
@@ -58,6 +59,27 @@ def require_netns() -> None:
     reason = _netns_unavailable()
     if reason is not None:
         skip_or_fail(reason)
+
+
+# --- hypothesis: the budgets, and CI's profile ----------------------------------------------------------------
+# Each property test names its own budget (max_examples) beside it: 100 unless it says otherwise, 150 to 600
+# for most, USERTUNNEL_FUZZ_EXAMPLES for the decapsulate fuzz target (2000 by default, 6000 in CI: .ci/run) and
+# USERTUNNEL_PLAN_EXAMPLES for the plan proofs (400). Under USERTUNNEL_REQUIRE_NETNS=1 (.ci/run), or with
+# HYPOTHESIS_PROFILE=ci, the `ci` profile runs them derandomised: the examples follow from each test's name,
+# so a CI run is repeatable and never fails on an example no other run has seen; a local run explores anew
+# each time (and keeps what fails in .hypothesis/, as usual). No deadline: the machines running CI are shared.
+# Loaded here, before any test module builds its settings, so that every settings(...) inherits from it.
+settings.register_profile(
+    "ci",
+    max_examples=100,
+    derandomize=True,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+_profile = os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if ci_requires_every_test() else None)
+if _profile is not None:
+    settings.load_profile(_profile)
 
 
 _SKIP_IN_CI = "USERTUNNEL_REQUIRE_NETNS=1 but this test was skipped (in CI every test runs): "
