@@ -214,9 +214,17 @@ PROTO_KSC = Route(
 )
 PROTO_PLAIN = Route("lean prototype, no features", "prototype", ("--gro", "--gro-csum", "--mmsg"))
 MULTI = Route(f"{MULTI_COUNT} usertunnel up in one namespace", "multi")
+# Issue 16: the same tunnel carried in UDP (FOU). With the UDP checksum the send path uses UDP_SEGMENT and the
+# receive path UDP_GRO (the offloads); without it the kernel refuses segmentation: one sendmsg per packet.
+_FOU = ("--encap", "fou", "--encap-dport", "5555")
+GRE_FOU = Route("usertunnel gre in FOU, UDP offloads", "usertunnel", (*_FOU, "--encap-csum"))
+GRE_KSC_FOU = Route(
+    "usertunnel gre key+seq+csum in FOU, UDP offloads", "usertunnel", (*GRE_KSC.options, *_FOU, "--encap-csum")
+)
+GRE_KSC_FOU_PLAIN = Route("usertunnel gre key+seq+csum in FOU, no offloads", "usertunnel", (*GRE_KSC.options, *_FOU))
 PATHS = (
     VETH, VXLAN, BASELINE, GRE, GRE_KSC, GRE_KSC_DERIVED, IPIP, GRE_NO_COALESCE, GRE_PER_PACKET,
-    OVS, PROTO_KSC, PROTO_PLAIN, MULTI,
+    OVS, PROTO_KSC, PROTO_PLAIN, MULTI, GRE_FOU, GRE_KSC_FOU, GRE_KSC_FOU_PLAIN,
 )  # fmt: skip
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import sys
 import time
 
@@ -144,7 +145,8 @@ def test_show_and_the_ready_line_say_the_encapsulation_in_iproute2s_words(lab: L
 
 
 @pytest.mark.netns
-def test_the_daemon_refuses_a_fou_tunnel_by_name_and_says_how_to_run_it(lab: Lab, tmp_path: object) -> None:
+def test_the_daemon_runs_a_fou_tunnel_from_its_configuration_file(lab: Lab, tmp_path: object) -> None:
+    import json
     from pathlib import Path
 
     from usertunnel.netns import UpProcess
@@ -154,11 +156,16 @@ def test_the_daemon_refuses_a_fou_tunnel_by_name_and_says_how_to_run_it(lab: Lab
                     'encap = "fou"\nencap_dport = 5555\n')  # fmt: skip
     daemon = UpProcess(lab.a, ["--config", str(path)], command="daemon")
     lab.ends.append(daemon)
-    status = daemon.wait_exit(10)
-    text = "\n".join(daemon.lines)
-    assert status == 1, text
-    assert "FOU and GUE tunnels are not in the daemon yet" in text and "usertunnel up --config FILE --name f1" in text
-    assert lab.run(lab.a, ["ip", "link", "show", "f1"]).returncode != 0
+    daemon.wait_ready()
+    shown = lab.run(lab.a, [sys.executable, "-m", "usertunnel", "show", "-j"])
+    (tunnel,) = json.loads(shown.stdout)
+    assert tunnel["name"] == "f1" and tunnel["encap"] == {"type": "fou", "sport": None, "dport": 5555, "csum": False}
+    taken = lab.socket(lab.a, socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        with pytest.raises(OSError):  # the daemon holds the port
+            taken.bind((UNDER_A, 5555))
+    finally:
+        taken.close()
 
 
 @pytest.mark.netns
@@ -253,3 +260,43 @@ def test_two_cpes_behind_one_nat_reach_the_pop_at_once_and_each_other_through_it
         for proc in procs:
             proc.kill()
         topo.remove()
+
+
+@pytest.mark.netns
+def test_the_daemon_runs_fou_and_gue_tunnels_sharing_a_port_from_ip_tunnel_words(lab: Lab) -> None:
+    import json
+
+    from usertunnel.netns import UpProcess
+
+    def usertunnel(ns: str, *words: str) -> subprocess.CompletedProcess[bytes]:
+        return lab.run(ns, [sys.executable, "-m", "usertunnel", *words])
+
+    daemons = []
+    for ns in (lab.a, lab.b):
+        daemon = UpProcess(ns, [], command="daemon")
+        lab.ends.append(daemon)
+        daemon.wait_ready()
+        daemons.append(daemon)
+    ends = (
+        (lab.a, UNDER_A, UNDER_B, "203.0.113.1", "203.0.113.5"),
+        (lab.b, UNDER_B, UNDER_A, "203.0.113.2", "203.0.113.6"),
+    )
+    for ns, local, remote, first, second in ends:
+        # Two tunnels on one GUE port (keys 1 and 2), as `ip link add ... encap gue encap-dport 6080` would say.
+        for name, key, address in (("g1", "1", first), ("g2", "2", second)):
+            added = usertunnel(ns, "tunnel", "add", name, "mode", "gre", "local", local, "remote", remote, "key", key,
+                               "encap", "gue", "encap-dport", "6080", "encap-sport", "auto", "encap-csum")  # fmt: skip
+            assert added.returncode == 0, added.stderr.decode()
+            assert lab.run(ns, ["ip", "addr", "add", f"{address}/30", "dev", name]).returncode == 0
+            assert lab.run(ns, ["ip", "link", "set", name, "up"]).returncode == 0
+        refused = usertunnel(ns, "tunnel", "add", "f3", "mode", "ipip", "local", local, "remote", remote,
+                             "encap", "fou", "encap-dport", "6080")  # fmt: skip
+        assert refused.returncode != 0 and "UDP port 6080 is another tunnel's" in refused.stderr.decode()
+    assert lab.ping(lab.a, "203.0.113.2").returncode == 0
+    assert lab.ping(lab.a, "203.0.113.6").returncode == 0
+    shown = usertunnel(lab.b, "stats", "-j")
+    tunnels = {t["name"]: t for t in json.loads(shown.stdout)}
+    assert tunnels["g1"]["encap"] == {"type": "gue", "sport": None, "dport": 6080, "csum": True}
+    assert tunnels["g1"]["stats"]["rx_packets"] >= 3 and tunnels["g2"]["stats"]["rx_packets"] >= 3
+    assert usertunnel(lab.b, "tunnel", "del", "g1").returncode == 0
+    assert lab.ping(lab.a, "203.0.113.6").returncode == 0  # the port stays open for g2

@@ -61,7 +61,7 @@ import random
 import signal
 import socket
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -71,8 +71,9 @@ from .config import DaemonConfig, TunnelConfig
 from .control import DAEMON, ControlServer, snapshot_of
 from .core import sit
 from .core.encap import Demux, Tunnel
-from .core.params import ConfigError, ModeSpec
-from .io import metrics, netlink, privilege, sdnotify
+from .core.fou import EncapKind
+from .core.params import ConfigError, ModeSpec, TunnelParams
+from .io import metrics, netlink, privilege, sdnotify, udp
 from .io.claim import Claims, Identity, identities
 from .io.loop import Dataplane, Interface
 from .io.raw import ClaimFilter, open_icmp_listener, open_raw, open_raw6_receiver, open_raw6_sender
@@ -178,6 +179,89 @@ class Sockets:
         self._filters.clear()
 
 
+class UdpSockets:
+    """The daemon's FOU / GUE sockets (io.udp), one per local port, shared by the tunnels that use it.
+
+    Tunnels share a port when they agree on what it is: FOU of one protocol, or GUE; the UDP checksum,
+    DF, the local address and the device. A tunnel's source port is its `encap_sport`, or (auto) the port
+    it receives on: in the daemon, flows are not spread over several source ports.
+    """
+
+    def __init__(self, dataplane: Dataplane) -> None:
+        self.dataplane = dataplane
+        self._ports: dict[int, list[Any]] = {}  # port -> [socket, users, what it is]
+
+    @staticmethod
+    def _what(params: TunnelParams, device: str | None) -> tuple[object, ...]:
+        encap = params.encap
+        assert encap is not None
+        protocol = params.mode.value.ip_protocol if encap.kind is EncapKind.FOU else None
+        return (encap.kind, protocol, encap.csum, params.pmtudisc, params.local, device)
+
+    def acquire(self, params: TunnelParams, device: str | None) -> dict[int, socket.socket]:
+        """The sockets of a FOU / GUE tunnel by local port: its receive port and its source port."""
+        encap = params.encap
+        assert encap is not None
+        what = self._what(params, device)
+        wanted = [encap.dport] + ([encap.sport] if encap.sport is not None and encap.sport != encap.dport else [])
+        taken: dict[int, socket.socket] = {}
+        try:
+            for port in wanted:
+                entry = self._ports.get(port)
+                if entry is not None and entry[2] != what:
+                    kind, protocol = entry[2][0], entry[2][1]
+                    said = f"{kind.value} ipproto {protocol}" if protocol is not None else kind.value
+                    raise ConfigError(
+                        f"UDP port {port} is another tunnel's, as {said} with other settings (checksum, DF, local, "
+                        "device): tunnels share a port only when they agree; give this one another encap_dport"
+                    )
+                if entry is None:
+                    sock = udp.open_udp(port, params.local, csum=encap.csum, pmtudisc=params.pmtudisc, device=device)
+                    self.dataplane.add_udp(sock, encap.kind, params.mode.value.ip_protocol)
+                    entry = self._ports[port] = [sock, 0, what]
+                entry[1] += 1
+                taken[port] = entry[0]
+        except BaseException:
+            self.release_ports(list(taken))
+            raise
+        return taken
+
+    def release(self, params: TunnelParams) -> None:
+        """A FOU / GUE tunnel is gone: close the ports nobody uses any more."""
+        encap = params.encap
+        assert encap is not None
+        self.release_ports([encap.dport] + ([encap.sport] if encap.sport not in (None, encap.dport) else []))
+
+    def release_ports(self, ports: Sequence[int | None]) -> None:
+        for port in ports:
+            if port is None or port not in self._ports:
+                continue
+            entry = self._ports[port]
+            entry[1] -= 1
+            if entry[1] <= 0:
+                self.dataplane.remove_udp(entry[0])
+                del self._ports[port]
+
+    def close(self) -> None:
+        for sock, _, _ in self._ports.values():
+            self.dataplane.remove_udp(sock)
+        self._ports.clear()
+
+
+def udp_interface(
+    tunnel: Tunnel, tun: Tun, sockets: dict[int, socket.socket], forwarding: bool, batch: bool
+) -> Interface:
+    """The interface of a daemon's FOU / GUE tunnel: it sends from its source port (auto: its receive port)."""
+    encap = tunnel.params.encap
+    assert encap is not None
+    sport = encap.sport if encap.sport is not None else encap.dport
+    tunnel.source_ports = (sport,) if encap.sport is None else ()
+    iface = Interface(tunnel, tun, sockets[encap.dport], verify_segments=forwarding)
+    iface.udp = {sport: sockets[sport]}
+    iface.gso = batch and encap.csum
+    return iface
+
+
 @dataclass(eq=False)
 class Member:
     """One of the daemon's tunnels: its configuration, its device, what runs for it."""
@@ -221,6 +305,7 @@ class Daemon:
         self.dataplane.on_tun_gone = self._tun_gone
         self.claims = Claims("usertunnel daemon")
         self.sockets = Sockets(self.dataplane, lambda: self.claims.held)
+        self.udp = UdpSockets(self.dataplane)
         self.watch: ClaimWatch | None = None
         self.members: dict[str, Member] = {}
         self.forwarding = forwarding()
@@ -277,6 +362,7 @@ class Daemon:
             if exporter is not None:
                 await exporter.close()
             self.sockets.close()
+            self.udp.close()
             self.dataplane.close()
         return status
 
@@ -417,9 +503,6 @@ class Daemon:
         params = options.params
         spec = params.mode.value
         name = params.name
-        if params.encap is not None:
-            raise _failed(action, name, "FOU and GUE tunnels are not in the daemon yet: run this one with "
-                          f"`usertunnel up --config FILE --name {name}`")  # fmt: skip
         if name in self.members:
             raise _failed(action, name, "File exists")
         if "%" not in name and await self._thread(netlink.link_exists, name):
@@ -444,8 +527,16 @@ class Daemon:
         self._check_lookup(tunnel, action)
         claimed = identities(params)
         self._claim(claimed, action, name)
+        udp_sockets: dict[int, socket.socket] = {}
         try:
-            sock = self.sockets.acquire(spec, options.device)
+            if params.encap is not None:
+                try:
+                    udp_sockets = self.udp.acquire(params, options.device)
+                except ConfigError as exc:
+                    raise _failed(action, name, str(exc)) from None
+                sock = udp_sockets[params.encap.dport]
+            else:
+                sock = self.sockets.acquire(spec, options.device)
         except BaseException:
             self.claims.release(claimed)
             raise
@@ -459,27 +550,39 @@ class Daemon:
             if tun.name != name:  # a pattern such as gre%d, resolved by the kernel
                 tunnel = Tunnel(replace(params, name=tun.name), ident=tunnel.ident)
                 tunnel.link_mtu = underlay
-            self.dataplane.add_interface(Interface(tunnel, tun, sock, verify_segments=self.forwarding))
+            if udp_sockets:
+                iface = udp_interface(tunnel, tun, udp_sockets, self.forwarding, self.dataplane.batched)
+            else:
+                iface = Interface(tunnel, tun, sock, verify_segments=self.forwarding)
+            self.dataplane.add_interface(iface)
         except ConfigError as exc:
             if tun is not None:
                 tun.close()
-            self.sockets.release(spec, options.device)
+            self._release_sockets(params, options.device)
             self.claims.release(claimed)
             raise _failed(action, name, str(exc)) from None
         except BaseException:
             if tun is not None:
                 tun.close()
-            self.sockets.release(spec, options.device)
+            self._release_sockets(params, options.device)
             self.claims.release(claimed)
             raise
         self.claims.relabel(claimed, tun.name)
         self._claims_changed(claimed)
         prepared = Prepared(tunnel, tun, sock, mtu, None, options.device, None, None, self.forwarding)
+        prepared.udp_senders = iface.udp
         member = Member(cfg, origin, prepared)
         self._start_timers(member)
         self.members[tun.name] = member
         log.info("daemon: %s: added (%s)", tun.name, origin)
         return member
+
+    def _release_sockets(self, params: TunnelParams, device: str | None) -> None:
+        """What a tunnel's `acquire` took: its raw sockets' share, or its UDP ports' (FOU / GUE)."""
+        if params.encap is not None:
+            self.udp.release(params)
+        else:
+            self.sockets.release(params.mode.value, device)
 
     def _check_lookup(self, tunnel: Tunnel, action: str, instead_of: Tunnel | None = None) -> None:
         """Refuse a tunnel whose local, remote and ikey another tunnel of its table already has."""
@@ -545,19 +648,32 @@ class Daemon:
         before, after = identities(old.tunnel.params), identities(params)
         taken = [i for i in after if i not in before]
         self._claim(taken, "change", name)
+        udp_sockets: dict[int, socket.socket] = {}
         try:
-            sock = self.sockets.acquire(spec, cfg.options.device)
+            if params.encap is not None:
+                try:
+                    udp_sockets = self.udp.acquire(params, cfg.options.device)
+                except ConfigError as exc:
+                    raise _failed("change", name, str(exc)) from None
+                sock = udp_sockets[params.encap.dport]
+            else:
+                sock = self.sockets.acquire(spec, cfg.options.device)
         except BaseException:
             self.claims.release(taken)
             raise
         member.stop_timers()
         self.dataplane.remove_interface(old.tunnel)
-        self.dataplane.add_interface(Interface(tunnel, old.tun, sock, verify_segments=self.forwarding))
-        self.sockets.release(old_spec, old.device)
+        if udp_sockets:
+            iface = udp_interface(tunnel, old.tun, udp_sockets, self.forwarding, self.dataplane.batched)
+        else:
+            iface = Interface(tunnel, old.tun, sock, verify_segments=self.forwarding)
+        self.dataplane.add_interface(iface)
+        self._release_sockets(old.tunnel.params, old.device)
         self.claims.release(i for i in before if i not in after)
         self._claims_changed(taken)
         member.config = cfg
         member.prepared = Prepared(tunnel, old.tun, sock, mtu, None, cfg.options.device, None, None, self.forwarding)
+        member.prepared.udp_senders = iface.udp
         self._start_timers(member)
         log.info("daemon: %s: changed", name)
 
@@ -569,7 +685,7 @@ class Daemon:
         member.stop_timers()
         p = member.prepared
         self.dataplane.remove_interface(p.tunnel)
-        self.sockets.release(p.tunnel.params.mode.value, p.device)
+        self._release_sockets(p.tunnel.params, p.device)
         self.claims.release(identities(p.tunnel.params))
         self._claims_changed([])
         log.info("daemon: %s: removed", name)

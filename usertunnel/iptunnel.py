@@ -445,8 +445,42 @@ def _dev(words: _Words, state: _State) -> None:
     state.table["dev"] = words.take()
 
 
+def _encap_kind(words: _Words, state: _State) -> None:
+    """`encap fou|gue|none` (iproute2 spells it on `ip link`; the same words here)."""
+    word = words.take()
+    if word not in ("fou", "gue", "none"):
+        raise _invarg('"encap" must be "fou", "gue" or "none"', word)
+    state.table["encap"] = word
+
+
+def _encap_port(key: str, auto: bool) -> Handler:
+    def handle(words: _Words, state: _State) -> None:
+        word = words.take()
+        if auto and word == "auto":
+            state.table[key] = "auto"
+            return
+        value = _number(word, 0, 0xFFFF)
+        if not value:  # not a number, or port 0
+            raise _invarg(f"invalid {key.replace('_', '-')}: a UDP port 1..65535{' or auto' if auto else ''}", word)
+        state.table[key] = value
+
+    return handle
+
+
+# FOU / GUE (README "FOU and GUE"): the words of `ip link add ... type gre|ipip|sit`.
+_ENCAP_WORDS: dict[str, Handler] = {
+    "encap": _encap_kind,
+    "noencap": _both("encap", value="none"),
+    "encap-sport": _encap_port("encap_sport", auto=True),
+    "encap-dport": _encap_port("encap_dport", auto=False),
+    "encap-csum": _both("encap_csum", value=True),
+    "noencap-csum": _both("encap_csum", value=False),
+}
+
+
 _WORDS4: dict[str, Handler] = {
     "mode": _mode4,
+    **_ENCAP_WORDS,
     **_GRE_WORDS,
     "nopmtudisc": _both("pmtudisc", value=False),
     "pmtudisc": _both("pmtudisc", value=True),

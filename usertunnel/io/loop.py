@@ -221,6 +221,13 @@ class Dataplane:
         self._udp.append(sock)
         self.loop.add_reader(sock.fileno(), self._on_udp_readable, sock, kind, protocol)
 
+    def remove_udp(self, sock: socket.socket) -> None:
+        """Stop reading a FOU / GUE socket and close it (a daemon's port nobody uses any more)."""
+        if sock in self._udp:
+            self._udp.remove(sock)
+            self.loop.remove_reader(sock.fileno())
+        sock.close()
+
     def add_sender(self, sock: socket.socket) -> None:
         """A socket that only sends (IPv6's IPPROTO_RAW): closed with the rest."""
         self._senders.append(sock)
