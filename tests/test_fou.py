@@ -203,8 +203,8 @@ def test_property_any_payload_round_trips_and_its_udp_checksum_is_right(
 @pytest.mark.parametrize(
     ("mode", "options", "message"),
     [
-        (Mode.IP6GRE, {}, "carry gre, ipip and sit over IPv4"),
-        (Mode.GRETAP, {}, "carry gre, ipip and sit over IPv4"),
+        (Mode.IP6GRETAP, {}, "carry gre, ipip, sit, ip6gre, ipip6 and ip6ip6"),
+        (Mode.GRETAP, {}, "carry gre, ipip, sit, ip6gre, ipip6 and ip6ip6"),
         (Mode.SIT, {"remote": None}, "need a fixed --remote, or a hub"),
     ],
 )
@@ -378,3 +378,59 @@ def test_an_ordinary_datagram_takes_the_udp_receive_plan() -> None:
             found = demux.planned_udp(memoryview(packet[28:]), _packed(A) + _packed(B), 0)
             assert found is not None and found[0] is receiver and bytes(found[1]) == inner
         assert receiver.counters.rx_packets == 3
+
+
+L6, R6 = "2001:db8::1", "2001:db8::2"
+
+
+@pytest.mark.parametrize("kind", [FOU, GUE])
+@pytest.mark.parametrize("limit", [None, 4])
+def test_ip6gre_in_udp_is_ipv6_then_the_encapsulation_limit_then_udp_as_scapy_builds_it(
+    kind: fou.EncapKind, limit: int | None
+) -> None:
+    from scapy.layers.inet6 import IPv6ExtHdrDestOpt
+
+    t = tunnel(Mode.IP6GRE, fou.Encap(kind, dport=5555, sport=4000, csum=True), local=L6, remote=R6, ikey=7, okey=7,
+               encaplimit=limit, ttl=64)  # fmt: skip
+    inner = inner4()
+    ours = t.encapsulate(inner)
+    assert isinstance(ours, bytes)
+    packet = IPv6(ours)
+    assert packet.nh == (60 if limit is not None else 17) and packet.hlim == 64
+    if limit is not None:
+        assert packet[IPv6ExtHdrDestOpt].nh == 17
+    udp = packet[UDP]
+    assert udp.sport == 4000 and udp.dport == 5555 and udp.len == len(bytes(udp))
+    copy = IPv6(ours)
+    del copy[UDP].chksum
+    assert IPv6(bytes(copy))[UDP].chksum == udp.chksum != 0  # RFC 768 / RFC 8200 8.1, as scapy computes it
+    rest = bytes(udp.payload)
+    if kind is GUE:
+        assert rest[:4] == bytes((0, 47, 0, 0))
+        rest = rest[4:]
+    assert rest[:8] == bytes.fromhex("2000080000000007") and rest[8:] == inner
+
+
+@pytest.mark.parametrize("kind", [FOU, GUE])
+@pytest.mark.parametrize("csum", [False, True])
+@pytest.mark.parametrize(("mode", "make"), [(Mode.IP6GRE, inner4), (Mode.IPIP6, inner4), (Mode.IP6IP6, inner6)])
+@pytest.mark.parametrize("limit", [None, 0, 4])
+def test_ipv6_outer_udp_plans_equal_the_specification_and_round_trip(
+    kind: fou.EncapKind, csum: bool, mode: Mode, make: object, limit: int | None
+) -> None:
+    encap = fou.Encap(kind, dport=5555, csum=csum)
+    options: dict[str, object] = {"encaplimit": limit, "ttl": 64}
+    planned = tunnel(mode, encap, local=L6, remote=R6, **options)
+    spec = tunnel(mode, encap, local=L6, remote=R6, **options)
+    receiver = tunnel(mode, encap, local=R6, remote=L6, **options)
+    demux = Demux()
+    demux.add(receiver)
+    assert planned.tx_plan is not None
+    for _ in range(3):
+        inner = make()  # type: ignore[operator]
+        got = planned.tx_plan(inner)
+        assert got is not None and got == spec.encapsulate_header(inner)
+        start = 40 + (8 if limit is not None else 0) + 8
+        received = demux.decapsulate_udp(kind, mode.value.ip_protocol, _packed(L6), _packed(R6), 0,
+                                         (got + inner)[start:])  # fmt: skip
+        assert isinstance(received, Received) and bytes(received.inner) == inner

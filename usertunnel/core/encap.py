@@ -418,7 +418,7 @@ class Tunnel:
                 return self.counters.drop(Drop.ENCAP_LIMIT)
             limit = found
         label = ipv6.outer_flow_label(p.flowlabel, packet)
-        protocol = p.mode.value.ip_protocol
+        protocol = p.outer_protocol  # UDP with FOU / GUE
         n = len(inner)
         if limit is None:
             first = _OUTER6.pack(0x60000000 | tclass << 20 | label, len(tunnel_hdr) + n, protocol, hop_limit,
@@ -671,7 +671,8 @@ class Demux:
                 return self.unmatched.drop(found)
             protocol, start = found
             view = view[start:]
-        return self._decapsulate(protocol, src, dst, tos, view, now, sport)
+        table = protocol + (256 if len(src) == 16 else 0)  # over IPv6: that protocol's IPv6 table
+        return self._decapsulate(table, src, dst, tos, view, now, sport)
 
     def _frame(self, tunnel: Tunnel, rule: Rule, frame: bytes | bytearray | memoryview, outer_tos: int) -> Result:
         """gretap: an Ethernet frame for the TAP device. An outer CE reaches an IP packet inside it

@@ -175,11 +175,13 @@ class TunnelParams:
             self._check_encap()
 
     def _check_encap(self) -> None:
-        """FOU and GUE as this version carries them: gre, ipip or sit over IPv4, to a fixed remote or as a hub."""
+        """FOU and GUE as this version carries them: gre, ipip, sit (to a fixed remote or as a hub), ip6gre,
+        ipip6 and ip6ip6 (to a fixed remote: hubs run over IPv4)."""
         mode = self.mode.value
-        if mode.outer != 4 or mode.ethernet or mode.isatap:
+        if mode.ethernet or mode.isatap:
             raise ConfigError(
-                f"mode {mode.name}: FOU and GUE (--encap) carry gre, ipip and sit over IPv4 in this version"
+                f"mode {mode.name}: FOU and GUE (--encap) carry gre, ipip, sit, ip6gre, ipip6 and ip6ip6 in this "
+                "version"
             )
         if self.remote is None and self.hub is None:
             raise ConfigError("FOU and GUE (--encap) need a fixed --remote, or a hub (gre, ipip): no 6to4 or 6rd")

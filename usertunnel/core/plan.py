@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import ecn, fou, gre, ipv4, ipv6
-from .checksum import checksum_is_valid
+from .checksum import checksum_is_valid, ones_complement_sum
 from .sequence import HALF, SeqPolicy
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ def compile_tx(tunnel: Tunnel) -> Plan | None:
         "FLOWLABEL": p.flowlabel,
         "LABEL": (p.flowlabel or 0) & ipv6.FLOW_LABEL_MASK,
         "outer_flow_label": ipv6.outer_flow_label,
-        "OPTION": ipv6.encap_limit_option(p.encaplimit, p.mode.value.ip_protocol) if p.encaplimit is not None else b"",
+        "OPTION": ipv6.encap_limit_option(p.encaplimit, p.outer_protocol) if p.encaplimit is not None else b"",
         "EXTENSIONS": ipv6.EXTENSION_HEADERS,
         # RFC 6040 section 4.1 with the tunnel's DSCP (fixed, or inherited): one table look-up per packet.
         "TOS": _tos_table(p.tos),
@@ -150,7 +150,7 @@ def compile_tx(tunnel: Tunnel) -> Plan | None:
         "HEADER": _struct(fmt),
     }
     if encap is not None:
-        src = p.local or bytes(4)
+        src = p.local or bytes(16 if outer6 else 4)
         gue = p.mode.value.ip_protocol if encap.kind is fou.EncapKind.GUE else 0
         gre_words = gre.flags_for(p.ocsum, keyed, p.oseq) + _words(p.okey) if p.mode.value.is_gre else 0
         env.update(
@@ -160,8 +160,8 @@ def compile_tx(tunnel: Tunnel) -> Plan | None:
             flow_source_port=fou.flow_source_port,
             # The UDP checksum's words that never change: pseudo-header addresses and protocol, the
             # destination port, GUE's protocol word, and (without a GRE checksum) GRE's flags and key.
-            UDP_SUM=_words(int.from_bytes(src, "big"))
-            + _words(int.from_bytes(p.remote, "big"))
+            UDP_SUM=ones_complement_sum(src)
+            + ones_complement_sum(p.remote)
             + 17
             + encap.dport
             + gue
@@ -198,7 +198,8 @@ def _tx_source(
         after = ipv6.ENCAP_LIMIT_OPTION_LEN if limit else 0
         hlen = ipv6.HEADER_LEN + after + gre_len
         fields = ["0x60000000 | (tos << 20) | label", f"{after + gre_len} + n"]
-        fields += [str(ipv6.NEXTHDR_DEST if limit else spec.ip_protocol), "ttl", "SRC", "DST"]
+        fields += [str(ipv6.NEXTHDR_DEST if limit else (17 if udp is not None else spec.ip_protocol)), "ttl", "SRC"]
+        fields.append("DST")
         fmt = "!IHBB16s16s"
         if limit:
             fields.append("OPTION")
