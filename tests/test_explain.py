@@ -23,6 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.contrib.erspan import ERSPAN_II, ERSPAN_III, ERSPAN_PlatformSpecific
+from scapy.fields import BitField, ByteField, StrLenField, XShortField
 from scapy.layers.inet import GRE, ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6, IPv6ExtHdrDestOpt, PadN
 from scapy.layers.l2 import GRE_PPTP, CookedLinux, CookedLinuxV2, Dot1Q, Ether
@@ -568,20 +569,24 @@ def _flatten(node: Any, out: dict[str, str]) -> dict[str, str]:
     return out
 
 
-@pytest.fixture(scope="module")
-def tshark_dissections(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tuple[str, dict[str, str]]]]:
-    """Each packet as tshark dissects it: its protocols in order, each a flat {field: value}."""
+def tshark_json(wires: dict[str, bytes], directory: Path, *options: str) -> dict[str, list[tuple[str, dict[str, str]]]]:
+    """Each packet as tshark dissects it (with `options`, such as -d decode-as rules): its protocols in order,
+    each a flat {field: value}. Fails under USERTUNNEL_REQUIRE_NETNS=1 without tshark, else skips."""
     if shutil.which("tshark") is None:
         reason = "tshark is not installed (Debian package tshark): the Wireshark cross-check needs it"
         if os.environ.get("USERTUNNEL_REQUIRE_NETNS") == "1":
             pytest.fail(f"USERTUNNEL_REQUIRE_NETNS=1 but {reason}")
         pytest.skip(reason)
-    names = sorted(TSHARK_WIRE)
-    path = tmp_path_factory.mktemp("tshark") / "packets.pcap"
-    wrpcap(str(path), [Raw(TSHARK_WIRE[name]) for name in names], linktype=explain.LINKTYPE_RAW)
+    names = sorted(wires)
+    path = directory / "packets.pcap"
+    wrpcap(str(path), [Raw(wires[name]) for name in names], linktype=explain.LINKTYPE_RAW)
     prefs = ["-o", "ip.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE", "-o", "udp.check_checksum:TRUE"]
     done = subprocess.run(
-        ["tshark", "-n", "-r", str(path), "-T", "json", *prefs], capture_output=True, text=True, timeout=60, check=True
+        ["tshark", "-n", "-r", str(path), "-T", "json", *prefs, *options],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     frames = json.loads(done.stdout, object_pairs_hook=_pairs)
     out = {}
@@ -591,13 +596,17 @@ def tshark_dissections(tmp_path_factory: pytest.TempPathFactory) -> dict[str, li
     return out
 
 
-@pytest.mark.parametrize("name", sorted(TSHARK_WIRE))
-def test_every_field_and_checksum_verdict_equals_tsharks(
-    name: str, tshark_dissections: dict[str, list[tuple[str, dict[str, str]]]]
-) -> None:
-    e = explain.explain(TSHARK_WIRE[name])
+@pytest.fixture(scope="module")
+def tshark_dissections(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tuple[str, dict[str, str]]]]:
+    """Each packet as tshark dissects it: its protocols in order, each a flat {field: value}."""
+    return tshark_json(TSHARK_WIRE, tmp_path_factory.mktemp("tshark"))
+
+
+def assert_equals_tshark(name: str, e: Explanation, dissection: list[tuple[str, dict[str, str]]]) -> tuple[int, int]:
+    """Every header tshark also dissects, in the same order, with every field and checksum verdict equal;
+    returns how many fields and verdicts were compared."""
     ours = [layer for layer in e.layers if layer.kind in TSHARK_PROTO]
-    theirs = [(proto, fields) for proto, fields in tshark_dissections[name] if proto in TSHARK_PROTO.values()]
+    theirs = [(proto, fields) for proto, fields in dissection if proto in TSHARK_PROTO.values()]
     assert [TSHARK_PROTO[layer.kind] for layer in ours] == [proto for proto, _ in theirs]
     compared = verdicts = 0
     for layer, (_, fields) in zip(ours, theirs, strict=True):
@@ -611,6 +620,14 @@ def test_every_field_and_checksum_verdict_equals_tsharks(
             if status is not None and status in fields and fields[status] in ("0", "1"):
                 assert (f.problem is None) == (fields[status] == "1"), f"{name}: {layer.title} {f.name} verdict"
                 verdicts += 1
+    return compared, verdicts
+
+
+@pytest.mark.parametrize("name", sorted(TSHARK_WIRE))
+def test_every_field_and_checksum_verdict_equals_tsharks(
+    name: str, tshark_dissections: dict[str, list[tuple[str, dict[str, str]]]]
+) -> None:
+    compared, verdicts = assert_equals_tshark(name, explain.explain(TSHARK_WIRE[name]), tshark_dissections[name])
     assert compared >= 15
     assert verdicts >= 1
 
@@ -1112,3 +1129,317 @@ def test_erspan_nhrp_pptp_and_wccp_fields_equal_tsharks_field_by_field(
     wanted |= {"wccp-v1": "UDP", "wccp": "WCCP"}
     kind = next(kind for prefix, kind in wanted.items() if name.startswith(prefix))
     assert kind in kinds, f"{name}: no {kind} layer in {sorted(kinds)}"
+
+
+# --- (f) tunnels in UDP: FOU (GRE-in-UDP, IPIP and SIT in UDP) and GUE --------------------------------------------
+
+
+class GUE(Packet):
+    """GUE as draft-ietf-intarea-gue-09 3.1 draws it (scapy has no GUE): variant 0's header with its extension
+    fields, or variant 1, which is the IP packet itself (scapy dissects that as IP or IPv6)."""
+
+    name = "GUE"
+    fields_desc = [
+        BitField("ver", 0, 2),
+        BitField("c", 0, 1),
+        BitField("hlen", 0, 5),
+        ByteField("proto", 47),
+        XShortField("flags", 0),
+        StrLenField("ext", b"", length_from=lambda p: 4 * p.hlen),
+    ]
+
+    @classmethod
+    def dispatch_hook(cls, _pkt: bytes | None = None, *args: Any, **kargs: Any) -> type[Packet]:
+        if _pkt and _pkt[0] >> 6 == 1:
+            return IP if _pkt[0] >> 4 == 4 else IPv6
+        return cls
+
+    def guess_payload_class(self, payload: bytes) -> type[Packet]:
+        return Raw if self.c else {47: GRE, 4: IP, 41: IPv6}.get(self.proto, Raw)
+
+
+OUTER = IP(src=A, dst=B, id=0x4242, flags="DF", ttl=64, tos=0x01)
+PING6 = IPv6(src=A6, dst=B6, tc=0x02) / ICMPv6EchoRequest(id=5, seq=6, data=b"ping6")
+# name: (scapy packet, what its UDP ports carry beyond the defaults)
+UDP_TUNNELS: dict[str, tuple[Packet, dict[int, str]]] = {
+    "gre-in-udp": (OUTER / UDP(sport=49152, dport=4754) / GRE(key_present=1, key=1234) / _inner("icmp"), {}),
+    "gre-in-udp-csk": (
+        OUTER
+        / UDP(sport=4754, dport=4754)
+        / GRE(chksum_present=1, key_present=1, seqnum_present=1, key=7, sequence_number=3)
+        / _inner("tcp"),
+        {},
+    ),
+    "gre-in-udp-no-csum": (OUTER / UDP(sport=40000, dport=4754, chksum=0) / GRE() / _inner("udp"), {}),
+    "gre-in-udp-reply": (
+        IP(src=B, dst=A) / UDP(sport=4754, dport=6000) / GRE(key_present=1, key=1) / _inner("icmp"),
+        {},
+    ),
+    "fou-gre-5555": (
+        OUTER / UDP(sport=6000, dport=5555) / GRE(key_present=1, key=1234) / _inner("icmp"),
+        {5555: "fou:47"},
+    ),
+    "fou-ipip": (OUTER / UDP(sport=33000, dport=5556) / _inner("tcp"), {5556: "fou:4"}),
+    "fou-sit": (OUTER / UDP(sport=33000, dport=5557, chksum=0) / PING6, {5557: "fou:41"}),
+    "gue-gre": (OUTER / UDP(sport=7000, dport=6080) / GUE(proto=47) / GRE(key_present=1, key=9) / _inner("icmp"), {}),
+    "gue-ipip": (OUTER / UDP(sport=7000, dport=6080) / GUE(proto=4) / _inner("udp"), {}),
+    "gue-sit": (OUTER / UDP(sport=7000, dport=6090) / GUE(proto=41) / PING6, {6090: "gue"}),
+    "gue-variant1-ipv4": (OUTER / UDP(sport=7000, dport=7080) / _inner("icmp"), {7080: "gue"}),
+    "gue-variant1-ipv6": (OUTER / UDP(sport=7000, dport=7080) / PING6, {7080: "gue"}),
+    "gre-in-udp-over-ipv6": (IPv6(src=A6, dst=B6) / UDP(sport=50000, dport=4754) / GRE() / _inner("icmp"), {}),
+    "gue-over-ipv6": (IPv6(src=A6, dst=B6) / UDP(sport=50000, dport=6080) / GUE(proto=41) / PING6, {}),
+}
+UDP_WIRE = {name: bytes(p) for name, (p, _) in UDP_TUNNELS.items()}
+UDP_PORTS = {name: ports for name, (_, ports) in UDP_TUNNELS.items()}
+SCAPY_FIELDS["GUE"] = {
+    "Ver": _attr("ver"),
+    "C": _attr("c"),
+    "Hlen": _attr("hlen"),
+    "Proto/ctype": _attr("proto"),
+    "Flags": _attr("flags"),
+    "extension fields": lambda p: p.ext.hex(),
+}
+
+
+def _scapy_tunnel(wire: bytes, ports: dict[int, str]) -> list[Packet]:
+    """scapy's layers of a tunnel in UDP: the outer IP and UDP headers, then what the port carries."""
+    outer = _scapy(wire)
+    udp = outer[UDP]
+    what = {**explain.DEFAULT_UDP_PORTS, **ports}.get(udp.dport) or {**explain.DEFAULT_UDP_PORTS, **ports}[udp.sport]
+    payload = bytes(udp.payload)
+    inner = {"fou:47": GRE, "fou:4": IP, "fou:41": IPv6, "gue": GUE}[what](payload)
+    return [outer, udp, *_scapy_layers(inner)]
+
+
+@pytest.mark.parametrize("name", sorted(UDP_TUNNELS))
+def test_fou_and_gue_fields_equal_scapys_and_the_ip_around_them_is_the_outer_header(name: str) -> None:
+    e = explain.explain(UDP_WIRE[name], udp_ports=UDP_PORTS[name])
+    assert e.well_formed and e.stop is None, explain.render_text(e)
+    assert e.layers[0].title == f"outer {e.layers[0].kind} header"
+    assert e.layers[1].title.startswith("UDP header (GUE)" if name.startswith("gue") else "UDP header (FOU: ")
+    ours = [layer for layer in _headers(e) if not layer.title.startswith("GUE variant 1")]
+    theirs = _scapy_tunnel(UDP_WIRE[name], UDP_PORTS[name])
+    assert [layer.kind for layer in ours] == [SCAPY_KIND.get(type(t).__name__, type(t).__name__) for t in theirs]
+    for layer, scapy_layer in zip(ours, theirs, strict=True):
+        getters = SCAPY_FIELDS.get(layer.kind, {})
+        for f in layer.fields:
+            if f.name in NOT_IN_SCAPY or layer.kind == "IPv6 extension":
+                continue
+            expected = getters[f.name](scapy_layer)
+            assert f.value == expected, f"{name}: {layer.title} {f.name}: {f.value!r} != scapy's {expected!r}"
+    inner = next(layer for layer in e.layers[2:] if layer.kind in ("IPv4", "IPv6"))
+    assert inner.title.startswith("inner ")
+    ecn_after = inner.get("ECN after decapsulation")  # RFC 6040 with the outer ECN, as over IP
+    assert ecn_after is not None and ecn_after.value == "keep"
+
+
+def test_gue_fields_sit_where_the_draft_draws_them_and_its_variant_1_is_two_bits() -> None:
+    e = explain.explain(UDP_WIRE["gue-ipip"])
+    gue = e.layers[2]
+    assert gue.kind == "GUE" and gue.offset == 28 and gue.title == "GUE header (draft-ietf-intarea-gue), 4 bytes"
+    where = {f.name: (f.offset, f.length, f.bits) for f in gue.fields}
+    assert where == {
+        "Ver": (28, 1, (0, 1)),
+        "C": (28, 1, (2, 2)),
+        "Hlen": (28, 1, (3, 7)),
+        "Proto/ctype": (29, 1, None),
+        "Flags": (30, 2, None),
+    }
+    assert explain.summary(e) == (
+        "67 bytes: IPv4 198.51.100.1 > 198.51.100.2, UDP 7000 > 6080, GUE (proto 4), IPv4 203.0.113.1 > "
+        "203.0.113.2, UDP 40000 > 53"
+    )
+    v1 = explain.explain(UDP_WIRE["gue-variant1-ipv6"], udp_ports={7080: "gue"})
+    assert [(f.name, f.value, f.offset, f.bits) for f in v1.layers[2].fields] == [("Ver", 1, 28, (0, 1))]
+    assert v1.layers[3].kind == "IPv6" and v1.layers[3].offset == 28
+    assert "GUE variant 1" in explain.summary(v1)
+
+
+def _gue(first: int, proto: int = 4, flags: int = 0, ext: bytes = b"", port: int = 6080) -> bytes:
+    return bytes(OUTER / UDP(sport=7000, dport=port) / bytes((first, proto)) / flags.to_bytes(2, "big") / ext
+                 / _inner("icmp"))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("first", "flags", "ext", "stop", "kind_after"),
+    [
+        (0x00, 0, b"", None, "IPv4"),  # Linux's own: usertunnel takes it
+        (0x20, 0, b"", None, "payload"),  # a control message: its type, not dissected
+        (0x02, 0x8000, bytes(8), None, "IPv4"),  # flags and 8 bytes of extension fields, then the packet
+        (0x00, 0x0001, b"", None, "IPv4"),  # Linux's private-flags bit
+        (0x80, 0, b"", "unknown GUE variant", None),  # variant 2
+        (0xC0, 0, b"", "unknown GUE variant", None),  # variant 3
+    ],
+)
+def test_each_gue_header_is_explained_with_the_verdict_of_usertunnels_receiver(
+    first: int, flags: int, ext: bytes, stop: str | None, kind_after: str | None
+) -> None:
+    from usertunnel.core import fou
+
+    wire = _gue(first, flags=flags, ext=ext)
+    e = explain.explain(wire)
+    gue = next(layer for layer in e.layers if layer.kind == "GUE")
+    verdict = fou.parse_gue(wire[28:])
+    said = " ".join(f.meaning for f in gue.fields)
+    if isinstance(verdict, tuple):
+        assert verdict == (4, 4) and "usertunnel drops" not in said
+    else:
+        assert f"usertunnel drops it ({verdict.value})" in said, said
+    if stop is None:
+        assert e.stop is None and e.well_formed
+        assert e.layers[e.layers.index(gue) + 1].kind == kind_after
+        if ext:
+            assert gue.get("extension fields") is not None and gue.get("Hlen").value == len(ext) // 4  # type: ignore[union-attr]
+    else:
+        assert e.stop is not None and e.stop.reason == stop and e.stop.offset == 28
+        assert "unknown GUE variant" in {f.problem for f in e.problems}
+
+
+def test_gue_variant_1_that_is_not_ip_is_a_problem_and_usertunnel_drops_it() -> None:
+    wire = bytearray(UDP_WIRE["gue-variant1-ipv4"])
+    wire[28] = 0x55  # variant 1, IP version 5
+    e = explain.explain(bytes(wire), udp_ports={7080: "gue"})
+    assert e.stop is not None and e.stop.reason == "GUE variant 1 not IP"
+    assert "gue_malformed" in e.stop.detail and "GUE variant 1 with IP version 5" in {f.problem for f in e.problems}
+
+
+def test_a_port_is_read_as_a_tunnel_only_as_the_defaults_or_udp_port_say() -> None:
+    plain = explain.explain(UDP_WIRE["fou-gre-5555"])  # nothing says what 5555 carries
+    assert [layer.kind for layer in plain.layers] == ["IPv4", "UDP"] and plain.layers[0].title == "IPv4 header"
+    assert plain.layers[1].get("data") is not None
+    off = explain.explain(UDP_WIRE["gre-in-udp"], udp_ports={4754: "none"})
+    assert [layer.kind for layer in off.layers] == ["IPv4", "UDP"]
+    dport = explain.explain(UDP_WIRE["gre-in-udp"]).layers[1].get("destination port")
+    assert dport is not None and dport.meaning.startswith("the tunnel's port: FOU carrying GRE")
+    assert "the port RFC 8086 3.2 gives GRE-in-UDP" in dport.meaning
+    said = explain.explain(UDP_WIRE["fou-ipip"], udp_ports={5556: "fou:4"}).layers[1].get("destination port")
+    assert said is not None and said.meaning.endswith("as --udp-port 5556=fou:4 says")
+    reply = explain.explain(UDP_WIRE["gre-in-udp-reply"])  # a hub's answer: from 4754 to the NAT's port
+    assert [layer.kind for layer in reply.layers] == ["IPv4", "UDP", "GRE", "IPv4", "ICMP"]
+    sport = reply.layers[1].get("source port")
+    assert sport is not None and sport.meaning.startswith("the tunnel's port")
+
+
+# tshark knows GRE-in-UDP on 4754 (RFC 8086) itself; the rest is told with decode-as, as --udp-port tells explain.
+# Wireshark 4.0 has no GUE dissector: GUE's variant 0 header is checked against scapy above; variant 1 is IP.
+TSHARK_DECODE = ["-d", "udp.port==5555,gre", "-d", "udp.port==5556,ip", "-d", "udp.port==5557,ipv6"]
+TSHARK_DECODE += ["-d", "udp.port==7080,ip"]
+TSHARK_UDP = [n for n in sorted(UDP_TUNNELS) if not n.startswith("gue-") or n.startswith("gue-variant1")]
+
+
+@pytest.fixture(scope="module")
+def tshark_udp(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tuple[str, dict[str, str]]]]:
+    wires = {name: UDP_WIRE[name] for name in TSHARK_UDP}
+    return tshark_json(wires, tmp_path_factory.mktemp("tshark-udp"), *TSHARK_DECODE)
+
+
+@pytest.mark.parametrize("name", TSHARK_UDP)
+def test_fou_fields_and_checksum_verdicts_equal_tsharks(
+    name: str, tshark_udp: dict[str, list[tuple[str, dict[str, str]]]]
+) -> None:
+    e = explain.explain(UDP_WIRE[name], udp_ports=UDP_PORTS[name])
+    compared, verdicts = assert_equals_tshark(name, e, tshark_udp[name])
+    assert compared >= 20
+    udp = e.layers[1].get("checksum")
+    assert udp is not None and (udp.value == 0 or verdicts >= 2)  # the UDP checksum over the whole tunnel packet
+
+
+@pytest.mark.parametrize("name", sorted(UDP_TUNNELS))
+def test_a_tunnel_in_udp_cut_at_every_offset_says_where_it_stopped(name: str) -> None:
+    wire, ports = UDP_WIRE[name], UDP_PORTS[name]
+    whole = {
+        (f.offset, f.name): f.value for layer in explain.explain(wire, udp_ports=ports).layers for f in layer.fields
+    }
+    for cut in range(len(wire)):
+        e = explain.explain(wire[:cut], udp_ports=ports)
+        assert e.stop is not None and e.stop.malformed, f"cut at {cut}: {e.stop}"
+        assert cut - 40 <= e.stop.offset <= cut, f"cut at {cut}: stopped at {e.stop.offset}"
+        _stop_is_named(e)
+        for layer in e.layers:
+            for f in layer.fields:
+                if f.name not in ("data", "payload"):
+                    assert whole[f.offset, f.name] == f.value, f"cut at {cut}: {f.name} at {f.offset}"
+
+
+@SETTINGS
+@given(
+    st.sampled_from([4754, 6080, 5555]),
+    st.sampled_from(sorted(explain.UDP_CARRIERS)),
+    st.binary(max_size=120),
+    st.booleans(),
+)
+def test_any_payload_of_a_tunnel_port_never_raises(port: int, what: str, payload: bytes, reply: bool) -> None:
+    sport, dport = (port, 40000) if reply else (40000, port)
+    e = explain.explain(bytes(OUTER / UDP(sport=sport, dport=dport) / payload), udp_ports={5555: what})
+    explain.render_text(e, width=80)
+    json.dumps(explain.to_json(e))
+    if e.stop is not None:
+        _stop_is_named(e)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--udp-port", "5555"], "give PORT=WHAT with PORT 1..65535"),
+        (["--udp-port", "0=gue"], "give PORT=WHAT with PORT 1..65535"),
+        (["--udp-port", "70000=gue"], "give PORT=WHAT with PORT 1..65535"),
+        (["--udp-port", "5555=vxlan"], "'vxlan' is not something explain reads in UDP; give one of fou:47, fou:4"),
+    ],
+)
+def test_a_bad_udp_port_is_one_line_naming_what_is_accepted_and_exit_2(
+    capsys: pytest.CaptureFixture[str], argv: list[str], expected: str
+) -> None:
+    status, out, err = run(capsys, *argv, UDP_WIRE["fou-ipip"].hex())
+    assert (status, out) == (2, "")
+    assert err.count("\n") == 1 and err.startswith(f"usertunnel explain: error: --udp-port {argv[1]!r}: ")
+    assert expected in err
+
+
+def test_udp_port_on_the_command_line_says_what_ports_carry(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    wires = [UDP_WIRE["fou-ipip"], UDP_WIRE["gue-variant1-ipv4"]]
+    path = _capture(tmp_path, explain.LINKTYPE_RAW, wires, "udp.pcap")
+    status, out, err = run(capsys, "--pcap", str(path), "--all", "-j", "--udp-port", "5556=fou:4",
+                           "--udp-port", "7080=gue")  # fmt: skip
+    assert (status, err) == (0, "")
+    first, second = json.loads(out)
+    titles = [layer[0]["layer"] for layer in first][:3]
+    assert titles == [
+        "outer IPv4 header",
+        "UDP header (FOU: IPIP in UDP)",
+        "inner IPv4 header (FOU payload, IPIP in UDP)",
+    ]
+    assert second[2][0]["layer"].startswith("GUE variant 1") and second[2][0]["value"] == 1
+    status, out, _ = run(capsys, UDP_WIRE["gre-in-udp"].hex(), "--udp-port", "4754=none")
+    assert status == 0 and "GRE" not in out.splitlines()[0]
+
+
+@pytest.mark.parametrize(
+    ("mode", "kind", "dport"),
+    [(Mode.GRE, "fou", 4754), (Mode.GRE, "gue", 6080), (Mode.IPIP, "gue", 6080), (Mode.SIT, "gue", 6080),
+     (Mode.IPIP, "fou", 5555), (Mode.SIT, "fou", 5556)],
+)  # fmt: skip
+def test_what_usertunnel_sends_in_udp_is_explained_with_its_options(mode: Mode, kind: str, dport: int) -> None:
+    from usertunnel.core import fou
+
+    encap = fou.Encap(fou.EncapKind(kind), dport=dport, sport=None, csum=True)
+    key = 1234 if mode is Mode.GRE else None
+    params = TunnelParams(name="t0", mode=mode, local=ipaddress.ip_address(A).packed,
+                          remote=ipaddress.ip_address(B).packed, ikey=key, okey=key, encap=encap)  # fmt: skip
+    inner = bytes(PING6 if mode is Mode.SIT else _inner("tcp"))
+    wire = Tunnel(params).encapsulate(inner)
+    assert isinstance(wire, bytes)
+    carried = "gue" if kind == "gue" else f"fou:{mode.value.ip_protocol}"
+    e = explain.explain(wire, udp_ports={dport: carried})
+    assert e.well_formed and e.stop is None, explain.render_text(e)
+    udp = e.layers[1]
+    assert udp.get("destination port").value == dport  # type: ignore[union-attr]
+    assert 32768 <= udp.get("source port").value <= 60999  # type: ignore[union-attr, operator]  # auto: a flow hash
+    assert "valid" in udp.get("checksum").meaning  # type: ignore[union-attr]
+    if kind == "gue":
+        gue = e.layers[2]
+        assert [f.value for f in gue.fields] == [0, 0, 0, mode.value.ip_protocol, 0]
+    if key is not None:
+        gre = next(layer for layer in e.layers if layer.kind == "GRE")
+        assert gre.get("key").value == 1234  # type: ignore[union-attr]
+    tail = next(i for i, layer in enumerate(e.layers) if layer.title.startswith("inner "))
+    assert e.packet[e.layers[tail].offset :] == inner

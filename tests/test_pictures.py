@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import Ether
-from test_explain import MORE_WIRE
+from test_explain import MORE_WIRE, UDP_PORTS, UDP_WIRE
 
 from usertunnel import explain, trace
 from usertunnel.core.encap import Demux, Tunnel
@@ -217,6 +217,46 @@ def test_the_rfc_bit_layout_of_the_gre_header_is_drawn_at_rfc_2784s_columns() ->
     assert columns["C"] == (0, 1) and columns["Recur"] == (5, 3) and columns["Flags"] == (8, 5)
     assert columns["Ver"] == (13, 3) and columns["protocol type"] == (16, 16)
     assert columns["checksum"] == (32, 16) and columns["reserved1"] == (48, 16) and columns["key"] == (64, 32)
+
+
+@pytest.mark.parametrize("name", sorted(UDP_WIRE))
+def test_the_udp_and_gue_headers_are_drawn_at_their_rfc_columns(name: str) -> None:
+    e = explain.explain(UDP_WIRE[name], udp_ports=UDP_PORTS[name])
+    blocks = packet.layout(e)
+    udp = next(block for block in blocks if block.layer.kind == "UDP")
+    assert udp.layer.title.startswith("UDP header (")  # drawn as the tunnel's header: FOU or GUE
+    columns = {b.field.name: (b.start, b.width) for b in udp.boxes}
+    assert columns == {"source port": (0, 16), "destination port": (16, 16), "length": (32, 16), "checksum": (48, 16)}
+    assert len(udp.heights) == 2  # RFC 768's two rows
+    gue = [block for block in blocks if block.layer.kind == "GUE"]
+    if name.startswith("gue-variant1"):
+        # Variant 1 is no header: two bits of the IP header's first byte, drawn where they are.
+        assert [(b.field.name, b.start, b.width) for b in gue[0].boxes] == [("Ver", 0, 2)]
+        assert gue[0].layer.offset == blocks[blocks.index(gue[0]) + 1].layer.offset
+    elif gue:
+        columns = {b.field.name: (b.start, b.width) for b in gue[0].boxes}
+        expected = {"Ver": (0, 2), "C": (2, 1), "Hlen": (3, 5), "Proto/ctype": (8, 8), "Flags": (16, 16)}
+        assert columns == expected and len(gue[0].heights) == 1  # draft-ietf-intarea-gue-09 3.1: one row
+    root = ET.fromstring(packet.svg([(name, e)], name))
+    layers = [g.get("data-layer") for g in root.iter(f"{SVG}g") if g.get("class") == "header"]
+    assert layers == [layer.title for layer in e.layers]
+    assert_page_shows(PageDOM(page.explain_page([(explain.summary(e), e)], name)), [e])
+
+
+def test_explain_svg_with_udp_port_draws_the_tunnel_the_port_carries(capsys: pytest.CaptureFixture[str]) -> None:
+    assert explain.run(parse("--svg", "--udp-port", "5556=fou:4", UDP_WIRE["fou-ipip"].hex())) == 0
+    root = ET.fromstring(capsys.readouterr().out)
+    layers = [g.get("data-layer") for g in root.iter(f"{SVG}g") if g.get("class") == "header"]
+    assert layers[:3] == [
+        "outer IPv4 header",
+        "UDP header (FOU: IPIP in UDP)",
+        "inner IPv4 header (FOU payload, IPIP in UDP)",
+    ]  # noqa: E501
+    assert explain.run(parse("--html", UDP_WIRE["gue-gre"].hex())) == 0
+    dom = PageDOM(capsys.readouterr().out)
+    assert_page_shows(dom, [explain.explain(UDP_WIRE["gue-gre"])])
+    assert {f["name"] for f in page_fields(dom) if f["layer"].startswith("GUE header")} == {
+        "Ver", "C", "Hlen", "Proto/ctype", "Flags"}  # fmt: skip
 
 
 def test_a_long_payload_is_drawn_two_rows_high_with_its_size() -> None:

@@ -30,10 +30,10 @@ import shutil
 import struct
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
-from .core import ecn, gre, ipv4, ipv6
+from .core import ecn, fou, gre, ipv4, ipv6
 from .core.checksum import checksum_is_valid, internet_checksum
 from .core.drops import Drop
 
@@ -184,6 +184,7 @@ PORTS = {
     500: "IKE",
     4500: "IPsec NAT traversal",
     4754: "GRE in UDP (RFC 8086)",
+    6080: "GUE (no IANA port: the one usertunnel's examples use)",
     4789: "VXLAN (RFC 7348)",
     5201: "iperf3",
     5353: "mDNS",
@@ -197,6 +198,22 @@ GRE_BITS = (  # bits 0-4 of the GRE header: name, meaning when set, meaning when
     ("S", "sequence number present", "no sequence number", "RFC 2890 2"),
     ("s", "strict source route (RFC 1701)" + GRE_IGNORED, "strict source route (RFC 1701): clear", "RFC 2784 2.3"),
 )
+# What a UDP port carries (`ip fou add port N ipproto 47|4|41` or `... gue`; --udp-port PORT=WHAT): the
+# UDP header is then a tunnel's, and its payload is dissected as that tunnel's header.
+GUE_RFC = "draft-ietf-intarea-gue-09"
+UDP_CARRIERS = {  # what: (the UDP header's title, what its port means)
+    "fou:47": ("FOU: GRE in UDP, RFC 8086", "FOU carrying GRE (ip fou add port N ipproto 47; RFC 8086)"),
+    "fou:4": ("FOU: IPIP in UDP", "FOU carrying IPv4 (ip fou add port N ipproto 4)"),
+    "fou:41": ("FOU: SIT in UDP", "FOU carrying IPv6 (ip fou add port N ipproto 41)"),
+    "gue": ("GUE", "GUE, Generic UDP Encapsulation (ip fou add port N gue; draft-ietf-intarea-gue)"),
+    "none": ("", "plain UDP: its payload is not dissected"),
+}
+GUE_PORT = 6080  # GUE has no IANA port (ip-fou(8)'s example takes 9999); usertunnel's README and labs use 6080
+DEFAULT_UDP_PORTS = {fou.GRE_IN_UDP_PORT: "fou:47", GUE_PORT: "gue"}  # RFC 8086 3.2: 4754 is GRE-in-UDP
+GUE_VARIANTS = {
+    0: "variant 0: a GUE header (this 4-byte word and Hlen words of extensions) comes first",
+    1: "variant 1: no GUE header; the payload is an IPv4 (first bits 0100) or IPv6 (0110) packet itself",
+}
 IPV4_OPTIONS = {
     0: "end of options",
     1: "no-operation",
@@ -502,8 +519,9 @@ class _Dissector:
 
     MAX_DEPTH = 8  # IP headers inside IP headers; no real packet nests deeper
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, udp_ports: Mapping[int, str] | None = None) -> None:
         self.data = data
+        self.udp_ports = DEFAULT_UDP_PORTS if udp_ports is None else udp_ports
         self.layers: list[Layer] = []
         self.shortfall: Stop | None = None  # the outermost length field that promises more than is present
 
@@ -748,7 +766,9 @@ class _Dissector:
                 via = "IPIP, RFC 2003" if proto == 4 else "SIT, IPv6 in IPv4, RFC 4213"
             self.ip(offset, replace(tunneled, via=via, expect_version=version))
         elif proto in (1, 6, 17, 58):
-            transport = replace(sub, pseudo=addrs, role="inner" if ctx.depth > 0 else "", outer_tos=None)
+            # UDP may carry a tunnel (FOU, GUE): its inner IP header is then judged with this TOS (RFC 6040).
+            tos_for = tos if proto == 17 and not ctx.quoted else None
+            transport = replace(sub, pseudo=addrs, role="inner" if ctx.depth > 0 else "", outer_tos=tos_for)
             {1: self.icmp, 6: self.tcp, 17: self.udp, 58: self.icmpv6}[proto](offset, transport)
         elif proto == 59:
             if offset < sub.end:
@@ -1268,10 +1288,33 @@ class _Dissector:
             w.add(at, 4, "rest of header", rest, meaning, rfc, shown=f"0x{rest:08x}")
         self.icmp_body(w, at + 4, kind < 128, 6)
 
-    def ports(self, w: _Writer, offset: int) -> None:
+    def ports(self, w: _Writer, offset: int, carried: tuple[str, str] | None = None) -> None:
+        """Both ports; `carried` (which port says what the payload is, and what) names the tunnel's port."""
         for name, at in (("source port", offset), ("destination port", offset + 2)):
             port = w.uint(at, 2, name)
-            w.add(at, 2, name, port, PORTS.get(port, "ephemeral" if port >= 32768 else "-"))
+            meaning = PORTS.get(port, "ephemeral" if port >= 32768 else "-")
+            if carried is not None and carried[0] == name:
+                meaning = f"the tunnel's port: {UDP_CARRIERS[carried[1]][1]}, {self.carrier_origin(port, carried[1])}"
+            elif carried is not None and name == "source port":
+                meaning = f"{meaning}; a tunnel's UDP source port: fixed, or a hash of the inner flow (RFC 8086 3.2.1)"
+            w.add(at, 2, name, port, meaning)
+
+    def carrier_origin(self, port: int, what: str) -> str:
+        """Why explain reads this port as a tunnel's: a standard port, or --udp-port."""
+        if DEFAULT_UDP_PORTS.get(port) == what:
+            return "the port RFC 8086 3.2 gives GRE-in-UDP" if what == "fou:47" else "the port usertunnel uses for GUE"
+        return f"as --udp-port {port}={what} says"
+
+    def udp_carrier(self, ctx: _Ctx, offset: int) -> tuple[str, str] | None:
+        """Which port of the UDP header at `offset` says a tunnel is inside, and which (`udp_ports`): the
+        destination port, else the source port (a hub answers from the port it receives on)."""
+        if ctx.end < offset + 4:
+            return None
+        for name, at in (("destination port", offset + 2), ("source port", offset)):
+            what = self.udp_ports.get(int.from_bytes(self.data[at : at + 2], "big"))
+            if what is not None:
+                return None if what == "none" else (name, what)
+        return None
 
     def tcp(self, offset: int, ctx: _Ctx) -> None:
         w = self.transport("TCP", offset, "RFC 9293 3.1", ctx)
@@ -1305,7 +1348,8 @@ class _Dissector:
 
     def udp(self, offset: int, ctx: _Ctx) -> None:
         w = self.transport("UDP", offset, "RFC 768", ctx)
-        self.ports(w, offset)
+        carried = self.udp_carrier(ctx, offset)
+        self.ports(w, offset, carried)
         length = w.uint(offset + 4, 2, "length")
         present = ctx.end - offset
         meaning, problem = "bytes in the datagram, this 8-byte header included", None
@@ -1320,16 +1364,107 @@ class _Dissector:
             bad = "zero UDP checksum over IPv6"
             w.add(offset + 6, 2, "checksum", 0, "none, which IPv6 forbids", "RFC 8200 8.1", shown="0x0000", problem=bad)
         elif csum == 0:
-            w.add(offset + 6, 2, "checksum", 0, "none: the sender did not compute one", shown="0x0000")
+            meaning = "none: the sender did not compute one"
+            if carried is not None:
+                meaning += " (a tunnel's noencap-csum, iproute2's default over IPv4)"
+            w.add(offset + 6, 2, "checksum", 0, meaning, shown="0x0000")
         else:
             covered, prefix = self.covered(w, 17, length) if length >= 8 else (None, b"")
             w.checksum(offset + 6, covered, prefix, "RFC 8200 8.1" if v6 else "")
         if length < 8:
             raise w.halt(offset + 4, "UDP length < 8", f"length {length} is less than the 8-byte header")
         sub = ctx if ctx.quoted else self.sub_ctx(ctx, offset + 4, offset + length, "UDP length")
-        self.data_field(_Writer(self, w.layer, sub), offset + 8)
+        if carried is None:
+            self.data_field(_Writer(self, w.layer, sub), offset + 8)
+        else:
+            self.udp_tunnel(w, carried[1], offset + 8, sub)
         if not ctx.quoted:
             self.trailer(offset + length, ctx, "after the end the UDP length gives")
+
+    def udp_tunnel(self, w: _Writer, what: str, offset: int, sub: _Ctx) -> None:
+        """The payload of a tunnel's UDP header: what a FOU port says (GRE, IPv4, IPv6), or a GUE header.
+        The IP header around the UDP header is then the tunnel's outer header, and says so."""
+        ctx = w.ctx
+        w.layer.title += f" ({UDP_CARRIERS[what][0]})"
+        if ctx.depth == 0 and not ctx.quoted:
+            outer = next((layer for layer in reversed(self.layers) if layer.kind in ("IPv4", "IPv6")), None)
+            if outer is not None and not outer.title.startswith("outer "):
+                outer.title = f"outer {outer.title}"
+        tunneled = replace(sub, depth=ctx.depth + 1, role="inner", pseudo=None, outer_tos=ctx.outer_tos)
+        if what == "fou:47":
+            self.gre(offset, tunneled)
+        elif what == "gue":
+            self.gue(offset, tunneled)
+        else:
+            version = 4 if what == "fou:4" else 6
+            via = f"FOU payload, {'IPIP' if version == 4 else 'SIT'} in UDP"
+            self.ip(offset, replace(tunneled, via=via, expect_version=version))
+
+    def gue(self, offset: int, ctx: _Ctx) -> None:
+        """A GUE header (draft-ietf-intarea-gue-09 3.1), or variant 1's bare IPv4 or IPv6 packet (4), with what
+        usertunnel's receiver does with it (core.fou.parse_gue: Linux's variant 0 without flags or
+        extensions, and variant 1)."""
+        w = self.layer("GUE", "GUE header (draft-ietf-intarea-gue)", offset, f"{GUE_RFC} 3.1", ctx)
+        variant = w.uint(offset, 1, "Ver") >> 6
+        verdict = fou.parse_gue(self.data[offset : min(offset + fou.GUE_HEADER_LEN, ctx.end)])
+        dropped = f"usertunnel drops it ({verdict.value})" if isinstance(verdict, Drop) else ""
+        if variant == 1:
+            w.layer.title, w.layer.rfc = (
+                "GUE variant 1: no GUE header, an IP packet (draft-ietf-intarea-gue)",
+                f"{GUE_RFC} 4",
+            )
+            version = self.data[offset] >> 4
+            bad = None if version in (4, 6) else f"GUE variant 1 with IP version {version}"
+            meaning = GUE_VARIANTS[1] + (f"; but the version is {version}: {dropped}" if bad else "")
+            w.bits(offset, 0, 1, "Ver", meaning, problem=bad)
+            if bad:
+                raise w.halt(offset, "GUE variant 1 not IP", f"{meaning} (Linux's gue_udp_recv does the same)")
+            via = f"GUE variant 1, IPv{version} directly in UDP"
+            self.ip(offset, replace(ctx, via=via, expect_version=version))
+            return
+        if variant > 1:
+            why = f"variant {variant}: the draft defines 0 and 1 ({dropped})"
+            w.bits(offset, 0, 1, "Ver", why, f"{GUE_RFC} 2.1", problem="unknown GUE variant")
+            raise w.halt(offset, "unknown GUE variant", why, f"{GUE_RFC} 2.1")
+        w.bits(offset, 0, 1, "Ver", GUE_VARIANTS[0] + " (Linux calls it the version)", f"{GUE_RFC} 2.1")
+        control = w.bits(
+            offset, 2, 2, "C",
+            lambda c: f"a control message: Proto/ctype is its type ({dropped})" if c else "a data message",
+        )  # fmt: skip
+        hlen = w.bits(
+            offset, 3, 7, "Hlen",
+            lambda n: f"{n} x 4 = {4 * n} bytes of extension fields after this 4-byte word"
+            + (f" ({dropped}: it takes none)" if n else ""),
+        )  # fmt: skip
+        ctype = w.uint(offset + 1, 1, "Proto/ctype")
+        if control:
+            meaning = f"control message type {ctype}" + (" (reserved)" if ctype == 0 else "")
+            w.add(offset + 1, 1, "Proto/ctype", ctype, meaning, f"{GUE_RFC} 3.2.2")
+        else:
+            w.add(offset + 1, 1, "Proto/ctype", ctype, _protocol_meaning(ctype, v6=False), f"{GUE_RFC} 3.2.1")
+        flags = w.uint(offset + 2, 2, "Flags")
+        meaning = "none: no extension fields" if flags == 0 else (
+            "extension fields flagged (draft-ietf-intarea-gue-extensions"
+            + ("; the last bit is Linux's P: private flags follow" if flags & 1 else "")
+            + f"), not dissected: {dropped}"
+        )  # fmt: skip
+        w.add(offset + 2, 2, "Flags", flags, meaning, f"{GUE_RFC} 3.3", shown=f"0x{flags:04x}")
+        at = offset + fou.GUE_HEADER_LEN
+        if hlen:
+            data = w.raw(at, 4 * hlen, "extension fields")
+            w.add(at, len(data), "extension fields", data.hex(), "as the Flags say, not dissected", f"{GUE_RFC} 3.3",
+                  shown=f"{len(data)} bytes")  # fmt: skip
+            at += len(data)
+        w.layer.title = f"GUE header (draft-ietf-intarea-gue), {at - offset} bytes"
+        if control:
+            self.payload(at, ctx, f"a GUE control message of type {ctype}")
+        elif ctype == 47:
+            self.gre(at, ctx)
+        elif ctype in (4, 41):
+            version = 4 if ctype == 4 else 6
+            self.ip(at, replace(ctx, via=f"GUE payload, Proto/ctype {ctype}", expect_version=version))
+        elif at < ctx.end:
+            self.payload(at, ctx, f"GUE Proto/ctype {ctype} ({IP_PROTOCOLS.get(ctype, 'unknown')})")
 
     # --- what is not a header -----------------------------------------------------------------------------
 
@@ -1501,19 +1636,24 @@ def _tcp_options(options: bytes) -> str:
 
 
 def explain(
-    packet: bytes | bytearray | memoryview, linktype: int = LINKTYPE_RAW, wire_length: int | None = None
+    packet: bytes | bytearray | memoryview,
+    linktype: int = LINKTYPE_RAW,
+    wire_length: int | None = None,
+    udp_ports: Mapping[int, str] | None = None,
 ) -> Explanation:
     """Dissect `packet` (starting at the link layer `linktype` gives; raw IP by default) field by field.
 
     Never raises on the packet's bytes. `wire_length` is the length the packet had on the wire, when a
-    capture kept fewer bytes (its snap length); truncation messages then say so.
+    capture kept fewer bytes (its snap length); truncation messages then say so. `udp_ports` says what UDP
+    ports carry (a port: "fou:47", "fou:4", "fou:41", "gue" or "none", as `--udp-port`), over the
+    defaults: 4754 GRE-in-UDP (RFC 8086), 6080 GUE. The packet cannot say it: `ip fou add` does.
     """
     data = bytes(packet)
     wire = max(wire_length or len(data), len(data))
     why = f"the packet has only {len(data)} bytes"
     if wire > len(data):
         why += f" (the capture kept {len(data)} of its {wire} bytes)"
-    dissector = _Dissector(data)
+    dissector = _Dissector(data, {**DEFAULT_UDP_PORTS, **(udp_ports or {})})
     stop: Stop | None = None
     if not data:
         stop = Stop(0, "empty", "there are no bytes to explain", "")
@@ -1560,6 +1700,12 @@ def summary(e: Explanation) -> str:
             parts.append("GRE" + (f" ({', '.join(opts)})" if opts else ""))
         elif layer.kind in ("TCP", "UDP") and "destination port" in values:
             parts.append(f"{layer.kind} {values['source port']} > {values['destination port']}")
+        elif layer.kind == "GUE":
+            proto, c = layer.get("Proto/ctype"), layer.get("C")
+            if proto is None:
+                parts.append("GUE variant 1" if layer.title.startswith("GUE variant 1") else "GUE")
+            else:
+                parts.append(f"GUE ({'control type' if c and c.value else 'proto'} {proto.value})")
         elif layer.kind in ("ICMP", "ICMPv6") and "type" in values:
             t = layer.get("type")
             parts.append(f"{layer.kind} {t.meaning if t else ''}")
@@ -1596,7 +1742,7 @@ def render_text(e: Explanation, width: int | None = None) -> str:
 
     for layer in e.layers:
         last = max(f.offset + f.length for f in layer.fields)
-        span = f"offsets {layer.offset}-{last - 1}" if last > layer.offset else f"offset {layer.offset}"
+        span = f"offsets {layer.offset}-{last - 1}" if last > layer.offset + 1 else f"offset {layer.offset}"
         lines += ["", f"{layer.title}: {span}" + (f" [{layer.rfc}]" if layer.rfc else ""), *fmt(_COLUMNS)]
         for f in layer.fields:
             lines += fmt(_row(e.packet, f))
@@ -1695,6 +1841,17 @@ def parse_hex(text: str) -> bytes:
     return bytes.fromhex("".join(digits))
 
 
+def parse_udp_port(text: str) -> tuple[int, str]:
+    """`--udp-port PORT=WHAT`: that UDP port carries WHAT (fou:47, fou:4, fou:41, gue; none: plain UDP)."""
+    port, sep, what = text.partition("=")
+    accepted = ", ".join(UDP_CARRIERS)
+    if not sep or not port.strip().isdigit() or not 1 <= int(port) <= 65535:
+        raise InputError(f"--udp-port {text!r}: give PORT=WHAT with PORT 1..65535 and WHAT one of {accepted}")
+    if what not in UDP_CARRIERS:
+        raise InputError(f"--udp-port {text!r}: {what!r} is not something explain reads in UDP; give one of {accepted}")
+    return int(port), what
+
+
 # --- command line -----------------------------------------------------------------------------------------
 
 EXAMPLE_HEX = (
@@ -1718,6 +1875,13 @@ mirrored frame, NHRP (0x2001: fixed header, mandatory part, client information
 entries, extensions), PPTP's enhanced GRE (version 1: payload length, call ID,
 sequence and acknowledgment numbers) with its PPP frame, and WCCP's redirect
 header (0x883e).
+
+Tunnels in UDP: FOU (GRE, IPv4 or IPv6 right after the UDP header) and GUE
+(its header: variant, C bit, Hlen, Proto/ctype, flags; or variant 1, a bare
+IPv4 or IPv6 packet). A packet cannot say what its UDP port carries (on Linux,
+`ip fou add` says it): explain reads port 4754 as GRE-in-UDP (RFC 8086) and
+6080 as GUE, as the destination port or else the source port (a hub answers
+from its own port), and --udp-port PORT=WHAT names any other.
 
 A malformed packet is explained as far as it goes, then explain says at which
 offset parsing stopped and why (truncated header, wrong version, IHL < 5,
@@ -1751,6 +1915,11 @@ the other forms:
   usertunnel explain --pcap gre.pcapng --index 3             the 4th packet of a capture
   tcpdump -ni eth0 -w gre.pcap ip proto gre                  capture GRE, then explain
   usertunnel explain --pcap gre.pcap --all                   every packet of it
+  usertunnel explain --pcap fou.pcap --udp-port 5555=fou:47  UDP port 5555 carries GRE (FOU)
+
+--udp-port PORT=WHAT (again for each port): fou:47 (FOU carrying GRE, as `ip fou
+add port PORT ipproto 47`), fou:4 (IPv4: ipip), fou:41 (IPv6: sit), gue (`ip fou
+add port PORT gue`), none (plain UDP, also to turn off 4754 or 6080).
 
 -j prints a list of layers, each a list of fields {{layer, offset, length, bits,
 name, value, meaning, rfc, problem}}; where parsing stopped is a last field named
@@ -1772,7 +1941,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     """Add the `explain` subcommand to an argparse subparsers object."""
     p = subparsers.add_parser(
         "explain",
-        help="explain a packet byte by byte: every GRE/IPIP/IP/ICMP/TCP/UDP field with its RFC section",
+        help="explain a packet byte by byte: every GRE/FOU/GUE/IPIP/IP/ICMP/TCP/UDP field with its RFC section",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -1782,6 +1951,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--index", metavar="N", help="with --pcap: the packet to explain, 0-based (default 0)")
     p.add_argument("--all", action="store_true", help="with --pcap: explain every packet")
     p.add_argument("-j", "--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--udp-port",
+        action="append",
+        default=[],
+        metavar="PORT=fou:47|fou:4|fou:41|gue|none",
+        help="what UDP port PORT carries (repeatable): FOU with GRE, IPv4 or IPv6 (ip fou add port PORT ipproto "
+        "47|4|41), GUE (ip fou add port PORT gue), or nothing to dissect; 4754 is GRE-in-UDP and 6080 GUE unless "
+        "said otherwise",
+    )
     p.add_argument(
         "--svg",
         action="store_true",
@@ -1840,6 +2018,7 @@ def run(args: argparse.Namespace) -> int:
     packets: list[tuple[int, bytes, int, int]] = []
     try:
         index = _index(args)
+        udp_ports = dict(parse_udp_port(text) for text in args.udp_port)
         if args.pcap is None:
             if args.hex:
                 text = " ".join(args.hex)
@@ -1878,7 +2057,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"usertunnel explain: error: cannot read the input: {exc}", file=sys.stderr)
         return 2
 
-    explanations = [(i, explain(data, linktype, wire or None)) for i, data, linktype, wire in packets]
+    explanations = [(i, explain(data, linktype, wire or None, udp_ports)) for i, data, linktype, wire in packets]
     if args.svg or args.html:
         from .picture import packet, page
 
