@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,9 +14,9 @@ from pathlib import Path
 import pytest
 from conftest import require_netns
 from test_browser import check_lab_report
-from test_pictures import PageDOM, assert_lab_report
+from test_pictures import PageDOM, assert_lab_report, assert_page_shows
 
-from usertunnel import netns
+from usertunnel import explain, netns
 from usertunnel.lab import NS_A, NS_B
 
 
@@ -125,3 +126,127 @@ def test_p2mp_lab_connects_three_spokes_through_a_hub_that_learned_them(tmp_path
     assert not any(name.startswith("ut-p2mp-") for name in os.listdir("/run/netns"))
     names = ["hub", "ix", "spoke1", "nat2", "spoke2", "nat3", "spoke3"]
     check_report(report, "lab-p2mp", [f"ut-p2mp-{n}" for n in names], out)
+
+
+NAT_MAPPING = re.compile(
+    r"^     (198\.51\.100\.6[67]) port 6000 -> 198\.51\.100\.12 port (\d+)( \(the NAT's choice\))?$", re.M
+)
+HUB_ENTRY = re.compile(
+    r"^     198\.51\.100\.12 port (\d+)(?: \(the NAT's choice\))? key 1234: (203\.0\.113\.2[12]) \(CPE [12]\)$", re.M
+)
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("kind", ["fou", "gue"])
+def test_nat_lab_in_udp_puts_two_cpes_behind_one_nat_and_the_hub_follows_the_nat_rebinding(
+    kind: str, tmp_path: Path
+) -> None:
+    require_netns()
+    report = tmp_path / f"nat-{kind}.html"
+    html = ["--html", str(report)] if kind == "fou" else []
+    result = subprocess.run(lab_command("nat", "--encap", kind, *html), capture_output=True, text=True, timeout=120)
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "== summary: two CPEs behind one NAT reached the POP at once (one public address, two ports)" in out
+    assert "nf_conntrack_udp_timeout 5 s and nf_conntrack_udp_timeout_stream 5 s (set by the lab" in out
+    assert "100% packet loss" not in out and out.count(" 3 received, 0% packet loss") == 10
+    before, after = out.split("== 2. the NAT forgets")
+    assert "the NAT's conntrack table is empty" in after
+    for phase, first in ((before, "198.51.100.66"), (after, "198.51.100.67")):
+        # The NAT keeps port 6000 for whichever CPE speaks first, and picks another for the second ...
+        mapped = {cpe: (int(port), bool(chosen)) for cpe, port, chosen in NAT_MAPPING.findall(phase)}
+        assert len(mapped) == 2 and mapped[first] == (6000, False), phase
+        second = next(cpe for cpe in mapped if cpe != first)
+        assert mapped[second][0] != 6000 and mapped[second][1]
+        # ... and the hub sends to each CPE at the port the NAT gave it: one public address, two ports.
+        at = {host: int(port) for port, host in HUB_ENTRY.findall(phase)}
+        cpe_of = {"203.0.113.21": "198.51.100.66", "203.0.113.22": "198.51.100.67"}
+        assert {cpe_of[h]: p for h, p in at.items()} == {cpe: port for cpe, (port, _) in mapped.items()}
+        carried = "GRE key 1234" if kind == "fou" else "GUE proto 47, GRE key 1234"
+        port = {"fou": 4754, "gue": 6080}[kind]
+        for host, p in at.items():
+            chosen = " (the NAT's choice)" if p != 6000 else ""
+            flow = f"198.51.100.12 port {p}{chosen} > 198.51.100.1 port {port}: 9 datagrams ({carried}, inside {host} >"
+            assert flow in phase, flow
+    assert "(learned 2, moved 0, expired 0)" in before and "(learned 2, moved 2, expired 0)" in after
+    assert "- (its host moved away)" in after
+    assert not any(name.startswith("ut-nat-") for name in os.listdir("/run/netns"))
+    if kind == "fou":
+        dom = PageDOM(report.read_text())
+        assert sorted(dom.nodes) == sorted(f"ut-nat-{n}" for n in ("cpe1", "cpe2", "nat", "ix", "pop"))
+        assert len(dom.tunnels) == 2 and dom.journeys == []
+        explanations = [explain.explain(wire) for wire in dom.packets()]
+        assert len(explanations) == 72  # 4 flows of 9 datagrams, twice
+        assert all(
+            [layer.title for layer in e.layers[:3]]
+            == [
+                "outer IPv4 header",
+                "UDP header (FOU: GRE in UDP, RFC 8086)",
+                "GRE header (RFC 2784, RFC 2890), 8 bytes",
+            ]
+            for e in explanations
+        )
+        assert_page_shows(dom, explanations)
+        assert dom.pre and out.split("== report:")[0] in dom.pre[-1]
+
+
+def test_encap_belongs_to_the_nat_lab_and_is_refused_elsewhere_in_one_line() -> None:
+    for scenario in ([], ["p2mp"]):
+        result = subprocess.run(lab_command(*scenario, "--encap", "fou"), capture_output=True, text=True)
+        assert result.returncode == 2 and result.stdout == ""
+        assert (
+            result.stderr == "usertunnel lab: error: --encap fou is for the nat lab (usertunnel lab nat --encap fou)\n"
+        )
+    result = subprocess.run(lab_command("nat", "--encap", "vxlan"), capture_output=True, text=True)
+    assert result.returncode == 2 and "invalid choice: 'vxlan' (choose from 'fou', 'gue')" in result.stderr
+
+
+def test_a_nats_udp_mappings_are_read_from_its_conntrack_table() -> None:
+    from usertunnel.topology import Mapping, parse_conntrack
+
+    table = (
+        "ipv4     2 udp      17 4 src=198.51.100.66 dst=198.51.100.1 sport=6000 dport=4754 src=198.51.100.1 "
+        "dst=198.51.100.12 sport=4754 dport=6000 [ASSURED] mark=0 zone=0 use=2\n"
+        "ipv4     2 udp      17 2 src=198.51.100.67 dst=198.51.100.1 sport=6000 dport=4754 [UNREPLIED] "
+        "src=198.51.100.1 dst=198.51.100.12 sport=4754 dport=40123 mark=0 zone=0 use=2\n"
+        "ipv4     2 gre      47 29 timeout=30, stream_timeout=180 src=198.51.100.66 dst=198.51.100.1 srckey=0x0 "
+        "dstkey=0x0 src=198.51.100.1 dst=198.51.100.12 srckey=0x0 dstkey=0x0 mark=0 zone=0 use=2\n"
+        "ipv4     2 icmp     1 29 src=198.51.100.66 dst=198.51.100.1 type=8 code=0 id=7 src=198.51.100.1 "
+        "dst=198.51.100.12 type=0 code=0 id=7 mark=0 zone=0 use=2\n"
+    )
+    assert parse_conntrack(table) == [
+        Mapping(("198.51.100.66", 6000), ("198.51.100.12", 6000), ("198.51.100.1", 4754)),
+        Mapping(("198.51.100.67", 6000), ("198.51.100.12", 40123), ("198.51.100.1", 4754)),
+    ]
+    assert parse_conntrack(table, "icmp") == [] and parse_conntrack("") == []  # no ports: no UDP-style mapping
+
+
+@pytest.mark.netns
+def test_several_hosts_behind_one_nat_share_its_public_address_and_reach_the_public_side() -> None:
+    from usertunnel.topology import Topology
+
+    require_netns()
+    topo = Topology(f"utF{os.getpid() % 10000}")
+    try:
+        pop = topo.public_host("pop", "198.51.100.1")
+        nat = topo.nat("nat", "198.51.100.12")
+        hosts = topo.private_hosts(["h1", "h2", "h3"], nat)
+        assert [h.address for h in hosts] == ["198.51.100.66", "198.51.100.67", "198.51.100.68"]
+        assert [h.namespace for h in hosts] == [f"{topo.prefix}-h{n}" for n in (1, 2, 3)]
+        with pytest.raises(ValueError, match="this NAT has a host already"):
+            topo.private_host("h4", nat)
+        with pytest.raises(ValueError, match="this NAT has hosts already"):
+            topo.private_hosts(["h4"], nat)
+        for h in hosts:
+            done = netns.run(h.namespace, ["ping", "-c", "1", "-W", "2", pop.address], timeout=10)
+            assert done.returncode == 0, done.stdout.decode()
+        # Each host's ping is a connection the NAT tracks (and forgets after its timeout); nothing reaches a
+        # host from outside but through a mapping its own packets made.
+        topo.set_conntrack_udp_timeout(nat, 7)
+        assert topo.conntrack_timeouts(nat) == {"nf_conntrack_udp_timeout": 7, "nf_conntrack_udp_timeout_stream": 7}
+        assert topo.conntrack_count(nat) >= 3
+        no_route = netns.run(pop.namespace, ["ping", "-c", "1", "-W", "1", hosts[0].address], timeout=10)
+        assert no_route.returncode != 0
+    finally:
+        topo.remove()
+    assert not any(name.startswith(topo.prefix) for name in os.listdir("/run/netns"))

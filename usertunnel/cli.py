@@ -571,14 +571,21 @@ def build_parser() -> argparse.ArgumentParser:
         default="basic",
         choices=["basic", "nat", "p2mp"],
         help="basic (default): two hosts and one tunnel, every packet dissected; nat: the seed's CPE behind "
-        "NAT and a POP, with the failing and the working configurations; p2mp: a hub and three spokes, "
-        "two behind NAT",
+        "NAT and a POP, with the failing and the working configurations (with --encap fou|gue: two CPEs behind "
+        "one NAT, in UDP); p2mp: a hub and three spokes, two behind NAT",
     )
     lab.add_argument(
         "--mode",
         default="gre",
         choices=["gre", "ipip"],
         help="the basic lab's tunnel mode: gre (default) or ipip (`usertunnel up` runs every mode)",
+    )
+    lab.add_argument(
+        "--encap",
+        choices=["fou", "gue"],
+        help="the nat lab in UDP: two CPEs behind ONE NAT reach the POP at once (GRE cannot), FOU on RFC 8086's "
+        "port 4754 or GUE on 6080; the NAT's mappings, the hub's neighbors by address and port, the UDP flows, and "
+        "the hub following both CPEs when the NAT forgets and maps them anew",
     )
     lab.add_argument("--count", type=int, default=3, help="pings to send (default 3)")
     lab.add_argument("--key", type=_checked(parse_key), default=1234, help="GRE key (default 1234, the seed's)")
@@ -922,8 +929,14 @@ def _cmd_lab(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"the {args.scenario} lab runs GRE with key 1234; --mode/--seq/--csum/--trace are for the basic lab"
             )
-        run = run_nat_lab if args.scenario == "nat" else run_p2mp_lab
-        return run(args.count, html=args.html)
+        if args.scenario == "nat":
+            return run_nat_lab(args.count, html=args.html, encap=args.encap)
+        if args.encap is not None:
+            raise ConfigError(f"--encap {args.encap} is for the nat lab (usertunnel lab nat --encap {args.encap})")
+        return run_p2mp_lab(args.count, html=args.html)
+
+    if args.encap is not None:
+        raise ConfigError(f"--encap {args.encap} is for the nat lab (usertunnel lab nat --encap {args.encap})")
 
     if args.mode != "gre" and (args.seq or args.csum):
         raise ConfigError("--seq and --csum are GRE options; the ipip lab has none")

@@ -204,10 +204,11 @@ def lab_report(
     body = [f"<h1>{escape(title)}</h1>", f'<p class="verdict">{escape(verdict)}</p>']
     body += ["<h2>The topology</h2>", f'<div class="picture">{network.drawing(net)}</div>']
     body.append("<h2>A packet's journey through usertunnel</h2>")
-    body.append(
-        f"<p>The stages {escape(traced)}'s <code>--trace</code> reported for the first packet it sent into the "
-        "tunnel and the first it took out of it: each step, the code that takes it, and the values behind it.</p>"
-    )
+    if traced:
+        body.append(
+            f"<p>The stages {escape(traced)}'s <code>--trace</code> reported for the first packet it sent into the "
+            "tunnel and the first it took out of it: each step, the code that takes it, and the values behind it.</p>"
+        )
     shown = 0
     for direction, last, what in (("tx", "sent ", "sent"), ("rx", "stripped ", "received")):
         stages = _pick(journeys, direction, last)
@@ -216,7 +217,8 @@ def lab_report(
             body.append(f'<div class="picture">{journey.drawing(direction, stages, label)}</div>')
             shown += 1
     if not shown:
-        body.append("<p>No journey was traced.</p>")
+        why = "" if traced else ": no end of this lab runs with <code>--trace</code> (it follows no FOU or GUE yet)"
+        body.append(f"<p>No journey was traced{why}.</p>")
     body.append(f"<h2>The packets on the wire ({len(packets)})</h2>")
     body.append(
         "<p>Every tunnel packet the lab captured, in order, drawn as RFC diagrams draw headers; open one to "
