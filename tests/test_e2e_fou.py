@@ -186,33 +186,12 @@ def test_bulk_tcp_through_udp_segmentation_arrives_intact_and_nothing_is_dropped
 
 
 def _two_behind_one_nat(topo: object) -> tuple[object, list[object]]:
-    """The NAT of `topo` with a bridge on its inside and two hosts on it (topology.Topology has one per NAT)."""
-    from pyroute2 import NetNS
-
-    from usertunnel import netns
-    from usertunnel.topology import Host, Topology
+    """The NAT of `topo` with two hosts behind it, on a bridge on its inside (Topology.private_hosts)."""
+    from usertunnel.topology import Topology
 
     assert isinstance(topo, Topology)
     nat = topo.nat("n", "198.51.100.12")
-    gateway = str(nat.inside.network_address + 1)
-    with NetNS(nat.namespace) as ns:
-        ns.link("add", ifname="lanbr", kind="bridge")
-        bridge = ns.link_lookup(ifname="lanbr")[0]
-        ns.addr("add", index=bridge, address=gateway, prefixlen=nat.inside.prefixlen)
-        ns.link("set", index=bridge, state="up")
-    hosts = []
-    for n in (1, 2):
-        name = f"{topo.prefix}-c{n}"
-        netns.create(name, ipv6=False)
-        topo.namespaces.append(name)
-        address = str(nat.inside.network_address + 1 + n)
-        netns.veth(name, "lan", nat.namespace, f"lan{n}", address, None, nat.inside.prefixlen)
-        with NetNS(nat.namespace) as ns:
-            ns.link("set", index=ns.link_lookup(ifname=f"lan{n}")[0], master=bridge)
-        with NetNS(name) as ns:
-            ns.route("add", dst="0.0.0.0/0", gateway=gateway)
-        hosts.append(Host(name, address, nat))
-    return nat, hosts
+    return nat, list(topo.private_hosts(["c1", "c2"], nat))
 
 
 @pytest.mark.netns
