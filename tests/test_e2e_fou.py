@@ -279,3 +279,42 @@ def test_the_daemon_runs_fou_and_gue_tunnels_sharing_a_port_from_ip_tunnel_words
     assert tunnels["g1"]["stats"]["rx_packets"] >= 3 and tunnels["g2"]["stats"]["rx_packets"] >= 3
     assert usertunnel(lab.b, "tunnel", "del", "g1").returncode == 0
     assert lab.ping(lab.a, "203.0.113.6").returncode == 0  # the port stays open for g2
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize(
+    ("mode", "extra", "limit"),
+    [("ip6gre", ["--key", "4"], []), ("ipip6", [], ["--encaplimit", "none"]), ("ip6ip6", [], [])],
+)
+def test_ipv6_outer_tunnels_in_udp_carry_ping_and_tcp(lab: Lab, mode: str, extra: list[str], limit: list[str]) -> None:
+    under6_a, under6_b = "2001:db8:1::1", "2001:db8:1::2"
+    for ns, veth, address in ((lab.a, lab.veth_a, under6_a), (lab.b, lab.veth_b, under6_b)):
+        added = lab.run(ns, ["ip", "-6", "addr", "add", f"{address}/64", "dev", veth, "nodad"])
+        assert added.returncode == 0, added.stderr.decode()
+    inner_b = "2001:db8:100::2" if mode == "ip6ip6" else INNER_B
+    for ns, local, remote, inner in ((lab.a, under6_a, under6_b, "1"), (lab.b, under6_b, under6_a, "2")):
+        address = f"2001:db8:100::{inner}/64" if mode == "ip6ip6" else f"203.0.113.{inner}/30"
+        lab.start(ns, ["--mode", mode, "--local", local, "--remote", remote, "--name", "tun0", "--address", address,
+                       "--encap", "gue", "--encap-dport", "6080", *extra, *limit])  # fmt: skip
+    capture = _capture(lab, lab.b, lab.veth_b)
+    try:
+        ping = lab.run(lab.a, ["ping", "-c", "3", "-i", "0.2", "-W", "2", inner_b])
+        assert ping.returncode == 0, ping.stdout.decode() + "\n".join(lab.ends[0].lines + lab.ends[1].lines)
+        frames = []
+        deadline = time.monotonic() + 0.3
+        while time.monotonic() < deadline:
+            try:
+                frames.append(Ether(capture.recv(65535)))
+            except TimeoutError:
+                continue
+    finally:
+        capture.close()
+    sent, received = tcp_transfer(lab.a, lab.b, inner_b, 5204, TRANSFER)
+    assert sent == received
+    from scapy.layers.inet6 import IPv6
+
+    ours = [f[IPv6] for f in frames if IPv6 in f and UDP in f and f[UDP].dport == 6080]
+    assert ours
+    for packet in ours:
+        assert packet[UDP].chksum != 0  # over IPv6 the checksum is on unless asked (RFC 6935)
+        assert (packet.nh == 60) == (not limit)  # the encapsulation limit option, unless encaplimit none

@@ -393,9 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--encap-sport", type=_checked(parse_sport), default=None, metavar="auto|PORT",
                    help="the UDP source port: auto (default) spreads inner flows over a few ports, each flow "
                    "keeping one (for ECMP and receive-side scaling), or a fixed PORT")  # fmt: skip
-    u.add_argument("--encap-csum", dest="encap_csum", action="store_true", default=False,
-                   help="compute the UDP checksum (default over IPv4: none, as iproute2's default)")  # fmt: skip
-    u.add_argument("--no-encap-csum", dest="encap_csum", action="store_false", help="send UDP checksum 0")
+    u.add_argument("--encap-csum", dest="encap_csum", action="store_true", default=None,
+                   help="compute the UDP checksum (iproute2's defaults: none over IPv4, on over IPv6)")  # fmt: skip
+    u.add_argument("--no-encap-csum", dest="encap_csum", action="store_false",
+                   help="send UDP checksum 0 (over IPv6 only when asked: RFC 6935, 6936)")  # fmt: skip
 
     o = up.add_argument_group("outer IPv4 or IPv6 header (as Linux's ip_tunnel_xmit and ip6_tnl_xmit set it)")
     o.add_argument(
@@ -827,7 +828,7 @@ def _encap_from_args(args: argparse.Namespace) -> Encap | None:
     version cannot do over UDP (--trace, --pcap, --queues)."""
     if args.encap is None:
         given = [f"--{n}" for n in ("encap-dport", "encap-sport") if getattr(args, n.replace("-", "_")) is not None]
-        given += ["--encap-csum"] if args.encap_csum else []
+        given += ["--[no-]encap-csum"] if args.encap_csum is not None else []
         if given:
             raise ConfigError(f"{' and '.join(given)} belong to --encap fou|gue")
         return None
@@ -837,7 +838,8 @@ def _encap_from_args(args: argparse.Namespace) -> Encap | None:
     unable = [name for name, on in options if on]
     if unable:
         raise ConfigError(f"{' and '.join(unable)} cannot be used with --encap in this version")
-    return Encap(args.encap, dport=args.encap_dport, sport=args.encap_sport, csum=args.encap_csum)
+    csum = args.encap_csum if args.encap_csum is not None else args.mode.value.outer == 6  # iproute2's defaults
+    return Encap(args.encap, dport=args.encap_dport, sport=args.encap_sport, csum=csum)
 
 
 # `up` options that say how the process runs, not what the tunnel is: they combine with --config.

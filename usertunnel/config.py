@@ -556,7 +556,7 @@ def _build(name: str, r: _Reader, *, coalesce: bool, batch: bool) -> TunnelConfi
         raise r.refuse("6rd_relay_prefix", "needs 6rd_prefix (alone, it changes nothing)")
     tos = r.get("tos", _hex_or_int(parse_tos, 0xFF, "tos"), DEFAULT_TOS)
     outer6: dict[str, Any] = {key: r.get(key, convert) for key, convert in _OUTER6.items() if key in folded}
-    encap = _encap(r)
+    encap = _encap(r, spec.outer)
 
     with _at(None):
         params = TunnelParams(
@@ -608,7 +608,7 @@ def _build(name: str, r: _Reader, *, coalesce: bool, batch: bool) -> TunnelConfi
     return TunnelConfig(name, folded, options, tuple(routes), r.get("up", bool, True))
 
 
-def _encap(r: _Reader) -> Encap | None:
+def _encap(r: _Reader, outer: int) -> Encap | None:
     """encap, encap_sport, encap_dport and encap_csum (FOU / GUE): as `usertunnel up --encap ...`."""
     kind = r.get("encap", parse_encap, None)
     if kind is None:
@@ -622,7 +622,7 @@ def _encap(r: _Reader) -> Encap | None:
         kind,
         dport=r.get("encap_dport", _decimal(lambda text: parse_port(text, "encap_dport"))),
         sport=r.get("encap_sport", _decimal(parse_sport), None),
-        csum=r.get("encap_csum", bool, False),
+        csum=r.get("encap_csum", bool, outer == 6),  # iproute2's defaults: none over IPv4, on over IPv6
     )
 
 

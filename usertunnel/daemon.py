@@ -88,6 +88,8 @@ from .service import (
     log_stats,
     new_event_loop,
     tunnel_mtu,
+    udp_options,
+    udp_reach,
 )
 
 log = logging.getLogger("usertunnel")
@@ -196,7 +198,7 @@ class UdpSockets:
         encap = params.encap
         assert encap is not None
         protocol = params.mode.value.ip_protocol if encap.kind is EncapKind.FOU else None
-        return (encap.kind, protocol, encap.csum, params.pmtudisc, params.local, device)
+        return (encap.kind, protocol, encap.csum, params.pmtudisc, params.local, device, params.encaplimit)
 
     def acquire(self, params: TunnelParams, device: str | None) -> dict[int, socket.socket]:
         """The sockets of a FOU / GUE tunnel by local port: its receive port and its source port."""
@@ -216,7 +218,7 @@ class UdpSockets:
                         "device): tunnels share a port only when they agree; give this one another encap_dport"
                     )
                 if entry is None:
-                    sock = udp.open_udp(port, params.local, csum=encap.csum, pmtudisc=params.pmtudisc, device=device)
+                    sock = udp.open_udp(port, params.local, **udp_options(params, device))  # type: ignore[arg-type]
                     self.dataplane.add_udp(sock, encap.kind, params.mode.value.ip_protocol)
                     entry = self._ports[port] = [sock, 0, what]
                 entry[1] += 1
@@ -508,7 +510,7 @@ class Daemon:
         if "%" not in name and await self._thread(netlink.link_exists, name):
             raise _failed(action, name, "File exists (a device of that name is not ours)")
         try:
-            underlay = await self._thread(netlink.underlay_mtu, params.remote, options.device)
+            underlay = udp_reach(params, await self._thread(netlink.underlay_mtu, params.remote, options.device))
             mtu = tunnel_mtu(options, underlay)
         except ConfigError as exc:
             raise _failed(action, name, str(exc)) from None
@@ -630,7 +632,7 @@ class Daemon:
         if spec.ethernet != old_spec.ethernet:
             raise _failed("change", name, f"mode {old_spec.name} cannot become {spec.name} (delete and add)")
         try:
-            underlay = await self._thread(netlink.underlay_mtu, params.remote, cfg.options.device)
+            underlay = udp_reach(params, await self._thread(netlink.underlay_mtu, params.remote, cfg.options.device))
             mtu = (
                 tunnel_mtu(cfg.options, underlay)
                 if cfg.options.mtu is not None or _overhead_changed(old, cfg)

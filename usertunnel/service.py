@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .control import ControlServer, snapshot_of
-from .core import sit
+from .core import ipv6, sit
 from .core.encap import Demux, Tunnel
 from .core.keepalive import Change, LineProtocol
 from .core.params import ConfigError, TunnelParams
@@ -169,7 +169,7 @@ def prepare(options: UpOptions) -> Prepared:
             f"local {socket.inet_ntop(family, params.local)} is not an address of this host: give --local one "
             "of the addresses `ip addr` lists here (packets sent from a foreign source are dropped by most networks)"
         )
-    underlay = netlink.underlay_mtu(params.remote, options.device)
+    underlay = udp_reach(params, netlink.underlay_mtu(params.remote, options.device))
     mtu = tunnel_mtu(options, underlay)
     listener = metrics.listen(options.metrics) if options.metrics is not None else None  # a port in use: refused
     claims = Claims("usertunnel up")
@@ -185,6 +185,24 @@ def prepare(options: UpOptions) -> Prepared:
     return prepared
 
 
+def udp_reach(params: TunnelParams, underlay: int) -> int:
+    """The underlay MTU as the tunnel's sockets can use it (io.udp.reach: FOU / GUE over IPv6 with the
+    encapsulation limit option lose 8 bytes); the underlay's own otherwise."""
+    if params.encap is None:
+        return underlay
+    return udp.reach(underlay, params.mode.value.outer == 6, params.encaplimit is not None)
+
+
+def udp_options(params: TunnelParams, device: str | None) -> dict[str, object]:
+    """How a FOU / GUE tunnel's sockets are opened (io.udp.open_udp): family, checksum, DF, device, and over
+    IPv6 the encapsulation limit option every packet carries."""
+    encap = params.encap
+    assert encap is not None
+    ipv6_outer = params.mode.value.outer == 6
+    option = ipv6.encap_limit_option(params.encaplimit, 17) if ipv6_outer and params.encaplimit is not None else b""
+    return {"csum": encap.csum, "pmtudisc": params.pmtudisc, "device": device, "ipv6": ipv6_outer, "option": option}
+
+
 def _open_udp(options: UpOptions, params: TunnelParams) -> dict[int, socket.socket]:
     """FOU / GUE: the receive socket on encap-dport first, then the send sockets (encap-sport N, or
     AUTO_PORTS ports the kernel picks), by local port; every one is read (see io.udp)."""
@@ -192,7 +210,7 @@ def _open_udp(options: UpOptions, params: TunnelParams) -> dict[int, socket.sock
     assert encap is not None
     opened: dict[int, socket.socket] = {}
     try:
-        kw = {"csum": encap.csum, "pmtudisc": params.pmtudisc, "device": options.device}
+        kw = udp_options(params, options.device)
         opened[encap.dport] = udp.open_udp(encap.dport, params.local, **kw)  # type: ignore[arg-type]
         # auto: a few ports the kernel picks; a hub answers every spoke from the port it receives on.
         auto = [] if params.hub is not None else [0] * udp.AUTO_PORTS

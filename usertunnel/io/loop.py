@@ -60,7 +60,6 @@ RECV_BUFFER = 65536
 # Room for IPV6_PKTINFO (struct in6_pktinfo, 20 bytes) and IPV6_TCLASS (an int), with their headers.
 _ANCILLARY6 = socket.CMSG_SPACE(20) + socket.CMSG_SPACE(4)
 
-_UDP_START = 28  # FOU / GUE: after the outer IPv4 header (20) and the UDP header (8) the core built
 UDP_SEGMENT = 103  # SOL_UDP: the size of each datagram a larger send is cut into (linux/udp.h)
 _GSO_SEGMENTS = 64  # datagrams per UDP_SEGMENT send (the kernel's UDP_MAX_SEGMENTS is 64 or more)
 _GSO_BYTES = 65000  # and their bytes, under the 64 KiB a UDP send can hold
@@ -99,12 +98,20 @@ class Interface:
     # FOU / GUE with the UDP checksum on: a busy wakeup sends runs of equal-sized datagrams with UDP_SEGMENT
     # (the kernel cuts them; it refuses to for sockets without checksums). Off: one sendmsg per packet.
     gso: bool = False
+    udp_v6: bool = False  # the outer header is IPv6
+    udp_at: int = 20  # where the UDP header starts in what the core built (after the outer IP header)
 
     def __post_init__(self) -> None:
         self.readinto = io.FileIO(self.tun.fd, closefd=False).readinto
-        encap = self.tunnel.params.encap
-        if encap is not None and self.tunnel.params.remote is not None:
-            self.udp_destination = (socket.inet_ntoa(self.tunnel.params.remote), encap.dport)
+        params = self.tunnel.params
+        encap = params.encap
+        if encap is not None:
+            self.udp_v6 = params.mode.value.outer == 6
+            family = socket.AF_INET6 if self.udp_v6 else socket.AF_INET
+            if params.remote is not None:
+                self.udp_destination = (socket.inet_ntop(family, params.remote), encap.dport)
+            if self.udp_v6:  # the UDP header follows the IPv6 header and the encapsulation limit option
+                self.udp_at = 40 + (8 if params.encaplimit is not None else 0)
         remote = self.tunnel.params.remote
         if self.tunnel.params.mode.value.outer == 6:
             self.destination = (socket.inet_ntop(socket.AF_INET6, remote) if remote else "::", 0)
@@ -146,6 +153,17 @@ class Interface:
                 os.writev(fd, (item.vnet, item.packet))
             except OSError as exc:
                 self.tunnel.counters.rx_failed(len(item.packet), tun_write_drop(exc), item.segments)
+
+
+def _udp_key(iface: Interface, header: bytes) -> tuple[int, bytes, int, int]:
+    """What a FOU / GUE datagram is sent with, from the header the core built: its source port, where it
+    goes when that changes per packet (a hub: address and port, else empty), its outer TOS and TTL."""
+    at = iface.udp_at
+    sport = (header[at] << 8) | header[at + 1]
+    if iface.udp_v6:
+        return sport, b"", ((header[0] & 0x0F) << 4) | (header[1] >> 4), header[7]
+    where = header[16:20] + header[22:24] if iface.tunnel.dynamic_destination else b""
+    return sport, where, header[1], header[8]
 
 
 def tun_write_drop(exc: OSError) -> Drop:
@@ -392,7 +410,7 @@ class Dataplane:
         readinto = iface.readinto
         skip = VNET_HDR_LEN if iface.tun.vnet_hdr else 0
         run: list[bytes | memoryview] = []  # header, inner, header, inner, ...
-        run_key: tuple[bytes, int, int] | None = None
+        run_key: tuple[int, bytes, int, int] | None = None
         run_size = run_bytes = 0
         run_open = False  # the run may take more (its last datagram is not shorter than the first)
         for i in range(BATCH):
@@ -413,9 +431,10 @@ class Dataplane:
                 if header is Drop.FRAG_NEEDED:
                     self._too_big(iface, inner)
                 continue
-            payload = header[_UDP_START:]
+            at = iface.udp_at
+            payload = header[at + 8 :]
             size = len(payload) + len(inner)
-            key = (header[16:24], header[1], header[8])  # destination, ports, TOS, TTL
+            key = _udp_key(iface, header)
             if run and (not run_open or key != run_key or size > run_size or run_bytes + size > _GSO_BYTES
                         or len(run) >= 2 * _GSO_SEGMENTS):  # fmt: skip
                 self._send_run(iface, run, run_key, run_size)
@@ -430,17 +449,17 @@ class Dataplane:
             self._send_run(iface, run, run_key, run_size)
 
     def _send_run(
-        self, iface: Interface, run: list[bytes | memoryview], key: tuple[bytes, int, int] | None, size: int
+        self, iface: Interface, run: list[bytes | memoryview], key: tuple[int, bytes, int, int] | None, size: int
     ) -> None:
         """One sendmsg for a run of datagrams (`_tun_batch_udp`): with UDP_SEGMENT when there are several."""
         assert key is not None
-        where, tos, ttl = key  # outer destination, UDP source and destination ports (header bytes 16..24)
+        sport, where, tos, ttl = key
         count = len(run) // 2
-        sock = iface.udp.get((where[4] << 8) | where[5])
+        sock = iface.udp.get(sport)
         destination = iface.udp_destination
-        if iface.tunnel.dynamic_destination:
-            destination = (socket.inet_ntoa(where[:4]), (where[6] << 8) | where[7])
-        ancillary = outer_ancillary(tos, ttl)
+        if where:  # a hub: the spoke's address and port, as the core chose them
+            destination = (socket.inet_ntoa(where[:4]), (where[4] << 8) | where[5])
+        ancillary = outer_ancillary(tos, ttl, iface.udp_v6)
         if count > 1:
             ancillary.append((socket.SOL_UDP, UDP_SEGMENT, size.to_bytes(2, sys.byteorder)))
         error = None
@@ -459,15 +478,17 @@ class Dataplane:
     def _send_udp(self, iface: Interface, header: bytes, inner: bytes | bytearray | memoryview) -> Drop | None:
         """FOU / GUE: what follows the outer IPv4 and UDP headers the core built, sent from the socket of the
         source port it chose, with its TOS and TTL; the kernel builds those two headers the same way."""
-        sock = iface.udp.get((header[20] << 8) | header[21])
+        sport, where, tos, ttl = _udp_key(iface, header)
+        sock = iface.udp.get(sport)
         if sock is None:  # a port the shell did not bind: cannot happen while source_ports is kept
             iface.tunnel.counters.tx_failed(len(inner), Drop.SEND_ERROR)
             return Drop.SEND_ERROR
         destination = iface.udp_destination
-        if iface.tunnel.dynamic_destination:  # a hub: the spoke's address and port, as the core chose them
-            destination = (socket.inet_ntoa(header[16:20]), (header[22] << 8) | header[23])
+        if where:  # a hub: the spoke's address and port, as the core chose them
+            destination = (socket.inet_ntoa(where[:4]), (where[4] << 8) | where[5])
         try:
-            sock.sendmsg((header[_UDP_START:], inner), outer_ancillary(header[1], header[8]), 0, destination)
+            payload = header[iface.udp_at + 8 :]
+            sock.sendmsg((payload, inner), outer_ancillary(tos, ttl, iface.udp_v6), 0, destination)
         except OSError as exc:
             error = _SEND_ERRORS.get(exc.errno or 0, Drop.SEND_ERROR)
             iface.tunnel.counters.tx_failed(len(inner), error)
@@ -491,7 +512,10 @@ class Dataplane:
                 demux.unmatched.drop(Drop.ICMP_ERROR)
                 continue
             dst, tos, segment = parse_ancillary(ancillary)
-            src = socket.inet_aton(address[0])
+            if len(address) == 4:  # an IPv6 sender (address, port, flow info, scope)
+                src = socket.inet_pton(socket.AF_INET6, address[0].partition("%")[0])
+            else:
+                src = socket.inet_aton(address[0])
             view = memoryview(buffer)[:n]
             # UDP_GRO: the kernel joined datagrams of one flow, each `segment` bytes (the last may be shorter).
             addresses = src + dst
