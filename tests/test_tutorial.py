@@ -2,8 +2,8 @@
 
 Only what truly changes from one run to the next is set aside, each by name
 (`VARYING`): round-trip times, IP identifications and the checksums that cover
-them, ping's echo identifier and timestamp, process ids, a hub's idle times and
-keepalive counts after a wall-clock wait. Everything else must be what the
+them, ping's echo identifier and timestamp, process ids, a hub's idle times,
+keepalive counts after a wall-clock wait, and the ports a NAT picks at random. Everything else must be what the
 committed tutorial shows, every number included: packet counts, MTUs, flags,
 TTLs, counters, every table row.
 """
@@ -48,6 +48,9 @@ VARYING = [
     ("hub neighbor's idle time", re.compile(r"\(learned, idle (?P<v>\d+(?:\.\d+)?s)\)")),
     ("keepalive counts after a wall-clock wait",
      re.compile(r": line protocol (?:up|down) (?P<v>\(sent \d+, replies \d+, unanswered \d+\))")),
+    # Linux's NAT keeps a source port if it can, else picks one at random (nf_nat_l4proto_unique_tuple):
+    # `lab nat --encap` says so after each such port, and only there is it set aside.
+    ("a port the NAT chose", re.compile(r"port (?P<v>\d+) \(the NAT's choice\)")),
 ]  # fmt: skip
 
 
@@ -88,9 +91,11 @@ def test_the_normaliser_sets_aside_only_the_named_fields() -> None:
         .replace(ident.group(0), row)
         .replace(_first(r"\(sent \d+, replies \d+, unanswered 0\)", committed), "(sent 99, replies 98, unanswered 0)")
         .replace(_first(r"idle \d+(?:\.\d+)?s", committed), "idle 12.7s")
+        .replace(_first(r"port \d+ \(the NAT's choice\)", committed), "port 12345 (the NAT's choice)")
     )
     assert varied != committed
     assert varied.count("11132 (0x2b7c)") == 1 and "idle 12.7s" in varied and ", id 0x10cc" in varied
+    assert "port 12345 (the NAT's choice)" in varied
     assert normalized(varied) == normalized(committed)
 
 
@@ -110,6 +115,8 @@ CHANGES = [
     ("a keepalive period", "keepalive 1,2: line protocol up", "keepalive 1,3: line protocol up"),
     ("a hub's learned host", "s): 203.0.113.2\n", "s): 203.0.113.3\n"),
     ("a GRE checksum's presence", "GRE (checksum, key 1234, seq 0)", "GRE (key 1234, seq 0)"),
+    ("a port the NAT kept", "198.51.100.66 port 6000 -> 198.51.100.12 port 6000", "198.51.100.66 port 6000 -> 198.51.100.12 port 6001"),  # noqa: E501
+    ("a hub's neighbor moved", "(learned 2, moved 2, expired 0)", "(learned 2, moved 1, expired 0)"),
 ]  # fmt: skip
 
 

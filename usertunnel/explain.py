@@ -1296,7 +1296,8 @@ class _Dissector:
             if carried is not None and carried[0] == name:
                 meaning = f"the tunnel's port: {UDP_CARRIERS[carried[1]][1]}, {self.carrier_origin(port, carried[1])}"
             elif carried is not None and name == "source port":
-                meaning = f"{meaning}; a tunnel's UDP source port: fixed, or a hash of the inner flow (RFC 8086 3.2.1)"
+                tunnel = "a tunnel's UDP source port: fixed, or a hash of the inner flow (RFC 8086 3.2.1)"
+                meaning = tunnel if meaning == "-" else f"{meaning}; {tunnel}"
             w.add(at, 2, name, port, meaning)
 
     def carrier_origin(self, port: int, what: str) -> str:
