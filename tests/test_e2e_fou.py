@@ -235,6 +235,8 @@ def test_two_cpes_behind_one_nat_reach_the_pop_at_once_and_each_other_through_it
         assert {p["outer"] for p in peers} == {"198.51.100.12"}  # one public address...
         assert len({p["port"] for p in peers}) == 2  # ...two UDP ports: two CPEs at once
         assert sorted(h for p in peers for h in p["hosts"]) == ["203.0.113.21", "203.0.113.22"]
+        text = netns.run(pop.namespace, [sys.executable, "-m", "usertunnel", "show"], timeout=10).stdout.decode()
+        assert text.count("198.51.100.12 port ") == 2, text  # `show` tells the two apart too
     finally:
         for proc in procs:
             proc.kill()

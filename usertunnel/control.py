@@ -646,7 +646,8 @@ def _extras_line(t: Tunnel) -> str:
             how = "static" if n["static"] else f"learned, idle {n['idle']:g}s"
             key = "" if n["key"] is None else f" key {n['key']}"
             hosts = " ".join(n.get("prefixes", []) + n["hosts"]) or "-"
-            line += f"\n    {n['outer']}{key} ({how}): {hosts}"
+            port = f" port {n['port']}" if n.get("port") else ""  # FOU / GUE: spokes behind one NAT differ by it
+            line += f"\n    {n['outer']}{port}{key} ({how}): {hosts}"
     return line
 
 
