@@ -219,7 +219,7 @@ def test_two_cpes_behind_one_nat_reach_the_pop_at_once_and_each_other_through_it
         for n, cpe in enumerate(cpes, 1):
             # Both CPEs send from the same port: only the NAT's port mapping tells them apart at the POP.
             args = ["--local", cpe.address, "--remote", "198.51.100.1", "--address", f"203.0.113.2{n}/24",  # type: ignore[attr-defined]
-                    "--encap-sport", "6000", *udp]  # fmt: skip
+                    "--encap-sport", "6000", "--keepalive", "0.5,3", *udp]  # fmt: skip
             procs.append(UpProcess(cpe.namespace, args))  # type: ignore[attr-defined]
             procs[-1].wait_ready()
 
@@ -237,6 +237,10 @@ def test_two_cpes_behind_one_nat_reach_the_pop_at_once_and_each_other_through_it
         assert sorted(h for p in peers for h in p["hosts"]) == ["203.0.113.21", "203.0.113.22"]
         text = netns.run(pop.namespace, [sys.executable, "-m", "usertunnel", "show"], timeout=10).stdout.decode()
         assert text.count("198.51.100.12 port ") == 2, text  # `show` tells the two apart too
+        for cpe in cpes:  # their keepalives come back through the NAT: the POP answers at the port it saw
+            state = json.loads(netns.run(cpe.namespace, [sys.executable, "-m", "usertunnel", "stats", "-j"],  # type: ignore[attr-defined]
+                                         timeout=10, check=True).stdout)[0]["keepalive"]  # fmt: skip
+            assert state["state"] == "up" and state["replies"] >= 1, state
     finally:
         for proc in procs:
             proc.kill()
@@ -320,3 +324,29 @@ def test_ipv6_outer_tunnels_in_udp_carry_ping_and_tcp(lab: Lab, mode: str, extra
     for packet in ours:
         assert packet[UDP].chksum != 0  # over IPv6 the checksum is on unless asked (RFC 6935)
         assert (packet.nh == 60) == (not limit)  # the encapsulation limit option, unless encaplimit none
+
+
+def _keepalive(lab: Lab, ns: str) -> dict[str, object]:
+    import json
+
+    shown = lab.run(ns, [sys.executable, "-m", "usertunnel", "stats", "-j"])
+    (tunnel,) = json.loads(shown.stdout)
+    return tunnel["keepalive"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("kind", ["fou", "gue"])
+def test_keepalives_in_udp_are_answered_and_the_line_goes_down_when_the_peer_does(lab: Lab, kind: str) -> None:
+    udp = ["--encap", kind, "--encap-dport", "5555", "--key", "8", "--keepalive", "0.5,2"]
+    _, end_b = lab.pair(udp)
+    deadline = time.monotonic() + 10
+    state = _keepalive(lab, lab.a)
+    while time.monotonic() < deadline and not (state["replies"] >= 2 and state["state"] == "up"):  # type: ignore[operator]
+        time.sleep(0.2)
+        state = _keepalive(lab, lab.a)
+    assert state["state"] == "up" and state["replies"] >= 2, state  # type: ignore[operator]
+    end_b.stop()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _keepalive(lab, lab.a)["state"] != "down":
+        time.sleep(0.2)
+    assert _keepalive(lab, lab.a)["state"] == "down"

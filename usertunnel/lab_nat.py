@@ -402,8 +402,8 @@ def _udp_nat_lab(stop: _Stop, run: _Run, count: int, kind: str) -> int:
     first = 0
     for title, order in phases:
         if title is None:
-            print(f"== 2. the NAT forgets: nothing crosses it for {UDP_TIMEOUT} s (no keepalives over UDP yet)",
-                  file=out)  # fmt: skip
+            print(f"== 2. the NAT forgets: nothing crosses it for {UDP_TIMEOUT} s "
+                  "(the CPEs run without --keepalive here)", file=out)  # fmt: skip
             forgotten = _wait_forgotten(stop, topo, nat, cpes, UDP_TIMEOUT + 15)
             print(f"   the NAT's conntrack table is {'empty' if forgotten else 'STILL NOT EMPTY'}; now CPE 2 speaks"
                   f" first, and gets port {CPE_PORT}; CPE 1 gets another", file=out)  # fmt: skip

@@ -583,8 +583,14 @@ class Keepalives:
     def send(self) -> None:
         p = self.prepared
         packet = p.tunnel.keepalive_request()
+        encap = p.tunnel.params.encap
         try:
-            p.sock.sendto(packet, self.destination)
+            if encap is None:
+                p.sock.sendto(packet, self.destination)
+            else:  # FOU / GUE: what follows the outer IPv4 and UDP headers, from the source port the core chose
+                sock = p.udp_senders.get((packet[20] << 8) | packet[21], p.sock)
+                ancillary = udp.outer_ancillary(packet[1], packet[8])
+                sock.sendmsg([packet[28:]], ancillary, 0, (self.destination[0], encap.dport))
         except OSError as exc:
             log.debug("%s: keepalive not sent: %s", p.tun.name, exc.strerror)
         else:

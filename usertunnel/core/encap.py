@@ -807,9 +807,9 @@ class Demux:
             )  # fmt: skip
             if not spoof.accepted:
                 return counters.drop(Drop.SIT_SPOOFED)
-        # A peer's keepalive goes back as a router would route it, after the same RFC 6040 rule. Over FOU/GUE
-        # it is delivered like any packet (the host routes it, as Linux would): we have no raw socket to send it.
-        if inner[0] >> 4 == 4 and inner[9] == 47 and p.reflect_keepalives and p.encap is None:
+        # A peer's keepalive goes back as a router would route it, after the same RFC 6040 rule (over FOU / GUE
+        # the shell sends it back in UDP, to the address and port it came from: through the peer's NAT).
+        if inner[0] >> 4 == 4 and inner[9] == 47 and p.reflect_keepalives:
             if peer is None:
                 if is_request_to_reflect(inner, p.local, p.remote):
                     tunnel.reflected += 1

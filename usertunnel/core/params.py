@@ -185,8 +185,6 @@ class TunnelParams:
             )
         if self.remote is None and self.hub is None:
             raise ConfigError("FOU and GUE (--encap) need a fixed --remote, or a hub (gre, ipip): no 6to4 or 6rd")
-        if self.keepalive is not None:
-            raise ConfigError("keepalives over FOU and GUE (--encap) are not there yet: use plain GRE for them")
 
     def _check_families(self) -> None:
         """Addresses of the outer family; IPv6-only and sit-only options only where they mean something."""

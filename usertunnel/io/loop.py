@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from ..core import ipv4
 from ..core.drops import Drop
 from ..core.encap import Demux, Held, KeepaliveReply, Received, Reflect, Result, Tunnel
-from ..core.fou import EncapKind
+from ..core.fou import EncapKind, gue_header
 from ..core.gro import coalesce
 from .batch import RecvBatch, SendBatch, Slots
 from .observe import Observer
@@ -528,6 +528,21 @@ class Dataplane:
                         out.setdefault(iface, []).append(planned[1])
                     continue
                 received = demux.decapsulate_udp(kind, protocol, src, dst, tos, datagram, now, address[1])
+                if isinstance(received, Reflect):
+                    # A peer's keepalive: its inner GRE packet goes back in UDP, from the port it came to, to the
+                    # address and port it came from (what the peer's NAT maps), as the peer would route it.
+                    packet = received.packet
+                    payload = bytes(packet[(packet[0] & 0x0F) << 2 :])
+                    if kind is EncapKind.GUE:
+                        payload = gue_header(47) + payload
+                    try:
+                        sock.sendto(payload, address)
+                    except OSError as exc:
+                        received.tunnel.counters.drop(_SEND_ERRORS.get(exc.errno or 0, Drop.SEND_ERROR))
+                    continue
+                if isinstance(received, KeepaliveReply):  # one of ours, come back
+                    self._keepalive(sock, received)
+                    continue
                 if isinstance(received, Received):
                     iface = self.interfaces.get(received.tunnel)
                     if iface is not None:
