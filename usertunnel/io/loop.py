@@ -33,8 +33,9 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..core import ipv4
 from ..core.drops import Drop
@@ -495,28 +496,35 @@ class Dataplane:
             return error
         return None
 
+    def _datagrams(self, sock: socket.socket, room: int) -> Iterator[tuple[memoryview, Any, Any]]:
+        """What a wakeup finds on a datagram socket (IPv6 raw, FOU / GUE), up to BATCH, each in its own buffer
+        (what the core accepts is written once at the end), with its ancillary data and sender. An error on
+        the socket (ICMP it reports) is counted and skipped: the socket stays watched."""
+        if self._buffers6 is None:
+            self._buffers6 = [bytearray(RECV_BUFFER) for _ in range(BATCH)]
+        for buffer in self._buffers6:
+            try:
+                n, ancillary, _flags, address = sock.recvmsg_into((buffer,), room)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.demux.unmatched.drop(Drop.ICMP_ERROR)
+                continue
+            yield memoryview(buffer)[:n], ancillary, address
+
     def _on_udp_readable(self, sock: socket.socket, kind: EncapKind, protocol: int) -> None:
         """FOU / GUE datagrams: the UDP payload, with the outer destination and TOS as ancillary data and
         the source as the sender's address; decided as the IPv6 path decides, coalesced into TUN at the end."""
         demux = self.demux
-        if self._buffers6 is None:
-            self._buffers6 = [bytearray(RECV_BUFFER) for _ in range(BATCH)]
         now = time.monotonic()
         out: dict[Interface, list[bytes | bytearray | memoryview]] = {}
-        for buffer in self._buffers6:
-            try:
-                n, ancillary, _flags, address = sock.recvmsg_into((buffer,), UDP_ANCILLARY)
-            except BlockingIOError:
-                break
-            except OSError:
-                demux.unmatched.drop(Drop.ICMP_ERROR)
-                continue
+        for view, ancillary, address in self._datagrams(sock, UDP_ANCILLARY):
+            n = len(view)
             dst, tos, segment = parse_ancillary(ancillary)
             if len(address) == 4:  # an IPv6 sender (address, port, flow info, scope)
                 src = socket.inet_pton(socket.AF_INET6, address[0].partition("%")[0])
             else:
                 src = socket.inet_aton(address[0])
-            view = memoryview(buffer)[:n]
             # UDP_GRO: the kernel joined datagrams of one flow, each `segment` bytes (the last may be shorter).
             addresses = src + dst
             for start in range(0, n, segment or n or 1):
@@ -784,18 +792,9 @@ class Dataplane:
         gets its own buffer, so what the core accepted is written once at the end, coalesced (core.gro)."""
         demux = self.demux
         observer = self.observer
-        if self._buffers6 is None:
-            self._buffers6 = [bytearray(RECV_BUFFER) for _ in range(BATCH)]
         now = time.monotonic()
         out: dict[Interface, list[bytes | bytearray | memoryview]] = {}
-        for buffer in self._buffers6:
-            try:
-                n, ancillary, _flags, address = sock.recvmsg_into((buffer,), _ANCILLARY6)
-            except BlockingIOError:
-                break
-            except OSError:
-                demux.unmatched.drop(Drop.ICMP_ERROR)
-                continue
+        for payload, ancillary, address in self._datagrams(sock, _ANCILLARY6):
             dst = b""
             tclass = 0
             for level, kind, data in ancillary:
@@ -805,7 +804,6 @@ class Dataplane:
                     elif kind == socket.IPV6_TCLASS:
                         tclass = int.from_bytes(data[:4], sys.byteorder)
             src = socket.inet_pton(socket.AF_INET6, address[0].partition("%")[0])
-            payload = memoryview(buffer)[:n]
             received = demux.decapsulate6(protocol, src, dst, tclass, payload, now)
             if observer is not None:
                 self._hand_over(sock, received)

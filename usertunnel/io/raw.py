@@ -102,12 +102,12 @@ def open_raw(protocol: int, device: str | None = None, buffer: int = SOCKET_BUFF
     except BaseException:
         sock.close()
         raise
-    return _configure(sock, device, buffer)
+    return configure(sock, device, buffer)
 
 
 def open_raw6_sender(device: str | None = None, buffer: int = SOCKET_BUFFER) -> socket.socket:
     """A non-blocking IPv6 IPPROTO_RAW socket: every packet written carries its own IPv6 header."""
-    return _configure(_raw(socket.AF_INET6, socket.IPPROTO_RAW), device, buffer)
+    return configure(_raw(socket.AF_INET6, socket.IPPROTO_RAW), device, buffer)
 
 
 def open_raw6_receiver(protocol: int, device: str | None = None, buffer: int = SOCKET_BUFFER) -> socket.socket:
@@ -120,7 +120,7 @@ def open_raw6_receiver(protocol: int, device: str | None = None, buffer: int = S
     except BaseException:
         sock.close()
         raise
-    return _configure(sock, device, buffer)
+    return configure(sock, device, buffer)
 
 
 def _raw(family: int, protocol: int) -> socket.socket:
@@ -134,7 +134,8 @@ def _raw(family: int, protocol: int) -> socket.socket:
         ) from None
 
 
-def _configure(sock: socket.socket, device: str | None, buffer: int) -> socket.socket:
+def configure(sock: socket.socket, device: str | None, buffer: int) -> socket.socket:
+    """Large buffers, SO_BINDTODEVICE to `device` (if any), non-blocking; closed on failure (UDP sockets too)."""
     try:
         _set_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, buffer)
         _set_buffer(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, buffer)
@@ -172,7 +173,7 @@ def open_icmp_listener(device: str | None = None) -> socket.socket:
     except BaseException:
         sock.close()
         raise
-    return _configure(sock, device, 256 * 1024)
+    return configure(sock, device, 256 * 1024)
 
 
 Instruction = tuple[int, int, int, int]  # struct sock_filter: code, jt, jf, k

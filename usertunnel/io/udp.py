@@ -23,7 +23,7 @@ import socket
 import sys
 
 from ..core.params import ConfigError
-from .raw import SO_RCVBUFFORCE, SO_SNDBUFFORCE, SOCKET_BUFFER, _set_buffer
+from .raw import SOCKET_BUFFER, configure
 
 # Linux values (not all in Python's socket module).
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
@@ -84,13 +84,11 @@ def open_udp(
                 sock.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)  # RFC 768: checksum 0, "none computed"
         # Datagrams the device's GRO joined come up as one read (the loop cuts them again): fewer system calls.
         sock.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
-        _set_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, buffer)
-        _set_buffer(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, buffer)
-        if device is not None:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
-            except OSError as exc:
-                raise ConfigError(f"cannot bind to device {device!r}: {exc.strerror}") from None
+    except BaseException:
+        sock.close()
+        raise
+    configure(sock, device, buffer)  # buffers, device, non-blocking (as the raw sockets); closes it on failure
+    try:
         try:
             sock.bind((address, port))
         except OSError as exc:
@@ -103,7 +101,6 @@ def open_udp(
                 raise ConfigError(f"cannot bind UDP {where}: a port below 1024 needs root or "
                                   "CAP_NET_BIND_SERVICE") from None  # fmt: skip
             raise ConfigError(f"cannot bind UDP {where}: {exc.strerror}") from None
-        sock.setblocking(False)
     except BaseException:
         sock.close()
         raise
