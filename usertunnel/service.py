@@ -256,19 +256,9 @@ def _open(options: UpOptions, params: TunnelParams, underlay: int, mtu: int, cla
         except BaseException:
             sock.close()
             raise
-    tun: Tun | None = None
     try:
-        ethernet = params.mode.value.ethernet
-        tun = Tun(params.name, vnet_hdr=options.coalesce and not ethernet, tap=ethernet, multi_queue=options.queues > 1)
-        if tun.name != params.name:  # a name pattern such as gre%d, resolved by the kernel
-            params = replace(params, name=tun.name)
-            claims.relabel(identities(params), tun.name)
-        netlink.configure(
-            tun.name, mtu, options.addresses, 6 in params.mode.value.families, options.routes, options.link_up
-        )
+        tun, params = _device(options, params, mtu, claims)
     except BaseException:
-        if tun is not None:
-            tun.close()
         sock.close()
         if receiver is not None:
             receiver.close()
@@ -288,23 +278,32 @@ def _open(options: UpOptions, params: TunnelParams, underlay: int, mtu: int, cla
     )  # fmt: skip
 
 
-def _open_encap(options: UpOptions, params: TunnelParams, underlay: int, mtu: int, claims: Claims) -> Prepared:
-    """A FOU / GUE tunnel: UDP sockets instead of raw ones (no CAP_NET_RAW), then the device as for any."""
-    encap = params.encap
-    assert encap is not None
-    sockets = _open_udp(options, params)
-    tun: Tun | None = None
+def _device(options: UpOptions, params: TunnelParams, mtu: int, claims: Claims) -> tuple[Tun, TunnelParams]:
+    """The TUN (TAP for gretap) device, configured (MTU, addresses, routes, up); the params with the name the
+    kernel gave it. Closed again if configuring it fails."""
+    ethernet = params.mode.value.ethernet
+    tun = Tun(params.name, vnet_hdr=options.coalesce and not ethernet, tap=ethernet, multi_queue=options.queues > 1)
     try:
-        tun = Tun(params.name, vnet_hdr=options.coalesce, multi_queue=False)
-        if tun.name != params.name:
+        if tun.name != params.name:  # a name pattern such as gre%d, resolved by the kernel
             params = replace(params, name=tun.name)
             claims.relabel(identities(params), tun.name)
         netlink.configure(
             tun.name, mtu, options.addresses, 6 in params.mode.value.families, options.routes, options.link_up
         )
     except BaseException:
-        if tun is not None:
-            tun.close()
+        tun.close()
+        raise
+    return tun, params
+
+
+def _open_encap(options: UpOptions, params: TunnelParams, underlay: int, mtu: int, claims: Claims) -> Prepared:
+    """A FOU / GUE tunnel: UDP sockets instead of raw ones (no CAP_NET_RAW), then the device as for any."""
+    encap = params.encap
+    assert encap is not None
+    sockets = _open_udp(options, params)
+    try:
+        tun, params = _device(options, params, mtu, claims)
+    except BaseException:
         for sock in sockets.values():
             sock.close()
         raise

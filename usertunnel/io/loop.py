@@ -496,6 +496,14 @@ class Dataplane:
             return error
         return None
 
+    def _collect(self, out: dict[Interface, list[bytes | bytearray | memoryview]], received: Received) -> None:
+        """An accepted packet (and any a reorder buffer released after it) for its interface's write at the end."""
+        iface = self.interfaces.get(received.tunnel)
+        if iface is not None:
+            out.setdefault(iface, []).append(received.inner)
+            if received.then:
+                out[iface].extend(received.then)
+
     def _datagrams(self, sock: socket.socket, room: int) -> Iterator[tuple[memoryview, Any, Any]]:
         """What a wakeup finds on a datagram socket (IPv6 raw, FOU / GUE), up to BATCH, each in its own buffer
         (what the core accepts is written once at the end), with its ancillary data and sender. An error on
@@ -552,11 +560,7 @@ class Dataplane:
                     self._keepalive(sock, received)
                     continue
                 if isinstance(received, Received):
-                    iface = self.interfaces.get(received.tunnel)
-                    if iface is not None:
-                        out.setdefault(iface, []).append(received.inner)
-                        if received.then:
-                            out[iface].extend(received.then)
+                    self._collect(out, received)
                 else:
                     self._hand_over(sock, received)  # --trace and --pcap are refused with --encap (for now)
         for iface, inners in out.items():
@@ -809,11 +813,7 @@ class Dataplane:
                 self._hand_over(sock, received)
                 observer.rx6(protocol, src, dst, payload, received)
             elif isinstance(received, Received):
-                iface = self.interfaces.get(received.tunnel)
-                if iface is not None:
-                    out.setdefault(iface, []).append(received.inner)
-                    if received.then:
-                        out[iface].extend(received.then)
+                self._collect(out, received)
             else:
                 self._hand_over(sock, received)
         for iface, inners in out.items():
