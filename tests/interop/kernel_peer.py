@@ -1,4 +1,4 @@
-"""A real Linux kernel as a tunnel peer: user-mode-linux 6.1 with ip_gre, ipip, sit, ip6_tunnel, ip6_gre.
+"""A real Linux kernel as a tunnel peer: user-mode-linux 6.1 with ip_gre, ipip, sit, ip6_tunnel, ip6_gre, fou.
 
 Topology (all in namespaces created here and always removed):
 
@@ -58,6 +58,9 @@ MODULES = [
     "net/ipv6/sit",
     "net/ipv6/ip6_tunnel",
     "net/ipv6/ip6_gre",
+    "net/ipv4/udp_tunnel",
+    "net/ipv6/ip6_udp_tunnel",
+    "net/ipv4/fou",  # receives FOU and GUE (ip fou add); built without CONFIG_NET_FOU_IP_TUNNELS: sends neither
 ]
 
 INIT = """#!/bin/sh
@@ -121,6 +124,12 @@ class KernelPeer:
         off = netns.run(NS_GUEST, ["ethtool", "-K", VETH_GUEST, "tx", "off", "tso", "off", "gso", "off"])
         if off.returncode != 0:
             raise PeerError(f"ethtool -K {VETH_GUEST} tx off failed: {off.stderr.decode(errors='replace')}")
+        # The same on our side, for what the host's UDP sockets send (FOU and GUE): a UDP checksum left to
+        # the device, and a batch sent with UDP_SEGMENT, are finished here in software, before a capture on
+        # VETH_HOST sees them, so the capture and the guest see the datagrams a wire would carry.
+        off = netns.run(NS_HOST, ["ethtool", "-K", VETH_HOST, "tx", "off"])
+        if off.returncode != 0:
+            raise PeerError(f"ethtool -K {VETH_HOST} tx off failed: {off.stderr.decode(errors='replace')}")
         moddir = Path(sorted(glob.glob("/usr/lib/uml/modules/*/kernel"))[-1])
         init = self.workdir / "init.sh"
         init.write_text(

@@ -48,12 +48,22 @@ GAP = 0.003  # between packets written into a tunnel device: the guest's underla
 
 ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
 GRE_C, GRE_K, GRE_S = 0x8000, 0x2000, 0x1000
+PROTOCOL = {"gre": 47, "ipip": 4, "sit": 41}  # the outer IPv4 protocol of each mode
 
 
 def inner_packets(mode: str, mtu: int) -> list[bytes]:
     """TCP, UDP and ICMP inner packets over every inner TOS, TTL and DF value above, two of exactly the tunnel's
     MTU (DF and not), and for GRE (which carries IPv6) the same over IPv6 with the traffic class and hop limit
-    varied. Each packet is unique (its identification and payload carry its index)."""
+    varied; for sit (IPv6 only) the IPv6 ones and one of exactly the MTU. Each packet is unique (its
+    identification, flow label and payload carry its index)."""
+    if mode == "sit":
+        packets = _inner_packets6(0)
+        index = len(packets) + 1
+        head6 = IPv6(src=INNER6[0], dst=INNER6[1], tc=0xA2, hlim=64, fl=index)
+        head6 /= TCP(sport=40000 + index, dport=5001, flags="PA", seq=index)
+        packets.append(bytes(head6 / bytes(mtu - len(head6))))
+        assert len(set(packets)) == len(packets)
+        return packets
     packets: list[bytes] = []
     cases = itertools.product(("tcp", "udp", "icmp"), TOS, TTL, (True, False))
     for index, (kind, tos, ttl, df) in enumerate(cases, start=1):
@@ -65,11 +75,18 @@ def inner_packets(mode: str, mtu: int) -> list[bytes]:
         head /= TCP(sport=40000 + index, dport=5001, flags="PA", seq=index)
         packets.append(bytes(head / bytes(mtu - len(head))))
     if mode == "gre":
-        for kind, tos, ttl in itertools.product(("tcp", "udp", "icmp"), TOS, TTL):
-            index = len(packets) + 1
-            head6 = IPv6(src=INNER6[0], dst=INNER6[1], tc=tos, hlim=ttl, fl=index)
-            packets.append(bytes(head6 / _transport(kind, index, 6) / _payload(index)))
+        packets += _inner_packets6(len(packets))
     assert len(set(packets)) == len(packets)
+    return packets
+
+
+def _inner_packets6(before: int) -> list[bytes]:
+    """TCP, UDP and ICMPv6 over every traffic class and hop limit of the sets above, numbered after `before`."""
+    packets: list[bytes] = []
+    for kind, tos, ttl in itertools.product(("tcp", "udp", "icmp"), TOS, TTL):
+        index = before + len(packets) + 1
+        head6 = IPv6(src=INNER6[0], dst=INNER6[1], tc=tos, hlim=ttl, fl=index)
+        packets.append(bytes(head6 / _transport(kind, index, 6) / _payload(index)))
     return packets
 
 
@@ -113,8 +130,8 @@ def inject(namespace: str, ifname: str, packets: Iterable[bytes]) -> None:
 
 
 def tunnel_packets(packets: Iterable[bytes], mode: str, source: str) -> list[bytes]:
-    """The IPv4 tunnel packets of `mode` (GRE or IPIP) from `source` among captured packets, in order."""
-    proto = 47 if mode == "gre" else 4
+    """The IPv4 tunnel packets of `mode` (GRE, IPIP or SIT) from `source` among captured packets, in order."""
+    proto = PROTOCOL[mode]
     src = socket.inet_aton(source)
     return [p for p in packets if p[0] >> 4 == 4 and p[9] == proto and p[12:16] == src]
 
@@ -156,6 +173,26 @@ def ones_sum(data: bytes) -> int:
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return total
+
+
+def unwrapped(packet: bytes, protocol: int, encap_length: int) -> bytes:
+    """A FOU or GUE packet as its tunnel sends it without UDP: the `encap_length` bytes after the outer IPv4
+    header (UDP, and GUE's header) removed, the outer protocol set to `protocol` (what they carried), the total
+    length and header checksum computed again. AssertionError if the packet's own header checksum, or its UDP
+    checksum where it has one (RFC 768: zero means none), is wrong."""
+    ihl = (packet[0] & 0x0F) * 4
+    assert packet[9] == 17, f"not UDP: protocol {packet[9]}"
+    assert ones_sum(packet[:ihl]) == 0xFFFF, f"outer header checksum wrong: {packet[:ihl].hex()}"
+    udp = packet[ihl:]
+    if udp[6:8] != b"\0\0":
+        pseudo = packet[12:20] + struct.pack("!BBH", 0, 17, len(udp))
+        assert ones_sum(pseudo + udp) == 0xFFFF, f"UDP checksum wrong: {udp[:8].hex()}"
+    out = bytearray(packet[:ihl] + packet[ihl + encap_length :])
+    out[2:4] = len(out).to_bytes(2, "big")
+    out[9] = protocol
+    out[10:12] = b"\0\0"
+    out[10:12] = (~ones_sum(bytes(out[:ihl])) & 0xFFFF).to_bytes(2, "big")
+    return bytes(out)
 
 
 def _gre_checksum_ok(packet: bytes) -> bool:

@@ -149,10 +149,7 @@ class Pair:
 
     def our_stats(self) -> dict[str, Any]:
         """The running usertunnel's counters, as `usertunnel stats -j ut0` prints them."""
-        done = netns.run(NS_HOST, [sys.executable, "-m", "usertunnel", "stats", "-j", "ut0"], check=True)
-        [tunnel] = json.loads(done.stdout)
-        stats: dict[str, Any] = tunnel["stats"]
-        return stats
+        return usertunnel_stats("ut0")
 
     def counters(self, timeout: float = 5.0) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
         """Our counters and the kernel device's, once every packet one side counts as sent is counted by the
@@ -179,6 +176,14 @@ class Pair:
         return stats
 
 
+def usertunnel_stats(name: str) -> dict[str, Any]:
+    """The counters of the usertunnel running tunnel `name` in NS_HOST, as `usertunnel stats -j NAME` prints them."""
+    done = netns.run(NS_HOST, [sys.executable, "-m", "usertunnel", "stats", "-j", name], check=True)
+    [tunnel] = json.loads(done.stdout)
+    stats: dict[str, Any] = tunnel["stats"]
+    return stats
+
+
 def assert_nothing_lost_unseen(ours: dict[str, Any], theirs: dict[str, dict[str, int]], kernel: KernelPeer) -> None:
     """Our tx_packets = the kernel device's rx packets, its tx packets = our rx_packets; no errors, no drops."""
     problems = []
@@ -201,27 +206,31 @@ def ping_from_us(count: int = 3) -> bool:
     return netns.run(NS_HOST, ["ping", "-c", str(count), "-i", "0.2", "-W", "2", THEIRS]).returncode == 0
 
 
-def send_from_us(kernel: KernelPeer, port: int) -> tuple[str, str]:
-    """5 MB from our inner address to the kernel's; both SHA-256."""
-    kernel.request({"sink": [THEIRS, port], "rcvbuf": RCVBUF})
+def family(address: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def send_from_us(kernel: KernelPeer, port: int, theirs: str = THEIRS) -> tuple[str, str]:
+    """5 MB from our inner address to the kernel's (`theirs`, IPv4 or IPv6); both SHA-256."""
+    kernel.request({"sink": [theirs, port], "rcvbuf": RCVBUF})
     data = random.Random(port).randbytes(TRANSFER)
-    sock = netns.open_socket(NS_HOST, socket.AF_INET, socket.SOCK_STREAM)
+    sock = netns.open_socket(NS_HOST, family(theirs), socket.SOCK_STREAM)
     sock.settimeout(60)
     with sock:
-        sock.connect((THEIRS, port))
+        sock.connect((theirs, port))
         sock.sendall(data)
         sock.shutdown(socket.SHUT_WR)
-    result = kernel.request({"sink_result": [THEIRS, port], "timeout": 60})
+    result = kernel.request({"sink_result": [theirs, port], "timeout": 60})
     assert result.get("bytes") == TRANSFER, result
     return hashlib.sha256(data).hexdigest(), result["sha256"]
 
 
-def send_from_kernel(kernel: KernelPeer, port: int) -> tuple[str, str]:
-    """5 MB from the kernel's inner address to ours; both SHA-256."""
-    server = netns.open_socket(NS_HOST, socket.AF_INET, socket.SOCK_STREAM)
+def send_from_kernel(kernel: KernelPeer, port: int, ours: str = OURS) -> tuple[str, str]:
+    """5 MB from the kernel's inner address to ours (`ours`, IPv4 or IPv6); both SHA-256."""
+    server = netns.open_socket(NS_HOST, family(ours), socket.SOCK_STREAM)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)  # before listen(): see RCVBUF
-    server.bind((OURS, port))
+    server.bind((ours, port))
     server.listen(1)
     server.settimeout(60)
     digest = hashlib.sha256()
@@ -236,7 +245,7 @@ def send_from_kernel(kernel: KernelPeer, port: int) -> tuple[str, str]:
     thread = threading.Thread(target=receive)
     thread.start()
     try:
-        sent = kernel.request({"source": [OURS, port], "bytes": TRANSFER, "seed": port})
+        sent = kernel.request({"source": [ours, port], "bytes": TRANSFER, "seed": port})
         thread.join(60)
     finally:
         server.close()

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import same_inner
 from kernel_peer import GUEST_ADDR, HOST_ADDR, NS_HOST, VETH_HOST, KernelPeer
+from scapy.layers.inet import ICMP, IP, UDP
 from test_kernel import OURS, THEIRS, Pair, Variant
 from traffic import corrupt_last_byte, echo_replies_seen, echo_request
 
@@ -153,6 +154,49 @@ def test_kernel_applies_rfc6040_outer_ce_over_not_ect_is_dropped_as_frame_error(
     )
     assert answered == [2]
     assert delta(before, after)["frame_errors"] == 1
+
+
+GUE_PORT = 6080
+
+
+def gue_datagram(n: int, gue: bytes) -> bytes:
+    """Our echo request `n` to the kernel's inner address in UDP to GUE_PORT, after the bytes `gue` (a GUE
+    header, or nothing for GUE variant 1: the inner IPv4 packet itself)."""
+    inner = IP(src=OURS, dst=THEIRS) / ICMP(id=ECHO_ID, seq=n) / b"usertunnel-crafted"
+    return bytes(
+        IP(src=HOST_ADDR, dst=GUEST_ADDR, flags="DF") / UDP(sport=40000, dport=GUE_PORT) / (gue + bytes(inner))
+    )
+
+
+@pytest.mark.netns
+@pytest.mark.matrix("kernel: GUE control (C), unknown flags, variant 2: taken by UDP, reach no tunnel (gue_udp_recv)")
+def test_kernel_takes_every_gue_datagram_into_udp_but_hands_only_variants_0_and_1_to_its_tunnel(
+    kernel: KernelPeer, kernel_tunnel
+) -> None:  # type: ignore[no-untyped-def]
+    # Linux 6.1's gue_udp_recv (net/ipv4/fou.c; fou_core.c from 6.2) runs as the port's encap_rcv: the UDP layer
+    # counts the datagram (Udp.InDatagrams) before it looks, and what it frees never reaches a tunnel device
+    # and is counted nowhere else. What it hands on is resubmitted as IP protocol Proto/ctype (variant 0), or
+    # 4/41 from the version nibble (variant 1), and meets ipip's lookup by the outer addresses.
+    t = kernel_tunnel("ipip", "")
+    kernel.check(f"ip fou add port {GUE_PORT} gue")
+    try:
+        packets = [
+            gue_datagram(1, bytes((0x00, 4, 0, 0))),  # variant 0, proto 4: delivered
+            gue_datagram(2, bytes((0x20, 4, 0, 0))),  # C: a control message (gue_control_message frees it)
+            gue_datagram(3, bytes((0x00, 4, 0x80, 0))),  # a flag Linux does not know (validate_gue_flags)
+            gue_datagram(4, bytes((0x00, 4, 0, 0x01))),  # the private flag without its 4 option bytes (hlen 0)
+            gue_datagram(5, bytes((0x80, 4, 0, 0))),  # variant 2: undefined
+            gue_datagram(6, b""),  # variant 1: the inner IPv4 packet right after UDP: delivered
+        ]
+        snmp = kernel.snmp()
+        answered, before, after = t.send(packets)
+        grown = {k: v - snmp.get(k, 0) for k, v in kernel.snmp().items() if k.startswith("Udp.")}
+    finally:
+        kernel.sh(f"ip fou del port {GUE_PORT}")
+    assert answered == [1, 6]
+    assert delta(before, after) == {"bytes": delta(before, after)["bytes"], "packets": 2}
+    assert grown["Udp.InDatagrams"] == len(packets), grown
+    assert grown["Udp.InErrors"] == grown["Udp.NoPorts"] == grown["Udp.InCsumErrors"] == 0, grown
 
 
 # --- what we refuse from the kernel -----------------------------------------------------------------------
