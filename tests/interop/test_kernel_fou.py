@@ -7,18 +7,22 @@ devices cannot send FOU or GUE (`ip link add ... encap fou` is refused with
 EINVAL). So in every cell our packets go to the kernel in UDP and its answers
 come back as plain GRE, IPIP or SIT, which a FOU tunnel's UDP socket never sees.
 
-The return path is a second usertunnel: in usertunnel's namespace run
+The return path is a second usertunnel, in the same namespace:
 
-    ut0  usertunnel up --encap fou|gue ...   our inner address; sends in UDP
-    ut1  usertunnel up (plain, raw socket)   no address; receives the kernel's answers
+    ut0  198.51.100.1  usertunnel up --encap fou|gue   our inner address  ->  kt0 (ip fou add's port)
+    ut1  198.51.100.3  usertunnel up (plain, raw)      no address         <-  kt1 (the kernel's answers)
 
-both with the same outer addresses. ut1 writes what it decapsulates into its
-TUN device and the host's stack takes it (the inner destination is ut0's
-address; reverse-path filtering is off in that namespace while a pair runs).
-So every packet of a ping or a TCP transfer passes through a usertunnel both
-ways, and both directions are counted: ut0's tx_packets = the kernel device's
-rx packets, the kernel device's tx packets = ut1's rx_packets. ut0 receives
-nothing and ut1 sends nothing (asserted).
+ut1 has an outer address of its own because a tunnel in UDP and a plain one
+between the same two addresses (and key) are one tunnel to Linux and to
+usertunnel alike: the second is refused ("File exists"). So the kernel has two
+devices of the same mode and options, kt0 receiving ours and kt1 sending its
+answers (its route to our inner address, from its own inner address). ut1
+writes what it decapsulates into its TUN device and the host's stack takes it
+(the inner destination is ut0's address; reverse-path filtering is off in that
+namespace while a pair runs). So every packet of a ping or a TCP transfer
+passes through a usertunnel and a kernel tunnel, and both directions are
+counted: ut0's tx_packets = kt0's rx packets, kt1's tx packets = ut1's
+rx_packets; ut0 and kt1 receive nothing, ut1 sends nothing (asserted).
 
 The checks, per configuration (a row of the matrix):
   - ping and 5 MB of TCP both ways, every packet counted alike;
@@ -71,8 +75,8 @@ class Cell:
     csum: bool = False  # --encap-csum: the UDP checksum
     port: int | None = None  # --encap-dport (default PORT[encap])
     sport: int | None = None  # --encap-sport (None: auto)
-    gre: tuple[str, ...] = ()  # GRE options for both of our ends
-    kernel_gre: str = ""  # the same in `ip tunnel` words, for the kernel's device
+    options: tuple[str, ...] = ()  # tunnel options (GRE's, TTL, TOS) for both of our ends
+    kernel_options: str = ""  # the same in `ip tunnel` words, for the kernel's devices
 
     @property
     def name(self) -> str:
@@ -81,7 +85,7 @@ class Cell:
             parts.append(str(self.port))
         if self.sport is not None:
             parts.append(f"sport-{self.sport}")
-        parts += [w.removeprefix("--") for w in self.gre if w.startswith("--")]
+        parts += [w.removeprefix("--") for w in self.options]
         if self.csum:
             parts.append("encap-csum")
         return "-".join(parts)
@@ -114,20 +118,22 @@ class Cell:
         args = ["--encap", self.encap, "--encap-dport", str(self.dport)]
         if self.sport is not None:
             args += ["--encap-sport", str(self.sport)]
-        return [*args, "--encap-csum" if self.csum else "--no-encap-csum", *self.gre]
+        return [*args, "--encap-csum" if self.csum else "--no-encap-csum", *self.options]
 
     def gre_flags(self) -> dict[str, bool]:
-        return {flag: f"--{flag}" in self.gre for flag in ("csum", "key", "seq")}
+        return {flag: f"--{flag}" in self.options for flag in ("csum", "key", "seq")}
 
 
 CELLS = [
     Cell(mode, encap, csum) for mode in ("gre", "ipip", "sit") for encap in ("fou", "gue") for csum in (False, True)
 ]
-ALL_GRE = {"gre": ("--key", "1234", "--seq", "--csum"), "kernel_gre": "key 1234 seq csum"}
+ALL_GRE = ("--key", "1234", "--seq", "--csum"), "key 1234 seq csum"
 CELLS += [
     # RFC 8086's own port, a fixed source port, and every GRE option inside the UDP.
-    Cell("gre", "fou", True, port=GRE_IN_UDP_PORT, sport=GRE_IN_UDP_PORT, **ALL_GRE),  # type: ignore[arg-type]
-    Cell("gre", "gue", True, **ALL_GRE),  # type: ignore[arg-type]
+    Cell("gre", "fou", True, GRE_IN_UDP_PORT, GRE_IN_UDP_PORT, *ALL_GRE),
+    Cell("gre", "gue", True, None, None, *ALL_GRE),
+    # A fixed outer TTL and the TOS inherited: what a UDP socket sets per packet (ancillary data).
+    Cell("ipip", "gue", False, None, None, ("--ttl", "64", "--tos", "inherit"), "ttl 64 tos inherit"),
 ]
 
 
@@ -174,7 +180,7 @@ class FouPair:
             quiet = "net.ipv6.conf.{}.disable_ipv6=1"
             address = f"ip addr add {theirs}/{plen} dev kt0 && ip route add {ours}/32 dev kt1 src {theirs}"
         devices = " && ".join(
-            f"ip tunnel add {name} mode {cell.mode} local {GUEST_ADDR} remote {remote} {cell.kernel_gre}"
+            f"ip tunnel add {name} mode {cell.mode} local {GUEST_ADDR} remote {remote} {cell.kernel_options}"
             f" && sysctl -q -w {quiet.format(name)} && ethtool -K {name} tso off gso off && ip link set {name} up"
             for name, remote in (("kt0", HOST_ADDR), ("kt1", RETURN_ADDR))
         )
@@ -197,7 +203,7 @@ class FouPair:
             self.ours = self._start(
                 ["--local", HOST_ADDR, *endpoints, "--name", "ut0", "--address", f"{ours}/{plen}", *cell.ours()]
             )
-            self.back = self._start(["--local", RETURN_ADDR, *endpoints, "--name", "ut1", *cell.gre])
+            self.back = self._start(["--local", RETURN_ADDR, *endpoints, "--name", "ut1", *cell.options])
         except BaseException:
             self.close()
             raise

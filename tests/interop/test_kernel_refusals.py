@@ -159,21 +159,21 @@ def test_kernel_applies_rfc6040_outer_ce_over_not_ect_is_dropped_as_frame_error(
 GUE_PORT = 6080
 
 
-def gue_datagram(n: int, gue: bytes) -> bytes:
+def gue_datagram(n: int, gue: bytes, source: str = HOST_ADDR) -> bytes:
     """Our echo request `n` to the kernel's inner address in UDP to GUE_PORT, after the bytes `gue` (a GUE
     header, or nothing for GUE variant 1: the inner IPv4 packet itself)."""
     inner = IP(src=OURS, dst=THEIRS) / ICMP(id=ECHO_ID, seq=n) / b"usertunnel-crafted"
-    return bytes(
-        IP(src=HOST_ADDR, dst=GUEST_ADDR, flags="DF") / UDP(sport=40000, dport=GUE_PORT) / (gue + bytes(inner))
-    )
+    return bytes(IP(src=source, dst=GUEST_ADDR, flags="DF") / UDP(sport=40000, dport=GUE_PORT) / (gue + bytes(inner)))
 
 
 @pytest.mark.netns
-@pytest.mark.matrix("kernel: GUE control (C), unknown flags, variant 2: taken by UDP, reach no tunnel (gue_udp_recv)")
+@pytest.mark.matrix(
+    "kernel: GUE with C, unknown flags, variant 2, or no tunnel's outer addresses: taken by UDP, no device"
+)
 def test_kernel_takes_every_gue_datagram_into_udp_but_hands_only_variants_0_and_1_to_its_tunnel(
-    kernel: KernelPeer, kernel_tunnel
-) -> None:  # type: ignore[no-untyped-def]
-    # Linux 6.1's gue_udp_recv (net/ipv4/fou.c; fou_core.c from 6.2) runs as the port's encap_rcv: the UDP layer
+    kernel: KernelPeer, kernel_tunnel: Any
+) -> None:
+    # Linux 6.1's gue_udp_recv (net/ipv4/fou.c, later renamed fou_core.c) runs as the port's encap_rcv: the UDP layer
     # counts the datagram (Udp.InDatagrams) before it looks, and what it frees never reaches a tunnel device
     # and is counted nowhere else. What it hands on is resubmitted as IP protocol Proto/ctype (variant 0), or
     # 4/41 from the version nibble (variant 1), and meets ipip's lookup by the outer addresses.
@@ -187,16 +187,22 @@ def test_kernel_takes_every_gue_datagram_into_udp_but_hands_only_variants_0_and_
             gue_datagram(4, bytes((0x00, 4, 0, 0x01))),  # the private flag without its 4 option bytes (hlen 0)
             gue_datagram(5, bytes((0x80, 4, 0, 0))),  # variant 2: undefined
             gue_datagram(6, b""),  # variant 1: the inner IPv4 packet right after UDP: delivered
+            # Variant 0, proto 4, from an outer source no ipip tunnel has as its remote: handed to ipip, whose
+            # lookup (by the outer addresses, as for plain IPIP) finds no tunnel: tunnel4 answers ICMP port
+            # unreachable (sent, or counted as rate-limited).
+            gue_datagram(7, bytes((0x00, 4, 0, 0)), source="198.51.100.9"),
         ]
         snmp = kernel.snmp()
         answered, before, after = t.send(packets)
-        grown = {k: v - snmp.get(k, 0) for k, v in kernel.snmp().items() if k.startswith("Udp.")}
+        grown = {k: v - snmp.get(k, 0) for k, v in kernel.snmp().items()}
     finally:
         kernel.sh(f"ip fou del port {GUE_PORT}")
     assert answered == [1, 6]
     assert delta(before, after) == {"bytes": delta(before, after)["bytes"], "packets": 2}
     assert grown["Udp.InDatagrams"] == len(packets), grown
     assert grown["Udp.InErrors"] == grown["Udp.NoPorts"] == grown["Udp.InCsumErrors"] == 0, grown
+    unreachable = ("Icmp.OutDestUnreachs", "Icmp.OutRateLimitHost", "Icmp.OutRateLimitGlobal")
+    assert sum(grown.get(k, 0) for k in unreachable) == 1, {k: grown.get(k, 0) for k in unreachable}
 
 
 # --- what we refuse from the kernel -----------------------------------------------------------------------
