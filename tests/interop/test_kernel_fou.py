@@ -51,6 +51,7 @@ from typing import Any
 
 import pytest
 import same_inner
+from conftest import require_peer
 from kernel_peer import GUEST_ADDR, HOST_ADDR, NS_HOST, VETH_HOST, KernelPeer
 from test_kernel import TRANSFER, send_from_kernel, send_from_us, usertunnel_stats
 
@@ -467,7 +468,7 @@ def test_our_udp_gue_and_gre_headers_are_what_rfc_8086_and_the_gue_draft_say_as_
     pair_factory, cell: Cell, tmp_path: Path
 ) -> None:
     if shutil.which("tshark") is None:
-        pytest.fail("tshark is not installed (Debian package tshark): the interop suite needs it")
+        require_peer("tshark is not installed (Debian package tshark)")
     pair = pair_factory(FouPair, cell)
     low, high = map(int, netns.run(NS_HOST, ["sysctl", "-n", "net.ipv4.ip_local_port_range"]).stdout.split())
     expected = 6 + 2 * UDP_FLOWS
