@@ -32,6 +32,7 @@ import socket
 import struct
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
@@ -124,6 +125,23 @@ def inject(namespace: str, ifname: str, packets: Iterable[bytes]) -> None:
         for packet in packets:
             sock.sendto(packet, (ifname, ethertype(packet)))
             time.sleep(GAP)
+
+
+def inject_both(kernel: Any, packets: list[bytes], namespace: str, underlay: str) -> netns.Capture:
+    """The same inner packets written into our ut0 and the kernel's kt0, and what the underlay device
+    `underlay` of `namespace` carried meanwhile (the capture, stopped once one tunnel packet for each
+    came each way, and a moment more: a second one for any inner packet would show up then)."""
+    capture = netns.Capture(namespace, underlay)
+    try:
+        inject(namespace, "ut0", packets)
+        kernel.inject("kt0", packets, gap=GAP)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and min(len(capture.incoming), len(capture.outgoing)) < len(packets):
+            time.sleep(0.1)
+        time.sleep(0.3)
+    finally:
+        capture.stop()
+    return capture
 
 
 # --- reading tunnel packets ----------------------------------------------------------------------------------

@@ -314,16 +314,7 @@ def test_running_usertunnel_sends_what_the_kernel_sends_for_the_same_inner_packe
 ) -> None:
     pair = pair_factory(Pair, variant)
     packets = same_inner.inner_packets(variant.mode, pair.mtu())
-    capture = netns.Capture(NS_HOST, VETH_HOST)
-    try:
-        same_inner.inject(NS_HOST, "ut0", packets)
-        pair.kernel.inject("kt0", packets, gap=same_inner.GAP)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and min(len(capture.incoming), len(capture.outgoing)) < len(packets):
-            time.sleep(0.1)
-        time.sleep(0.3)  # a second tunnel packet for any inner packet would show up now
-    finally:
-        capture.stop()
+    capture = same_inner.inject_both(pair.kernel, packets, NS_HOST, VETH_HOST)
     ours = same_inner.tunnel_packets(capture.outgoing, variant.mode, HOST_ADDR)
     theirs = same_inner.tunnel_packets(capture.incoming, variant.mode, GUEST_ADDR)
     same_inner.assert_one_each(ours, packets, "usertunnel")

@@ -528,16 +528,7 @@ def test_inside_the_udp_usertunnel_sends_what_the_kernels_plain_tunnel_sends_for
     pair = pair_factory(FouPair, cell)
     packets = same_inner.inner_packets(cell.mode, pair.mtu())
     wanted = set(packets)
-    capture = netns.Capture(NS_HOST, VETH_HOST)
-    try:
-        same_inner.inject(NS_HOST, "ut0", packets)
-        pair.kernel.inject("kt0", packets, gap=same_inner.GAP)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and min(len(capture.incoming), len(capture.outgoing)) < len(packets):
-            time.sleep(0.1)
-        time.sleep(0.3)  # a second tunnel packet for any inner packet would show up now
-    finally:
-        capture.stop()
+    capture = same_inner.inject_both(pair.kernel, packets, NS_HOST, VETH_HOST)
     ours = [cell.plain(p) for p in ours_in_udp(capture.outgoing, cell)]
     theirs = same_inner.tunnel_packets(capture.incoming, cell.mode, GUEST_ADDR)
     # Only the packets written here are compared (the counters below count everything).
