@@ -91,6 +91,7 @@ from .service import (
     udp_options,
     udp_reach,
 )
+from .service import udp_interface as service_udp_interface
 
 log = logging.getLogger("usertunnel")
 
@@ -258,10 +259,7 @@ def udp_interface(
     assert encap is not None
     sport = encap.sport if encap.sport is not None else encap.dport
     tunnel.source_ports = (sport,) if encap.sport is None else ()
-    iface = Interface(tunnel, tun, sockets[encap.dport], verify_segments=forwarding)
-    iface.udp = {sport: sockets[sport]}
-    iface.gso = batch and encap.csum
-    return iface
+    return service_udp_interface(tunnel, tun, sockets[encap.dport], {sport: sockets[sport]}, forwarding, batch)
 
 
 @dataclass(eq=False)

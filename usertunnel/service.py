@@ -456,10 +456,10 @@ def wire(dataplane: Dataplane, prepared: Prepared) -> None:
     if encap is not None:
         for sock in prepared.udp.values():
             dataplane.add_udp(sock, encap.kind, prepared.tunnel.params.mode.value.ip_protocol)
-        iface = Interface(prepared.tunnel, prepared.tun, prepared.sock, verify_segments=prepared.forwarding)
-        iface.udp = dict(prepared.udp_senders)
-        iface.gso = prepared.batch and encap.csum  # UDP_SEGMENT needs the UDP checksum (the kernel refuses it off)
-        dataplane.add_interface(iface)
+        dataplane.add_interface(
+            udp_interface(prepared.tunnel, prepared.tun, prepared.sock, prepared.udp_senders, prepared.forwarding,
+                          prepared.batch)
+        )  # fmt: skip
         return
     if prepared.receiver is not None:
         dataplane.add_socket(prepared.tunnel.params.mode.value.table, prepared.receiver)
@@ -470,6 +470,18 @@ def wire(dataplane: Dataplane, prepared: Prepared) -> None:
         dataplane.add_icmp(prepared.icmp)
     iface = Interface(prepared.tunnel, prepared.tun, prepared.sock, verify_segments=prepared.forwarding)
     dataplane.add_interface(iface)
+
+
+def udp_interface(
+    tunnel: Tunnel, tun: Tun, receiver: socket.socket, senders: dict[int, socket.socket], forwarding: bool, batch: bool
+) -> Interface:
+    """The interface of a FOU / GUE tunnel (`up` and the daemon): it sends from `senders` (by source port)."""
+    encap = tunnel.params.encap
+    assert encap is not None
+    iface = Interface(tunnel, tun, receiver, verify_segments=forwarding)
+    iface.udp = dict(senders)
+    iface.gso = batch and encap.csum  # UDP_SEGMENT needs the UDP checksum (the kernel refuses it off)
+    return iface
 
 
 DOWN = "down"  # the control request `usertunnel down NAME` sends
