@@ -31,7 +31,7 @@ fi
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-if ! .venv/bin/python -c 'import usertunnel, pytun, uvloop, scapy, pyroute2, prometheus_client, shtab, pytest, hypothesis, mypy' >/dev/null 2>&1 \
+if ! .venv/bin/python -c 'import usertunnel, pytun, uvloop, scapy, pyroute2, prometheus_client, shtab, cryptography, pytest, hypothesis, mypy' >/dev/null 2>&1 \
     || [ pyproject.toml -nt .venv/.installed ]; then
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -e '.[test]'
