@@ -1,4 +1,4 @@
-"""A real Linux kernel as a tunnel peer: user-mode-linux 6.1 with ip_gre, ipip, sit, ip6_tunnel, ip6_gre, fou.
+"""A real Linux kernel as a tunnel peer: user-mode-linux 6.1 with ip_gre, ipip, sit, ip6_tunnel, ip6_gre, fou, esp, vti.
 
 Topology (all in namespaces created here and always removed):
 
@@ -61,6 +61,37 @@ MODULES = [
     "net/ipv4/udp_tunnel",
     "net/ipv6/ip6_udp_tunnel",
     "net/ipv4/fou",  # receives FOU and GUE (ip fou add); built without CONFIG_NET_FOU_IP_TUNNELS: sends neither
+    # IPsec (ESP, vti). The kernel asks for crypto templates by name and, in the guest, has no modprobe that
+    # can find them (the host's /lib/modules is another kernel's), so each one is loaded here. First the
+    # default random generator: ESP's IV generators (seqiv) need it, its DRBG needs hmac(sha512) and an
+    # entropy source; without them every `ip xfrm state add` fails with "Kernel was unable to initialize
+    # cryptographic operations".
+    "crypto/hmac",
+    "crypto/sha512_generic",
+    "crypto/jitterentropy_rng",
+    "crypto/drbg",
+    "crypto/seqiv",
+    "crypto/echainiv",
+    # the AEADs: rfc4106(gcm(aes)) is ctr(aes) + ghash, rfc7539esp(chacha20,poly1305) needs the lib/crypto
+    # halves before the generic ciphers
+    "crypto/gf128mul",
+    "crypto/ghash-generic",
+    "crypto/ctr",
+    "crypto/gcm",
+    "lib/crypto/libchacha",
+    "lib/crypto/libpoly1305",
+    "crypto/chacha_generic",
+    "crypto/poly1305_generic",
+    "crypto/chacha20poly1305",
+    # ESP itself, the netlink interface of `ip xfrm`, and the vti devices
+    "net/xfrm/xfrm_algo",
+    "net/ipv4/esp4",
+    "net/ipv6/esp6",
+    "net/xfrm/xfrm_user",
+    "net/ipv4/xfrm4_tunnel",
+    "net/ipv6/xfrm6_tunnel",
+    "net/ipv4/ip_vti",
+    "net/ipv6/ip6_vti",
 ]
 
 INIT = """#!/bin/sh
