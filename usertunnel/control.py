@@ -582,6 +582,13 @@ DIRECTION: dict[Drop, str] = {
     Drop.SPOKE_SOURCE: RX,
     Drop.HUB_FULL: RX,
     Drop.SIT_SPOOFED: RX,
+    Drop.ESP_TRUNCATED: RX,
+    Drop.ESP_NO_SA: RX,
+    Drop.ESP_REPLAY: RX,
+    Drop.ESP_ICV: RX,
+    Drop.ESP_PADDING: RX,
+    Drop.ESP_DUMMY: RX,
+    Drop.ESP_NEXT_HEADER: RX,
     Drop.OVERSIZE: TX,
     Drop.FRAG_NEEDED: TX,
     Drop.NO_NEIGHBOR: TX,
@@ -592,6 +599,7 @@ DIRECTION: dict[Drop, str] = {
     Drop.SEND_MSGSIZE: TX,
     Drop.ICMP_ERROR: TX,
     Drop.TUN_READ_ERROR: TX,
+    Drop.ESP_SEQ_EXHAUSTED: TX,
 }
 
 # The columns of `ip -s tunnel show` (iproute2's tnl_print_stats) that usertunnel has reasons for.

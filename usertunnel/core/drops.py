@@ -53,6 +53,15 @@ class Drop(enum.Enum):
     TUN_WRITE_ERROR = "tun_write_error"
     TUN_DOWN = "tun_down"
     TUN_READ_ERROR = "tun_read_error"
+    # IPsec ESP (RFC 4303).
+    ESP_TRUNCATED = "esp_truncated"
+    ESP_NO_SA = "esp_no_sa"
+    ESP_REPLAY = "esp_replay"
+    ESP_ICV = "esp_icv"
+    ESP_PADDING = "esp_padding"
+    ESP_DUMMY = "esp_dummy"
+    ESP_SEQ_EXHAUSTED = "esp_seq_exhausted"
+    ESP_NEXT_HEADER = "esp_next_header"
 
     @property
     def description(self) -> str:
@@ -93,4 +102,12 @@ _DESCRIPTIONS: dict[Drop, str] = {
     Drop.TUN_WRITE_ERROR: "writing the inner packet into the TUN device failed",
     Drop.TUN_DOWN: "the TUN device is down (ip link set NAME up): the kernel refuses what is written into it",
     Drop.TUN_READ_ERROR: "reading from the TUN device failed",
+    Drop.ESP_TRUNCATED: "ESP packet shorter than its header, IV, pad length, next header and ICV",
+    Drop.ESP_NO_SA: "ESP packet whose SPI is not the inbound SA's (unknown or mis-keyed peer)",
+    Drop.ESP_REPLAY: "ESP sequence number already received or below the anti-replay window (RFC 4303 3.4.3)",
+    Drop.ESP_ICV: "ESP integrity check failed: forged, corrupted, or sealed with another key",
+    Drop.ESP_PADDING: "ESP padding not 1, 2, 3 ... or longer than the packet (RFC 4303 2.4)",
+    Drop.ESP_DUMMY: "ESP dummy packet (next header 59, RFC 4303 2.6): dropped as the RFC says",
+    Drop.ESP_SEQ_EXHAUSTED: "ESP sequence numbers used up: manual keys cannot be rekeyed, nothing more is sent",
+    Drop.ESP_NEXT_HEADER: "ESP next header is not a protocol this tunnel carries",
 }
