@@ -28,8 +28,10 @@ NOT masked: both sides count from 0 over the same packets in the same order.
 from __future__ import annotations
 
 import itertools
+import os
 import socket
 import struct
+import sys
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -273,3 +275,232 @@ def differences(ours: bytes, theirs: bytes) -> list[str]:
     if inner_of(ours) != inner_of(theirs):
         found.append("inner packet")
     return found or ["(other bytes)"]
+
+
+# --- IPv6 outer headers and Ethernet frames (test_kernel_ipv6, test_kernel_gretap) ----------------------------
+#
+# The functions above read IPv4 tunnel packets; these read both outer families (IPv6: ipip6, ip6ip6, ip6gre)
+# and the frames of gretap. Over IPv6 nothing is masked: there is no identification and no header checksum,
+# and the IPv6 cells fix the flow label on both sides (Linux's automatic one is a hash keyed with a per-boot
+# secret; README). The GRE checksum, where there is one, is verified.
+
+PROTOCOL6 = {"ipip6": 4, "ip6ip6": 41, "ip6gre": 47, "ip6gretap": 47}  # the upper-layer protocol of each mode
+EXTENSION_HEADERS = (0, 43, 60)  # hop-by-hop, routing, destination options (RFC 8200 4.1): stepped over
+CARRIES_LIKE = {"ipip6": "ipip", "ip6ip6": "sit", "ip6gre": "gre", "gretap": "gre"}  # the inner families
+MAC = ("02:00:5e:00:53:09", "02:00:5e:00:53:0a")  # inner frames' source and destination: nobody's
+
+
+def inner_packets_of(mode: str, mtu: int) -> list[bytes]:
+    """`inner_packets` for any mode: an IPv6-outer mode carries what its IPv4-outer counterpart carries
+    (ipip6 IPv4, ip6ip6 IPv6, ip6gre both)."""
+    return inner_packets(CARRIES_LIKE.get(mode, mode), mtu)
+
+
+def inner_frames(mtu: int) -> list[bytes]:
+    """Ethernet frames for gretap: each of GRE's inner packets (`mtu`: the device's, so the largest frames are
+    mtu + 14 bytes) between two addresses nobody has, and an ARP request (a frame that is not IP)."""
+    from scapy.layers.l2 import ARP, Ether
+
+    frames = [bytes(Ether(src=MAC[0], dst=MAC[1], type=ethertype(p)) / p) for p in inner_packets("gre", mtu)]
+    frames.append(bytes(Ether(src=MAC[0], dst="ff:ff:ff:ff:ff:ff") / ARP(hwsrc=MAC[0], psrc=INNER4[0], pdst=INNER4[1])))
+    return frames
+
+
+def upper_layer6(packet: bytes) -> tuple[int, int]:
+    """(offset, protocol) of an IPv6 packet's upper layer, past its extension headers (RFC 8200 4.1)."""
+    offset, protocol = 40, packet[6]
+    while protocol in EXTENSION_HEADERS:
+        protocol, offset = packet[offset], offset + (packet[offset + 1] + 1) * 8
+    return offset, protocol
+
+
+def outer_length(packet: bytes) -> int:
+    """The outer IP header: IPv4's IHL, or IPv6's 40 bytes and its extension headers."""
+    return upper_layer6(packet)[0] if packet[0] >> 4 == 6 else (packet[0] & 0x0F) * 4
+
+
+def _gre_at(packet: bytes) -> int | None:
+    """Where the GRE header of a tunnel packet starts, or None if it carries no GRE."""
+    if packet[0] >> 4 == 6:
+        offset, protocol = upper_layer6(packet)
+        return offset if protocol == 47 else None
+    return (packet[0] & 0x0F) * 4 if packet[9] == 47 else None
+
+
+def head_length(packet: bytes) -> int:
+    """The outer IP header (either family) and the GRE header whose flags follow it (RFC 2784, RFC 2890)."""
+    at = _gre_at(packet)
+    if at is None:
+        return outer_length(packet)
+    flags = struct.unpack_from("!H", packet, at)[0]
+    return at + 4 + 4 * sum(bool(flags & bit) for bit in (GRE_C, GRE_K, GRE_S))
+
+
+def inner_of_any(packet: bytes) -> bytes:
+    """The inner packet (or frame) of a tunnel packet of either outer family."""
+    return packet[head_length(packet) :]
+
+
+def tunnel_packets_of(packets: Iterable[bytes], mode: str, source: str) -> list[bytes]:
+    """The tunnel packets of `mode` (any mode, either outer family) from `source` among captured packets, in
+    order; gretap's are GRE packets of type 0x6558 (Transparent Ethernet Bridging)."""
+    if ":" not in source:
+        found = tunnel_packets(packets, "gre" if mode == "gretap" else mode, source)
+        if mode == "gretap":
+            found = [p for p in found if p[(p[0] & 0x0F) * 4 + 2 : (p[0] & 0x0F) * 4 + 4] == b"\x65\x58"]
+        return found
+    src = socket.inet_pton(socket.AF_INET6, source)
+    return [p for p in packets if p[0] >> 4 == 6 and p[8:24] == src and upper_layer6(p)[1] == PROTOCOL6[mode]]
+
+
+def assert_one_each_of(sent: list[bytes], packets: list[bytes], who: str) -> None:
+    """`assert_one_each` for tunnel packets of either outer family."""
+    inners = [inner_of_any(p) for p in sent]
+    if inners != packets:
+        missing = sum(p not in inners for p in packets)
+        raise AssertionError(
+            f"{who} put {len(sent)} tunnel packets on the wire for {len(packets)} inner packets"
+            f" ({missing} of these carried by none), or in another order"
+        )
+
+
+def masked_any(packet: bytes) -> bytes:
+    """`masked` for either outer family: over IPv6 nothing is masked; the GRE checksum is verified (over the GRE
+    header and its payload, RFC 2784 2.5), AssertionError if it is wrong."""
+    if packet[0] >> 4 == 4:
+        return masked(packet)
+    at = _gre_at(packet)
+    if at is not None and struct.unpack_from("!H", packet, at)[0] & GRE_C:
+        assert ones_sum(packet[at:]) == 0xFFFF, f"GRE checksum wrong: {packet[at : head_length(packet)].hex()}"
+    return packet
+
+
+def mirrored_any(packet: bytes, okey: int | None) -> bytes:
+    """`mirrored` for either outer family: outer addresses swapped; with `okey`, the GRE key replaced by it and
+    the GRE checksum (checked first) computed again."""
+    if packet[0] >> 4 == 4:
+        return mirrored(packet, okey)
+    out = bytearray(packet)
+    out[8:24], out[24:40] = packet[24:40], packet[8:24]
+    at = _gre_at(packet)
+    if okey is None or at is None:
+        return bytes(out)
+    flags = struct.unpack_from("!H", packet, at)[0]
+    assert flags & GRE_K, "the kernel's packet has no key to replace"
+    key_at = at + 4 + (4 if flags & GRE_C else 0)
+    out[key_at : key_at + 4] = okey.to_bytes(4, "big")
+    if flags & GRE_C:
+        assert ones_sum(packet[at:]) == 0xFFFF, "the kernel's GRE checksum is wrong"
+        out[at + 4 : at + 6] = b"\0\0"
+        out[at + 4 : at + 6] = (~ones_sum(bytes(out[at:])) & 0xFFFF).to_bytes(2, "big")
+    return bytes(out)
+
+
+OUTER_FIELDS6 = [
+    ("version/traffic class/flow label", 0, 4),
+    ("payload length", 4, 6),
+    ("next header", 6, 7),
+    ("hop limit", 7, 8),
+    ("source", 8, 24),
+    ("destination", 24, 40),
+]
+
+
+def differences_any(ours: bytes, theirs: bytes) -> list[str]:
+    """`differences` for either outer family: the named fields in which two (masked) tunnel packets differ."""
+    if ours[0] >> 4 == 4 and theirs[0] >> 4 == 4:
+        return differences(ours, theirs)
+    found = [
+        f"{name}: ours {ours[a:b].hex()} kernel's {theirs[a:b].hex()}"
+        for name, a, b in OUTER_FIELDS6
+        if ours[a:b] != theirs[a:b]
+    ]
+    ours_head, theirs_head = ours[40 : head_length(ours)], theirs[40 : head_length(theirs)]
+    if ours_head != theirs_head:
+        found.append(f"extension and GRE headers: ours {ours_head.hex()} kernel's {theirs_head.hex()}")
+    if inner_of_any(ours) != inner_of_any(theirs):
+        found.append("inner packet")
+    return found or ["(other bytes)"]
+
+
+def describe_any(inner: bytes) -> str:
+    """`describe` for an inner packet or (gretap) Ethernet frame (whose first byte, a MAC address's, is no IP
+    version here: MAC's and the broadcast address)."""
+    if inner[0] >> 4 in (4, 6):
+        return describe(inner)
+    from scapy.layers.l2 import Ether
+
+    frame = Ether(inner)
+    if frame.type in (ETH_P_IP, ETH_P_IPV6):
+        return f"{frame.src} > {frame.dst} {describe(inner[14:])}"
+    return str(frame.summary())
+
+
+# --- writing them into each tunnel, either outer family, packets or frames -------------------------------------
+
+
+def inject_frames(namespace: str, ifname: str, frames: Iterable[bytes]) -> None:
+    """Write each Ethernet frame, its own header and all, into device `ifname` of `namespace` (a packet socket
+    of type SOCK_RAW: for our TAP device, usertunnel reads it)."""
+    with netns.open_socket(namespace, socket.AF_PACKET, socket.SOCK_RAW) as sock:
+        for frame in frames:
+            sock.sendto(frame, (ifname, int.from_bytes(frame[12:14], "big")))
+            time.sleep(GAP)
+
+
+# Run by the guest's Python: one packet or frame per input line, its protocol the IP version's (argv[3] "ip") or
+# the frame's EtherType ("eth").
+_GUEST_RAW = (
+    "import socket,sys,time\n"
+    "s=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\n"
+    "n=0\n"
+    "for line in sys.stdin.read().split():\n"
+    " f=bytes.fromhex(line)\n"
+    ' p=(0x86DD if f[0]>>4==6 else 0x800) if sys.argv[3]=="ip" else int.from_bytes(f[12:14],"big")\n'
+    " s.sendto(f,(sys.argv[1],p))\n"
+    " n+=1\n"
+    " time.sleep(float(sys.argv[2]))\n"
+    "print(n)\n"
+)
+
+
+def inject_raw_into_kernel(kernel: Any, ifname: str, packets: list[bytes], frames: bool) -> None:
+    """Write each IP packet (or, with `frames`, Ethernet frame) as it is into the guest's device `ifname`: a
+    SOCK_RAW packet socket in the guest's Python, the packets given on its standard input. guest_agent's
+    "inject" writes with SOCK_DGRAM, which Linux refuses (EINVAL) for a device whose hardware address is longer
+    than a sockaddr_ll holds: ip6_tunnel's and ip6_gre's (16 bytes, their IPv6 address)."""
+    python = os.path.realpath(sys.executable)
+    hexed = "\n".join(p.hex() for p in packets)
+    kind = "eth" if frames else "ip"
+    command = f"{python} -I -S -c '{_GUEST_RAW}' {ifname} {GAP} {kind} <<'HEX'\n{hexed}\nHEX"
+    sent = kernel.check(command, timeout=60)
+    assert int(sent) == len(packets), f"the guest wrote {sent.strip()} of {len(packets)} packets into {ifname}"
+
+
+def inject_both_of(
+    kernel: Any, packets: list[bytes], namespace: str, underlay: str, mode: str, sources: tuple[str, str]
+) -> netns.Capture:
+    """`inject_both` for any mode: the same inner packets (gretap: Ethernet frames) written into our ut0 and
+    the kernel's kt0, and what the underlay carried meanwhile, IPv6 too (stopped once one tunnel packet of
+    `mode` for each came from each of `sources`, ours and the kernel's outer address, and a moment more)."""
+    capture = netns.Capture(namespace, underlay, ipv6=True)
+    try:
+        if mode == "gretap":
+            inject_frames(namespace, "ut0", packets)
+        else:
+            inject(namespace, "ut0", packets)
+        if mode == "gretap" or ":" in sources[1]:
+            inject_raw_into_kernel(kernel, "kt0", packets, frames=mode == "gretap")
+        else:
+            kernel.inject("kt0", packets, gap=GAP)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            ours = tunnel_packets_of(capture.outgoing, mode, sources[0])
+            theirs = tunnel_packets_of(capture.incoming, mode, sources[1])
+            if min(len(ours), len(theirs)) >= len(packets):
+                break
+            time.sleep(0.1)
+        time.sleep(0.3)
+    finally:
+        capture.stop()
+    return capture

@@ -11,12 +11,16 @@ packet, as in test_kernel.
 from __future__ import annotations
 
 import ipaddress
+import json
 import struct
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
+import same_inner
 from kernel_peer import GUEST_ADDR, GUEST_ADDR6, HOST_ADDR, HOST_ADDR6, NS_HOST, VETH_HOST, KernelPeer
+from test_kernel import assert_nothing_lost_unseen, ipv6_default, usertunnel_stats
 
 from usertunnel import netns
 from usertunnel.core import gre, ipv6
@@ -200,3 +204,102 @@ def test_kernel_ipv6_mode_packets_equal_our_core_encapsulation_byte_for_byte(pai
             rebuilt = rebuilt[:1] + bytes([rebuilt[1] & ~0x30 & 0xFF]) + rebuilt[2:]
         assert rebuilt.hex() == packet.hex()
     pair.close()
+
+
+# --- the same inner packets through the running usertunnel and through the kernel ---------------------------
+
+
+class QuietPair:
+    """kt0 and the running usertunnel's ut0 as in `Pair`, but with no inner address and IPv6 off on both
+    devices (no router solicitation, MLD report or neighbour discovery of their own): every packet either side
+    counts is one the test wrote into a tunnel device (same_inner)."""
+
+    def __init__(self, kernel: KernelPeer, variant: Variant) -> None:
+        self.kernel = kernel
+        self.variant = variant
+        self.sources = (HOST_ADDR6, GUEST_ADDR6) if variant.outer6 else (HOST_ADDR, GUEST_ADDR)
+        host, guest = self.sources
+        kernel.check(
+            variant.kernel.format(local=guest, remote=host)
+            + " && sysctl -q -w net.ipv6.conf.kt0.disable_ipv6=1 && ip link set kt0 up"
+        )
+        ipv6_default(disabled=True)  # usertunnel creates its device: it takes the namespace's default
+        try:
+            self.ours = UpProcess(
+                NS_HOST,
+                ["--mode", variant.mode, "--local", host, "--remote", guest, "--name", "ut0", *variant.ours],
+            )
+            self.ours.wait_ready()
+        finally:
+            ipv6_default(disabled=False)
+
+    def counters(self, timeout: float = 5.0) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
+        """Our counters and kt0's, once each side counts as received what the other counts as sent (or after
+        `timeout` s: the caller's assertion then says what differs)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ours, theirs = usertunnel_stats("ut0"), self.kernel.link_counters("kt0")
+            agree = ours["tx_packets"] == theirs["rx"]["packets"] and theirs["tx"]["packets"] == ours["rx_packets"]
+            if agree or time.monotonic() > deadline:
+                return ours, theirs
+            time.sleep(0.2)
+
+    def mtu(self) -> int:
+        """The tunnel MTU, the same on both sides (AssertionError if not)."""
+        theirs = self.kernel.link_mtu("kt0")
+        shown = netns.run(NS_HOST, ["ip", "-j", "link", "show", "dev", "ut0"], check=True).stdout
+        ours: int = json.loads(shown)[0]["mtu"]
+        assert ours == theirs, f"tunnel MTU: ours {ours}, the kernel's {theirs}"
+        return ours
+
+    def close(self) -> dict[str, dict]:
+        stats = self.ours.stop()
+        self.kernel.sh("ip link del kt0")
+        return stats
+
+
+def ecn_rfc6040(inner: bytes) -> int:
+    """The outer ECN field RFC 6040 section 4.1 asks for (normal mode): the inner one, CE sent as ECT(0)."""
+    ecn = inner[1] & 0x03 if inner[0] >> 4 == 4 else (inner[1] >> 4) & 0x03
+    return 0b10 if ecn == 0b11 else ecn
+
+
+def with_linux_ip6gre_ecn(variant: Variant, inner: bytes, ours: bytes, theirs: bytes) -> bytes:
+    """Our packet with the one field we set on purpose unlike Linux 6.1: ip6gre's outer ECN (README). Linux's
+    ip6gre leaves it Not-ECT (it never calls INET_ECN_encapsulate; its ip6_tunnel and ip_gre do); we copy the
+    inner ECN as RFC 6040 asks. Both are checked here, then ours is given the kernel's value."""
+    if variant.mode != "ip6gre":
+        return ours
+    assert theirs[1] & 0x30 == 0, f"the kernel's ip6gre set an outer ECN: {theirs[:4].hex()}"
+    expected = ecn_rfc6040(inner)
+    assert (ours[1] >> 4) & 0x03 == expected, (
+        f"our outer ECN is {(ours[1] >> 4) & 0x03:#04b} for inner {same_inner.describe(inner)}:"
+        f" RFC 6040 4.1 asks {expected:#04b}"
+    )
+    return ours[:1] + bytes([ours[1] & ~0x30 & 0xFF]) + ours[2:]
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("variant", VARIANTS, ids=[v.name for v in VARIANTS])
+@pytest.mark.matrix("usertunnel up's packets = kernel's (same inner TCP, UDP, ICMP); tx = peer's rx")
+def test_running_usertunnel_sends_what_the_kernel_sends_in_every_ipv6_mode_for_the_same_inner_packets(
+    pair_factory, variant: Variant
+) -> None:
+    pair = pair_factory(QuietPair, variant)
+    packets = same_inner.inner_packets_of(variant.mode, pair.mtu())
+    capture = same_inner.inject_both_of(pair.kernel, packets, NS_HOST, VETH_HOST, variant.mode, pair.sources)
+    ours = same_inner.tunnel_packets_of(capture.outgoing, variant.mode, pair.sources[0])
+    theirs = same_inner.tunnel_packets_of(capture.incoming, variant.mode, pair.sources[1])
+    same_inner.assert_one_each_of(ours, packets, "usertunnel")
+    same_inner.assert_one_each_of(theirs, packets, "the kernel")
+    counted, theirs_counted = pair.counters()
+    assert counted["tx_packets"] == counted["rx_packets"] == len(packets), counted
+    assert_nothing_lost_unseen(counted, theirs_counted, pair.kernel)
+    differ = []
+    for inner, sent_by_us, sent_by_kernel in zip(packets, ours, theirs, strict=True):
+        b = same_inner.masked_any(same_inner.mirrored_any(sent_by_kernel, None))
+        a = same_inner.masked_any(with_linux_ip6gre_ecn(variant, inner, sent_by_us, sent_by_kernel))
+        if a != b:
+            differ.append(f"{same_inner.describe(inner)}: {'; '.join(same_inner.differences_any(a, b))}")
+    assert not differ, f"{len(differ)} of {len(packets)} packets differ:\n" + "\n".join(differ[:12])
+    assert pair.close()["ut0"]["drops"] == {}
