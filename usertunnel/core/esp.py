@@ -231,7 +231,7 @@ _HEX: Final = re.compile(r"(?:0[xX])?((?:[0-9a-fA-F]{2})+)")
 def _parse_key(value: object) -> bytes | str:
     """The key's bytes, or what is wrong with it (never quoting it)."""
     if not isinstance(value, str):
-        return f'a {_toml_type(value)}, give a hex string (as ip xfrm takes it: "0x" and 40 or 72 hex digits)'
+        return f'{_toml_type(value)}, give a hex string (as ip xfrm takes it: "0x" and 40 or 72 hex digits)'
     found = _HEX.fullmatch(value.strip())
     if found is None:
         digits = len(value.strip().removeprefix("0x").removeprefix("0X"))
@@ -245,9 +245,9 @@ def _parse_key(value: object) -> bytes | str:
 
 
 def _toml_type(value: object) -> str:
-    return {bool: "boolean", int: "integer", str: "string", float: "float", dict: "table", list: "array"}.get(
-        type(value), type(value).__name__
-    )
+    """The TOML name of `value`'s type, with its article: "an integer", "a string"."""
+    names = {bool: "a boolean", int: "an integer", str: "a string", float: "a float", dict: "a table", list: "an array"}
+    return names.get(type(value), f"a {type(value).__name__}")
 
 
 def keys_from_table(table: Mapping[str, object], source: str = "esp keys") -> EspKeys:
@@ -284,7 +284,7 @@ def keys_from_table(table: Mapping[str, object], source: str = "esp keys") -> Es
             )
             continue
         if not isinstance(sub, Mapping):
-            problems.append(f"{which}: a {_toml_type(sub)}, expected a table [{which}]")
+            problems.append(f"{which}: {_toml_type(sub)}, expected a table [{which}]")
             continue
         mine = [
             f"{name}: unknown key in [{which}]: give {', '.join(_SA_FIELDS)}"
@@ -433,6 +433,12 @@ class Opener:
     forward. A packet that verified but is then refused (bad padding, a dummy)
     still used its number: the peer sent it, and it must not be accepted twice.
     With replay_window 0 nothing is checked, as Linux does.
+
+    With ESN only the low 32 bits travel; the high half is inferred from the
+    window (RFC 4303 appendix A2.2). A peer that jumps more than 2**31
+    numbers ahead is guessed wrong and its packets fail the ICV: appendix
+    A3's resynchronisation after many such failures is not implemented (the
+    kernel has none either), since a sender never skips numbers.
     """
 
     __slots__ = (
@@ -515,7 +521,7 @@ class Opener:
         if len(esp) < self._min_len:
             return Drop.ESP_TRUNCATED
         seq = self.infer_seq(low)
-        if self.replayed(seq) or seq < 0:
+        if seq < 0 or self.replayed(seq):
             return Drop.ESP_REPLAY
         view = memoryview(esp)
         nonce = self._nonce_salt + bytes(view[HEADER_LEN : HEADER_LEN + IV_LEN])
@@ -589,7 +595,7 @@ def protect_ipv4(sealer: Sealer, packet: bytes | bytearray | memoryview) -> byte
         return esp
     if ihl + len(esp) > 0xFFFF:
         return Drop.OVERSIZE
-    return bytes(_rewrite(view[:ihl], IPPROTO_ESP, ihl + len(esp))) + esp
+    return b"".join((_rewrite(view[:ihl], IPPROTO_ESP, ihl + len(esp)), esp))
 
 
 def unprotect_ipv4(opener: Opener, packet: bytes | bytearray | memoryview) -> bytes | Drop:
@@ -607,4 +613,4 @@ def unprotect_ipv4(opener: Opener, packet: bytes | bytearray | memoryview) -> by
     if isinstance(opened, Drop):
         return opened
     next_header, payload = opened
-    return bytes(_rewrite(view[:ihl], next_header, ihl + len(payload))) + payload
+    return b"".join((_rewrite(view[:ihl], next_header, ihl + len(payload)), payload))
