@@ -4,16 +4,28 @@ The kernel and usertunnel each put a TAP-like device on the segment; they ping
 each other (ARP crosses the tunnel), and the kernel's GRE packets (protocol type
 0x6558) equal what our core builds for the same frame, byte for byte (the
 IPv4 identification copied from the kernel's packet, as in test_kernel).
+
+And the same Ethernet frames (IPv4 and IPv6 TCP, UDP and ICMP over several
+TOS/traffic class and TTL/hop limit values, two of the full MTU, an ARP request)
+are written into both TAP devices: what the running `usertunnel up` puts on
+the wire must be what the kernel's gretap puts there, byte for byte but the
+outer identification and header checksum (same_inner), and each side must count
+as received every packet the other counts as sent.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
+import same_inner
 from kernel_peer import GUEST_ADDR, HOST_ADDR, NS_HOST, VETH_HOST, KernelPeer
+from test_kernel import assert_nothing_lost_unseen, ipv6_default, usertunnel_stats
 
 from usertunnel import netns
 from usertunnel.core.encap import Tunnel
@@ -55,3 +67,100 @@ def test_kernel_gretap_and_usertunnel_share_a_segment_and_agree_on_every_byte(ke
     finally:
         ours.kill()
         kernel.sh("ip link del kt0")
+
+
+# --- the same frames through the running usertunnel and through the kernel ----------------------------------
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One gretap configuration, said once for the kernel (`ip link add ... type gretap` words) and once for
+    usertunnel."""
+
+    name: str
+    kernel: str
+    ours: tuple[str, ...]
+
+
+VARIANTS = [
+    Variant("gretap", "", ()),
+    Variant("gretap-key", "key 1234", ("--key", "1234")),
+    Variant(
+        "gretap-key-seq-csum-ttl-tos-inherit",
+        "key 1234 seq csum ttl 64 tos inherit",
+        ("--key", "1234", "--seq", "--csum", "--ttl", "64", "--tos", "inherit"),
+    ),
+]
+
+
+class QuietPair:
+    """The kernel's gretap kt0 and the running usertunnel's ut0, with no address and IPv6 off on both devices
+    (no ARP, router solicitation or MLD report of their own): every frame either side counts is one the test
+    wrote into a TAP device."""
+
+    def __init__(self, kernel: KernelPeer, variant: Variant) -> None:
+        self.kernel = kernel
+        self.variant = variant
+        kernel.check(
+            f"ip link add kt0 type gretap local {GUEST_ADDR} remote {HOST_ADDR} {variant.kernel}"
+            " && sysctl -q -w net.ipv6.conf.kt0.disable_ipv6=1 && ip link set kt0 up"
+        )
+        ipv6_default(disabled=True)  # usertunnel creates its device: it takes the namespace's default
+        try:
+            self.ours = UpProcess(
+                NS_HOST,
+                ["--mode", "gretap", "--local", HOST_ADDR, "--remote", GUEST_ADDR, "--name", "ut0", *variant.ours],
+            )
+            self.ours.wait_ready()
+        finally:
+            ipv6_default(disabled=False)
+
+    def counters(self, timeout: float = 5.0) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
+        """Our counters and kt0's, once each side counts as received what the other counts as sent (or after
+        `timeout` s: the caller's assertion then says what differs)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ours, theirs = usertunnel_stats("ut0"), self.kernel.link_counters("kt0")
+            agree = ours["tx_packets"] == theirs["rx"]["packets"] and theirs["tx"]["packets"] == ours["rx_packets"]
+            if agree or time.monotonic() > deadline:
+                return ours, theirs
+            time.sleep(0.2)
+
+    def mtu(self) -> int:
+        """The devices' MTU (the largest inner IP packet), the same on both sides (AssertionError if not)."""
+        theirs = self.kernel.link_mtu("kt0")
+        shown = netns.run(NS_HOST, ["ip", "-j", "link", "show", "dev", "ut0"], check=True).stdout
+        ours: int = json.loads(shown)[0]["mtu"]
+        assert ours == theirs, f"gretap MTU: ours {ours}, the kernel's {theirs}"
+        return ours
+
+    def close(self) -> dict[str, dict]:
+        stats = self.ours.stop()
+        self.kernel.sh("ip link del kt0")
+        return stats
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("variant", VARIANTS, ids=[v.name for v in VARIANTS])
+@pytest.mark.matrix("usertunnel up's packets = kernel's (same frames: TCP, UDP, ICMP, ARP); tx = peer's rx")
+def test_running_usertunnel_sends_what_the_kernels_gretap_sends_for_the_same_frames(
+    pair_factory, variant: Variant
+) -> None:
+    pair = pair_factory(QuietPair, variant)
+    frames = same_inner.inner_frames(pair.mtu())
+    sources = (HOST_ADDR, GUEST_ADDR)
+    capture = same_inner.inject_both_of(pair.kernel, frames, NS_HOST, VETH_HOST, "gretap", sources)
+    ours = same_inner.tunnel_packets_of(capture.outgoing, "gretap", HOST_ADDR)
+    theirs = same_inner.tunnel_packets_of(capture.incoming, "gretap", GUEST_ADDR)
+    same_inner.assert_one_each_of(ours, frames, "usertunnel")
+    same_inner.assert_one_each_of(theirs, frames, "the kernel")
+    counted, theirs_counted = pair.counters()
+    assert counted["tx_packets"] == counted["rx_packets"] == len(frames), counted
+    assert_nothing_lost_unseen(counted, theirs_counted, pair.kernel)
+    differ = []
+    for frame, sent_by_us, sent_by_kernel in zip(frames, ours, theirs, strict=True):
+        a, b = same_inner.masked_any(sent_by_us), same_inner.masked_any(same_inner.mirrored_any(sent_by_kernel, None))
+        if a != b:
+            differ.append(f"{same_inner.describe_any(frame)}: {'; '.join(same_inner.differences_any(a, b))}")
+    assert not differ, f"{len(differ)} of {len(frames)} frames differ:\n" + "\n".join(differ[:12])
+    assert pair.close()["ut0"]["drops"] == {}
