@@ -599,3 +599,18 @@ def test_known_answers_seal_to_the_published_packet_and_open_back(
     opener = Opener(sa)
     opener.highest = number - 1
     assert opener.open(_hex(packet)) == (next_header, payload)
+
+
+def test_a_forged_packet_far_ahead_does_not_move_the_window_so_genuine_packets_still_pass() -> None:
+    # Unlike GRE's sequence numbers (RESULTS.md: forged packets took the real peer's numbers), a forgery must
+    # pass the ICV before its number counts.
+    sa = sa_for(GCM, 20)
+    sealer, opener = Sealer(sa), Opener(sa)
+    genuine = [sealed(sealer, 4, bytes([i])) for i in range(3)]
+    assert opener.open(genuine[0]) == (4, b"\x00")
+    forged = bytearray(genuine[1])
+    forged[4:8] = (2**31).to_bytes(4, "big")
+    assert opener.open(bytes(forged)) is Drop.ESP_ICV
+    assert opener.highest == 1 and opener.bitmap == 1
+    assert opener.open(genuine[2]) == (4, b"\x02") and opener.open(genuine[1]) == (4, b"\x01")
+    assert opener.highest == 3 and opener.bitmap == 0b111

@@ -574,11 +574,14 @@ def _ipv4_header(packet: bytes | bytearray | memoryview) -> tuple[int, int] | Dr
 
 
 def _rewrite(header: bytes | bytearray | memoryview, protocol: int, total: int) -> bytearray:
+    """`header` with a new protocol and total length, and its checksum recomputed (RFC 791 3.1); byte by byte,
+    which is faster than slicing for a 20-byte header."""
     out = bytearray(header)
-    out[2:4] = total.to_bytes(2, "big")
+    out[2], out[3] = total >> 8, total & 0xFF
     out[9] = protocol
-    out[10:12] = b"\x00\x00"
-    out[10:12] = internet_checksum(out).to_bytes(2, "big")
+    out[10] = out[11] = 0
+    checksum = internet_checksum(out)
+    out[10], out[11] = checksum >> 8, checksum & 0xFF
     return out
 
 
