@@ -110,6 +110,7 @@ _SEQ: Final = struct.Struct("!I")
 # The trailer for each pad length: padding 1, 2, 3 ... (RFC 4303 2.4's default), then the pad length.
 _PADDING: Final = tuple(bytes(range(1, n + 1)) for n in range(_ALIGN))
 _TRAILERS: Final = tuple(_PADDING[n] + bytes((n,)) for n in range(_ALIGN))
+_BYTE: Final = tuple(bytes((n,)) for n in range(256))  # a next header as one byte, without building it per packet
 
 
 def _describe(aead: str) -> str:
@@ -181,6 +182,8 @@ class SecurityAssociation:
 
     def __post_init__(self) -> None:
         problems = _sa_problems(self.spi, self.aead, self.key, self.icv_bits, self.replay_window, self.esn)
+        if isinstance(self.key, bytearray):
+            object.__setattr__(self, "key", bytes(self.key))  # frozen and hashable: no mutable key behind it
         if problems:
             raise ConfigError(
                 "\n".join(f"ESP SA 0x{self.spi:08x}: {p}" if isinstance(self.spi, int) else p for p in problems)
@@ -407,7 +410,7 @@ class Sealer:
         aad = self._aad_esn.pack(self._spi, seq >> 32, low) if self._esn else header
         iv = _IV.pack(seq ^ self._iv_salt)
         pad = -(len(payload) + 2) % _ALIGN
-        plaintext = b"".join((payload, _PADDING[pad], bytes((pad, next_header))))
+        plaintext = b"".join((payload, _TRAILERS[pad], _BYTE[next_header]))
         sealed = self._aead.encrypt(self._nonce_salt + iv, plaintext, aad)
         if self._truncate:
             sealed = sealed[: len(plaintext) + self._icv_len]
