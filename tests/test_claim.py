@@ -34,7 +34,7 @@ _STEPS = ((True, True), (False, True), (True, False), (False, False))  # which o
 
 
 def tunnel_of(identity: Identity, index: int) -> Tunnel:
-    (mode,) = [m for m in Mode if m.value.table == identity.table and not m.value.isatap]
+    (mode,) = [m for m in Mode if m.value.table == identity.table and not m.value.isatap and not m.value.esp]
     key = identity.key
     return Tunnel(TunnelParams(f"t{index}", mode, identity.local, identity.remote, ikey=key, okey=key))
 

@@ -277,7 +277,7 @@ ERRORS = [
     ("add t hoplimit", True, 'Command line is not complete. Try option "help"'),
     ("prl dev", False, 'Command line is not complete. Try option "help"'),
     # modes
-    ("add t mode vti", False, 'Unknown tunnel mode "vti"'),
+    ("add t mode vti mode gre", False, "You managed to ask for more than one tunnel mode."),
     ("add t mode gre mode ipip6", False, 'Unknown tunnel mode "ipip6"'),
     ("add t mode gre6", True, 'Unknown tunnel mode "gre6"'),
     ("add t mode vti6", False, 'Unknown tunnel mode "vti6"'),

@@ -363,7 +363,7 @@ def test_without_uvloop_the_control_tests_under_uvloop_skip_here_and_fail_in_ci(
     assert "1 passed" in out and "1 error" in out and "cannot run: uvloop is not installed" in out  # in the fixture
 
 
-SKIPPING = '''
+SKIPPING = """
 import os
 import pytest
 from conftest import skip_or_fail
@@ -380,7 +380,7 @@ def test_bare_skip():
 
 def test_helper():
     skip_or_fail("through the helper")
-'''
+"""
 
 
 def test_every_kind_of_skip_is_a_failure_in_ci(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from .core.keepalive import parse_keepalive
 from .core.neighbors import HubParams, parse_neighbor, parse_spoke, parse_timeout
 from .core.params import (
     CSUM_VERIFY,
+    VTI_OUTER,
     ConfigError,
     Mode,
     TunnelParams,
@@ -44,6 +45,7 @@ from .core.params import (
 from .core.sequence import SeqPolicy, parse_seq_policy
 from .core.sit import PrlEntry, SixRd
 from .io import resolve
+from .io.keyfile import read_esp_keys
 
 if TYPE_CHECKING:
     from .service import UpOptions
@@ -258,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="over IPv4: gre (default; carries IPv4 and IPv6), ipip (IPv4 in IPv4), sit (IPv6 in IPv4), "
         "isatap (sit with RFC 5214's rules); over IPv6: ipip6 (IPv4 in IPv6), ip6ip6 (IPv6 in IPv6), "
         "ip6gre (GRE over IPv6); gretap (Ethernet frames over GRE, through a TAP device: one L2 segment "
-        "across the tunnel) and ip6gretap (the same over IPv6). --local and --remote are of the outer family",
+        "across the tunnel) and ip6gretap (the same over IPv6); vti (IPv4 in IPsec ESP tunnel mode, as Linux's ip_vti: "
+        "needs --esp-keys). --local and --remote are of the outer family",
     )
     ends.add_argument(
         "--local",
@@ -397,6 +400,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute the UDP checksum (iproute2's defaults: none over IPv4, on over IPv6)")  # fmt: skip
     u.add_argument("--no-encap-csum", dest="encap_csum", action="store_false",
                    help="send UDP checksum 0 (over IPv6 only when asked: RFC 6935, 6936)")  # fmt: skip
+
+    x = up.add_argument_group(
+        "IPsec: ESP with manual keys (RFC 4303; Linux's `ip xfrm state` and `ip xfrm policy`)",
+        "ESP encrypts and authenticates every outer packet: with --mode vti, IPv4 in ESP tunnel mode (Linux's "
+        "ip_vti); with any other IPv4 mode, ESP transport mode around its GRE, IPIP or SIT packet (Linux: an xfrm "
+        "transport policy for that protocol). Keys come from a file readable by its owner only, never from the "
+        "command line; they are never shown, logged or traced. The outer addresses stay visible, and so does "
+        "each packet's SPI and ESP sequence number.",
+    )
+    x.add_argument("--esp-keys", metavar="FILE",
+                   help="TOML with [out] and [in], each: spi = 0x100..0xffffffff, aead = \"rfc4106(gcm(aes))\" or "
+                   "\"rfc7539esp(chacha20,poly1305)\", key = \"0x...\" (the cipher key and its 4-byte salt, as "
+                   "ip xfrm takes it), icv = 128; optional replay_window (default 64)")  # fmt: skip
 
     o = up.add_argument_group("outer IPv4 or IPv6 header (as Linux's ip_tunnel_xmit and ip6_tnl_xmit set it)")
     o.add_argument(
@@ -796,7 +812,22 @@ def params_from_args(args: argparse.Namespace) -> TunnelParams:
             raise ConfigError(f"{' and '.join(given)} belong to IPv6 outer headers; mode {spec.name} runs over IPv4")
     outer6: dict[str, Any] = {k: v for k, v in ipv6_only.items() if v is not _DEFAULT}
     ttl = args.ttl if args.ttl is not _DEFAULT else (64 if spec.outer == 6 else None)
+    tos, pmtudisc = args.tos, args.pmtudisc
+    if spec.esp:
+        if args.ttl is not _DEFAULT or tos != 0 or not pmtudisc:
+            raise ConfigError(
+                f"mode {spec.name}: the outer TTL, TOS and DF are xfrm's (TTL 64, TOS inherited, DF copied from "
+                "the inner packet), as on Linux: no --ttl, --tos or --nopmtudisc"
+            )
+        ttl, tos, pmtudisc = VTI_OUTER
     encap = _encap_from_args(args)
+    esp = None
+    if args.esp_keys is not None:
+        options = (("--trace", args.trace), ("--pcap", args.pcap), ("--queues", args.queues > 1))
+        unable = [name for name, on in options if on]
+        if unable:
+            raise ConfigError(f"{' and '.join(unable)} cannot be used with --esp-keys in this version")
+        esp = read_esp_keys(args.esp_keys)
     return TunnelParams(
         name=args.name or f"{mode.value.name}%d",
         mode=mode,
@@ -809,8 +840,8 @@ def params_from_args(args: argparse.Namespace) -> TunnelParams:
         icsum=args.csum or args.icsum,
         ocsum=args.csum or args.ocsum,
         ttl=ttl,
-        tos=args.tos,
-        pmtudisc=args.pmtudisc,
+        tos=tos,
+        pmtudisc=pmtudisc,
         keepalive=args.keepalive,
         reflect_keepalives=args.reflect_keepalives,
         hub=hub,
@@ -819,6 +850,7 @@ def params_from_args(args: argparse.Namespace) -> TunnelParams:
         sixrd=sixrd,
         prl=tuple(args.prl),
         encap=encap,
+        esp=esp,
         **outer6,
     )
 

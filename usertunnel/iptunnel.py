@@ -44,7 +44,7 @@ PROGRAM6 = "usertunnel -6 tunnel"
 
 HELP = f"""\
 Usage: {PROGRAM} {{ add | change | del | show | prl | 6rd }} [ NAME ]
-          [ mode {{ ipip | gre | gretap | sit | isatap |
+          [ mode {{ ipip | gre | gretap | sit | isatap | vti |
                    ipip6 | ip6ip6 | ip6gre | ip6gretap }} ]
           [ remote ADDR ] [ local ADDR ]
           [ [i|o]seq ] [ [i|o]key KEY ] [ [i|o]csum ]
@@ -376,6 +376,7 @@ _MODE_WORDS4: dict[str, tuple[str, bool, bool]] = {
     "sit": ("sit", False, False),
     "ipv6/ip": ("sit", False, False),
     "isatap": ("sit", True, False),
+    "vti": ("vti", False, False),  # ip_vti: IPv4 in ESP tunnel mode; its keys select the security associations
 }
 
 # `ip -6 tunnel` mode words; "any" is the ip6tnl taking both inner families (show's default).
@@ -765,6 +766,7 @@ _STRPROTO = {
     "ip6ip6": "ipv6/ipv6",
     "ip6gre": "gre/ipv6",
     "ip6gretap": "gre/ipv6",
+    "vti": "ip/ip",  # as Linux prints a vti device: its inner and outer are IPv4
 }
 # A sit device's 6rd prefix before any `6rd` command: the 6to4 prefix (ipip6_tunnel_clone_6rd in sit.c).
 DEFAULT_6RD = {"prefix": "2002::/16", "relay_prefix": "0.0.0.0/0"}

@@ -37,7 +37,7 @@ from .core.keepalive import Change, LineProtocol
 from .core.params import ConfigError, TunnelParams
 from .io import metrics, netlink, privilege, udp
 from .io.claim import Claims, Identity, claimed, identities, poke
-from .io.loop import Dataplane, Interface
+from .io.loop import ESP_TABLE, Dataplane, Interface
 from .io.observe import Observer
 from .io.privilege import drop_to, lookup_user
 from .io.raw import ClaimFilter, open_icmp_listener, open_raw, open_raw6_receiver, open_raw6_sender
@@ -238,12 +238,17 @@ def _open(options: UpOptions, params: TunnelParams, underlay: int, mtu: int, cla
         except BaseException:
             sock.close()
             raise
+    elif params.esp is not None:
+        # IPsec: every packet of this tunnel, both ways, is ESP (IP protocol 50); the SPI finds the tunnel.
+        sock = open_raw(ESP_TABLE, options.device)
     else:
         sock = open_raw(params.mode.value.ip_protocol, options.device)
     spec = params.mode.value
     try:
-        rx_filter = ClaimFilter(receiver or sock, spec.ip_protocol, lambda: claims.held, outer=spec.outer)
-        rx_filter.update()
+        rx_filter = None
+        if params.esp is None:
+            rx_filter = ClaimFilter(receiver or sock, spec.ip_protocol, lambda: claims.held, outer=spec.outer)
+            rx_filter.update()
     except BaseException:
         sock.close()
         if receiver is not None:
@@ -464,6 +469,8 @@ def wire(dataplane: Dataplane, prepared: Prepared) -> None:
     if prepared.receiver is not None:
         dataplane.add_socket(prepared.tunnel.params.mode.value.table, prepared.receiver)
         dataplane.add_sender(prepared.sock)
+    elif prepared.tunnel.params.esp is not None:
+        dataplane.add_esp(prepared.sock)
     else:
         dataplane.add_socket(prepared.tunnel.params.mode.value.table, prepared.sock)
     if prepared.icmp is not None:
@@ -663,10 +670,9 @@ def _start_sweeper(loop: asyncio.AbstractEventLoop, prepared: Prepared) -> Sweep
 
 def log_stats(demux: Demux) -> None:
     """The counters, one JSON object per tunnel (and one for packets no tunnel owns)."""
-    for table in demux.tables.values():
-        for tunnel in table:
-            stats = tunnel.counters.as_dict() | keepalive_fields(tunnel)
-            log.info("%s: stats %s", tunnel.name, json.dumps(stats, sort_keys=True))
+    for tunnel in demux.tunnels():
+        stats = tunnel.counters.as_dict() | keepalive_fields(tunnel)
+        log.info("%s: stats %s", tunnel.name, json.dumps(stats, sort_keys=True))
     log.info("unmatched: stats %s", json.dumps(demux.unmatched.as_dict(), sort_keys=True))
 
 

@@ -24,17 +24,17 @@ otherwise on the `Demux`.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
-from . import ecn, fou, gre, icmp, ipv4, ipv6, plan, sit
+from . import ecn, esp, fou, gre, icmp, ipv4, ipv6, plan, sit
 from .checksum import checksum_is_valid, fold, ones_complement_sum
 from .drops import Drop
 from .gre import parse_fields
 from .keepalive import LineProtocol, inner_request, is_request_to_reflect
 from .lookup import Rule, TunnelTable
 from .neighbors import NeighborTable, Peer
-from .params import TunnelParams
+from .params import ConfigError, TunnelParams
 from .sequence import SeqPolicy, SequenceState, Verdict, new_sequence_state
 
 _OUTER = struct.Struct("!BBHHHBBH4s4s")
@@ -117,6 +117,8 @@ class Tunnel:
         "tx_plan",
         "rx_plan",
         "source_ports",
+        "sealer",
+        "opener",
     )
 
     def __init__(self, params: TunnelParams, ident: int = 0) -> None:
@@ -182,6 +184,12 @@ class Tunnel:
         # The largest inner packet a plan sends by itself (no fragmentation, no ICMP, no expiry to check).
         self.plan_fit = 0
         self._refit()
+        # IPsec (--esp-keys): the outbound security association's sequence and cipher, the inbound one's
+        # replay window. Sealing happens after the outer header is built (`encapsulate`), opening before
+        # the lookup (`Demux.decapsulate_esp`).
+        keys = params.esp
+        self.sealer = esp.Sealer(keys.outbound) if keys is not None else None
+        self.opener = esp.Opener(keys.inbound) if keys is not None else None
         # This tunnel's compiled transmit and receive code (core.plan); None: the specification serves it.
         tx = plan.compile_tx(self)
         rx = plan.compile_rx(self)
@@ -453,11 +461,17 @@ class Tunnel:
         return packet
 
     def encapsulate(self, inner: bytes | bytearray | memoryview, now: float = 0.0) -> bytes | Drop:
-        """The whole outer packet for `inner`, or why not (see `encapsulate_header`)."""
+        """The whole outer packet for `inner`, or why not (see `encapsulate_header`); with --esp-keys, sealed
+        in ESP (vti: tunnel mode; other modes: transport mode around their GRE, IPIP or SIT packet)."""
         header = self.encapsulate_header(inner, now)
         if isinstance(header, Drop):
             return header
-        return header + bytes(inner)
+        if self.sealer is None:
+            return header + bytes(inner)
+        sealed = esp.protect_ipv4(self.sealer, header + bytes(inner))
+        if isinstance(sealed, Drop):
+            self.counters.tx_failed(len(inner), sealed)
+        return sealed
 
 
 class Received(NamedTuple):
@@ -496,7 +510,8 @@ Result = Received | Held | KeepaliveReply | Reflect | Drop
 class Demux:
     """All tunnels of one process, one lookup table per outer IP protocol."""
 
-    def __init__(self) -> None:
+    def __init__(self, protected: bool = False) -> None:
+        self.protected = protected  # the inner lookup of `decapsulate_esp`: it holds the protected tunnels
         self.tables: dict[int, TunnelTable[Tunnel]] = {}
         self.unmatched = Counters()  # drops no tunnel can be blamed for
         # rfc2890 policy: receive states that hold packets, and whose tunnel they belong to.
@@ -509,6 +524,10 @@ class Demux:
         self.single: Tunnel | None = None
         # FOU / GUE tunnels with a receive plan, by outer source and destination (`planned_udp`).
         self.udp_fast: dict[bytes, tuple[Tunnel, ...]] = {}
+        # IPsec (--esp-keys): protected tunnels by their inbound SPI, and a lookup of their own, which only
+        # packets that came out of their ESP reach (a plain GRE packet never finds a protected tunnel).
+        self.by_spi: dict[int, Tunnel] = {}
+        self._protected: Demux | None = None
 
     def deadline(self) -> float | None:
         """When `expire` next has work (the earliest OUTOFORDER_TIMER), or None."""
@@ -528,6 +547,9 @@ class Demux:
         return out
 
     def add(self, tunnel: Tunnel) -> None:
+        if tunnel.params.esp is not None and not self.protected:
+            self._add_protected(tunnel)
+            return
         self.tables.setdefault(tunnel.params.mode.value.table, TunnelTable()).add(tunnel)
         if tunnel.rx_plan is not None and tunnel.params.encap is not None:
             # FOU / GUE: plans that read a UDP payload, by the outer source and destination (planned_udp).
@@ -545,6 +567,13 @@ class Demux:
             self._single()
 
     def remove(self, tunnel: Tunnel) -> None:
+        if tunnel.params.esp is not None and not self.protected:
+            spi = tunnel.params.esp.inbound.spi
+            if self.by_spi.get(spi) is tunnel:
+                del self.by_spi[spi]
+            if self._protected is not None:
+                self._protected.remove(tunnel)
+            return
         table = self.tables.get(tunnel.params.mode.value.table)
         if table is not None:
             table.remove(tunnel)
@@ -569,6 +598,68 @@ class Demux:
             if not self.fast[address]:
                 del self.fast[address]
             self._single()
+
+    def tunnels(self) -> Iterator[Tunnel]:
+        """Every tunnel of this demux, the protected ones (--esp-keys) included."""
+        for table in self.tables.values():
+            yield from table
+        if self._protected is not None:
+            yield from self._protected.tunnels()
+
+    def _add_protected(self, tunnel: Tunnel) -> None:
+        assert tunnel.params.esp is not None
+        spi = tunnel.params.esp.inbound.spi
+        other = self.by_spi.get(spi)
+        if other is not None:
+            raise ConfigError(
+                f"tunnel {tunnel.name!r}: inbound SPI {spi:#x} is already tunnel {other.name!r}'s: each security "
+                "association needs its own SPI"
+            )
+        if self._protected is None:
+            self._protected = Demux(protected=True)
+            self._protected.unmatched = self.unmatched  # one set of counters for packets no tunnel owns
+        self._protected.add(tunnel)
+        self.by_spi[spi] = tunnel
+
+    def decapsulate_esp(self, packet: bytes | bytearray | memoryview, now: float = 0.0) -> Result:
+        """An IPv4 packet of protocol 50 (ESP, RFC 4303): find the security association by SPI and outer
+        destination (as xfrm_state_lookup), open it (integrity, anti-replay, padding), then decide what it
+        carried as for the same packet in the clear, among protected tunnels only. A peer's keepalive is
+        sent back sealed."""
+        view = memoryview(packet)
+        unmatched = self.unmatched
+        n = len(view)
+        if n < ipv4.MIN_HEADER_LEN or view[0] >> 4 != 4:
+            return unmatched.drop(Drop.OUTER_MALFORMED)
+        ihl = (view[0] & 0x0F) << 2
+        total = (view[2] << 8) | view[3]
+        if ihl < ipv4.MIN_HEADER_LEN or total < ihl or total > n:
+            return unmatched.drop(Drop.OUTER_MALFORMED)
+        if ((view[6] << 8) | view[7]) & _FRAGMENT_BITS:
+            return unmatched.drop(Drop.OUTER_FRAGMENT)
+        spi = esp.spi_of(view[ihl:total])
+        if spi is None:
+            return unmatched.drop(Drop.ESP_TRUNCATED)
+        tunnel = self.by_spi.get(spi)
+        if tunnel is None or view[16:20].tobytes() != tunnel.params.local or self._protected is None:
+            return unmatched.drop(Drop.ESP_NO_SA)
+        assert tunnel.opener is not None and tunnel.sealer is not None
+        plain = esp.unprotect_ipv4(tunnel.opener, view[:total])
+        if isinstance(plain, Drop):
+            return tunnel.counters.drop(plain)
+        result = self._protected.decapsulate(plain, now)
+        if isinstance(result, Drop):
+            return result
+        if result.tunnel is not tunnel:  # sealed with this tunnel's keys, addressed to another protected one
+            if isinstance(result, Received):
+                result.tunnel.counters.rx_failed(len(result.inner), Drop.NO_TUNNEL)
+            return tunnel.counters.drop(Drop.NO_TUNNEL)
+        if isinstance(result, Reflect):
+            sealed = esp.protect_ipv4(tunnel.sealer, result.packet)
+            if isinstance(sealed, Drop):
+                return tunnel.counters.drop(sealed)
+            return Reflect(tunnel, sealed)
+        return result
 
     def _single(self) -> None:
         """The one tunnel with a receive plan, when there is only one (the loop then calls its plan directly)."""

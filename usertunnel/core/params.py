@@ -20,6 +20,7 @@ from .fou import Encap, EncapKind
 from .sequence import SeqPolicy
 
 if TYPE_CHECKING:
+    from .esp import EspKeys
     from .keepalive import KeepaliveParams
     from .neighbors import HubParams
     from .sit import PrlEntry, SixRd
@@ -38,6 +39,8 @@ class ModeSpec:
     outer: int = 4  # the outer header's IP version
     isatap: bool = False  # sit with RFC 5214's ISATAP rules
     ethernet: bool = False  # Ethernet frames through a TAP device (GRE protocol type 0x6558)
+    # Always inside ESP (vti): `ip_protocol` is then ESP's next header, what the ESP payload carries.
+    esp: bool = False
 
     @property
     def table(self) -> int:
@@ -58,6 +61,9 @@ class Mode(enum.Enum):
     IP6GRE = ModeSpec("ip6gre", 47, frozenset({4, 6}), True, outer=6)  # GRE over IPv6 (RFC 7676)
     GRETAP = ModeSpec("gretap", 47, frozenset({4, 6}), True, ethernet=True)  # Ethernet over GRE (RFC 1701 0x6558)
     IP6GRETAP = ModeSpec("ip6gretap", 47, frozenset({4, 6}), True, outer=6, ethernet=True)  # the same over IPv6
+    # Linux's ip_vti: IPv4 in ESP tunnel mode (RFC 4303), which on the wire is an ipip packet whose protocol
+    # moved into ESP's next header (4). The keys select the security associations, as the kernel's marks do.
+    VTI = ModeSpec("vti", 4, frozenset({4}), False, esp=True)
 
     @classmethod
     def from_name(cls, name: str) -> Mode:
@@ -69,6 +75,9 @@ class Mode(enum.Enum):
 
 
 IFNAMSIZ = 16
+# vti's outer TTL, TOS and pmtudisc as TunnelParams spells them: Linux's xfrm tunnel mode writes TTL 64 (the
+# route's hop limit), the inner TOS (ECN as RFC 6040) and the inner packet's DF (xfrm4_tunnel_encap_add).
+VTI_OUTER: tuple[int | None, int | None, bool] = (64, None, False)
 ETHERNET_HEADER = 14
 IP_MAX_MTU = 65535  # the largest outer packet an IPv4 total length can describe (the kernel's IP_MAX_MTU)
 _IFNAME = re.compile(r"^[^\s/:]{1,15}$")
@@ -116,14 +125,24 @@ class TunnelParams:
     csum_verify: str = "full"
     # FOU or GUE (`--encap`, core.fou): the packet is carried in UDP; None: straight over IP, as usual.
     encap: Encap | None = None
+    # IPsec (`--esp-keys FILE`, core.esp): every outer packet is carried in ESP with these manual security
+    # associations (vti: tunnel mode; any other mode: transport mode around its GRE/IPIP/SIT packet).
+    esp: EspKeys | None = None
 
     def __post_init__(self) -> None:
         if not _IFNAME.match(self.name):
             raise ConfigError(
                 f"invalid interface name {self.name!r}: 1 to {IFNAMSIZ - 1} characters, no spaces, '/' or ':'"
             )
-        if not self.mode.value.is_gre and (
-            self.ikey is not None or self.okey is not None or self.iseq or self.oseq or self.icsum or self.ocsum
+        if self.mode.value.esp and (self.iseq or self.oseq or self.icsum or self.ocsum):
+            raise ConfigError(
+                f"mode {self.mode.value.name} has keys (they select its security associations) but no GRE sequence "
+                "numbers or checksums: ESP has its own (anti-replay window, integrity check)"
+            )
+        if (
+            not self.mode.value.is_gre
+            and not self.mode.value.esp
+            and (self.ikey is not None or self.okey is not None or self.iseq or self.oseq or self.icsum or self.ocsum)
         ):
             raise ConfigError(
                 f"keys, sequence numbers and checksums are GRE options; mode {self.mode.value.name} has none"
@@ -167,12 +186,40 @@ class TunnelParams:
             raise ConfigError(
                 "--csum-verify says how received GRE checksums are verified: use it with --csum or --icsum"
             )
-        if self.ttl is not None and not self.pmtudisc:
-            # iproute2 refuses this combination with the same words.
+        if self.ttl is not None and not self.pmtudisc and not self.mode.value.esp:
+            # iproute2 refuses this combination with the same words (vti's come from xfrm: see VTI_OUTER).
             raise ConfigError("ttl != 0 and nopmtudisc are incompatible")
         self._check_families()
         if self.encap is not None:
             self._check_encap()
+        if self.mode.value.esp or self.esp is not None:
+            self._check_esp()
+
+    def _check_esp(self) -> None:
+        """IPsec as this version carries it: manual keys, IPv4 outer, one peer."""
+        mode = self.mode.value
+        if self.esp is None:
+            raise ConfigError(
+                f"mode {mode.name} carries packets in ESP: give --esp-keys FILE (TOML, [out] and [in] with spi, "
+                "aead, key, icv; see README, IPsec); usertunnel up only: the daemon's configuration takes no keys "
+                "in this version"
+            )
+        if mode.outer != 4:
+            raise ConfigError(f"mode {mode.name}: --esp-keys runs over IPv4 outer headers in this version")
+        if self.encap is not None:
+            raise ConfigError("--esp-keys and --encap: ESP inside FOU/GUE (UDP encapsulation) is not in this version")
+        if self.local is None or self.remote is None or self.hub is not None:
+            raise ConfigError(
+                "--esp-keys protects a tunnel between two fixed addresses: give --local and --remote (no hub: one "
+                "security association pair belongs to one peer)"
+            )
+        if self.keepalive is not None:
+            raise ConfigError("--esp-keys and --keepalive: keepalives over ESP are not in this version")
+        if mode.esp and (self.ttl, self.tos, self.pmtudisc) != VTI_OUTER:
+            raise ConfigError(
+                f"mode {mode.name}: the outer TTL, TOS and DF are xfrm's (TTL 64, TOS inherited, DF copied from the "
+                "inner packet), as on Linux: no --ttl, --tos or --nopmtudisc"
+            )
 
     def _check_encap(self) -> None:
         """FOU and GUE as this version carries them: gre, ipip, sit (to a fixed remote or as a hub), ip6gre,
@@ -216,8 +263,11 @@ class TunnelParams:
     def ikeys(self) -> tuple[int | None, ...]:
         """Every key this tunnel accepts (None: no key): its ikey, and a hub's spoke keys.
 
-        A hub given only --spoke keys accepts those keys and nothing else (no keyless packets).
+        A hub given only --spoke keys accepts those keys and nothing else (no keyless packets). vti's keys
+        are not on the wire (they select security associations): its packets carry none.
         """
+        if not self.mode.value.is_gre:
+            return (None,)
         if self.hub is None or not self.hub.spokes:
             return (self.ikey,)
         extra = (self.ikey,) if self.ikey is not None else ()
@@ -240,6 +290,9 @@ class TunnelParams:
             n += self.encap.header_length
         if self.mode.value.is_gre:
             n += gre.header_length(gre.flags_for(self.ocsum, self.okey is not None, self.oseq))
+        if self.esp is not None:
+            # ESP header (SPI, sequence number), IV, at most 3 bytes of padding, pad length, next header, ICV.
+            n += 8 + 8 + 3 + 2 + self.esp.outbound.icv_bits // 8
         return n
 
     def default_mtu(self, underlay_mtu: int) -> int:

@@ -58,6 +58,7 @@ BATCH = 64
 BUSY_GAP = 50e-6
 RECV_ROUNDS = 4  # recvmmsg calls per wakeup at most (BATCH packets each), so TUN reads get their turn
 RECV_BUFFER = 65536
+ESP_TABLE = 50  # Dataplane.sockets: the raw socket of ESP (IP protocol 50), which every --esp-keys tunnel reads
 # Room for IPV6_PKTINFO (struct in6_pktinfo, 20 bytes) and IPV6_TCLASS (an int), with their headers.
 _ANCILLARY6 = socket.CMSG_SPACE(20) + socket.CMSG_SPACE(4)
 
@@ -251,8 +252,35 @@ class Dataplane:
         """A socket that only sends (IPv6's IPPROTO_RAW): closed with the rest."""
         self._senders.append(sock)
 
+    def add_esp(self, sock: socket.socket) -> None:
+        """Read ESP packets (IPv4, protocol 50) from `sock`, a raw socket, for the tunnels with --esp-keys."""
+        self.sockets[ESP_TABLE] = sock
+        self.loop.add_reader(sock.fileno(), self._on_esp_readable, sock)
+
+    def _on_esp_readable(self, sock: socket.socket) -> None:
+        """ESP packets, one at a time (each is decrypted on its own: batching the system calls would save
+        little beside the cipher): opened and decided by the core, written into TUN."""
+        demux = self.demux
+        now = time.monotonic()
+        for _ in range(BATCH):
+            try:
+                n = sock.recv_into(self._buffer)
+            except BlockingIOError:
+                break
+            except OSError:  # as in _on_raw_readable: never let an ICMP error stop the socket
+                demux.unmatched.drop(Drop.ICMP_ERROR)
+                continue
+            received = demux.decapsulate_esp(self._view[:n], now)
+            if isinstance(received, (KeepaliveReply, Reflect)):
+                self._keepalive(sock, received)
+            else:
+                self._hand_over(sock, received)
+        if demux.holding:
+            self._arm_expiry()
+
     def add_interface(self, iface: Interface) -> None:
-        if self.batched and not iface.udp:  # FOU/GUE: one sendmsg per packet (with its TOS and TTL) for now
+        # FOU/GUE: one sendmsg per packet (with its TOS and TTL) for now; ESP: each packet sealed on its own.
+        if self.batched and not iface.udp and iface.tunnel.sealer is None:
             iface.batch = SendBatch(iface.sock, BATCH)
         self.demux.add(iface.tunnel)
         self.interfaces[iface.tunnel] = iface
@@ -320,12 +348,17 @@ class Dataplane:
         if inner is None:
             return True
         tunnel = iface.tunnel
-        plan = tunnel.tx_plan  # core.plan: this tunnel's own code for the ordinary packet; None: the specification
-        planned = plan(inner) if plan is not None else None
-        header = planned if planned is not None else tunnel.encapsulate_header(inner, now)
+        seen = inner
+        if tunnel.sealer is not None:  # IPsec: the whole packet sealed in ESP (core.esp), sent as one piece
+            header = tunnel.encapsulate(inner, now)
+            inner = memoryview(b"")
+        else:
+            plan = tunnel.tx_plan  # core.plan: this tunnel's own code for the ordinary packet; None: the specification
+            planned = plan(inner) if plan is not None else None
+            header = planned if planned is not None else tunnel.encapsulate_header(inner, now)
         error = None
         if header is Drop.FRAG_NEEDED:
-            self._too_big(iface, inner)
+            self._too_big(iface, seen)
         elif not isinstance(header, Drop):
             if iface.udp:
                 error = self._send_udp(iface, header, inner)
@@ -341,9 +374,9 @@ class Dataplane:
                     iface.sock.sendmsg((header, inner), (), 0, destination)
                 except OSError as exc:
                     error = _SEND_ERRORS.get(exc.errno or 0, Drop.SEND_ERROR)
-                    tunnel.counters.tx_failed(len(inner), error)
+                    tunnel.counters.tx_failed(len(seen), error)
         if self.observer is not None:
-            self.observer.tx(tunnel, bytes(inner), header, error)
+            self.observer.tx(tunnel, bytes(seen), header, error)
         return True
 
     def _tun_batch(self, iface: Interface, batch: SendBatch, now: float) -> None:
