@@ -232,12 +232,14 @@ PEERS = {
     "test_kernel_refusals": "Linux 6.1 (user-mode-linux): refusals, both directions",
     "test_kernel_keepalive": "Linux 6.1 (user-mode-linux): Cisco-style keepalives",
     "test_kernel_fou": "Linux 6.1 (user-mode-linux): our FOU and GUE into its gre, ipip, sit (ip fou add)",
+    "test_kernel_esp": "Linux 6.1 (user-mode-linux): ESP (IPsec) with ip_vti and GRE over xfrm transport",
     "test_ovs": "Open vSwitch 3.1, userspace datapath",
 }
 GRID_MODULES = {
     "test_kernel",
     "test_kernel_ipv6",
     "test_kernel_fou",
+    "test_kernel_esp",
 }  # a row per configuration, a column per check; elsewhere a row per check
 _interop_results: dict[str, str] = {}
 _interop_collected: list[str] = []
