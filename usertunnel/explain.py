@@ -33,7 +33,7 @@ import textwrap
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
-from .core import ecn, fou, gre, ipv4, ipv6
+from .core import ecn, esp, fou, gre, ipv4, ipv6
 from .core.checksum import checksum_is_valid, internet_checksum
 from .core.drops import Drop
 
@@ -770,6 +770,8 @@ class _Dissector:
             tos_for = tos if proto == 17 and not ctx.quoted else None
             transport = replace(sub, pseudo=addrs, role="inner" if ctx.depth > 0 else "", outer_tos=tos_for)
             {1: self.icmp, 6: self.tcp, 17: self.udp, 58: self.icmpv6}[proto](offset, transport)
+        elif proto == 50:
+            self.esp(offset, sub)
         elif proto == 59:
             if offset < sub.end:
                 self.payload(offset, sub, "bytes after 'no next header' (RFC 8200 4.7), to be ignored")
@@ -1209,6 +1211,51 @@ class _Dissector:
             meaning = f"valid, over the GRE header and payload ({len(message)} bytes)"
             w.add(at, 2, "checksum", csum, meaning, "RFC 2784 2.5", shown=shown)
 
+    # --- IPsec --------------------------------------------------------------------------------------------
+
+    def esp(self, offset: int, ctx: _Ctx) -> None:
+        """ESP (RFC 4303 2): the SPI and sequence number are in the clear; everything after them is encrypted
+        and authenticated, so without the key explain can say how long it is and nothing more. That is where
+        the packet ends, as it should (a normal stop), not where it breaks."""
+        w = self.layer("ESP", "ESP header (IPsec, RFC 4303)", offset, "RFC 4303 2", ctx)
+        spi = w.uint(offset, 4, "SPI")
+        meaning, problem = ESP_SPI_MEANING, None
+        if spi == 0:
+            meaning, problem = "0 is reserved for local use and never sent on the wire (RFC 4303 2.1)", "SPI 0"
+        elif spi < esp.SPI_MIN:
+            meaning = "1..255 are reserved by IANA for future use: no security association has one (RFC 4303 2.1)"
+            problem = "reserved SPI"
+        w.add(offset, 4, "SPI", spi, meaning, "RFC 4303 2.1", shown=_hex(spi, 8), problem=problem)
+        seq = w.uint(offset + 4, 4, "sequence number")
+        meaning = ESP_SEQ_MEANING
+        if seq == 0:
+            meaning += (
+                "; 0 is never sent without extended sequence numbers (the first packet is 1): "
+                "with them, it is the low half after the count passed 2**32"
+            )
+        w.add(offset + 4, 4, "sequence number", seq, meaning, "RFC 4303 2.2", shown=_hex(seq, 8))
+        at = offset + esp.HEADER_LEN
+        size = max(ctx.end - at, 0)
+        if size < 2 and not ctx.quoted and ctx.complete:
+            why = (
+                f"{size} byte{'s' if size != 1 else ''} after the sequence number: ESP carries at least the "
+                "encrypted pad length and next header, and with an AEAD an IV and ICV too"
+            )
+            if size:
+                w.add(at, size, "encrypted payload", size, why, "RFC 4303 2.4", shown=f"{size} bytes")
+            raise w.halt(at, "ESP without payload", why, "RFC 4303 2")
+        if size == 0:
+            w.raw(at, 1, "encrypted payload")  # a capture or a quote cut it here: say so
+        held = "" if ctx.complete else " present (the rest is cut off)"
+        meaning = f"{size} bytes{held}: {ESP_ENCRYPTED}"
+        w.add(at, size, "encrypted payload", size, meaning, "RFC 4303 2.3-2.8", shown=f"{size} bytes")
+        w.layer.title = f"ESP header (IPsec, RFC 4303), {esp.HEADER_LEN} bytes, then {size} encrypted"
+        if self.shortfall is None and not ctx.quoted:
+            why = (
+                f"the {size} bytes after ESP's sequence number are encrypted; without the key nothing more can be read"
+            )
+            raise w.halt(ctx.end, "encrypted", why, "RFC 4303 2", malformed=False)
+
     # --- transport ----------------------------------------------------------------------------------------
 
     def transport(self, kind: str, offset: int, rfc: str, ctx: _Ctx) -> _Writer:
@@ -1488,6 +1535,19 @@ class _Dissector:
             w.add(offset, len(data), "trailing bytes", len(data), meaning, shown=f"{len(data)} bytes")
 
 
+ESP_SPI_MEANING = (
+    "Security Parameters Index: with the destination address, which security association (key, algorithm, "
+    "replay window) the receiver opens this packet with; the number `ip xfrm state ... spi` gives"
+)
+ESP_SEQ_MEANING = (
+    "counts the packets sent with this security association, from 1 (RFC 4303 3.3.3); the receiver's "
+    "anti-replay window refuses a number it has accepted before or one too far behind the highest (RFC 4303 "
+    "3.4.3); with extended sequence numbers only the low 32 bits travel"
+)
+ESP_ENCRYPTED = (
+    "the IV, the encrypted inner packet, padding, pad length, next header and the ICV: nothing more can be "
+    "read without the key"
+)
 ERSPAN_II_PROTO, ERSPAN_III_PROTO, NHRP_PROTO, WCCP_PROTO, PPP_PROTO = 0x88BE, 0x22EB, 0x2001, 0x883E, 0x880B
 PPTP_RFC = "RFC 2637 4.1"
 PPTP_BITS = (  # the flag bits of the enhanced GRE header: name, bit, (meaning when clear, when set), required value
@@ -1585,12 +1645,14 @@ def _protocol_meaning(proto: int, v6: bool) -> str:
             4: ": the payload is an IPv4 packet (IPv4 in IPv6, RFC 2473 3.1)",
             41: ": the payload is an IPv6 packet (IPv6 in IPv6, RFC 2473 3.1)",
             47: ": the payload starts with a GRE header (GRE over IPv6, RFC 7676)",
+            50: ": the payload is encrypted, after ESP's SPI and sequence number (RFC 4303)",
         }
     else:
         extra = {
             4: ": IPIP, the payload is an IPv4 packet (RFC 2003 3.1)",
             41: ": the payload is an IPv6 packet (SIT, RFC 4213 3.5)",
             47: ": the payload starts with a GRE header (RFC 2784 2)",
+            50: ": the payload is encrypted, after ESP's SPI and sequence number (RFC 4303)",
         }
     return f"{name}{extra.get(proto, '')}"
 
@@ -1699,6 +1761,10 @@ def summary(e: Explanation) -> str:
             if "sequence number" in values:
                 opts.append(f"seq {values['sequence number'].split(' ')[0]}")
             parts.append("GRE" + (f" ({', '.join(opts)})" if opts else ""))
+        elif layer.kind == "ESP":
+            words = [f"{w} {values[n].split(' ')[-1].strip('()')}" if n == "SPI" else f"{w} {values[n].split(' ')[0]}"
+                     for w, n in (("SPI", "SPI"), ("seq", "sequence number")) if n in values]  # fmt: skip
+            parts.append("ESP" + (f" ({', '.join(words)}, encrypted)" if words else ""))
         elif layer.kind in ("TCP", "UDP") and "destination port" in values:
             parts.append(f"{layer.kind} {values['source port']} > {values['destination port']}")
         elif layer.kind == "GUE":
