@@ -18,23 +18,38 @@ in /proc/net/xfrm_stat, our core as Drop reasons.
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import shutil
 import socket
 import struct
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 from kernel_peer import GUEST_ADDR, HOST_ADDR, NS_HOST, VETH_HOST, KernelPeer
 from scapy.layers.inet import ICMP, IP
+from test_kernel import (
+    TRANSFER,
+    assert_nothing_lost_unseen,
+    ipv6_default,
+    ping_from_us,
+    send_from_kernel,
+    send_from_us,
+    usertunnel_stats,
+)
 
 from usertunnel import netns
 from usertunnel.core import esp
 from usertunnel.core.drops import Drop
 from usertunnel.core.encap import Tunnel
 from usertunnel.core.params import Mode, TunnelParams
+from usertunnel.netns import UpProcess
 
 OURS, THEIRS = "203.0.113.1", "203.0.113.2"
 GRE_KEY = 1234
@@ -462,3 +477,89 @@ def test_esp_with_one_byte_flipped_is_refused_by_the_kernel_and_our_core(esp_cel
         failed = tunnel.state_stats(tunnel.keys.outbound)["failed"] - before_state["failed"]
         assert failed == (0 if where == "spi" else 1), f"{where}: the state's failed count grew by {failed}"
     assert tunnel.device_rx() == len(FLIPS)
+
+
+# --- the running usertunnel against the kernel ---------------------------------------------------------------
+
+
+def esp_keys_file(directory: Path, keys: esp.EspKeys) -> Path:
+    """`keys` as an --esp-keys file (TOML, mode 0600): [out] what we send with, [in] what we accept."""
+
+    def table(name: str, sa: esp.SecurityAssociation) -> str:
+        return (
+            f'[{name}]\nspi = 0x{sa.spi:08x}\naead = "{sa.aead}"\nkey = "0x{sa.key.hex()}"\nicv = {sa.icv_bits}\n'
+            f"replay_window = {sa.replay_window}\n"
+        )
+
+    path = directory / "esp-keys.toml"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(table("out", keys.outbound) + "\n" + table("in", keys.inbound))
+    return path
+
+
+class EspPair:
+    """A cell's kernel tunnel (KernelEsp) and `usertunnel up` in NS_HOST with the same keys, pointing at each
+    other: vti with ikey/okey 1, or gre with key 1234, both with --esp-keys."""
+
+    def __init__(self, kernel: KernelPeer, cell: Cell) -> None:
+        self.kernel = kernel
+        self.cell = cell
+        self.theirs = KernelEsp(kernel, cell, seed=0x77)
+        self.device = self.theirs.device
+        self.directory = Path(tempfile.mkdtemp(prefix="ut-esp-"))
+        keyfile = esp_keys_file(self.directory, self.theirs.keys)
+        options = ("--ikey", str(VTI_KEY), "--okey", str(VTI_KEY)) if cell.shape == "vti" else ("--key", str(GRE_KEY))
+        ipv6_default(disabled=True)  # usertunnel creates its device: it takes the namespace's default
+        try:
+            self.ours = UpProcess(
+                NS_HOST,
+                ["--mode", cell.shape, "--local", HOST_ADDR, "--remote", GUEST_ADDR, "--name", "ut0",
+                 "--address", f"{OURS}/30", *options, "--esp-keys", str(keyfile)],
+            )  # fmt: skip
+            self.ours.wait_ready()
+        finally:
+            ipv6_default(disabled=False)
+
+    def counters(self, timeout: float = 5.0) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
+        """Our counters and the kernel device's, once each side's sent packets are the other's received ones
+        (or after `timeout` s: the caller's assertion then says what differs)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ours, theirs = usertunnel_stats("ut0"), self.kernel.link_counters(self.device)
+            agree = ours["tx_packets"] == theirs["rx"]["packets"] and theirs["tx"]["packets"] == ours["rx_packets"]
+            if agree or time.monotonic() > deadline:
+                return ours, theirs
+            time.sleep(0.2)
+
+    def close(self) -> dict[str, dict[str, Any]]:
+        try:
+            return self.ours.stop() if self.ours.returncode is None else {}
+        finally:
+            self.theirs.close()
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("cell", CELLS, ids=[c.name for c in CELLS])
+@pytest.mark.matrix("usertunnel up: ping + 5 MB TCP, both directions; tx = peer's rx")
+def test_running_usertunnel_and_the_kernel_carry_ping_and_5mb_tcp_in_esp_and_count_alike(
+    pair_factory, cell: Cell
+) -> None:
+    pair = pair_factory(EspPair, cell)
+    kernel = pair.kernel
+    assert ping_from_us(), "ping from usertunnel's side to the kernel's inner address failed"
+    assert kernel.sh(f"ping -c 3 -i 0.2 -W 2 {OURS}")["rc"] == 0, "ping from the kernel's side failed"
+    sent, received = send_from_us(kernel, 5201)
+    assert sent == received
+    sent, received = send_from_kernel(kernel, 5202)
+    assert sent == received
+    ours, theirs = pair.counters()
+    assert_nothing_lost_unseen(ours, theirs, kernel)
+    assert theirs["rx"]["bytes"] >= TRANSFER and ours["rx_bytes"] >= TRANSFER
+    # Every ESP packet each side sent was opened by the other: the kernel's states carried as many packets
+    # as the devices counted, and refused none.
+    inbound, outbound = (pair.theirs.state_stats(sa) for sa in (pair.theirs.keys.outbound, pair.theirs.keys.inbound))
+    assert inbound["packets"] == ours["tx_packets"] and outbound["packets"] == ours["rx_packets"], (inbound, outbound)
+    assert (inbound["replay"], inbound["replay-window"], inbound["failed"]) == (0, 0, 0), inbound
+    assert pair.close()["ut0"]["drops"] == {}
