@@ -10,6 +10,7 @@ import ipaddress
 import json
 import struct
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 from scapy.layers.inet import ICMP, IP
@@ -255,3 +256,91 @@ def test_a_sealed_packet_opens_to_what_explain_said_it_carried() -> None:
     opened = opener.open(wire[20:])
     assert not isinstance(opened, Drop) and opened == (4, INNER)
     assert (got["SPI"], got["sequence number"]) == (opener.sa.spi, opener.highest) == (SA_AB.spi, 9)
+
+
+# --- --esp-keys: what ESP carried, before encryption --------------------------------------------------------
+
+
+def key_file(tmp_path: Path, inbound: esp.SecurityAssociation, outbound: esp.SecurityAssociation) -> Path:
+    """A private --esp-keys file, as usertunnel up reads it, holding `inbound` as [in] and `outbound` as [out]."""
+    path = tmp_path / "esp.toml"
+    text = "".join(
+        f'[{name}]\nspi = {sa.spi}\naead = "{sa.aead}"\nkey = "0x{sa.key.hex()}"\nicv = {sa.icv_bits}\n'
+        for name, sa in (("out", outbound), ("in", inbound))
+    )
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+@pytest.mark.parametrize(("mode", "key", "carried"), [(Mode.VTI, None, 4), (Mode.GRE, 1234, 47), (Mode.SIT, None, 41)])
+def test_with_esp_keys_what_esp_carried_is_explained_as_the_tunnel_sends_it_in_the_clear(
+    mode: Mode, key: int | None, carried: int
+) -> None:
+    wire = sealed(mode, key, count=4)
+    e = explain.explain(wire, esp_keys=esp.EspKeys(outbound=SA_BA, inbound=SA_AB))  # the receiver's keys
+    assert e.well_formed, (e.stop, e.problems)
+    opened = next(f for f in esp_layer(e).fields if f.name == "opened with --esp-keys")
+    assert opened.value == carried and "the ICV verifies" in opened.meaning and "[in] SA" in opened.meaning
+    assert e.inside is not None and e.inside_title.startswith(
+        "inside ESP, before encryption (only the two ends can see this)"
+    )
+    clear = Tunnel(TunnelParams("c", Mode.IPIP if mode is Mode.VTI else mode, A, B, ikey=key, okey=key))
+    plain = clear.encapsulate(INNER6 if mode is Mode.SIT else INNER)
+    assert isinstance(plain, bytes)
+    assert e.inside.packet == plain[20:]  # ESP carried what the same tunnel sends in the clear
+    kinds = [layer.kind for layer in e.inside.layers]
+    if mode is Mode.GRE:
+        assert kinds == ["GRE", "IPv4", "ICMP"] and values(e.inside.layers[0])["key"] == 1234
+    elif mode is Mode.VTI:
+        assert kinds == ["IPv4", "ICMP"] and "ESP tunnel mode, next header 4" in e.inside.layers[0].title
+    else:
+        assert kinds == ["IPv6", "ICMPv6"]
+    assert e.inside.stop is None and e.inside.well_formed  # the inner checksums verify
+    text = explain.render_text(e)
+    assert "inside ESP, before encryption (only the two ends can see this)" in text
+    assert "--esp-keys opened them: see below" in text
+
+
+def test_keys_that_are_not_the_packets_say_so_and_show_nothing_inside() -> None:
+    wire = sealed(Mode.VTI)
+    wrong = esp.SecurityAssociation(SA_AB.spi, esp.GCM, KEY_BA)  # the right SPI, another key
+    e = explain.explain(wire, esp_keys=esp.EspKeys(outbound=SA_BA, inbound=wrong))
+    assert e.inside is None and [f.problem for f in e.problems] == ["ESP ICV does not verify"]
+    e = explain.explain(wire, esp_keys=esp.EspKeys(outbound=SA_BA, inbound=SA_BA))  # no SA with its SPI
+    opened = next(f for f in esp_layer(e).fields if f.name == "opened with --esp-keys")
+    assert e.inside is None and e.well_formed and "no SA of --esp-keys has SPI 0x00c0ffee" in opened.meaning
+
+
+@pytest.mark.parametrize("form", [(), ("-j",), ("--svg",), ("--html",)], ids=["text", "json", "svg", "html"])
+def test_every_output_form_with_esp_keys_shows_the_inside_and_never_the_key(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, form: tuple[str]
+) -> None:
+    keys = key_file(tmp_path, inbound=SA_AB, outbound=SA_BA)
+    wire = sealed(Mode.GRE, 1234, count=3)
+    status, out, err = run(capsys, *form, "--esp-keys", str(keys), wire.hex())
+    assert (status, err) == (0, "")
+    assert "inside ESP" in out
+    for secret in (KEY_AB, KEY_BA, SA_AB.cipher_key, SA_AB.salt, SA_BA.cipher_key, SA_BA.salt):
+        assert secret.hex() not in out.lower(), form
+    if form == ("-j",):
+        layers = json.loads(out)
+        inside = [layer for layer in layers if layer[0]["layer"].startswith("inside ESP")]
+        assert [layer[0]["layer"].split(": ", 1)[1].split(" ")[0] for layer in inside] == ["GRE", "inner", "inner"]
+        assert {f["name"]: f["value"] for f in inside[0]}["key"] == 1234
+    if form == ("--svg",):
+        ET.fromstring(out)
+
+
+def test_an_esp_keys_file_others_may_read_is_refused_in_one_line_without_the_key(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    keys = key_file(tmp_path, inbound=SA_AB, outbound=SA_BA)
+    keys.chmod(0o644)
+    status, out, err = run(capsys, "--esp-keys", str(keys), sealed(Mode.VTI).hex())
+    assert (status, out) == (2, "") and err.count("\n") == 1 and "chmod 600" in err
+    keys.chmod(0o600)
+    keys.write_text(keys.read_text().replace("icv = 128", "icv = 100", 1))
+    status, out, err = run(capsys, "--esp-keys", str(keys), sealed(Mode.VTI).hex())
+    assert (status, out) == (2, "") and err.count("\n") == 1 and "icv" in err
+    assert KEY_AB.hex() not in err and KEY_BA.hex() not in err

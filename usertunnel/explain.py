@@ -321,6 +321,10 @@ class Explanation:
     wire_length: int  # the length on the wire; more than len(packet) when a capture cut it short
     layers: tuple[Layer, ...]
     stop: Stop | None
+    # What ESP carried, opened with --esp-keys: its own explanation (offsets count from the first byte of the
+    # decrypted payload), and a sentence saying what it is. None without keys, or when it did not open.
+    inside: Explanation | None = None
+    inside_title: str = ""
 
     @property
     def problems(self) -> list[Field]:
@@ -328,8 +332,21 @@ class Explanation:
 
     @property
     def well_formed(self) -> bool:
-        """True when nothing in the packet is wrong (a normal stop, such as a quote's end, is fine)."""
-        return (self.stop is None or not self.stop.malformed) and not self.problems
+        """True when nothing in the packet is wrong (a normal stop, such as a quote's end, is fine), nor in
+        what its ESP carried, when that was opened."""
+        inside = self.inside is None or self.inside.well_formed
+        return (self.stop is None or not self.stop.malformed) and not self.problems and inside
+
+
+@dataclass(frozen=True, slots=True)
+class _Opened:
+    """What an ESP packet carried, opened with --esp-keys: its next header and payload, the context of the
+    ESP layer (its IP addresses and TOS, for the payload's checksums and ECN), and the SA's table name."""
+
+    next_header: int
+    payload: bytes
+    ctx: _Ctx
+    sa: str
 
 
 class _Halt(Exception):
@@ -519,11 +536,15 @@ class _Dissector:
 
     MAX_DEPTH = 8  # IP headers inside IP headers; no real packet nests deeper
 
-    def __init__(self, data: bytes, udp_ports: Mapping[int, str] | None = None) -> None:
+    def __init__(
+        self, data: bytes, udp_ports: Mapping[int, str] | None = None, esp_keys: esp.EspKeys | None = None
+    ) -> None:
         self.data = data
         self.udp_ports = DEFAULT_UDP_PORTS if udp_ports is None else udp_ports
+        self.esp_keys = esp_keys
         self.layers: list[Layer] = []
         self.shortfall: Stop | None = None  # the outermost length field that promises more than is present
+        self.opened: _Opened | None = None  # what an ESP layer carried, when --esp-keys opened it
 
     def layer(self, kind: str, title: str, offset: int, rfc: str, ctx: _Ctx) -> _Writer:
         layer = Layer(kind, title, offset, rfc)
@@ -771,7 +792,7 @@ class _Dissector:
             transport = replace(sub, pseudo=addrs, role="inner" if ctx.depth > 0 else "", outer_tos=tos_for)
             {1: self.icmp, 6: self.tcp, 17: self.udp, 58: self.icmpv6}[proto](offset, transport)
         elif proto == 50:
-            self.esp(offset, sub)
+            self.esp(offset, replace(sub, pseudo=addrs, outer_tos=tos))
         elif proto == 59:
             if offset < sub.end:
                 self.payload(offset, sub, "bytes after 'no next header' (RFC 8200 4.7), to be ignored")
@@ -1250,11 +1271,43 @@ class _Dissector:
         meaning = f"{size} bytes{held}: {ESP_ENCRYPTED}"
         w.add(at, size, "encrypted payload", size, meaning, "RFC 4303 2.3-2.8", shown=f"{size} bytes")
         w.layer.title = f"ESP header (IPsec, RFC 4303), {esp.HEADER_LEN} bytes, then {size} encrypted"
+        if self.esp_keys is not None and ctx.complete and not ctx.quoted:
+            self.esp_open(w, spi, offset, ctx)
         if self.shortfall is None and not ctx.quoted:
-            why = (
-                f"the {size} bytes after ESP's sequence number are encrypted; without the key nothing more can be read"
-            )
+            why = f"the {size} bytes after ESP's sequence number are encrypted; without the key nothing more "
+            why += "can be read" if self.opened is None else "can be read (--esp-keys opened them: see below)"
             raise w.halt(ctx.end, "encrypted", why, "RFC 4303 2", malformed=False)
+
+    def esp_open(self, w: _Writer, spi: int, offset: int, ctx: _Ctx) -> None:
+        """With --esp-keys: open the ESP packet with the SA of that SPI, as its receiver would, and say so in a
+        field over the encrypted bytes; what it carried is kept for `explain` to dissect on its own."""
+        assert self.esp_keys is not None
+        at, size = offset + esp.HEADER_LEN, ctx.end - offset - esp.HEADER_LEN
+        sas = {"[in]": self.esp_keys.inbound, "[out]": self.esp_keys.outbound}
+        found = [(name, sa) for name, sa in sas.items() if sa.spi == spi]
+        if not found:
+            have = ", ".join(f"{name} 0x{sa.spi:08x}" for name, sa in sas.items())
+            meaning = f"not opened: no SA of --esp-keys has SPI 0x{spi:08x} (the file has {have})"
+            w.add(at, size, "opened with --esp-keys", "no such SPI", meaning, "RFC 4303 3.4.2")
+            return
+        name, sa = found[0]
+        cipher = f"the {name} SA ({sa.aead}, {len(sa.cipher_key) * 8}-bit key, {sa.icv_bits}-bit ICV)"
+        result = esp.Opener(sa).open(self.data[offset : ctx.end])  # a fresh window: any number but 0 is new
+        if isinstance(result, Drop):
+            why, problem = ESP_REFUSED.get(result, (result.value, result.value))
+            meaning = f"not opened with {cipher}: {why} (usertunnel counts {result.value})"
+            w.add(at, size, "opened with --esp-keys", result.value, meaning, "RFC 4303 3.4", problem=problem)
+            return
+        next_header, payload = result
+        padding = size - esp.IV_LEN - sa.icv_len - len(payload) - 2
+        meaning = (
+            f"opened with {cipher}: the ICV verifies; {esp.IV_LEN} bytes of IV, {len(payload)} bytes of payload, "
+            f"{padding} of padding, pad length, next header {next_header} "
+            f"({IP_PROTOCOLS.get(next_header, 'not one explain knows')}), {sa.icv_len} bytes of ICV; "
+            "the payload is explained below, inside ESP"
+        )
+        w.add(at, size, "opened with --esp-keys", next_header, meaning, "RFC 4303 2.4-2.8")
+        self.opened = _Opened(next_header, payload, ctx, name)
 
     # --- transport ----------------------------------------------------------------------------------------
 
@@ -1544,6 +1597,19 @@ ESP_SEQ_MEANING = (
     "anti-replay window refuses a number it has accepted before or one too far behind the highest (RFC 4303 "
     "3.4.3); with extended sequence numbers only the low 32 bits travel"
 )
+ESP_REFUSED: dict[
+    Drop, tuple[str, str | None]
+] = {  # why an SA of --esp-keys did not open a packet: the sentence, and the problem it is
+    Drop.ESP_ICV: (
+        "the ICV does not verify: the packet was changed on the way, or these are not the keys it was sealed "
+        "with (RFC 4303 3.4.4)",
+        "ESP ICV does not verify",
+    ),
+    Drop.ESP_TRUNCATED: ("too short for the IV, pad length, next header and ICV of this SA", "ESP too short"),
+    Drop.ESP_REPLAY: ("sequence number 0 is never sent without extended sequence numbers", "ESP sequence number 0"),
+    Drop.ESP_PADDING: ("the ICV verifies but the padding is not 1, 2, 3... (RFC 4303 2.4)", "ESP bad padding"),
+    Drop.ESP_DUMMY: ("a dummy packet (next header 59, RFC 4303 2.6): there is nothing inside", None),
+}
 ESP_ENCRYPTED = (
     "the IV, the encrypted inner packet, padding, pad length, next header and the ICV: nothing more can be "
     "read without the key"
@@ -1703,6 +1769,7 @@ def explain(
     linktype: int = LINKTYPE_RAW,
     wire_length: int | None = None,
     udp_ports: Mapping[int, str] | None = None,
+    esp_keys: esp.EspKeys | None = None,
 ) -> Explanation:
     """Dissect `packet` (starting at the link layer `linktype` gives; raw IP by default) field by field.
 
@@ -1710,13 +1777,16 @@ def explain(
     capture kept fewer bytes (its snap length); truncation messages then say so. `udp_ports` says what UDP
     ports carry (a port: "fou:47", "fou:4", "fou:41", "gue" or "none", as `--udp-port`), over the
     defaults: 4754 GRE-in-UDP (RFC 8086), 6080 GUE. The packet cannot say it: `ip fou add` does.
+    With `esp_keys` (a tunnel's --esp-keys), an ESP packet whose SPI is one of theirs is opened as its receiver
+    would, and what it carried is explained too, as `inside` (only the two ends can see that).
     """
     data = bytes(packet)
     wire = max(wire_length or len(data), len(data))
     why = f"the packet has only {len(data)} bytes"
     if wire > len(data):
         why += f" (the capture kept {len(data)} of its {wire} bytes)"
-    dissector = _Dissector(data, {**DEFAULT_UDP_PORTS, **(udp_ports or {})})
+    ports = {**DEFAULT_UDP_PORTS, **(udp_ports or {})}
+    dissector = _Dissector(data, ports, esp_keys)
     stop: Stop | None = None
     if not data:
         stop = Stop(0, "empty", "there are no bytes to explain", "")
@@ -1728,7 +1798,36 @@ def explain(
     layers = tuple(layer for layer in dissector.layers if layer.fields)  # a header cut before its first field
     if stop is None and dissector.shortfall is not None:
         stop = replace(dissector.shortfall, layer=layers[-1].title if layers else "")
-    return Explanation(data, linktype, wire, layers, stop)
+    inside, title = (None, "") if dissector.opened is None else _explain_inside(dissector.opened, ports)
+    return Explanation(data, linktype, wire, layers, stop, inside, title)
+
+
+def _explain_inside(opened: _Opened, udp_ports: Mapping[int, str]) -> tuple[Explanation, str]:
+    """What ESP carried, explained as what follows an IP header with protocol = ESP's next header: the GRE
+    packet of a tunnel with --esp-keys (47), the inner packet of vti (4), a TCP segment of host traffic..."""
+    data, nh = opened.payload, opened.next_header
+    why = f"the decrypted payload has only {len(data)} bytes"
+    ctx = replace(opened.ctx, end=len(data), end_why=why, complete=True)
+    dissector = _Dissector(data, udp_ports)
+    stop: Stop | None = None
+    try:
+        if nh in (4, 41):  # ESP tunnel mode (vti): the inner packet itself (RFC 4303 2.6)
+            via = f"ESP tunnel mode, next header {nh}, RFC 4303 2.6"
+            tunneled = replace(ctx, depth=ctx.depth + 1, role="inner", via=via, expect_version=4 if nh == 4 else 6)
+            dissector.ip(0, tunneled)
+        else:
+            dissector.ip_payload(nh, 0, ctx, ctx, ctx.outer_tos or 0, ctx.pseudo or (b"", b""))
+    except _Halt as halt:
+        stop = halt.stop
+    layers = tuple(layer for layer in dissector.layers if layer.fields)
+    if stop is None and dissector.shortfall is not None:
+        stop = replace(dissector.shortfall, layer=layers[-1].title if layers else "")
+    name = IP_PROTOCOLS.get(nh, "not one explain knows")
+    title = (
+        f"inside ESP, before encryption (only the two ends can see this): opened with the {opened.sa} SA of "
+        f"--esp-keys; next header {nh} ({name}); offsets count from the first byte of the decrypted payload"
+    )
+    return Explanation(data, LINKTYPE_RAW, len(data), layers, stop), title
 
 
 # --- rendering --------------------------------------------------------------------------------------------
@@ -1825,6 +1924,8 @@ def render_text(e: Explanation, width: int | None = None) -> str:
     else:
         lines.append(f"end: all {len(e.packet)} bytes explained")
     lines += [f"problem at offset {f.offset} ({f.name}): {f.problem}" for f in e.problems]
+    if e.inside is not None:
+        lines += ["", f"{e.inside_title}:", render_text(e.inside, width)]
     return "\n".join(lines)
 
 
@@ -1839,6 +1940,8 @@ def to_json(e: Explanation) -> list[list[dict[str, object]]]:
     """A list of layers, each a list of fields {layer, offset, length, bits, name, value, meaning, rfc, problem}.
 
     Where parsing stopped is a last field named "parsing stopped" (value: the reason) in the last layer.
+    What ESP carried, when --esp-keys opened it, follows as more layers whose title starts with "inside ESP"
+    and whose offsets count from the first byte of the decrypted payload.
     """
     out: list[list[dict[str, object]]] = [
         [
@@ -1873,6 +1976,9 @@ def to_json(e: Explanation) -> list[list[dict[str, object]]]:
             out[-1].append(stop)
         else:
             out.append([stop])
+    if e.inside is not None:
+        head = e.inside_title.split(" (only")[0]
+        out += [[{**f, "layer": f"{head}: {f['layer']}"} for f in layer] for layer in to_json(e.inside)]
     return out
 
 
@@ -1943,6 +2049,13 @@ entries, extensions), PPTP's enhanced GRE (version 1: payload length, call ID,
 sequence and acknowledgment numbers) with its PPP frame, and WCCP's redirect
 header (0x883e).
 
+IPsec ESP (protocol 50, RFC 4303), as vti and --esp-keys tunnels send it: the
+SPI (which security association) and the sequence number (anti-replay); the
+rest is encrypted, and explain says how long it is and stops there. With
+--esp-keys FILE (the tunnel's key file) it opens the packet as the receiver
+would and explains what ESP carried before encryption too (the GRE packet of
+gre with --esp-keys, the inner packet of vti); the keys are never shown.
+
 Tunnels in UDP: FOU (GRE, IPv4 or IPv6 right after the UDP header) and GUE
 (its header: variant, C bit, Hlen, Proto/ctype, flags; or variant 1, a bare
 IPv4 or IPv6 packet). A packet cannot say what its UDP port carries (on Linux,
@@ -1990,7 +2103,10 @@ add port PORT gue`), none (plain UDP, also to turn off 4754 or 6080).
 
 -j prints a list of layers, each a list of fields {{layer, offset, length, bits,
 name, value, meaning, rfc, problem}}; where parsing stopped is a last field named
-"parsing stopped". With --all, a list of those, one per packet.
+"parsing stopped". With --all, a list of those, one per packet. What ESP
+carried, opened with --esp-keys, follows as layers titled "inside ESP, ...",
+their offsets counted from the first byte of the decrypted payload:
+  usertunnel explain --esp-keys /etc/usertunnel/esp.toml --pcap esp.pcap --all
 
 --svg draws the packet as RFCs draw headers (32-bit rows, a box per field, as
 wide as its bits, a colour per header, the value inside); --html makes a page
@@ -2000,7 +2116,8 @@ bytes, then every field with its meaning and RFC section. With --all, every
 packet, one under the other:
   usertunnel explain --html --pcap gre.pcap --all > gre.html
 Exit status: 0 when the packet was explained (even a malformed one); 2 when the
-input is unusable (not hex, no such file, not a capture, index out of range).
+input is unusable (not hex, no such file, not a capture, index out of range,
+an --esp-keys file that is unreadable, wrong or readable by others).
 """
 
 
@@ -2026,6 +2143,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         help="what UDP port PORT carries (repeatable): FOU with GRE, IPv4 or IPv6 (ip fou add port PORT ipproto "
         "47|4|41), GUE (ip fou add port PORT gue), or nothing to dissect; 4754 is GRE-in-UDP and 6080 GUE unless "
         "said otherwise",
+    )
+    p.add_argument(
+        "--esp-keys",
+        metavar="FILE",
+        help="open ESP packets with a tunnel's key file (the one usertunnel up --esp-keys reads; private to its "
+        "owner) and explain what they carried before encryption too; the keys themselves are never shown",
     )
     p.add_argument(
         "--svg",
@@ -2086,6 +2209,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         index = _index(args)
         udp_ports = dict(parse_udp_port(text) for text in args.udp_port)
+        keys = None
+        if args.esp_keys is not None:
+            from .core.params import ConfigError
+            from .io.keyfile import read_esp_keys
+
+            try:
+                keys = read_esp_keys(args.esp_keys)
+            except ConfigError as exc:
+                raise InputError(str(exc).replace("\n", "; ")) from None
         if args.pcap is None:
             if args.hex:
                 text = " ".join(args.hex)
@@ -2124,7 +2256,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"usertunnel explain: error: cannot read the input: {exc}", file=sys.stderr)
         return 2
 
-    explanations = [(i, explain(data, linktype, wire or None, udp_ports)) for i, data, linktype, wire in packets]
+    explanations = [(i, explain(data, linktype, wire or None, udp_ports, keys)) for i, data, linktype, wire in packets]
     if args.svg or args.html:
         from .picture import packet, page
 
@@ -2132,6 +2264,11 @@ def run(args: argparse.Namespace) -> int:
         items = [
             (f"packet {i} ({LINKTYPES[e.linktype]}): {summary(e)}" if args.pcap else summary(e), e)
             for i, e in explanations
+        ]
+        items = [
+            drawn
+            for title, e in items
+            for drawn in [(title, e)] + ([(f"{e.inside_title}: {summary(e.inside)}", e.inside)] if e.inside else [])
         ]
         title = f"usertunnel explain: {source}"
         text = packet.svg(items, title) if args.svg else page.explain_page(items, title)
