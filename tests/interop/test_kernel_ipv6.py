@@ -182,12 +182,8 @@ def test_kernel_ipv6_mode_packets_equal_our_core_encapsulation_byte_for_byte(pai
         time.sleep(0.2)
     finally:
         capture.stop()
-    if variant.outer6:
-        guest = ipaddress.IPv6Address(GUEST_ADDR6).packed
-        theirs = [p for p in capture.incoming if p[0] >> 4 == 6 and p[8:24] == guest]
-    else:
-        guest = ipaddress.IPv4Address(GUEST_ADDR).packed
-        theirs = [p for p in capture.incoming if p[0] >> 4 == 4 and p[9] == 41 and p[12:16] == guest]
+    # Tunnel packets only: the guest's own neighbour solicitations for HOST_ADDR6 come from GUEST_ADDR6 too.
+    theirs = same_inner.tunnel_packets_of(capture.incoming, variant.mode, GUEST_ADDR6 if variant.outer6 else GUEST_ADDR)
     assert len(theirs) >= 3, "no tunnel packets from the kernel captured"
     for packet in theirs:
         offset, ident, sequence = split(variant, packet)
