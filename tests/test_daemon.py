@@ -341,7 +341,13 @@ def test_reload_restarts_only_what_changed(lab: Lab, tmp_path: Path) -> None:
     path.write_text(new)
     out = usertunnel(lab.a, "reload")
     assert out.returncode == 0, out.stderr.decode()
-    assert out.stdout.decode().splitlines() == ["added: added", "removed: gone", "restarted: edit", "unchanged: keep"]
+    assert out.stdout.decode().splitlines() == [
+        "added: added",
+        "removed: gone",
+        "restarted: edit",
+        "rekeyed: -",
+        "unchanged: keep",
+    ]
     assert ifindex(lab, lab.a, "keep") == kept
     assert ifindex(lab, lab.a, "edit") not in (None, edited)
     assert ifindex(lab, lab.a, "gone") is None

@@ -228,3 +228,72 @@ def test_ping_and_tcp_cross_a_protected_tunnel_and_the_wire_shows_only_esp(
     for secret in (KEY_AB.hex(), KEY_BA.hex()):
         assert secret not in outputs and secret.upper() not in outputs
     assert os.stat(keys_a).st_mode & 0o077 == 0
+
+
+def _daemon_config(local: str, remote: str, inner: str, keys: str) -> str:
+    return (
+        f'[tunnel.v]\nmode = "vti"\nlocal = "{local}"\nremote = "{remote}"\nkey = 1\n'
+        f'addresses = ["{inner}/30"]\nesp_keys = "{keys}"\n'
+    )
+
+
+def _ifindex(lab: Lab, ns: str, name: str) -> int:
+    import json
+
+    out = lab.run(ns, ["ip", "-j", "link", "show", "dev", name])
+    assert out.returncode == 0, out.stderr
+    return int(json.loads(out.stdout)[0]["ifindex"])
+
+
+@pytest.mark.netns
+def test_the_daemon_runs_vti_from_its_file_and_a_reload_with_new_keys_keeps_the_device(
+    lab: Lab, tmp_path: Path
+) -> None:
+    usertunnel = [sys.executable, "-m", "usertunnel"]
+    keys_a = write_keys(tmp_path / "a.toml", KEYS_A)
+    keys_b = write_keys(tmp_path / "b.toml", KEYS_B)
+    ends = {}
+    for ns, local, remote, inner, keys in (
+        (lab.a, UNDER_A, UNDER_B, "203.0.113.1", keys_a),
+        (lab.b, UNDER_B, UNDER_A, INNER_B, keys_b),
+    ):
+        config = tmp_path / f"{ns}.toml"
+        config.write_text(_daemon_config(local, remote, inner, keys))
+        end = netns.UpProcess(ns, ["--config", str(config)], command="daemon")
+        lab.ends.append(end)
+        end.wait_ready()
+        ends[ns] = end
+    ping = lab.ping(lab.a, INNER_B)
+    assert ping.returncode == 0, ping.stdout.decode() + "\n".join(ends[lab.a].lines + ends[lab.b].lines)
+    before = _ifindex(lab, lab.a, "v")
+
+    # New keys and SPIs on both sides (in place: the files change, their names do not).
+    new_ab, new_ba = bytes(range(31, 51)), bytes(range(61, 81))
+    rotated_a = KEYS_A.replace("0x1001", "0x2001").replace("0x1002", "0x2002")
+    rotated_a = rotated_a.replace(KEY_AB.hex(), new_ab.hex()).replace(KEY_BA.hex(), new_ba.hex())
+    rotated_b = KEYS_B.replace("0x1001", "0x2001").replace("0x1002", "0x2002")
+    rotated_b = rotated_b.replace(KEY_AB.hex(), new_ab.hex()).replace(KEY_BA.hex(), new_ba.hex())
+    write_keys(Path(keys_a), rotated_a)
+    write_keys(Path(keys_b), rotated_b)
+    for ns in (lab.a, lab.b):
+        out = lab.run(ns, [*usertunnel, "reload"])
+        assert out.returncode == 0, out.stderr.decode()
+        assert "rekeyed: v" in out.stdout.decode().splitlines(), out.stdout.decode()
+    assert _ifindex(lab, lab.a, "v") == before  # the same device: rekeyed in place, not restarted
+    capture = netns.Capture(lab.b, lab.veth_b)
+    try:
+        ping = lab.ping(lab.a, INNER_B)
+    finally:
+        capture.stop()
+    assert ping.returncode == 0, ping.stdout.decode()
+    spis = {esp.spi_of(p[20:]) for _, _, p in capture.packets if p[9] == 50 and IP(p).src == UNDER_A}
+    assert spis == {0x2001}  # the new security association
+
+    shown = lab.run(lab.a, [*usertunnel, "-j", "tunnel", "show"])
+    stats = lab.run(lab.a, [*usertunnel, "stats", "-j"])
+    everything = "\n".join(
+        [shown.stdout.decode(), stats.stdout.decode(), *ends[lab.a].lines, *ends[lab.b].lines]
+    ).lower()
+    assert '"vti"' in shown.stdout.decode()
+    for secret in (KEY_AB, KEY_BA, new_ab, new_ba):
+        assert secret.hex() not in everything

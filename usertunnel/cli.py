@@ -778,7 +778,7 @@ def _cmd_reload(args: argparse.Namespace) -> int:
     except control.ControlError as exc:
         print(f"usertunnel reload: error: {exc}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, control.Denied) else 1
-    for what in ("added", "removed", "restarted", "unchanged"):
+    for what in ("added", "removed", "restarted", "rekeyed", "unchanged"):
         names = answer.get(what) or []
         print(f"{what}: {' '.join(names) if names else '-'}")
     errors = answer.get("errors") or []

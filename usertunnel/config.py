@@ -47,12 +47,14 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from .core.esp import EspKeys
 from .core.fou import Encap
 from .core.keepalive import parse_keepalive
 from .core.neighbors import DEFAULT_TIMEOUT, HubParams, parse_neighbor, parse_spoke, parse_timeout
 from .core.params import (
     CSUM_VERIFY,
     IFNAMSIZ,
+    VTI_OUTER,
     ConfigError,
     Mode,
     ModeSpec,
@@ -71,6 +73,7 @@ from .core.params import (
 )
 from .core.sequence import SeqPolicy, parse_seq_policy
 from .core.sit import PrlEntry, SixRd
+from .io.keyfile import read_esp_keys
 from .io.resolve import is_host_name, resolve
 from .service import UpOptions
 
@@ -158,6 +161,7 @@ _KEYS: dict[str, _Key] = {
     "encap_sport": _Key((int, str), 'a UDP port 1..65535 or "auto"'),
     "encap_dport": _Key((int,), "a UDP port 1..65535"),
     "encap_csum": _Key((bool,), _BOOL),
+    "esp_keys": _Key((str,), 'the path of an ESP key file (TOML, readable by its owner only; README, "IPsec")'),
 }
 
 # Aliases, as iproute2 has them: each sets the canonical keys it names.
@@ -183,10 +187,16 @@ def _is_sit(m: ModeSpec) -> bool:
 # Which modes a key means something for: (keys, what they are, the modes that have them).
 _BELONGS: tuple[tuple[frozenset[str], str, Callable[[ModeSpec], bool]], ...] = (
     (
-        frozenset({"ikey", "okey", "iseq", "oseq", "icsum", "ocsum", "seq_policy", "csum_verify", "spokes"}),
+        frozenset({"iseq", "oseq", "icsum", "ocsum", "seq_policy", "csum_verify", "spokes"}),
         "a GRE option",
         lambda m: m.is_gre,
     ),
+    (
+        frozenset({"ikey", "okey"}),
+        "a GRE option (on vti, the key that selects its security associations)",
+        lambda m: m.is_gre or m.esp,
+    ),
+    (frozenset({"ttl", "tos", "pmtudisc"}), "an outer header setting (vti's are xfrm's)", lambda m: not m.esp),
     (frozenset({"encaplimit", "flowlabel"}), "an IPv6 outer header's option", lambda m: m.outer == 6),
     (frozenset({"6rd_prefix", "6rd_relay_prefix"}), "a 6rd setting", _is_sit),
     (frozenset({"prl"}), "an ISATAP potential router list", lambda m: m.isatap),
@@ -532,7 +542,9 @@ def _build(name: str, r: _Reader, *, coalesce: bool, batch: bool) -> TunnelConfi
     default_ttl: int | None = IPV6_OUTER_TTL if spec.outer == 6 else None  # as Linux: inherit over IPv4
     ttl: int | None = r.get("ttl", _decimal(parse_ttl), default_ttl)
     pmtudisc = r.get("pmtudisc", bool, True)
-    if ttl is not None and not pmtudisc:
+    if spec.esp:  # vti: TTL 64, the inner TOS, the inner DF, as xfrm writes them (keys refused in _BELONGS)
+        ttl, _, pmtudisc = VTI_OUTER
+    if ttl is not None and not pmtudisc and not spec.esp:
         # iproute2's words; the default ttl over IPv6 is 64, so say how to get inherit
         given = "" if "ttl" in folded else f", the default over IPv{spec.outer}"
         raise r.refuse(
@@ -554,9 +566,10 @@ def _build(name: str, r: _Reader, *, coalesce: bool, batch: bool) -> TunnelConfi
         sixrd = r.get("6rd_prefix", lambda text: SixRd.from_text(text, relay))
     elif "6rd_relay_prefix" in folded:
         raise r.refuse("6rd_relay_prefix", "needs 6rd_prefix (alone, it changes nothing)")
-    tos = r.get("tos", _hex_or_int(parse_tos, 0xFF, "tos"), DEFAULT_TOS)
+    tos = r.get("tos", _hex_or_int(parse_tos, 0xFF, "tos"), VTI_OUTER[1] if spec.esp else DEFAULT_TOS)
     outer6: dict[str, Any] = {key: r.get(key, convert) for key, convert in _OUTER6.items() if key in folded}
     encap = _encap(r, spec.outer)
+    esp = r.get("esp_keys", _esp_keys, None)
 
     with _at(None):
         params = TunnelParams(
@@ -581,6 +594,7 @@ def _build(name: str, r: _Reader, *, coalesce: bool, batch: bool) -> TunnelConfi
             sixrd=sixrd,
             prl=tuple(r.each("prl", PrlEntry.from_text)),
             encap=encap,
+            esp=esp,
             **outer6,
         )
 
@@ -606,6 +620,11 @@ def _build(name: str, r: _Reader, *, coalesce: bool, batch: bool) -> TunnelConfi
         batch=batch,
     )
     return TunnelConfig(name, folded, options, tuple(routes), r.get("up", bool, True))
+
+
+def _esp_keys(path: str) -> EspKeys:
+    """esp_keys: the file read (and its permissions checked) now, at every load and reload."""
+    return read_esp_keys(path, "esp_keys")
 
 
 def _encap(r: _Reader, outer: int) -> Encap | None:
@@ -663,6 +682,7 @@ _ALONE: dict[str, Callable[[Any], object]] = {
     "encap": parse_encap,
     "encap_sport": _decimal(parse_sport),
     "encap_dport": _decimal(lambda text: parse_port(text, "encap_dport")),
+    "esp_keys": lambda path: _esp_keys(path),
 }
 _LISTS = frozenset(key for key, spec in _KEYS.items() if spec.types == (list,))
 

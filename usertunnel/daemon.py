@@ -75,7 +75,7 @@ from .core.fou import EncapKind
 from .core.params import ConfigError, ModeSpec, TunnelParams
 from .io import metrics, netlink, privilege, sdnotify, udp
 from .io.claim import Claims, Identity, identities
-from .io.loop import Dataplane, Interface
+from .io.loop import ESP_TABLE, Dataplane, Interface
 from .io.raw import ClaimFilter, open_icmp_listener, open_raw, open_raw6_receiver, open_raw6_sender
 from .io.tun import Tun
 from .service import (
@@ -116,11 +116,16 @@ class Sockets:
     def _table(spec: ModeSpec) -> int:
         return spec.table & 0x1FF  # gretap shares GRE's socket: the demux tells them apart
 
-    def acquire(self, spec: ModeSpec, device: str | None) -> socket.socket:
-        """The socket a tunnel of `spec` sends through; its receiving socket is read from then on."""
-        table = self._table(spec)
+    def acquire(self, spec: ModeSpec, device: str | None, esp: bool = False) -> socket.socket:
+        """The socket a tunnel of `spec` sends through; its receiving socket is read from then on. With
+        `esp` (--esp-keys, vti), ESP's (protocol 50): protected tunnels are found by SPI, not by a filter."""
+        table = ESP_TABLE if esp else self._table(spec)
         entry = self._receivers.get(table)
-        if entry is None:
+        if entry is None and esp:
+            receiver = open_raw(ESP_TABLE)
+            self.dataplane.add_esp(receiver)
+            entry = self._receivers[table] = [receiver, 0]
+        elif entry is None:
             receiver = open_raw(spec.ip_protocol) if spec.outer == 4 else open_raw6_receiver(spec.ip_protocol)
             try:
                 rx_filter = ClaimFilter(receiver, spec.ip_protocol, self.mine, outer=spec.outer)
@@ -141,15 +146,15 @@ class Sockets:
             try:
                 opened = open_raw(socket.IPPROTO_RAW, device) if spec.outer == 4 else open_raw6_sender(device)
             except BaseException:
-                self.release(spec, None)
+                self.release(spec, None, esp)
                 raise
             sender = self._senders[key] = [opened, 0]
         sender[1] += 1
         sock = sender[0]
         return sock
 
-    def release(self, spec: ModeSpec, device: str | None) -> None:
-        """A tunnel of `spec` is gone: close what nobody uses any more."""
+    def release(self, spec: ModeSpec, device: str | None, esp: bool = False) -> None:
+        """A tunnel of `spec` (with `esp`: protected, on ESP's socket) is gone: close what nobody uses any more."""
         if not (spec.outer == 4 and device is None):
             key = (spec.outer, device)
             sender = self._senders.get(key)
@@ -158,7 +163,7 @@ class Sockets:
                 if sender[1] <= 0:
                     sender[0].close()
                     del self._senders[key]
-        table = self._table(spec)
+        table = ESP_TABLE if esp else self._table(spec)
         entry = self._receivers.get(table)
         if entry is not None:
             entry[1] -= 1
@@ -471,7 +476,20 @@ class Daemon:
         errors: list[str] = []
         for name in plan.remove:
             await self._remove(name)
+        rekeyed = []
+        for name in plan.restart:
+            member = self.members.get(name)
+            if member is not None and _only_keys_differ(member.config, wanted.tunnels[name]):
+                # New ESP keys (the file's content, or another file): the same device, no packet dropped.
+                try:
+                    await self._change_to(member, wanted.tunnels[name], "reload")
+                    rekeyed.append(name)
+                except ConfigError as exc:
+                    errors.append(str(exc))
+                    log.error("daemon: %s", exc)
         for name in (*plan.restart, *plan.add):
+            if name in rekeyed:
+                continue
             if name in self.members:
                 await self._remove(name)  # changed, or a `tunnel add` one the file now declares
             try:
@@ -482,7 +500,8 @@ class Daemon:
         return {
             "added": list(plan.add),
             "removed": list(plan.remove),
-            "restarted": list(plan.restart),
+            "restarted": [name for name in plan.restart if name not in rekeyed],
+            "rekeyed": rekeyed,
             "unchanged": list(plan.unchanged),
             "errors": errors,
         }
@@ -536,7 +555,7 @@ class Daemon:
                     raise _failed(action, name, str(exc)) from None
                 sock = udp_sockets[params.encap.dport]
             else:
-                sock = self.sockets.acquire(spec, options.device)
+                sock = self.sockets.acquire(spec, options.device, params.esp is not None)
         except BaseException:
             self.claims.release(claimed)
             raise
@@ -582,7 +601,7 @@ class Daemon:
         if params.encap is not None:
             self.udp.release(params)
         else:
-            self.sockets.release(params.mode.value, device)
+            self.sockets.release(params.mode.value, device, params.esp is not None)
 
     def _check_lookup(self, tunnel: Tunnel, action: str, instead_of: Tunnel | None = None) -> None:
         """Refuse a tunnel whose local, remote and ikey another tunnel of its table already has."""
@@ -619,16 +638,20 @@ class Daemon:
 
     async def _change(self, member: Member, table: Mapping[str, Any]) -> None:
         """`ip tunnel change`: new parameters on the same device."""
-        name = member.name
-        cfg = self._build(name, table)
+        cfg = self._build(member.name, table)
         if cfg.table == member.config.table:
             return
+        await self._change_to(member, cfg, "change")
+
+    async def _change_to(self, member: Member, cfg: TunnelConfig, action: str) -> None:
+        """The tunnel of `cfg` on `member`'s device, which stays: its counters go on, its packets keep flowing."""
+        name = member.name
         old = member.prepared
         old_spec = old.tunnel.params.mode.value
         params = cfg.options.params
         spec = params.mode.value
         if spec.ethernet != old_spec.ethernet:
-            raise _failed("change", name, f"mode {old_spec.name} cannot become {spec.name} (delete and add)")
+            raise _failed(action, name, f"mode {old_spec.name} cannot become {spec.name} (delete and add)")
         try:
             underlay = udp_reach(params, await self._thread(netlink.underlay_mtu, params.remote, cfg.options.device))
             mtu = (
@@ -639,25 +662,33 @@ class Daemon:
             if mtu != old.mtu:
                 await self._thread(netlink.set_mtu, name, mtu)
         except ConfigError as exc:
-            raise _failed("change", name, str(exc)) from None
+            raise _failed(action, name, str(exc)) from None
         tunnel = Tunnel(params, ident=old.tunnel.ident)
         tunnel.link_mtu = underlay
         tunnel.device_addresses = old.tunnel.device_addresses
         tunnel.counters = old.tunnel.counters
-        self._check_lookup(tunnel, "change", instead_of=old.tunnel)
+        before_keys, after_keys = old.tunnel.params.esp, params.esp
+        if before_keys is not None and after_keys is not None:
+            # A security association that stays keeps its state: the sequence numbers sent go on (a peer's
+            # replay window would refuse them from 1 again) and so does the replay window of what came in.
+            if before_keys.outbound == after_keys.outbound:
+                tunnel.sealer = old.tunnel.sealer
+            if before_keys.inbound == after_keys.inbound:
+                tunnel.opener = old.tunnel.opener
+        self._check_lookup(tunnel, action, instead_of=old.tunnel)
         before, after = identities(old.tunnel.params), identities(params)
         taken = [i for i in after if i not in before]
-        self._claim(taken, "change", name)
+        self._claim(taken, action, name)
         udp_sockets: dict[int, socket.socket] = {}
         try:
             if params.encap is not None:
                 try:
                     udp_sockets = self.udp.acquire(params, cfg.options.device)
                 except ConfigError as exc:
-                    raise _failed("change", name, str(exc)) from None
+                    raise _failed(action, name, str(exc)) from None
                 sock = udp_sockets[params.encap.dport]
             else:
-                sock = self.sockets.acquire(spec, cfg.options.device)
+                sock = self.sockets.acquire(spec, cfg.options.device, params.esp is not None)
         except BaseException:
             self.claims.release(taken)
             raise
@@ -675,7 +706,7 @@ class Daemon:
         member.prepared = Prepared(tunnel, old.tun, sock, mtu, None, cfg.options.device, None, None, self.forwarding)
         member.prepared.udp_senders = iface.udp
         self._start_timers(member)
-        log.info("daemon: %s: changed", name)
+        log.info("daemon: %s: %s", name, "changed" if action == "change" else f"changed ({action})")
 
     def _remove(self, name: str) -> asyncio.Future[None]:
         """Take a tunnel out of the data path at once; its device is closed in a worker thread (the
@@ -704,6 +735,15 @@ class Daemon:
             if member.prepared.tunnel is iface.tunnel:
                 log.warning("daemon: %s: %s; tunnel removed", name, reason)
                 self._remove(name)
+
+
+def _only_keys_differ(old: TunnelConfig, new: TunnelConfig) -> bool:
+    """Whether `new` is `old` with other ESP keys (a reload after the key file changed, or names another)."""
+    before, after = old.options.params, new.options.params
+    if before.esp is None or after.esp is None or before.esp == after.esp:
+        return False
+    same = replace(new.options, params=replace(after, esp=before.esp))
+    return same == old.options and new.routes == old.routes and new.up == old.up
 
 
 def _overhead_changed(old: Prepared, cfg: TunnelConfig) -> bool:

@@ -18,20 +18,21 @@ from ..core.esp import EspKeys, keys_from_table
 from ..core.params import ConfigError
 
 
-def read_esp_keys(path: str) -> EspKeys:
-    """The security associations of `path`, or ConfigError (one line per mistake, no key material)."""
+def read_esp_keys(path: str, what: str = "--esp-keys") -> EspKeys:
+    """The security associations of `path`, or ConfigError (one line per mistake, no key material); `what`
+    names where the path was given (the option, or the configuration file's key)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
-        raise ConfigError(f"cannot read --esp-keys {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"--esp-keys {path} is not a regular file")
+            raise ConfigError(f"{what} {path} is not a regular file")
         loose = stat.S_IMODE(info.st_mode) & 0o077
         if loose:
             raise ConfigError(
-                f"--esp-keys {path} is readable or writable by others (mode {stat.S_IMODE(info.st_mode):04o}): "
+                f"{what} {path} is readable or writable by others (mode {stat.S_IMODE(info.st_mode):04o}): "
                 f"keys must be private to their owner; chmod 600 {path}"
             )
         with os.fdopen(fd, "rb", closefd=False) as f:
@@ -43,5 +44,5 @@ def read_esp_keys(path: str) -> EspKeys:
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         # The parser's message names a line and column, never the value found there.
         reason = str(exc) if isinstance(exc, tomllib.TOMLDecodeError) else "not UTF-8 text"
-        raise ConfigError(f"--esp-keys {path}: not valid TOML ({reason})") from None
-    return keys_from_table(table, source=f"--esp-keys {path}")
+        raise ConfigError(f"{what} {path}: not valid TOML ({reason})") from None
+    return keys_from_table(table, source=f"{what} {path}")
