@@ -25,6 +25,10 @@ outcome of every crafted packet is exact, and no genuine packet may be lost:
   stays 0; both fragments of a packet are reassembled and read whole. Packets in the clear are not ESP:
   `usertunnel up` with --esp-keys reads protocol 50 only, so A never reads them (no_tunnel stays 0; a
   daemon that also has a tunnel in the clear would count them there, see test_esp_tunnel.py).
+
+The forged packets carry sequence numbers far ahead of B's: were the anti-replay window moved before the ICV
+verified, the first forgery would push it past B's numbers, every genuine packet would then be a replay and
+the transfer would stall (checked with `Opener.open` so changed in a scratch copy: the transfer times out).
 """
 
 from __future__ import annotations
@@ -266,7 +270,7 @@ def kinds(case: Case, rng: random.Random) -> list[Kind]:
         Kind("sealed with a wrong key", TUNNEL, "esp_icv",
              one(lambda tag: sealed(case, tag, seq_ahead(), key=WRONG_KEY)), 300),
         Kind("sealed with the right key, one byte flipped after the sequence number", TUNNEL, "esp_icv",
-             one(lambda tag: flip(sealed(case, tag, seq_ahead()), 28, len(sealed(case, 0, 1)), rng)), 300),
+             one(lambda tag: flip(p := sealed(case, tag, seq_ahead()), 28, len(p), rng)), 300),
         Kind("unknown SPI, sealed with the right key", UNMATCHED, "esp_no_sa",
              one(lambda tag: sealed(case, tag, seq_ahead(), spi=rng.choice([SPI_OUT, 0x1003, 0xFFFFFFFF]))), 150),
         Kind("unknown SPI, random", UNMATCHED, "esp_no_sa",
@@ -410,6 +414,8 @@ def test_hostile_esp_flood_never_reaches_tun_loses_no_genuine_packet_and_counts_
             if index % PACE_EVERY == PACE_EVERY - 1:
                 time.sleep(PACE_SLEEP)
         flood_seconds = time.monotonic() - flood_started
+        # The flood must meet B's traffic, or "no genuine packet lost" would say nothing.
+        assert during_transfer >= len(plan) // 2, f"only {during_transfer} probes sent while the transfer ran"
         mover.join(50)
         assert not mover.is_alive(), "the TCP transfer did not finish"
         assert "error" not in transfer, transfer.get("error")
