@@ -12,6 +12,8 @@ Requests:
   {"source": [addr, port], "bytes": N, "seed": S}  -> {"sha256": "..."}: send N pseudo-random bytes
   {"inject": ifname, "packets": [hex, ...], "gap": s}  -> {"sent": N}: write each IP packet into device
       ifname with a packet socket (its own bytes: no routing, no header field filled in), `gap` s apart
+  {"send_ip": [hex, ...], "gap": s}  -> {"sent": N}: send each whole IPv4 packet (its own header on) with a
+      raw socket (IP_HDRINCL): routed by the guest to its destination, onto the underlay as it is
 
 This file is test equipment, not part of usertunnel; it uses only the standard library.
 """
@@ -94,6 +96,13 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
         with socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM) as sock:
             for packet in packets:
                 sock.sendto(packet, (request["inject"], 0x86DD if packet[0] >> 4 == 6 else 0x0800))
+                time.sleep(float(request.get("gap", 0)))
+        return {"sent": len(packets)}
+    if "send_ip" in request:
+        packets = [bytes.fromhex(text) for text in request["send_ip"]]
+        with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as sock:
+            for packet in packets:
+                sock.sendto(packet, (socket.inet_ntoa(packet[16:20]), 0))
                 time.sleep(float(request.get("gap", 0)))
         return {"sent": len(packets)}
     return {"error": f"unknown request {sorted(request)}"}

@@ -302,3 +302,9 @@ class KernelPeer:
         """Write each IP packet into the guest's device `ifname` (guest_agent's "inject")."""
         answer = self.request({"inject": ifname, "packets": [p.hex() for p in packets], "gap": gap})
         assert answer["sent"] == len(packets), answer
+
+    def send_ip(self, packets: list[bytes], gap: float = 0.0) -> None:
+        """Send whole IPv4 packets from the guest (guest_agent's "send_ip"): onto the underlay from the guest's
+        address, as if its kernel had sent them (a replayed or tampered ESP packet, say)."""
+        answer = self.request({"send_ip": [p.hex() for p in packets], "gap": gap})
+        assert answer["sent"] == len(packets), answer

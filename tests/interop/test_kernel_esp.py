@@ -563,3 +563,60 @@ def test_running_usertunnel_and_the_kernel_carry_ping_and_5mb_tcp_in_esp_and_cou
     assert inbound["packets"] == ours["tx_packets"] and outbound["packets"] == ours["rx_packets"], (inbound, outbound)
     assert (inbound["replay"], inbound["replay-window"], inbound["failed"]) == (0, 0, 0), inbound
     assert pair.close()["ut0"]["drops"] == {}
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("cell", CELLS, ids=[c.name for c in CELLS])
+@pytest.mark.matrix("usertunnel up: captured ESP replayed, and one byte flipped, refused and counted alike")
+def test_running_usertunnel_and_the_kernel_refuse_a_replayed_and_a_tampered_packet_alike(
+    pair_factory, cell: Cell
+) -> None:
+    """A ping's ESP packets are captured on the underlay; each side then gets the other's packet 2 again (a
+    replay) and packet 3 with the top byte of its sequence number flipped (a number far ahead, so the window
+    lets it through to the integrity check, which must refuse it and leave the window where it was). The
+    kernel counts them in its inbound state (replay, failed) and in /proc/net/xfrm_stat, usertunnel as the
+    drops esp_replay and esp_icv; neither device counts them as received, and the tunnel still carries."""
+    pair = pair_factory(EspPair, cell)
+    kernel = pair.kernel
+    capture = netns.Capture(NS_HOST, VETH_HOST)
+    try:
+        assert ping_from_us(), "ping from usertunnel's side to the kernel's inner address failed"
+        time.sleep(0.2)
+    finally:
+        capture.stop()
+    ours_sent = [p for p in capture.outgoing if p[9] == esp.IPPROTO_ESP]
+    theirs_sent = [p for p in capture.incoming if p[9] == esp.IPPROTO_ESP]
+    assert len(ours_sent) == len(theirs_sent) == 3, (len(ours_sent), len(theirs_sent))
+    ours_before, theirs_before = pair.counters()
+    state_before, stat_before = pair.theirs.state_stats(pair.theirs.keys.outbound), xfrm_stat(kernel)
+
+    def far_ahead(packet: bytes) -> bytes:
+        changed = bytearray(packet)
+        changed[(packet[0] & 0x0F) * 4 + 4] ^= 0x80  # the sequence number's top byte: + 2**31
+        return bytes(changed)
+
+    send_underlay([ours_sent[1], far_ahead(ours_sent[2])], gap=0.05)  # to the kernel
+    kernel.send_ip([theirs_sent[1], far_ahead(theirs_sent[2])], gap=0.05)  # to usertunnel
+    assert wait_until(lambda: len(grew(stat_before, xfrm_stat(kernel))) == 2)
+    assert wait_until(lambda: sum(usertunnel_stats("ut0")["drops"].values()) == 2)
+    state = pair.theirs.state_stats(pair.theirs.keys.outbound)
+    assert grew(state_before, state) == {"replay": 1, "failed": 1}, state
+    assert grew(stat_before, xfrm_stat(kernel)) == {"XfrmInStateSeqError": 1, "XfrmInStateProtoError": 1}
+    ours_after, theirs_after = pair.counters()
+    assert ours_after["drops"] == {"esp_icv": 1, "esp_replay": 1}, ours_after["drops"]
+    assert (ours_after["rx_packets"], theirs_after["rx"]["packets"]) == (
+        ours_before["rx_packets"],
+        theirs_before["rx"]["packets"],
+    ), "a refused packet was counted as received"
+    # ip_vti counts what its states refuse as receive errors and drops of its device (vti_rcv_cb); ip_gre
+    # never sees the packet (the ESP layer below it refused it).
+    refused = 2 if cell.shape == "vti" else 0
+    assert theirs_after["rx"]["errors"] - theirs_before["rx"]["errors"] == refused, theirs_after["rx"]
+    # Neither window moved for the forgery far ahead: the next genuine packets pass both ways.
+    assert ping_from_us(), "ping after the replay and the forgery failed"
+    assert kernel.sh(f"ping -c 3 -i 0.2 -W 2 {OURS}")["rc"] == 0, "ping from the kernel's side failed after them"
+    ours_end, theirs_end = pair.counters()
+    assert (
+        ours_end["tx_packets"] == theirs_end["rx"]["packets"] and theirs_end["tx"]["packets"] == ours_end["rx_packets"]
+    )
+    assert pair.close()["ut0"]["drops"] == {"esp_icv": 1, "esp_replay": 1}
