@@ -82,6 +82,23 @@ VARIANTS = [
         {"flowlabel": LABEL, "ttl": 64, "encaplimit": None},
     ),  # fmt: skip
     Variant(
+        "ipip6-tclass-hoplimit-inherit",
+        "ipip6",
+        "ip -6 tunnel add kt0 mode ipip6 local {local} remote {remote}"
+        f" flowlabel {LABEL:#x} tclass inherit hoplimit 0",
+        ("--flowlabel", f"{LABEL:x}", "--tos", "inherit", "--ttl", "inherit"),
+        False,
+        {"flowlabel": LABEL, "ttl": None, "tos": None},
+    ),  # hoplimit 0: the inner TTL (ip6_tnl_xmit)
+    Variant(
+        "ip6ip6-tclass-hoplimit-flowlabel-inherit",
+        "ip6ip6",
+        "ip -6 tunnel add kt0 mode ip6ip6 local {local} remote {remote} flowlabel inherit tclass inherit hoplimit 0",
+        ("--flowlabel", "inherit", "--tos", "inherit", "--ttl", "inherit"),
+        True,
+        {"flowlabel": None, "ttl": None, "tos": None},
+    ),  # every inner packet has a flow label of its own (same_inner), so none gets an automatic one
+    Variant(
         "ip6gre-key",
         "ip6gre",
         f"ip -6 tunnel add kt0 mode ip6gre local {{local}} remote {{remote}} key 1234 flowlabel {LABEL:#x}",
