@@ -6,6 +6,15 @@ same inner packet and the same options. The kernel's automatic flow label is a
 keyed hash nobody can reproduce, so the IPv6 tunnels get a fixed flow label on
 both sides; the IPv4 identification of sit packets is copied from the kernel's
 packet, as in test_kernel.
+
+And the same inner packets (TCP, UDP and ICMP over several TOS/traffic class and
+TTL/hop limit values, and of the full MTU) are written into both tunnel devices:
+what the running `usertunnel up` puts on the wire must be what the kernel puts
+there, byte for byte (over IPv6 nothing is masked: no identification, no header
+checksum, a fixed or inherited flow label; over IPv4 (sit) the identification
+and header checksum, same_inner), but for the one field we set unlike Linux on
+purpose (ip6gre's outer ECN, checked on both sides); and each side must count as
+received every packet the other counts as sent.
 """
 
 from __future__ import annotations
