@@ -1098,9 +1098,9 @@ def test_ttl_and_tos_out_of_range_are_refused(kw: dict[str, Any], message: str) 
 
 def test_unknown_mode_lists_the_accepted_ones() -> None:
     with pytest.raises(
-        ConfigError, match="unknown mode 'vti6'; accepted: gre, ipip, sit, isatap, ipip6, ip6ip6, ip6gre"
+        ConfigError, match="unknown mode 'vti7'; accepted: gre, ipip, sit, isatap, ipip6, ip6ip6, ip6gre"
     ):
-        Mode.from_name("vti6")
+        Mode.from_name("vti7")
     assert Mode.from_name("ipip") is Mode.IPIP
     assert Mode.from_name("ip6gre") is Mode.IP6GRE
 

@@ -297,3 +297,59 @@ def test_the_daemon_runs_vti_from_its_file_and_a_reload_with_new_keys_keeps_the_
     assert '"vti"' in shown.stdout.decode()
     for secret in (KEY_AB, KEY_BA, new_ab, new_ba):
         assert secret.hex() not in everything
+
+
+# --- vti6: IPv6 in ESP over IPv6 (Linux's ip6_vti) -----------------------------------------------------------
+
+A6, B6 = bytes.fromhex("20010db8000100000000000000000001"), bytes.fromhex("20010db8000100000000000000000002")
+VTI6 = {"ttl": 64, "tos": None, "pmtudisc": False, "flowlabel": None, "encaplimit": None}
+
+
+def test_vti6_sends_esp_over_ipv6_carrying_the_inner_packet_and_the_peer_opens_it() -> None:
+    a = Tunnel(TunnelParams("a", Mode.VTI6, A6, B6, esp=esp.EspKeys(SA_AB, SA_BA), **VTI6))  # type: ignore[arg-type]
+    b = Tunnel(TunnelParams("b", Mode.VTI6, B6, A6, esp=esp.EspKeys(SA_BA, SA_AB), **VTI6))  # type: ignore[arg-type]
+    from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
+
+    inner = bytes(IPv6(src="2001:db8:100::1", dst="2001:db8:100::2", tc=0x2B, fl=0x12345) / ICMPv6EchoRequest())
+    packet = a.encapsulate(inner)
+    assert isinstance(packet, bytes)
+    outer = IPv6(packet)
+    # xfrm6_tunnel_encap_add: hop limit 64, the inner traffic class (CE sent as ECT(0)), the inner flow label.
+    assert (outer.nh, outer.hlim, outer.tc, outer.fl) == (50, 64, 0x2A, 0x12345)
+    assert outer.plen == len(packet) - 40 and len(packet) - len(inner) <= a.params.header_length
+    opened = esp.Opener(SA_AB).open(packet[40:])
+    assert opened == (41, inner)  # ESP tunnel mode: the inner IPv6 packet, next header 41
+    demux = Demux()
+    demux.add(b)
+    got = demux.decapsulate6(50, A6, B6, outer.tc, packet[40:])
+    assert isinstance(got, Received) and got.tunnel is b and bytes(got.inner) == inner
+    assert demux.decapsulate6(50, A6, B6, outer.tc, packet[40:]) is Drop.ESP_REPLAY
+    assert demux.decapsulate6(50, A6, A6, 0, packet[40:]) is Drop.ESP_NO_SA  # not to our address
+    clear = Tunnel(TunnelParams("c", Mode.IP6IP6, A6, B6, encaplimit=None)).encapsulate(inner)
+    assert isinstance(clear, bytes)
+    assert demux.decapsulate6(41, A6, B6, 0, clear[40:]) is Drop.NO_TUNNEL  # in the clear: no protected tunnel
+
+
+@pytest.mark.netns
+def test_vti6_carries_ping_and_tcp_between_namespaces_over_ipv6(lab: Lab, tmp_path: Path) -> None:
+    from pyroute2 import NetNS
+
+    under = ("2001:db8:1::1", "2001:db8:1::2")
+    for ns, veth, address in ((lab.a, lab.veth_a, under[0]), (lab.b, lab.veth_b, under[1])):
+        lab.run(ns, ["sysctl", "-q", "-w", "net.ipv6.conf.all.accept_dad=0", f"net.ipv6.conf.{veth}.accept_dad=0"])
+        with NetNS(ns) as handle:
+            handle.addr("add", index=handle.link_lookup(ifname=veth)[0], address=address, prefixlen=64)
+    keys_a = write_keys(tmp_path / "a.toml", KEYS_A)
+    keys_b = write_keys(tmp_path / "b.toml", KEYS_B)
+    inner = ("2001:db8:100::1", "2001:db8:100::2")
+    ends = []
+    for i, (ns, keys) in enumerate(((lab.a, keys_a), (lab.b, keys_b))):
+        args = ["--mode", "vti6", "--local", under[i], "--remote", under[1 - i], "--name", "tun0", "--key", "1"]
+        ends.append(lab.start(ns, [*args, "--address", f"{inner[i]}/64", "--esp-keys", keys]))
+    ping = lab.run(lab.a, ["ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", inner[1]])
+    assert ping.returncode == 0, ping.stdout.decode() + "\n".join(ends[0].lines + ends[1].lines)
+    sent, received = tcp_transfer(lab.a, lab.b, inner[1], 5202, 512 * 1024)
+    assert sent == received
+    stats_a, stats_b = ends[0].stop(), ends[1].stop()
+    assert stats_b["tun0"]["rx_packets"] > 50 and not stats_b["tun0"]["drops"], stats_b
+    assert stats_a["tun0"]["rx_packets"] > 20 and not stats_a["tun0"]["drops"], stats_a

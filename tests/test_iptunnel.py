@@ -280,7 +280,7 @@ ERRORS = [
     ("add t mode vti mode gre", False, "You managed to ask for more than one tunnel mode."),
     ("add t mode gre mode ipip6", False, 'Unknown tunnel mode "ipip6"'),
     ("add t mode gre6", True, 'Unknown tunnel mode "gre6"'),
-    ("add t mode vti6", False, 'Unknown tunnel mode "vti6"'),
+    ("add t mode vti7", False, 'Unknown tunnel mode "vti7"'),
     ("add t mode gre mode ipip", False, "You managed to ask for more than one tunnel mode."),
     ("add t mode gretap mode sit", False, "You managed to ask for more than one tunnel mode."),
     ("add t remote 203.0.113.1", False, "cannot determine tunnel mode (ipip, gre, gretap, sit or isatap)"),

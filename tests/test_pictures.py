@@ -36,6 +36,7 @@ SVG = "{http://www.w3.org/2000/svg}"
 # vti: the outer header as xfrm writes it, and keys (any: the picture shows the SPI and sequence number only).
 _SA = esp.SecurityAssociation(0x1001, esp.GCM, bytes(range(20)))
 VTI = dict(zip(("ttl", "tos", "pmtudisc"), VTI_OUTER, strict=True)) | {"esp": esp.EspKeys(_SA, _SA)}
+VTI6 = {"flowlabel": None, "encaplimit": None}  # vti6: xfrm's IPv6 header
 
 
 def mode_packet(mode: Mode) -> bytes:
@@ -49,7 +50,7 @@ def mode_packet(mode: Mode) -> bytes:
         remote=None if mode is Mode.ISATAP else ipaddress.ip_address(remote).packed,
         ikey=1234 if mode.value.is_gre else None,
         okey=1234 if mode.value.is_gre else None,
-        **(VTI if mode.value.esp else {}),  # type: ignore[arg-type]
+        **(VTI | (VTI6 if v6 else {}) if mode.value.esp else {}),  # type: ignore[arg-type]
     )
     ping4 = IP(src="203.0.113.1", dst="203.0.113.2", id=7) / ICMP(id=1, seq=1) / b"ping"
     if mode.value.ethernet:

@@ -260,8 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="over IPv4: gre (default; carries IPv4 and IPv6), ipip (IPv4 in IPv4), sit (IPv6 in IPv4), "
         "isatap (sit with RFC 5214's rules); over IPv6: ipip6 (IPv4 in IPv6), ip6ip6 (IPv6 in IPv6), "
         "ip6gre (GRE over IPv6); gretap (Ethernet frames over GRE, through a TAP device: one L2 segment "
-        "across the tunnel) and ip6gretap (the same over IPv6); vti (IPv4 in IPsec ESP tunnel mode, as Linux's ip_vti: "
-        "needs --esp-keys). --local and --remote are of the outer family",
+        "across the tunnel) and ip6gretap (the same over IPv6); vti (IPv4 in IPsec ESP tunnel mode, as "
+        "Linux's ip_vti: needs --esp-keys) and vti6 (IPv6 in ESP over IPv6, Linux's ip6_vti). --local and "
+        "--remote are of the outer family",
     )
     ends.add_argument(
         "--local",
@@ -820,6 +821,14 @@ def params_from_args(args: argparse.Namespace) -> TunnelParams:
                 "the inner packet), as on Linux: no --ttl, --tos or --nopmtudisc"
             )
         ttl, tos, pmtudisc = VTI_OUTER
+        if spec.outer == 6:  # vti6: xfrm's IPv6 header, no encapsulation limit option
+            given = [f"--{name}" for name, value in ipv6_only.items() if value is not _DEFAULT]
+            if given:
+                raise ConfigError(
+                    f"mode {spec.name}: the outer IPv6 header is xfrm's (the inner traffic class and flow label, no "
+                    f"encapsulation limit option): no {' or '.join(given)}"
+                )
+            outer6 = {"flowlabel": None, "encaplimit": None}
     encap = _encap_from_args(args)
     esp = None
     if args.esp_keys is not None:

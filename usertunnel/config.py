@@ -197,7 +197,11 @@ _BELONGS: tuple[tuple[frozenset[str], str, Callable[[ModeSpec], bool]], ...] = (
         lambda m: m.is_gre or m.esp,
     ),
     (frozenset({"ttl", "tos", "pmtudisc"}), "an outer header setting (vti's are xfrm's)", lambda m: not m.esp),
-    (frozenset({"encaplimit", "flowlabel"}), "an IPv6 outer header's option", lambda m: m.outer == 6),
+    (
+        frozenset({"encaplimit", "flowlabel"}),
+        "an IPv6 outer header's option",
+        lambda m: m.outer == 6 and not m.esp,
+    ),
     (frozenset({"6rd_prefix", "6rd_relay_prefix"}), "a 6rd setting", _is_sit),
     (frozenset({"prl"}), "an ISATAP potential router list", lambda m: m.isatap),
     (frozenset({"keepalive"}), "a keepalive (GRE over IPv4)", lambda m: m.is_gre and m.outer == 4 and not m.ethernet),
@@ -568,6 +572,8 @@ def _build(name: str, r: _Reader, *, coalesce: bool, batch: bool) -> TunnelConfi
         raise r.refuse("6rd_relay_prefix", "needs 6rd_prefix (alone, it changes nothing)")
     tos = r.get("tos", _hex_or_int(parse_tos, 0xFF, "tos"), VTI_OUTER[1] if spec.esp else DEFAULT_TOS)
     outer6: dict[str, Any] = {key: r.get(key, convert) for key, convert in _OUTER6.items() if key in folded}
+    if spec.esp and spec.outer == 6:  # vti6: xfrm's IPv6 header (flowlabel and encaplimit refused in _BELONGS)
+        outer6 = {"flowlabel": None, "encaplimit": None}
     encap = _encap(r, spec.outer)
     esp = r.get("esp_keys", _esp_keys, None)
 

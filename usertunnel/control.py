@@ -741,7 +741,7 @@ Print every running tunnel (or the one named) the way `ip tunnel show`
 
 PROTO/ip and PROTO/ipv6 are iproute2's words for the mode: gre/ip (gre,
 gretap), ip/ip (ipip, vti), ipv6/ip (sit, isatap, with its routers: pdr|pr ADDR),
-ip/ipv6 (ipip6), ipv6/ipv6 (ip6ip6), gre/ipv6 (ip6gre, ip6gretap); -j gives
+ip/ipv6 (ipip6), ipv6/ipv6 (ip6ip6, vti6), gre/ipv6 (ip6gre, ip6gretap); -j gives
 the mode itself. ttl inherit copies the inner TTL; tos is printed only when
 not 0; nopmtudisc means DF is copied from the inner packet instead of always
 set. Then one line per GRE option:
@@ -786,7 +786,7 @@ instance's raw socket sees every GRE (or IPIP) packet, so this includes
 packets for other instances and other hosts' tunnels.
 
 -j prints a JSON list, one object per tunnel, with these stable fields:
-  name, mode ("gre"|"ipip"|"sit"|"isatap"|"ipip6"|"ip6ip6"|"ip6gre"|"gretap"|"ip6gretap"|"vti"),
+  name, mode ("gre"|"ipip"|"sit"|"isatap"|"ipip6"|"ip6ip6"|"ip6gre"|"gretap"|"ip6gretap"|"vti"|"vti6"),
   local, remote (null = any), dev (null = none),
   ikey, okey (null = no key), iseq, oseq, icsum, ocsum, pmtudisc (booleans),
   ttl (null = inherit), tos (null = inherit),

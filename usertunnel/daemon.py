@@ -113,17 +113,25 @@ class Sockets:
         self._senders: dict[tuple[int, str | None], list[Any]] = {}  # (outer version, device) -> [socket, users]
 
     @staticmethod
+    def _esp_table(spec: ModeSpec) -> int:
+        return ESP_TABLE + (256 if spec.outer == 6 else 0)  # ESP's raw socket over IPv4, or over IPv6
+
+    @staticmethod
     def _table(spec: ModeSpec) -> int:
         return spec.table & 0x1FF  # gretap shares GRE's socket: the demux tells them apart
 
     def acquire(self, spec: ModeSpec, device: str | None, esp: bool = False) -> socket.socket:
         """The socket a tunnel of `spec` sends through; its receiving socket is read from then on. With
         `esp` (--esp-keys, vti), ESP's (protocol 50): protected tunnels are found by SPI, not by a filter."""
-        table = ESP_TABLE if esp else self._table(spec)
+        table = self._esp_table(spec) if esp else self._table(spec)
         entry = self._receivers.get(table)
         if entry is None and esp:
-            receiver = open_raw(ESP_TABLE)
-            self.dataplane.add_esp(receiver)
+            if spec.outer == 4:
+                receiver = open_raw(ESP_TABLE)
+                self.dataplane.add_esp(receiver)
+            else:  # vti6: the IPv6 receive path hands next header 50 to the demux's ESP
+                receiver = open_raw6_receiver(ESP_TABLE)
+                self.dataplane.add_socket(table, receiver)
             entry = self._receivers[table] = [receiver, 0]
         elif entry is None:
             receiver = open_raw(spec.ip_protocol) if spec.outer == 4 else open_raw6_receiver(spec.ip_protocol)
@@ -163,7 +171,7 @@ class Sockets:
                 if sender[1] <= 0:
                     sender[0].close()
                     del self._senders[key]
-        table = ESP_TABLE if esp else self._table(spec)
+        table = self._esp_table(spec) if esp else self._table(spec)
         entry = self._receivers.get(table)
         if entry is not None:
             entry[1] -= 1

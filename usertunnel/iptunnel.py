@@ -45,7 +45,7 @@ PROGRAM6 = "usertunnel -6 tunnel"
 HELP = f"""\
 Usage: {PROGRAM} {{ add | change | del | show | prl | 6rd }} [ NAME ]
           [ mode {{ ipip | gre | gretap | sit | isatap | vti |
-                   ipip6 | ip6ip6 | ip6gre | ip6gretap }} ]
+                   ipip6 | ip6ip6 | ip6gre | ip6gretap | vti6 }} ]
           [ remote ADDR ] [ local ADDR ]
           [ [i|o]seq ] [ [i|o]key KEY ] [ [i|o]csum ]
           [ prl-default ADDR ] [ prl-nodefault ADDR ] [ prl-delete ADDR ]
@@ -64,7 +64,7 @@ DEFAULT_HOP_LIMIT = 64  # DEFAULT_TNL_HOP_LIMIT in ip6tunnel.c
 
 HELP6 = f"""\
 Usage: {PROGRAM6} {{ add | change | del | show }} [ NAME ]
-          [ mode {{ ip6ip6 | ipip6 | ip6gre | ip6gretap | any }} ]
+          [ mode {{ ip6ip6 | ipip6 | ip6gre | ip6gretap | vti6 | any }} ]
           [ remote ADDR local ADDR ] [ dev PHYS_DEV ]
           [ encaplimit ELIM ]
           [ hoplimit TTL ] [ tclass TCLASS ] [ flowlabel FLOWLABEL ]
@@ -83,7 +83,7 @@ usertunnel has no counterpart (tclass inherit copies the inner DSCP).
 """
 
 MODES4 = ("gre", "ipip", "sit", "isatap", "gretap")  # outer IPv4: `ip tunnel`
-MODES6 = ("ipip6", "ip6ip6", "ip6gre", "ip6gretap")  # outer IPv6: `ip -6 tunnel`
+MODES6 = ("ipip6", "ip6ip6", "ip6gre", "ip6gretap", "vti6")  # outer IPv6: `ip -6 tunnel`
 
 # Table keys beyond the config file's vocabulary: `ip -6 tunnel` words usertunnel's core has no
 # counterpart for yet. They are kept (never dropped silently) so that the daemon can refuse them.
@@ -392,9 +392,10 @@ _MODE_WORDS6 = {
     "ip6gretap": "ip6gretap",  # usertunnel's own, as gretap in the IPv4 grammar
     "any/ipv6": "any",
     "any": "any",
+    "vti6": "vti6",  # ip6_vti: IPv6 in ESP tunnel mode over IPv6
 }
 # tunnel_mode_is_ipv6(): a first `mode` word that sends `ip tunnel` to `ip -6 tunnel`.
-_HANDED_TO_IPV6 = frozenset(_MODE_WORDS6) | {"vti6"}
+_HANDED_TO_IPV6 = frozenset(_MODE_WORDS6)
 
 
 def _mode4(words: _Words, state: _State) -> None:
@@ -767,6 +768,7 @@ _STRPROTO = {
     "ip6gre": "gre/ipv6",
     "ip6gretap": "gre/ipv6",
     "vti": "ip/ip",  # as Linux prints a vti device: its inner and outer are IPv4
+    "vti6": "ipv6/ipv6",
 }
 # A sit device's 6rd prefix before any `6rd` command: the 6to4 prefix (ipip6_tunnel_clone_6rd in sit.c).
 DEFAULT_6RD = {"prefix": "2002::/16", "relay_prefix": "0.0.0.0/0"}

@@ -234,7 +234,9 @@ def _open(options: UpOptions, params: TunnelParams, underlay: int, mtu: int, cla
     if params.mode.value.outer == 6:
         sock = open_raw6_sender(options.device)
         try:
-            receiver = open_raw6_receiver(params.mode.value.ip_protocol, options.device)
+            # vti6: what arrives is ESP (next header 50); the SPI finds the tunnel.
+            protocol = ESP_TABLE if params.esp is not None else params.mode.value.ip_protocol
+            receiver = open_raw6_receiver(protocol, options.device)
         except BaseException:
             sock.close()
             raise
@@ -467,7 +469,8 @@ def wire(dataplane: Dataplane, prepared: Prepared) -> None:
         )  # fmt: skip
         return
     if prepared.receiver is not None:
-        dataplane.add_socket(prepared.tunnel.params.mode.value.table, prepared.receiver)
+        table = ESP_TABLE + 256 if prepared.tunnel.params.esp is not None else prepared.tunnel.params.mode.value.table
+        dataplane.add_socket(table, prepared.receiver)
         dataplane.add_sender(prepared.sock)
     elif prepared.tunnel.params.esp is not None:
         dataplane.add_esp(prepared.sock)

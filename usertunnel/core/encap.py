@@ -468,7 +468,8 @@ class Tunnel:
             return header
         if self.sealer is None:
             return header + bytes(inner)
-        sealed = esp.protect_ipv4(self.sealer, header + bytes(inner))
+        protect = esp.protect_ipv6 if self.params.mode.value.outer == 6 else esp.protect_ipv4
+        sealed = protect(self.sealer, header + bytes(inner))
         if isinstance(sealed, Drop):
             self.counters.tx_failed(len(inner), sealed)
         return sealed
@@ -735,8 +736,32 @@ class Demux:
     ) -> Result:
         """A packet read from a raw IPv6 socket, which delivers no IPv6 header: the kernel has checked it
         and stepped over its extension headers (an encapsulation limit option included); the source,
-        destination and traffic class come with it as ancillary data (IPV6_PKTINFO, IPV6_TCLASS)."""
+        destination and traffic class come with it as ancillary data (IPV6_PKTINFO, IPV6_TCLASS). ESP (50):
+        vti6."""
+        if protocol == esp.IPPROTO_ESP:
+            return self._decapsulate_esp6(src, dst, tclass, memoryview(payload), now)
         return self._decapsulate(protocol + 256, src, dst, tclass, memoryview(payload), now)
+
+    def _decapsulate_esp6(self, src: bytes, dst: bytes, tclass: int, payload: memoryview, now: float) -> Result:
+        """ESP over IPv6 (vti6): the security association by SPI and destination, opened, then what it
+        carried decided among protected tunnels, as `decapsulate_esp` does over IPv4."""
+        spi = esp.spi_of(payload)
+        if spi is None:
+            return self.unmatched.drop(Drop.ESP_TRUNCATED)
+        tunnel = self.by_spi.get(spi)
+        if tunnel is None or dst != tunnel.params.local or self._protected is None:
+            return self.unmatched.drop(Drop.ESP_NO_SA)
+        assert tunnel.opener is not None
+        opened = tunnel.opener.open(payload)
+        if isinstance(opened, Drop):
+            return tunnel.counters.drop(opened)
+        next_header, inner = opened
+        result = self._protected._decapsulate(next_header + 256, src, dst, tclass, memoryview(inner), now)
+        if not isinstance(result, Drop) and result.tunnel is not tunnel:
+            if isinstance(result, Received):
+                result.tunnel.counters.rx_failed(len(result.inner), Drop.NO_TUNNEL)
+            return tunnel.counters.drop(Drop.NO_TUNNEL)
+        return result
 
     def decapsulate_udp(
         self,

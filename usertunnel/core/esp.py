@@ -620,3 +620,25 @@ def unprotect_ipv4(opener: Opener, packet: bytes | bytearray | memoryview) -> by
         return opened
     next_header, payload = opened
     return b"".join((_rewrite(view[:ihl], next_header, ihl + len(payload)), payload))
+
+
+# --- over IPv6: vti6 (ESP tunnel mode, as Linux's ip6_vti) ------------------------------------------------------
+
+
+def protect_ipv6(sealer: Sealer, packet: bytes | bytearray | memoryview) -> bytes | Drop:
+    """ESP around what follows the fixed 40-byte header of the IPv6 packet `packet`, which has no extension
+    header (vti6 sends none): next header 50, the old one as ESP's next header (41: IPv6 inside, ESP tunnel
+    mode), the payload length fixed."""
+    if len(packet) < 40 or packet[0] >> 4 != 6 or 40 + ((packet[4] << 8) | packet[5]) > len(packet):
+        return Drop.OUTER_MALFORMED
+    view = memoryview(packet)
+    end = 40 + ((packet[4] << 8) | packet[5])
+    esp = sealer.seal(packet[6], view[40:end])
+    if isinstance(esp, Drop):
+        return esp
+    if len(esp) > 0xFFFF:
+        return Drop.OVERSIZE
+    header = bytearray(view[:40])
+    header[4], header[5] = len(esp) >> 8, len(esp) & 0xFF
+    header[6] = IPPROTO_ESP
+    return b"".join((header, esp))

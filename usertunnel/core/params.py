@@ -64,6 +64,8 @@ class Mode(enum.Enum):
     # Linux's ip_vti: IPv4 in ESP tunnel mode (RFC 4303), which on the wire is an ipip packet whose protocol
     # moved into ESP's next header (4). The keys select the security associations, as the kernel's marks do.
     VTI = ModeSpec("vti", 4, frozenset({4}), False, esp=True)
+    # Linux's ip6_vti: IPv6 in ESP tunnel mode over IPv6 (next header 50, ESP's next header 41).
+    VTI6 = ModeSpec("vti6", 41, frozenset({6}), False, outer=6, esp=True)
 
     @classmethod
     def from_name(cls, name: str) -> Mode:
@@ -201,11 +203,12 @@ class TunnelParams:
         if self.esp is None:
             raise ConfigError(
                 f"mode {mode.name} carries packets in ESP: give --esp-keys FILE (TOML, [out] and [in] with spi, "
-                "aead, key, icv; see README, IPsec); usertunnel up only: the daemon's configuration takes no keys "
-                "in this version"
+                'aead, key, icv; see README, IPsec), or esp_keys = "FILE" in a configuration file'
             )
-        if mode.outer != 4:
-            raise ConfigError(f"mode {mode.name}: --esp-keys runs over IPv4 outer headers in this version")
+        if mode.outer != 4 and not mode.esp:
+            raise ConfigError(
+                f"mode {mode.name}: --esp-keys runs over IPv4 outer headers in this version (over IPv6: mode vti6)"
+            )
         if self.encap is not None:
             raise ConfigError("--esp-keys and --encap: ESP inside FOU/GUE (UDP encapsulation) is not in this version")
         if self.local is None or self.remote is None or self.hub is not None:
@@ -215,6 +218,11 @@ class TunnelParams:
             )
         if self.keepalive is not None:
             raise ConfigError("--esp-keys and --keepalive: keepalives over ESP are not in this version")
+        if mode.esp and mode.outer == 6 and (self.flowlabel, self.encaplimit) != (None, None):
+            raise ConfigError(
+                f"mode {mode.name}: the outer IPv6 header is xfrm's (hop limit 64, the inner traffic class and flow "
+                "label, no encapsulation limit option), as on Linux: no --flowlabel or --encaplimit"
+            )
         if mode.esp and (self.ttl, self.tos, self.pmtudisc) != VTI_OUTER:
             raise ConfigError(
                 f"mode {mode.name}: the outer TTL, TOS and DF are xfrm's (TTL 64, TOS inherited, DF copied from the "
