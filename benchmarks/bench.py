@@ -80,6 +80,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import atexit
 import concurrent.futures
 import contextlib
 import datetime
@@ -96,6 +97,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -222,10 +224,27 @@ GRE_KSC_FOU = Route(
     "usertunnel gre key+seq+csum in FOU, UDP offloads", "usertunnel", (*GRE_KSC.options, *_FOU, "--encap-csum")
 )
 GRE_KSC_FOU_PLAIN = Route("usertunnel gre key+seq+csum in FOU, no offloads", "usertunnel", (*GRE_KSC.options, *_FOU))
+# Issue 17: IPsec. The key file is written when a run starts (ESP_KEYS stands for its path); both ends use
+# one security association each way with the same key and SPI, which is fine for a measurement.
+ESP_KEYS = "@esp-keys"
+GRE_ESP = Route("usertunnel gre key over ESP (AES-GCM-128)", "usertunnel", ("--key", "1234", "--esp-keys", ESP_KEYS))
+VTI = Route("usertunnel vti (ESP, AES-GCM-128)", "usertunnel", ("--mode", "vti", "--key", "1", "--esp-keys", ESP_KEYS))
 PATHS = (
     VETH, VXLAN, BASELINE, GRE, GRE_KSC, GRE_KSC_DERIVED, IPIP, GRE_NO_COALESCE, GRE_PER_PACKET,
-    OVS, PROTO_KSC, PROTO_PLAIN, MULTI, GRE_FOU, GRE_KSC_FOU, GRE_KSC_FOU_PLAIN,
+    OVS, PROTO_KSC, PROTO_PLAIN, MULTI, GRE_FOU, GRE_KSC_FOU, GRE_KSC_FOU_PLAIN, GRE_ESP, VTI,
 )  # fmt: skip
+
+
+def esp_keys_file() -> str:
+    """A key file for the IPsec paths (mode 0600, random AES-GCM-128 key and salt), written once per process."""
+    path = Path(tempfile.gettempdir()) / f"usertunnel-bench-esp-{os.getpid()}.toml"
+    if not path.exists():
+        sa = f'spi = 0x1000\naead = "rfc4106(gcm(aes))"\nkey = "0x{os.urandom(20).hex()}"\nicv = 128\n'
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"[out]\n{sa}\n[in]\n{sa}")
+        atexit.register(path.unlink, missing_ok=True)
+    return str(path)
 
 
 def select_paths(names: str) -> tuple[Route, ...]:
@@ -367,7 +386,8 @@ def tunnel_argv(path: Route, local: str, remote: str, inner: str) -> list[str]:
     common = ["--local", local, "--remote", remote, "--name", TUN_DEV, "--address", f"{inner}/{INNER_PREFIX}"]
     if path.kind == "baseline":
         return [sys.executable, str(BENCH_DIR / "baseline_loop.py"), *common]
-    return [sys.executable, "-m", "usertunnel", "up", *common, *path.options]
+    options = [esp_keys_file() if option == ESP_KEYS else option for option in path.options]
+    return [sys.executable, "-m", "usertunnel", "up", *common, *options]
 
 
 @contextlib.contextmanager
