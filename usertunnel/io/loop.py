@@ -279,8 +279,8 @@ class Dataplane:
             self._arm_expiry()
 
     def add_interface(self, iface: Interface) -> None:
-        # FOU/GUE: one sendmsg per packet (with its TOS and TTL) for now; ESP: each packet sealed on its own.
-        if self.batched and not iface.udp and iface.tunnel.sealer is None:
+        # FOU/GUE: one sendmsg per packet (with its TOS and TTL) for now.
+        if self.batched and not iface.udp:
             iface.batch = SendBatch(iface.sock, BATCH)
         self.demux.add(iface.tunnel)
         self.interfaces[iface.tunnel] = iface
@@ -386,6 +386,7 @@ class Dataplane:
         remote = tunnel.params.remote or bytes(4 if tunnel.params.mode.value.outer == 4 else 16)
         link_mtu = tunnel.link_mtu
         plan = tunnel.tx_plan  # see _tun_one
+        sealed = tunnel.sealer is not None  # IPsec: each packet whole, sealed in ESP (no plan)
         add_at = batch.add_at
         slots = self._tx_slots
         if slots is None:
@@ -408,6 +409,17 @@ class Dataplane:
             if inner is None:
                 continue
             n -= skip
+            if sealed:
+                packet = tunnel.encapsulate(inner, now)
+                if isinstance(packet, Drop):
+                    if packet is Drop.FRAG_NEEDED:
+                        self._too_big(iface, inner)
+                elif len(packet) > link_mtu:
+                    self._send_fragments(iface, packet)  # no DF (vti copies the inner one): cut it, as the kernel
+                else:
+                    add_at(packet, 0, 0, remote)  # the whole packet is the "header"; nothing from the slot
+                    lengths.append(n)
+                continue
             if plan is not None:
                 planned = plan(inner)
                 if planned is not None:  # it fits: no fragments, no ICMP
