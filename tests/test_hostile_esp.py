@@ -362,7 +362,9 @@ def test_hostile_esp_flood_never_reaches_tun_loses_no_genuine_packet_and_counts_
     lab.run(lab.a, ["ip", "addr", "add", f"{OTHER_A}/24", "dev", lab.veth_a])
     keys_a = write_keys(tmp_path / "a.toml", KEYS_A)
     keys_b = write_keys(tmp_path / "b.toml", KEYS_B)
-    end_a, end_b = lab.pair([*case.args, "--esp-keys", keys_a], [*case.args, "--esp-keys", keys_b])
+    # --no-coalesce on A: each packet it accepts is one write into tun0, so the sniffer there counts exactly
+    # A's rx_packets (coalesced TCP segments would reach it as one GSO packet).
+    end_a, end_b = lab.pair([*case.args, "--esp-keys", keys_a, "--no-coalesce"], [*case.args, "--esp-keys", keys_b])
 
     # B's genuine ESP, as it leaves B's veth (Ethernet header: 14 bytes); what A's TUN device receives.
     under_b = socket.inet_aton(UNDER_B)
