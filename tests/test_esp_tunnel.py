@@ -353,3 +353,30 @@ def test_vti6_carries_ping_and_tcp_between_namespaces_over_ipv6(lab: Lab, tmp_pa
     stats_a, stats_b = ends[0].stop(), ends[1].stop()
     assert stats_b["tun0"]["rx_packets"] > 50 and not stats_b["tun0"]["drops"], stats_b
     assert stats_a["tun0"]["rx_packets"] > 20 and not stats_a["tun0"]["drops"], stats_a
+
+
+def test_when_the_sequence_numbers_run_out_the_tunnel_stops_sending_counts_it_and_says_so_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import asyncio
+    import logging
+
+    from usertunnel.io.loop import Dataplane
+
+    a, _ = pair(Mode.GRE, 1234)
+    assert a.sealer is not None
+    a.sealer.seq = 0xFFFFFFFE  # one number left (no ESN: 2**32 - 1 is the last, RFC 4303 3.3.3)
+    assert isinstance(a.encapsulate(inner_packet()), bytes)
+    for _ in range(3):
+        assert a.encapsulate(inner_packet()) is Drop.ESP_SEQ_EXHAUSTED
+    assert a.counters.tx_packets == 1 and a.counters.drops == {Drop.ESP_SEQ_EXHAUSTED: 3}
+    loop = asyncio.new_event_loop()
+    try:
+        dataplane = Dataplane(loop, Demux())
+        with caplog.at_level(logging.ERROR, logger="usertunnel"):
+            for _ in range(3):
+                dataplane._exhausted(a)
+    finally:
+        loop.close()
+    said = [r.getMessage() for r in caplog.records if "exhausted" in r.getMessage()]
+    assert len(said) == 1 and "give new keys" in said[0]

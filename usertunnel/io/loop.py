@@ -218,6 +218,7 @@ class Dataplane:
         # every interface: a wakeup sends its batch before it returns).
         self._tx_slots: Slots | None = None
         self._one_slot = memoryview(bytearray(RECV_BUFFER))  # what a quiet TUN wakeup reads its packet into
+        self._exhausted_said: set[Tunnel] = set()  # tunnels whose ESP sequence numbers ran out (said once)
 
     def add_socket(self, table: int, sock: socket.socket) -> None:
         """Read the outer packets of demultiplexing table `table` (`ModeSpec.table`: the IP protocol, +256
@@ -301,6 +302,17 @@ class Dataplane:
         if demux.holding:
             self._arm_expiry()
 
+    def _exhausted(self, tunnel: Tunnel) -> None:
+        """The outbound security association has sent its last sequence number (RFC 4303 3.3.3): said once;
+        every packet after it is counted as esp_seq_exhausted."""
+        if tunnel not in self._exhausted_said:
+            self._exhausted_said.add(tunnel)
+            log.error(
+                "%s: ESP sequence numbers exhausted: nothing more can be sent with these keys (manual keys cannot "
+                "be rekeyed by the protocol); give new keys (a daemon: reload) or restart both ends",
+                tunnel.name,
+            )
+
     def add_interface(self, iface: Interface) -> None:
         # FOU/GUE: one sendmsg per packet (with its TOS and TTL) for now.
         if self.batched and not iface.udp:
@@ -382,6 +394,8 @@ class Dataplane:
         error = None
         if header is Drop.FRAG_NEEDED:
             self._too_big(iface, seen)
+        elif header is Drop.ESP_SEQ_EXHAUSTED:
+            self._exhausted(tunnel)
         elif not isinstance(header, Drop):
             if iface.udp:
                 error = self._send_udp(iface, header, inner)
@@ -437,6 +451,8 @@ class Dataplane:
                 if isinstance(packet, Drop):
                     if packet is Drop.FRAG_NEEDED:
                         self._too_big(iface, inner)
+                    elif packet is Drop.ESP_SEQ_EXHAUSTED:
+                        self._exhausted(tunnel)
                 elif len(packet) > link_mtu:
                     self._send_fragments(iface, packet)  # no DF (vti copies the inner one): cut it, as the kernel
                 else:
