@@ -295,6 +295,12 @@ def test_the_daemon_runs_vti_from_its_file_and_a_reload_with_new_keys_keeps_the_
         [shown.stdout.decode(), stats.stdout.decode(), *ends[lab.a].lines, *ends[lab.b].lines]
     ).lower()
     assert '"vti"' in shown.stdout.decode()
+    import json
+
+    (tunnel,) = json.loads(stats.stdout)
+    assert tunnel["esp"]["out"]["spi"] == 0x2001 and tunnel["esp"]["in"]["spi"] == 0x2002
+    assert tunnel["esp"]["out"]["seq"] >= 3 and tunnel["esp"]["in"]["highest"] >= 3  # the ping after the rekey
+    assert tunnel["esp"]["in"]["replay_window"] == 64 and tunnel["esp"]["out"]["aead"] == esp.GCM
     for secret in (KEY_AB, KEY_BA, new_ab, new_ba):
         assert secret.hex() not in everything
 

@@ -25,7 +25,7 @@ both sides (the netns part stays); `--dir` names the exact directory.
 
 The JSON tunnel object (`snapshot_of`); field names are stable:
   name, mode (a --mode name: "gre", "ipip", "sit", "isatap", "ipip6", "ip6ip6",
-  "ip6gre", "gretap", "ip6gretap"), local, remote (address text, null = any),
+  "ip6gre", "gretap", "ip6gretap", "vti", "vti6"), local, remote (address text, null = any),
   dev (underlay device or null), ikey, okey (0..4294967295, null = none),
   iseq, oseq, icsum, ocsum, pmtudisc (booleans), ttl (1..255, null = inherit),
   tos (0..255, null = inherit), sixrd ({prefix, relay_prefix} text or null),
@@ -37,11 +37,13 @@ The JSON tunnel object (`snapshot_of`); field names are stable:
     its own count (it also sees packets meant for other instances).
 Present only where they apply (stable names too):
   encaplimit (0..255, null = none) and flowlabel (0..0xfffff, null = inherit):
-    tunnels over IPv6 (ipip6, ip6ip6, ip6gre, ip6gretap), as `ip -6 tunnel` shows them;
+    tunnels over IPv6 (ipip6, ip6ip6, ip6gre, ip6gretap, vti6), as `ip -6 tunnel` shows them;
   encap {type ("fou" | "gue"), sport (null = auto), dport, csum}: tunnels carried in UDP (--encap);
   keepalive {state, period, retries, sent, replies, unanswered, ...}: with --keepalive;
   hub {learned, moved, expired, ...} and neighbors [{outer, key, static, idle, hosts, ...}]: hubs;
-  keepalives_reflected (count) and sequence {policy, next_expected, ...} (with iseq): counters.
+  keepalives_reflected (count) and sequence {policy, next_expected, ...} (with iseq): counters;
+  esp {out {spi, aead, icv, esn, seq}, in {spi, aead, icv, esn, replay_window, highest}}: with
+    --esp-keys (or esp_keys): each security association's public half and its sequence numbers, never a key.
 `show` answers the same objects without the counters (`COUNTERS`: stats, unmatched,
 keepalives_reflected, sequence).
 """

@@ -95,6 +95,9 @@ def describe(params: TunnelParams, mtu: int) -> str:
         parts.append("pmtudisc" if p.pmtudisc else "nopmtudisc")
     if p.encap is not None:
         parts.append(p.encap.words())
+    if p.esp is not None:
+        out, into = p.esp.outbound, p.esp.inbound
+        parts.append(f"esp {out.aead} spi out {out.spi:#x} in {into.spi:#x} replay-window {into.replay_window}")
     if p.sixrd is not None:
         r = p.sixrd
         parts.append(f"6rd-prefix {ipaddress.ip_address(r.prefix)}/{r.prefixlen}")
@@ -578,6 +581,21 @@ def keepalive_fields(tunnel: Tunnel) -> dict[str, Any]:
         fields["hub"] = tunnel.hub.counters.as_dict()
     if tunnel.params.iseq and tunnel.hub is None:
         fields["sequence"] = tunnel.iseq_window.as_dict()
+    keys = tunnel.params.esp
+    if keys is not None and tunnel.sealer is not None and tunnel.opener is not None:
+        # IPsec: each security association's public half (never its key) and where its sequence numbers are.
+        out, into = keys.outbound, keys.inbound
+        fields["esp"] = {
+            "out": {"spi": out.spi, "aead": out.aead, "icv": out.icv_bits, "esn": out.esn, "seq": tunnel.sealer.seq},
+            "in": {
+                "spi": into.spi,
+                "aead": into.aead,
+                "icv": into.icv_bits,
+                "esn": into.esn,
+                "replay_window": into.replay_window,
+                "highest": tunnel.opener.highest,
+            },
+        }
     return fields
 
 
