@@ -386,3 +386,33 @@ def test_when_the_sequence_numbers_run_out_the_tunnel_stops_sending_counts_it_an
         loop.close()
     said = [r.getMessage() for r in caplog.records if "exhausted" in r.getMessage()]
     assert len(said) == 1 and "give new keys" in said[0]
+
+
+@pytest.mark.netns
+def test_ip_tunnel_add_mode_vti_with_ikey_and_okey_finds_its_keys_as_the_kernels_mark_finds_xfrm_states(
+    lab: Lab, tmp_path: Path
+) -> None:
+    usertunnel = [sys.executable, "-m", "usertunnel"]
+    keys_dir = tmp_path / "esp"
+    keys_dir.mkdir()
+    write_keys(keys_dir / "1.toml", KEYS_A)
+    daemon = netns.UpProcess(lab.a, ["--esp-keys-dir", str(keys_dir)], command="daemon")
+    lab.ends.append(daemon)
+    daemon.wait_ready()
+    # The seed's vti line, in usertunnel's words.
+    words = ["tunnel", "add", "vti1", "mode", "vti", "local", UNDER_A, "remote", UNDER_B, "ikey", "1", "okey", "1"]
+    added = lab.run(lab.a, [*usertunnel, *words])
+    assert added.returncode == 0, added.stderr.decode()
+    lab.run(lab.a, ["ip", "addr", "add", "203.0.113.1/30", "dev", "vti1"])
+    lab.run(lab.a, ["ip", "link", "set", "vti1", "up"])
+    keys_b = write_keys(tmp_path / "b.toml", KEYS_B)
+    lab.start(lab.b, ["--mode", "vti", "--local", UNDER_B, "--remote", UNDER_A, "--key", "1", "--name", "tun0",
+                      "--address", f"{INNER_B}/30", "--esp-keys", keys_b])  # fmt: skip
+    ping = lab.ping(lab.a, INNER_B)
+    assert ping.returncode == 0, ping.stdout.decode() + "\n".join(daemon.lines)
+    # No keys file for key 2: refused in one line, naming the file it looked for.
+    words[2], words[-3], words[-1] = "vti2", "2", "2"
+    refused = lab.run(lab.a, [*usertunnel, *words])
+    assert refused.returncode != 0
+    message = refused.stderr.decode()
+    assert f"{keys_dir}/2.toml" in message and "Traceback" not in message and len(message.strip().splitlines()) == 1

@@ -669,6 +669,10 @@ def _add_daemon_parsers(sub: argparse._SubParsersAction[Any]) -> None:
                         help="as `up --no-batch`, for every tunnel")  # fmt: skip
     daemon.add_argument("--metrics", type=_checked(parse_listen), metavar="ADDR:PORT",
                         help="as `up --metrics`: every tunnel of the daemon, as they come and go")  # fmt: skip
+    daemon.add_argument("--esp-keys-dir", default="/etc/usertunnel/esp", metavar="DIR",
+                        help="where `tunnel add NAME mode vti|vti6 ... ikey K okey K` finds its keys: DIR/K.toml "
+                        "(the key selects the keys file as Linux's mark selects xfrm states; default "
+                        "%(default)s); a configuration file's tunnel names its own (esp_keys)")  # fmt: skip
     tunnel = sub.add_parser(
         "tunnel",
         help="ip tunnel's grammar against the daemon: add, change, del, show, prl, 6rd",
@@ -703,7 +707,9 @@ def _cmd_completion(args: argparse.Namespace) -> int:
 def _cmd_daemon(args: argparse.Namespace) -> int:
     from .daemon import daemon
 
-    return daemon(args.config, coalesce=args.coalesce, batch=args.batch, metrics_address=args.metrics)
+    return daemon(
+        args.config, coalesce=args.coalesce, batch=args.batch, metrics_address=args.metrics, esp_dir=args.esp_keys_dir
+    )
 
 
 def _cmd_tunnel(args: argparse.Namespace) -> int:

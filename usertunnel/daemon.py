@@ -72,7 +72,7 @@ from .control import DAEMON, ControlServer, snapshot_of
 from .core import sit
 from .core.encap import Demux, Tunnel
 from .core.fou import EncapKind
-from .core.params import ConfigError, ModeSpec, TunnelParams
+from .core.params import ConfigError, ModeSpec, TunnelParams, parse_key
 from .io import metrics, netlink, privilege, sdnotify, udp
 from .io.claim import Claims, Identity, identities
 from .io.loop import ESP_TABLE, Dataplane, Interface
@@ -100,6 +100,7 @@ T = TypeVar("T")
 CONFIG = "config"  # a tunnel the config file declares (reload may change or delete it)
 DAEMON_REFRESH_DELAY = 0.25  # seconds: the claims and filters are rebuilt once for changes that come in a row
 COMMAND = "command"  # a tunnel `usertunnel tunnel add` made (reload leaves it alone)
+ESP_KEYS_DIR = "/etc/usertunnel/esp"  # `tunnel add ... mode vti ikey K`: the keys of K are ESP_KEYS_DIR/K.toml
 
 
 class Sockets:
@@ -308,9 +309,11 @@ class Daemon:
         config_path: str | None = None,
         coalesce: bool = True,
         batch: bool = True,
+        esp_dir: str = ESP_KEYS_DIR,
     ) -> None:
         self.loop = loop
         self.config_path = config_path
+        self.esp_dir = esp_dir  # `tunnel add ... mode vti ikey K`: its keys file is ESP_DIR/K.toml
         self.coalesce = coalesce
         self.demux = Demux()
         self.dataplane = Dataplane(loop, self.demux, None, batched=batch)
@@ -424,7 +427,7 @@ class Daemon:
             raise ConfigError("a tunnel command is {action, name, table}")
         async with self.lock:
             if action == "add":
-                cfg = self._build(name or _pattern(table), {"up": False} | table)
+                cfg = self._build(name or _pattern(table), {"up": False, **self._esp_keys_for(table)})
                 member = await self._add(cfg, COMMAND, action="add")
                 return {"tunnels": [member.name]}
             if name is None:
@@ -446,6 +449,20 @@ class Daemon:
                 await self._change(member, _sixrd_table(member.config.table, table))
                 return {"tunnels": [name]}
         raise ConfigError(f"unknown tunnel action {action!r}: add, change, del, prl or 6rd")
+
+    def _esp_keys_for(self, table: Mapping[str, Any]) -> Mapping[str, Any]:
+        """`ip tunnel add NAME mode vti ... ikey K okey K` has no words for keys: as the kernel's mark selects
+        xfrm states, the key selects a keys file, ESP_DIR/K.toml (`daemon --esp-keys-dir`)."""
+        mode = table.get("mode")
+        if mode not in ("vti", "vti6") or "esp_keys" in table:
+            return table
+        key = table.get("ikey", table.get("key"))
+        if key is None:
+            raise ConfigError(
+                f"mode {mode}: give ikey and okey (or key): the key selects the tunnel's keys file, "
+                f"{self.esp_dir}/KEY.toml, as the kernel's mark selects its xfrm states"
+            )
+        return {**table, "esp_keys": str(Path(self.esp_dir) / f"{parse_key(str(key))}.toml")}
 
     async def _cmd_reload(self, message: dict[str, Any]) -> dict[str, Any]:
         """`usertunnel reload`: as SIGHUP. A refusal answers {"error", "refused": "configuration"}: the file
@@ -799,7 +816,11 @@ def _summary(answer: Mapping[str, Any]) -> str:
 
 
 def daemon(
-    config_path: str | None, coalesce: bool = True, batch: bool = True, metrics_address: tuple[str, int] | None = None
+    config_path: str | None,
+    coalesce: bool = True,
+    batch: bool = True,
+    metrics_address: tuple[str, int] | None = None,
+    esp_dir: str = ESP_KEYS_DIR,
 ) -> int:
     """`usertunnel daemon`: check the privileges and the config file (exit 2 through ConfigError if either
     falls short), then serve."""
@@ -814,7 +835,7 @@ def daemon(
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
             loop = runner.get_loop()
-            return runner.run(Daemon(loop, config_path, coalesce, batch).serve(initial, listener))
+            return runner.run(Daemon(loop, config_path, coalesce, batch, esp_dir).serve(initial, listener))
     finally:
         if listener is not None:
             listener.close()  # a no-op once the exporter has closed it

@@ -619,7 +619,7 @@ def _tunnel4(action: str, words: _Words) -> TunnelCommand:
     # `change NAME ...` starts from the running tunnel in iproute2: what it holds is unknown here,
     # so the checks that need it are left to the daemon.
     known = action != "change" or explicit is not None
-    if ("ikey" in table or "okey" in table) and mode not in ("gre", "gretap") and known:
+    if ("ikey" in table or "okey" in table) and mode not in ("gre", "gretap", "vti") and known:  # VTI_ISVTI
         raise IpTunnelError("Keys are not allowed with ipip and sit tunnels")
     remote = table.get("remote")
     if _is_multicast4(remote) and mode in ("gre", "gretap"):
