@@ -18,6 +18,7 @@ in /proc/net/xfrm_stat, our core as Drop reasons.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import same_inner
 from kernel_peer import GUEST_ADDR, HOST_ADDR, NS_HOST, VETH_HOST, KernelPeer
 from scapy.layers.inet import ICMP, IP
 from test_kernel import (
@@ -620,3 +622,84 @@ def test_running_usertunnel_and_the_kernel_refuse_a_replayed_and_a_tampered_pack
         ours_end["tx_packets"] == theirs_end["rx"]["packets"] and theirs_end["tx"]["packets"] == ours_end["rx_packets"]
     )
     assert pair.close()["ut0"]["drops"] == {"esp_icv": 1, "esp_replay": 1}
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("cell", CELLS, ids=[c.name for c in CELLS])
+@pytest.mark.matrix("usertunnel up's ESP = kernel's for the same inner packets (opened; IV, ICV, ID masked)")
+def test_running_usertunnel_seals_what_the_kernel_seals_for_the_same_inner_packets(pair_factory, cell: Cell) -> None:
+    """The same inner packets (TCP, UDP, ICMP over several TOS, TTL and DF values, two of the full MTU; for gre
+    IPv6 ones too) written into our ut0 and the kernel's device: each side puts one ESP packet per inner packet
+    on the wire, of the same length (the same padding and ICV), with the same outer header but for the
+    identification and checksum; opened with each side's keys, the packets under ESP (ipip-shaped for vti, GRE
+    for gre) are the same field for field but for the identification (same_inner.masked)."""
+    pair = pair_factory(EspPair, cell)
+    mtu = json.loads(netns.run(NS_HOST, ["ip", "-j", "link", "show", "dev", "ut0"], check=True).stdout)[0]["mtu"]
+    packets = same_inner.inner_packets("ipip" if cell.shape == "vti" else "gre", mtu)
+    capture = netns.Capture(NS_HOST, VETH_HOST)
+    try:
+        same_inner.inject(NS_HOST, "ut0", packets)
+        pair.kernel.inject(pair.device, packets, gap=same_inner.GAP)
+        wait_until(lambda: min(len(capture.incoming), len(capture.outgoing)) >= len(packets))
+        time.sleep(0.3)  # a second packet for any inner one would show up now
+    finally:
+        capture.stop()
+    ours = [p for p in capture.outgoing if p[9] == esp.IPPROTO_ESP]
+    theirs = [p for p in capture.incoming if p[9] == esp.IPPROTO_ESP]
+    assert (len(ours), len(theirs)) == (len(packets), len(packets)), (len(ours), len(theirs), len(packets))
+    keys = pair.theirs.keys
+    assert [esp_fields(p)[:2] for p in ours] == [(keys.outbound.spi, n) for n in range(1, len(packets) + 1)]
+    assert [esp_fields(p)[:2] for p in theirs] == [(keys.inbound.spi, n) for n in range(1, len(packets) + 1)]
+    our_opener, their_opener = esp.Opener(keys.outbound), esp.Opener(keys.inbound)
+    differ = []
+    for inner, sent_by_us, sent_by_kernel in zip(packets, ours, theirs, strict=True):
+        a, b = same_inner.masked(sent_by_us), same_inner.masked(same_inner.mirrored(sent_by_kernel, None))
+        found = [] if len(a) == len(b) else [f"ESP packet length: ours {len(a)}, the kernel's {len(b)}"]
+        if a[:20] != b[:20]:
+            found += [f"ESP packet {d}" for d in same_inner.differences(a[:20], b[:20])]
+        opened_ours, opened_theirs = (
+            esp.unprotect_ipv4(our_opener, sent_by_us),
+            esp.unprotect_ipv4(their_opener, sent_by_kernel),
+        )
+        assert isinstance(opened_ours, bytes) and isinstance(opened_theirs, bytes), (opened_ours, opened_theirs)
+        assert same_inner.inner_of(opened_ours) == inner, "our ESP does not carry the inner packet"
+        a, b = same_inner.masked(opened_ours), same_inner.masked(same_inner.mirrored(opened_theirs, None))
+        if a != b:
+            found += same_inner.differences(a, b)
+        if found:
+            differ.append(f"{same_inner.describe(inner)}: {'; '.join(found)}")
+    assert not differ, f"{len(differ)} of {len(packets)} packets differ:\n" + "\n".join(differ[:12])
+    counted, theirs_counted = pair.counters()
+    assert counted["tx_packets"] == counted["rx_packets"] == len(packets), counted
+    assert_nothing_lost_unseen(counted, theirs_counted, pair.kernel)
+    assert pair.close()["ut0"]["drops"] == {}
+
+
+VTI_CELLS = [c for c in CELLS if c.shape == "vti"]
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("cell", VTI_CELLS, ids=[c.name for c in VTI_CELLS])
+@pytest.mark.matrix("kernel's ESP fragmented outside (inner without DF above the ESP path MTU) reaches usertunnel")
+def test_kernel_vti_fragments_esp_of_a_large_inner_packet_without_df_and_usertunnel_takes_it(
+    pair_factory, cell: Cell
+) -> None:
+    """vti1 keeps the MTU of a plain tunnel (1480) and does not count ESP's overhead in it. An inner packet
+    of 1480 bytes without DF is sealed whole and the ESP packet (1536 bytes) fragmented on the underlay;
+    the host reassembles it before usertunnel's socket reads it. (The kernel then learns the path MTU and
+    fragments the next inner packets of that size before sealing them.)"""
+    pair = pair_factory(EspPair, cell)
+    kernel = pair.kernel
+    assert kernel.link_mtu(pair.device) == 1480
+    capture = netns.Capture(NS_HOST, VETH_HOST)
+    try:
+        answer = kernel.sh(f"ping -c 2 -i 0.3 -W 2 -M dont -s {1480 - 28} {OURS}")
+        time.sleep(0.2)
+    finally:
+        capture.stop()
+    assert answer["rc"] == 0, f"ping of 1480 bytes without DF from the kernel through vti1: {answer['out']}"
+    fragments = [p for p in capture.incoming if p[9] == esp.IPPROTO_ESP and struct.unpack_from("!H", p, 6)[0] & 0x3FFF]
+    assert fragments, "the kernel sent no fragmented ESP packet: this test did not exercise reassembly"
+    ours, theirs = pair.counters()
+    assert_nothing_lost_unseen(ours, theirs, kernel)
+    assert pair.close()["ut0"]["drops"] == {}
