@@ -703,3 +703,30 @@ def test_kernel_vti_fragments_esp_of_a_large_inner_packet_without_df_and_usertun
     ours, theirs = pair.counters()
     assert_nothing_lost_unseen(ours, theirs, kernel)
     assert pair.close()["ut0"]["drops"] == {}
+
+
+# The largest inner packet the kernel sends with DF through each shape (esp4_get_mtu: the room left on a 1500-byte
+# underlay after the headers and the ICV, rounded down to ESP's 4-byte alignment, less pad length and next header):
+# vti (outer 20, ESP 8, IV 8, ICV 16): ((1500 - 52) & ~3) - 2 = 1446; gre with key (the ESP transport packet
+# holds IPv4 20 + GRE 8 + inner, and the IPv4 header is not padded): ((1500 - 20 - 32) & ~3) - 2 - 8 = 1438.
+# usertunnel's device MTU counts 3 bytes of padding always, so a Linux peer sends up to 3 bytes more than ours.
+KERNEL_ESP_MTU = {"vti": 1446, "gre": 1438}
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("cell", CELLS, ids=[c.name for c in CELLS])
+@pytest.mark.matrix("usertunnel takes the kernel's largest ESP packets (its exact ESP path MTU, above ours)")
+def test_running_usertunnel_takes_the_largest_packets_the_kernel_sends_in_esp(pair_factory, cell: Cell) -> None:
+    pair = pair_factory(EspPair, cell)
+    kernel = pair.kernel
+    largest = KERNEL_ESP_MTU[cell.shape]
+    ours = json.loads(netns.run(NS_HOST, ["ip", "-j", "link", "show", "dev", "ut0"], check=True).stdout)[0]["mtu"]
+    assert ours <= largest, f"our MTU {ours} above the kernel's ESP path MTU {largest}: Linux would not send that"
+    answer = kernel.sh(f"ping -c 2 -i 0.3 -W 2 -M do -s {largest - 28} {OURS}")
+    assert answer["rc"] == 0, f"the kernel's {largest}-byte packets with DF did not come back: {answer['out']}"
+    too_big = kernel.sh(f"ping -c 1 -W 1 -M do -s {largest - 27} {OURS}")
+    # one byte more is refused by the sender itself (a local error, or its own "Frag needed" the first time)
+    assert too_big["rc"] != 0 and "0 received" in too_big["out"], too_big["out"]
+    ours_counted, theirs = pair.counters()
+    assert ours_counted["rx_packets"] == theirs["tx"]["packets"] and ours_counted["drops"] == {}, ours_counted
+    pair.close()
