@@ -87,9 +87,13 @@ TX, RX = "TX", "RX"
 STAGES: tuple[tuple[str, str | None], ...] = (
     ("TUN read", TX),
     ("encapsulate", TX),
+    ("ESP seal", TX),
+    ("AEAD encrypt", TX),
     ("send", TX),
     ("TX loop", TX),
     ("recv", RX),
+    ("AEAD decrypt", RX),
+    ("ESP open", RX),
     ("decapsulate", RX),
     ("coalesce", RX),
     ("TUN write", RX),
@@ -126,6 +130,12 @@ RULES: tuple[Rule, ...] = (
     Rule("send", line=r"\b_?sendmmsg\(|\.sendmsg\(|\.sendto\("),
     Rule("recv", line=r"\b_?recvmmsg\(|\.recv_into\(|\.recvmsg(_into)?\(|\.recvfrom(_into)?\("),
     Rule("TUN write", line=r"\bos\.writev?\("),
+    # IPsec (core/esp.py): the cryptography package's AEAD call (C, no frame of its own: its line says), then
+    # the Python around it.
+    Rule("AEAD encrypt", file=r"core/esp\.py", line=r"\.encrypt\("),
+    Rule("AEAD decrypt", file=r"core/esp\.py", line=r"\.decrypt\(|\.finalize\(|decryptor\.update\("),
+    Rule("ESP seal", file=r"core/esp\.py", function=r"^(Sealer\.\w+|protect_ipv\d|_rewrite|_padding)$"),
+    Rule("ESP open", file=r"core/esp\.py"),
     # Compiled per-tunnel plans (core/plan.py, or source compiled under a name like "<plan gre0 tx>").
     Rule("encapsulate", file=r"plan", function=r"(^|[._ ])tx"),
     Rule("decapsulate", file=r"plan", function=r"(^|[._ ])rx"),
@@ -137,7 +147,7 @@ RULES: tuple[Rule, ...] = (
     Rule("send", function=r"^(SendBatch\.\w+|_buffer_address)$"),
     Rule("recv", function=r"^RecvBatch\.\w+$"),
     Rule("TX loop", function=r"^Dataplane\._(on_tun_readable|tun_batch|tun_one|send_fragments|too_big|tun_failed)$"),
-    Rule("RX loop", function=r"^Dataplane\._(on_raw\w*|hand_over|deliver|keepalive)$"),
+    Rule("RX loop", function=r"^Dataplane\._(on_raw\w*|on_esp_readable|received|hand_over|deliver|keepalive)$"),
     # core/: the protocol.
     Rule("coalesce", file=r"core/gro\.py"),
     Rule("encapsulate", function=r"^Tunnel\.(encapsulate\w*|_outer6|_sit_destination|_gre_headers)$"),
@@ -378,6 +388,7 @@ CASES = (
     Case("ksc-udp", bench.GRE_KSC, "udp64"),
     Case("gre-udp", bench.GRE, "udp64"),
     Case("ipip", bench.IPIP, "tcp"),
+    Case("esp", bench.GRE_ESP, "tcp"),  # issue 17: gre key over ESP (AES-GCM-128)
 )
 DEFAULT_CASES = "gre,ksc,ksc-udp"
 

@@ -64,7 +64,7 @@ OTHER_A = "198.51.100.11"  # a second address of A: the SA is known by SPI and U
 WRONG_KEY = bytes(range(201, 221))
 AHEAD = 2**31  # crafted sequence numbers start here: far past B's, so the replay check lets them reach the ICV
 MIN_ESP = esp.HEADER_LEN + esp.IV_LEN + 2 + 16  # the shortest ESP A opens: header, IV, pad length, next, ICV
-TRANSFER_BYTES = 10 * 1024 * 1024
+TRANSFER_BYTES = 48 * 1024 * 1024  # long enough that the flood (about 1 s) meets it on a quiet machine too
 FLOOD_AFTER = 300  # start the flood once B has sent this many ESP packets (old replays lie below the window)
 PACE_EVERY, PACE_SLEEP = 16, 0.002
 

@@ -22,8 +22,9 @@ from usertunnel.core import plan
 from usertunnel.core.checksum import internet_checksum
 from usertunnel.core.drops import Drop
 from usertunnel.core.encap import Demux, Received, Result, Tunnel
+from usertunnel.core.esp import GCM, EspKeys, SecurityAssociation
 from usertunnel.core.fou import Encap, EncapKind
-from usertunnel.core.params import Mode, TunnelParams
+from usertunnel.core.params import VTI_OUTER, Mode, TunnelParams
 from usertunnel.core.sequence import SeqPolicy
 
 EXAMPLES = int(os.environ.get("USERTUNNEL_PLAN_EXAMPLES", "400"))
@@ -108,9 +109,9 @@ def inner_packets(draw: st.DrawFn) -> bytes:
 def tunnel_params(
     draw: st.DrawFn, local: bytes | None = A, remote: bytes | None = B, ipv6_outer: bool = False
 ) -> TunnelParams:
-    modes = [Mode.GRE, Mode.GRE, Mode.GRE, Mode.IPIP, Mode.SIT]
+    modes = [Mode.GRE, Mode.GRE, Mode.GRE, Mode.IPIP, Mode.SIT, Mode.VTI]
     if ipv6_outer:
-        modes += [Mode.IP6GRE, Mode.IP6GRE, Mode.IPIP6, Mode.IP6IP6]
+        modes += [Mode.IP6GRE, Mode.IP6GRE, Mode.IPIP6, Mode.IP6IP6, Mode.VTI6]
     mode = draw(st.sampled_from(modes))
     options: dict[str, Any] = {}
     if mode.value.outer == 6:
@@ -131,13 +132,22 @@ def tunnel_params(
     options["pmtudisc"] = pmtudisc
     options["ttl"] = draw(st.one_of(st.none(), st.integers(1, 255))) if pmtudisc else None
     options["reflect_keepalives"] = draw(st.booleans())
-    if remote is not None and draw(st.integers(0, 2)) == 0:  # FOU / GUE, a third of the tunnels
+    if mode.value.esp:  # vti, vti6: xfrm's outer header; keys that are not on the wire
+        options.update(zip(("ttl", "tos", "pmtudisc"), VTI_OUTER, strict=True))
+        key = draw(keys)
+        options.update(ikey=key, okey=key, esp=EspKeys(SA, SA))
+        if mode.value.outer == 6:
+            options.update(flowlabel=None, encaplimit=None)
+    elif mode.value.outer == 4 and draw(st.integers(0, 3)) == 0:  # --esp-keys, a quarter of the IPv4 ones
+        options["esp"] = EspKeys(SA, SA)
+    elif remote is not None and draw(st.integers(0, 2)) == 0:  # FOU / GUE, a third of the tunnels
         kind = draw(st.sampled_from(list(EncapKind)))
         sport = draw(st.one_of(st.none(), st.integers(1, 65535)))
         options["encap"] = Encap(kind, dport=draw(st.integers(1, 65535)), sport=sport, csum=draw(st.booleans()))
     return TunnelParams("t0", mode, local, remote, **options)
 
 
+SA = SecurityAssociation(0x1000, GCM, bytes(20))  # IPsec: plans build what ESP then seals
 L6 = bytes.fromhex("20010db8000100000000000000000001")
 R6 = bytes.fromhex("20010db8000100000000000000000002")
 
@@ -226,11 +236,16 @@ def test_an_inner_ipv6_packet_with_extension_headers_goes_to_the_specification(
 def outer_packets(draw: st.DrawFn, params: TunnelParams) -> bytes:
     """What arrives for a tunnel: sent by a peer that agrees, or one that disagrees, maybe damaged."""
     agree = draw(st.booleans())
-    peer_params = TunnelParams(
-        "peer", params.mode, params.remote, params.local,
-        okey=params.ikey, oseq=params.iseq, ocsum=params.icsum, ttl=params.ttl, tos=params.tos,
-    ) if agree else draw(tunnel_params(local=draw(st.sampled_from([B, C])), remote=A))  # fmt: skip
-    if peer_params.mode is not params.mode and draw(st.booleans()):
+    if params.mode is Mode.VTI:  # what ESP carries for vti: an ipip-shaped packet (the key is not on the wire)
+        peer_params = TunnelParams("peer", Mode.IPIP, params.remote, params.local, tos=params.tos)
+    elif agree:
+        peer_params = TunnelParams(
+            "peer", params.mode, params.remote, params.local,
+            okey=params.ikey, oseq=params.iseq, ocsum=params.icsum, ttl=params.ttl, tos=params.tos,
+        )  # fmt: skip
+    else:
+        peer_params = draw(tunnel_params(local=draw(st.sampled_from([B, C])), remote=A))
+    if peer_params.mode is not params.mode and not params.mode.value.esp and draw(st.booleans()):
         peer_params = TunnelParams("peer", params.mode, B, A)
     peer = Tunnel(peer_params)
     peer.oseq_next = draw(st.sampled_from([0, 5, 0xFFFFFFFE]))
@@ -263,7 +278,9 @@ def test_rx_plan_then_specification_equals_the_specification(params: TunnelParam
         return
     if params.encap is not None:  # its plan reads UDP payloads: tests/test_fou.py proves that one
         return
-    planned_demux, spec_demux = Demux(), Demux()
+    # A protected tunnel (--esp-keys) is looked up by what ESP carried: the lookup of protected tunnels.
+    protected = params.esp is not None
+    planned_demux, spec_demux = Demux(protected), Demux(protected)
     planned_demux.add(planned)
     spec_demux.add(spec)
     for _ in range(data.draw(st.integers(1, 5))):
@@ -296,7 +313,10 @@ def test_rx_plan_serves_every_ordinary_packet_from_a_peer_that_agrees(
     tunnel = Tunnel(params)
     if tunnel.rx_plan is None or params.encap is not None:  # FOU / GUE: tests/test_fou.py
         return
-    peer = Tunnel(TunnelParams("peer", params.mode, B, A, okey=params.ikey, oseq=params.iseq, ocsum=params.icsum))
+    if params.mode is Mode.VTI:  # what ESP carries for vti is ipip-shaped, without a key
+        peer = Tunnel(TunnelParams("peer", Mode.IPIP, B, A))
+    else:
+        peer = Tunnel(TunnelParams("peer", params.mode, B, A, okey=params.ikey, oseq=params.iseq, ocsum=params.icsum))
     inner = data.draw(ordinary_inner(params.mode.value.families, right_sums=True))
     if params.reflect_keepalives and inner[0] >> 4 == 4 and inner[9] == 47:
         return  # a peer's keepalive, maybe: the specification's to answer

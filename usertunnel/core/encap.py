@@ -463,7 +463,9 @@ class Tunnel:
     def encapsulate(self, inner: bytes | bytearray | memoryview, now: float = 0.0) -> bytes | Drop:
         """The whole outer packet for `inner`, or why not (see `encapsulate_header`); with --esp-keys, sealed
         in ESP (vti: tunnel mode; other modes: transport mode around their GRE, IPIP or SIT packet)."""
-        header = self.encapsulate_header(inner, now)
+        plan = self.tx_plan if self.sealer is not None else None  # with ESP too, the plan builds the header
+        planned = plan(inner) if plan is not None else None
+        header = planned if planned is not None else self.encapsulate_header(inner, now)
         if isinstance(header, Drop):
             return header
         if self.sealer is None:
@@ -648,6 +650,11 @@ class Demux:
         plain = esp.unprotect_ipv4(tunnel.opener, view[:total])
         if isinstance(plain, Drop):
             return tunnel.counters.drop(plain)
+        rx = tunnel.rx_plan  # the tunnel's compiled receive code (core.plan) for the ordinary packet ESP carried
+        if rx is not None:
+            inner = rx(memoryview(plain))
+            if inner is not None:
+                return Received(tunnel, Rule.EXACT, inner)  # plans serve exact local+remote tunnels only
         result = self._protected.decapsulate(plain, now)
         if isinstance(result, Drop):
             return result

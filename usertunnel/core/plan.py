@@ -98,7 +98,7 @@ def _struct(fmt: str) -> struct.Struct:
 def tx_eligible(tunnel: Tunnel) -> bool:
     """Whether `tunnel` gets a transmit plan (see the module docstring)."""
     p = tunnel.params
-    return not p.mode.value.ethernet and p.remote is not None and tunnel.hub is None and p.esp is None
+    return not p.mode.value.ethernet and p.remote is not None and tunnel.hub is None
 
 
 def rx_eligible(tunnel: Tunnel) -> bool:
@@ -113,7 +113,6 @@ def rx_eligible(tunnel: Tunnel) -> bool:
         and tunnel.hub is None
         and not tunnel.sit_rules
         and (not p.iseq or p.seq_policy is SeqPolicy.KERNEL)
-        and p.esp is None
     )
 
 
