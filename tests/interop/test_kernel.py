@@ -22,6 +22,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,26 +155,39 @@ class Pair:
     def counters(self, timeout: float = 5.0) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
         """Our counters and the kernel device's, once every packet one side counts as sent is counted by the
         other as received (or after `timeout` s: the caller's assertion then says what differs)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            ours, theirs = self.our_stats(), self.kernel.link_counters("kt0")
-            agree = ours["tx_packets"] == theirs["rx"]["packets"] and theirs["tx"]["packets"] == ours["rx_packets"]
-            if agree or time.monotonic() > deadline:
-                return ours, theirs
-            time.sleep(0.2)
+        return settled_counters(self.kernel, self.our_stats, "kt0", timeout)
 
     def mtu(self) -> int:
         """The tunnel MTU, the same on both sides (AssertionError if not)."""
-        theirs = self.kernel.link_mtu("kt0")
-        shown = netns.run(NS_HOST, ["ip", "-j", "link", "show", "dev", "ut0"], check=True).stdout
-        ours: int = json.loads(shown)[0]["mtu"]
-        assert ours == theirs, f"tunnel MTU: ours {ours}, the kernel's {theirs}"
-        return ours
+        return agreed_mtu(self.kernel)
 
     def close(self) -> dict[str, dict]:
         stats = self.ours.stop()
         self.kernel.sh("ip tunnel del kt0")
         return stats
+
+
+def settled_counters(
+    kernel: KernelPeer, ours: Callable[[], dict[str, Any]], device: str = "kt0", timeout: float = 5.0
+) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
+    """Our counters (`ours()`) and the kernel device's, once every packet one side counts as sent is counted by
+    the other as received, or after `timeout` s (the caller's assertion then says what differs)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        mine, theirs = ours(), kernel.link_counters(device)
+        agree = mine["tx_packets"] == theirs["rx"]["packets"] and theirs["tx"]["packets"] == mine["rx_packets"]
+        if agree or time.monotonic() > deadline:
+            return mine, theirs
+        time.sleep(0.2)
+
+
+def agreed_mtu(kernel: KernelPeer, what: str = "tunnel") -> int:
+    """ut0's MTU, which must be kt0's (AssertionError naming `what` if not)."""
+    theirs = kernel.link_mtu("kt0")
+    shown = netns.run(NS_HOST, ["ip", "-j", "link", "show", "dev", "ut0"], check=True).stdout
+    ours: int = json.loads(shown)[0]["mtu"]
+    assert ours == theirs, f"{what} MTU: ours {ours}, the kernel's {theirs}"
+    return ours
 
 
 def usertunnel_stats(name: str) -> dict[str, Any]:

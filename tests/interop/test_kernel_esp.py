@@ -43,6 +43,7 @@ from test_kernel import (
     ping_from_us,
     send_from_kernel,
     send_from_us,
+    settled_counters,
     usertunnel_stats,
 )
 
@@ -526,13 +527,7 @@ class EspPair:
     def counters(self, timeout: float = 5.0) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
         """Our counters and the kernel device's, once each side's sent packets are the other's received ones
         (or after `timeout` s: the caller's assertion then says what differs)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            ours, theirs = usertunnel_stats("ut0"), self.kernel.link_counters(self.device)
-            agree = ours["tx_packets"] == theirs["rx"]["packets"] and theirs["tx"]["packets"] == ours["rx_packets"]
-            if agree or time.monotonic() > deadline:
-                return ours, theirs
-            time.sleep(0.2)
+        return settled_counters(self.kernel, lambda: usertunnel_stats("ut0"), self.device, timeout)
 
     def close(self) -> dict[str, dict[str, Any]]:
         try:

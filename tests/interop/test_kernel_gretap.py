@@ -15,7 +15,6 @@ as received every packet the other counts as sent.
 
 from __future__ import annotations
 
-import json
 import socket
 import struct
 import time
@@ -25,7 +24,7 @@ from typing import Any
 import pytest
 import same_inner
 from kernel_peer import GUEST_ADDR, HOST_ADDR, NS_HOST, VETH_HOST, KernelPeer
-from test_kernel import assert_nothing_lost_unseen, ipv6_default, usertunnel_stats
+from test_kernel import agreed_mtu, assert_nothing_lost_unseen, ipv6_default, settled_counters, usertunnel_stats
 
 from usertunnel import netns
 from usertunnel.core.encap import Tunnel
@@ -118,21 +117,11 @@ class QuietPair:
     def counters(self, timeout: float = 5.0) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
         """Our counters and kt0's, once each side counts as received what the other counts as sent (or after
         `timeout` s: the caller's assertion then says what differs)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            ours, theirs = usertunnel_stats("ut0"), self.kernel.link_counters("kt0")
-            agree = ours["tx_packets"] == theirs["rx"]["packets"] and theirs["tx"]["packets"] == ours["rx_packets"]
-            if agree or time.monotonic() > deadline:
-                return ours, theirs
-            time.sleep(0.2)
+        return settled_counters(self.kernel, lambda: usertunnel_stats("ut0"), "kt0", timeout)
 
     def mtu(self) -> int:
         """The devices' MTU (the largest inner IP packet), the same on both sides (AssertionError if not)."""
-        theirs = self.kernel.link_mtu("kt0")
-        shown = netns.run(NS_HOST, ["ip", "-j", "link", "show", "dev", "ut0"], check=True).stdout
-        ours: int = json.loads(shown)[0]["mtu"]
-        assert ours == theirs, f"gretap MTU: ours {ours}, the kernel's {theirs}"
-        return ours
+        return agreed_mtu(self.kernel, "gretap")
 
     def close(self) -> dict[str, dict]:
         stats = self.ours.stop()
