@@ -267,24 +267,7 @@ class Dataplane:
             batch = self._recv_batches.get(sock)
             if batch is None:
                 batch = self._recv_batches[sock] = RecvBatch(sock, BATCH, RECV_BUFFER)
-            for _ in range(RECV_ROUNDS):
-                packets = batch.recv()
-                if batch.errors:
-                    demux.unmatched.drops[Drop.ICMP_ERROR] = (
-                        demux.unmatched.drops.get(Drop.ICMP_ERROR, 0) + batch.errors
-                    )
-                    batch.errors = 0
-                if not packets:
-                    break
-                out: dict[Interface, list[bytes | bytearray | memoryview]] = {}
-                for packet in packets:
-                    self._received(sock, demux.decapsulate_esp(packet, now), out)
-                for iface, inners in out.items():
-                    iface.write_many(inners)
-                if len(packets) < batch.count:
-                    break
-            if demux.holding:
-                self._arm_expiry()
+            self._on_raw_batch(sock, batch, now, esp=True)
             return
         for _ in range(BATCH):
             try:
@@ -716,11 +699,13 @@ class Dataplane:
         else:
             iface.tunnel.counters.drop(Drop.TUN_READ_ERROR)
 
-    def _on_raw_batch(self, sock: socket.socket, batch: RecvBatch, now: float) -> None:
+    def _on_raw_batch(self, sock: socket.socket, batch: RecvBatch, now: float, esp: bool = False) -> None:
         """The IPv4 receive path of a busy socket without --trace/--pcap: recvmmsg, decapsulate, then one
-        write per tunnel and coalesced run (core.gro) instead of one per packet."""
+        write per tunnel and coalesced run (core.gro) instead of one per packet. `esp`: ESP's socket, whose
+        packets are opened first (Demux.decapsulate_esp, which runs the tunnels' plans itself)."""
         demux = self.demux
         interfaces = self.interfaces
+        decapsulate = demux.decapsulate_esp if esp else demux.decapsulate
         for _ in range(RECV_ROUNDS):
             packets = batch.recv()
             if batch.errors:  # errors queued on the socket (none are expected: no IP_RECVERR, not connected)
@@ -729,7 +714,7 @@ class Dataplane:
             if not packets:
                 break
             out: dict[Interface, list[bytes | bytearray | memoryview]] = {}
-            single = demux.single
+            single = demux.single if not esp else None
             if single is not None:
                 # One tunnel with a receive plan (core.plan): tried on every packet, then the specification.
                 rx = single.rx_plan
@@ -742,13 +727,13 @@ class Dataplane:
                         if inner is not None:
                             inners.append(inner)
                         else:
-                            self._received(sock, demux.decapsulate(packet, now), out)
+                            self._received(sock, decapsulate(packet, now), out)
                     for iface, inners in out.items():
                         iface.write_many(inners)
                     if len(packets) < batch.count:
                         break
                     continue
-            planned = demux.planned if demux.fast else None
+            planned = demux.planned if demux.fast and not esp else None
             for packet in packets:
                 if planned is not None:
                     hit = planned(packet)
@@ -760,7 +745,7 @@ class Dataplane:
                                 found = out[iface] = []
                             found.append(hit[1])
                         continue
-                self._received(sock, demux.decapsulate(packet, now), out)
+                self._received(sock, decapsulate(packet, now), out)
             for iface, inners in out.items():
                 iface.write_many(inners)
             if len(packets) < batch.count:
