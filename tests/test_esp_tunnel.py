@@ -416,3 +416,19 @@ def test_ip_tunnel_add_mode_vti_with_ikey_and_okey_finds_its_keys_as_the_kernels
     assert refused.returncode != 0
     message = refused.stderr.decode()
     assert f"{keys_dir}/2.toml" in message and "Traceback" not in message and len(message.strip().splitlines()) == 1
+
+
+def test_a_packet_opened_with_one_tunnels_keys_is_not_delivered_to_another_protected_tunnel() -> None:
+    sa3 = esp.SecurityAssociation(0x3003, esp.GCM, bytes(range(40, 60)))
+    one = Tunnel(TunnelParams("one", Mode.GRE, B, A, ikey=1, okey=1, esp=esp.EspKeys(SA_BA, SA_AB)))
+    two = Tunnel(TunnelParams("two", Mode.GRE, B, A, ikey=2, okey=2, esp=esp.EspKeys(sa3, sa3)))
+    demux = Demux()
+    demux.add(one)
+    demux.add(two)
+    # Sealed with one's inbound keys, but the GRE packet inside carries two's key.
+    forged = Tunnel(TunnelParams("x", Mode.GRE, A, B, ikey=2, okey=2, esp=esp.EspKeys(SA_AB, SA_BA)))
+    packet = forged.encapsulate(inner_packet())
+    assert isinstance(packet, bytes)
+    assert demux.decapsulate_esp(packet) is Drop.NO_TUNNEL
+    assert one.counters.drops == {Drop.NO_TUNNEL: 1} and one.counters.rx_packets == 0
+    assert two.counters.rx_packets == 0 and two.counters.rx_bytes == 0 and not two.counters.drops

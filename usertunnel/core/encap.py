@@ -655,13 +655,7 @@ class Demux:
             inner = rx(memoryview(plain))
             if inner is not None:
                 return Received(tunnel, Rule.EXACT, inner)  # plans serve exact local+remote tunnels only
-        result = self._protected.decapsulate(plain, now)
-        if isinstance(result, Drop):
-            return result
-        if result.tunnel is not tunnel:  # sealed with this tunnel's keys, addressed to another protected one
-            if isinstance(result, Received):
-                result.tunnel.counters.rx_failed(len(result.inner), Drop.NO_TUNNEL)
-            return tunnel.counters.drop(Drop.NO_TUNNEL)
+        result = _sealed_by(tunnel, self._protected.decapsulate(plain, now))
         if isinstance(result, Reflect):
             sealed = esp.protect_ipv4(tunnel.sealer, result.packet)
             if isinstance(sealed, Drop):
@@ -763,12 +757,9 @@ class Demux:
         if isinstance(opened, Drop):
             return tunnel.counters.drop(opened)
         next_header, inner = opened
-        result = self._protected._decapsulate(next_header + 256, src, dst, tclass, memoryview(inner), now)
-        if not isinstance(result, Drop) and result.tunnel is not tunnel:
-            if isinstance(result, Received):
-                result.tunnel.counters.rx_failed(len(result.inner), Drop.NO_TUNNEL)
-            return tunnel.counters.drop(Drop.NO_TUNNEL)
-        return result
+        return _sealed_by(
+            tunnel, self._protected._decapsulate(next_header + 256, src, dst, tclass, memoryview(inner), now)
+        )
 
     def decapsulate_udp(
         self,
@@ -971,6 +962,17 @@ class Demux:
 # Tunnels with receive plans on one pair of outer addresses: up to this many are tried in turn, more are
 # found by protocol and key (Demux.planned).
 FAST_GROUP = 4
+
+
+def _sealed_by(tunnel: Tunnel, result: Result) -> Result:
+    """What the protected lookup made of a packet that opened with `tunnel`'s keys: refused (no_tunnel, on
+    `tunnel`) if the lookup chose another protected tunnel, whose receive count is then taken back."""
+    if isinstance(result, Drop) or result.tunnel is tunnel:
+        return result
+    if isinstance(result, Received):
+        result.tunnel.counters.rx_packets -= 1
+        result.tunnel.counters.rx_bytes -= len(result.inner)
+    return tunnel.counters.drop(Drop.NO_TUNNEL)
 
 
 def _fast_key(tunnel: Tunnel) -> tuple[int, int | None]:
