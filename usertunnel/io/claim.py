@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..core.esp import IPPROTO_ESP
 from ..core.params import ConfigError, Mode, TunnelParams
 
 PREFIX = "usertunnel/"
@@ -54,8 +55,7 @@ _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 TABLES: dict[int, str] = {}
 for _mode in Mode:
     TABLES.setdefault(_mode.value.table, _mode.value.name)
-ESP_PROTOCOL = 50  # tunnels with --esp-keys share ESP's raw socket; their identity is the inbound SPI
-TABLES[ESP_PROTOCOL] = "esp"
+TABLES[IPPROTO_ESP] = "esp"  # tunnels with --esp-keys share ESP's raw socket; their identity is the inbound SPI
 _BY_NAME = {name: table for table, name in TABLES.items()}
 
 
@@ -82,7 +82,7 @@ class Identity:
     def describe(self) -> str:
         """In ip tunnel's words: `gre local 198.51.100.1 remote 198.51.100.2 key 1234`."""
         key = "no key" if self.key is None else f"key {self.key}"
-        if self.table == ESP_PROTOCOL:
+        if self.table == IPPROTO_ESP:
             key = f"spi {self.key:#x}" if self.key is not None else "no spi"
         return f"{TABLES[self.table]} local {_text(self.local)} remote {_text(self.remote)} {key}"
 
@@ -113,7 +113,7 @@ def identities(params: TunnelParams) -> list[Identity]:
     """The identities a tunnel serves: one per input key it accepts (a hub's spoke keys included)."""
     if params.esp is not None:
         # IPsec: the raw socket is ESP's (protocol 50), and a security association is known by its inbound SPI.
-        return [Identity(ESP_PROTOCOL, params.local, params.remote, params.esp.inbound.spi)]
+        return [Identity(IPPROTO_ESP, params.local, params.remote, params.esp.inbound.spi)]
     table = params.mode.value.table
     return [Identity(table, params.local, params.remote, key) for key in params.ikeys]
 

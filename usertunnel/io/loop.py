@@ -40,6 +40,7 @@ from typing import Any
 from ..core import ipv4
 from ..core.drops import Drop
 from ..core.encap import Demux, Held, KeepaliveReply, Received, Reflect, Result, Tunnel
+from ..core.esp import IPPROTO_ESP
 from ..core.fou import EncapKind, gue_header
 from ..core.gro import coalesce
 from .batch import RecvBatch, SendBatch, Slots
@@ -58,7 +59,7 @@ BATCH = 64
 BUSY_GAP = 50e-6
 RECV_ROUNDS = 4  # recvmmsg calls per wakeup at most (BATCH packets each), so TUN reads get their turn
 RECV_BUFFER = 65536
-ESP_TABLE = 50  # Dataplane.sockets: the raw socket of ESP (IP protocol 50), which every --esp-keys tunnel reads
+ESP_TABLE = IPPROTO_ESP  # Dataplane.sockets: the raw socket of ESP, which every --esp-keys tunnel reads
 # Room for IPV6_PKTINFO (struct in6_pktinfo, 20 bytes) and IPV6_TCLASS (an int), with their headers.
 _ANCILLARY6 = socket.CMSG_SPACE(20) + socket.CMSG_SPACE(4)
 
