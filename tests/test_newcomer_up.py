@@ -8,6 +8,7 @@ import pytest
 from conftest import INNER_B, UNDER_A, UNDER_B, Lab
 
 from usertunnel import cli
+from usertunnel.core import esp
 from usertunnel.core.params import ConfigError, Mode, TunnelParams
 
 
@@ -33,8 +34,15 @@ def test_same_address_over_ipv6_is_refused_too() -> None:
 @pytest.mark.parametrize("mode", list(Mode))
 def test_default_mtu_from_loopback_never_exceeds_what_the_outer_header_can_carry(mode: Mode) -> None:
     remote = None if mode.value.isatap else _address("2001:db8::2" if mode.value.outer == 6 else "198.51.100.2")
+    local, extra = None, {}
+    if mode.value.esp:  # vti, vti6: keys, a local address, and xfrm's outer header
+        local = _address("2001:db8::1" if mode.value.outer == 6 else "198.51.100.1")
+        sa = esp.SecurityAssociation(0x1000, esp.GCM, bytes(20))
+        extra = {"ttl": 64, "tos": None, "pmtudisc": False, "esp": esp.EspKeys(sa, sa)}
+        if mode.value.outer == 6:
+            extra |= {"flowlabel": None, "encaplimit": None}
     try:
-        params = TunnelParams(name="t0", mode=mode, local=None, remote=remote)
+        params = TunnelParams(name="t0", mode=mode, local=local, remote=remote, **extra)  # type: ignore[arg-type]
     except ConfigError:  # a mode that needs more options (e.g. --remote any): not what this test is about
         pytest.skip(f"mode {mode.value.name} needs other options")
     mtu = params.default_mtu(65536)  # loopback's MTU
