@@ -105,7 +105,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from usertunnel import netns
+from usertunnel.io import netns
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -310,7 +310,7 @@ def vxlan_pair() -> Iterator[None]:
 class TunnelProcess:
     """A tunnel end (`usertunnel up`, the baseline loop or the prototype) in a namespace; its output read by a thread.
 
-    Like usertunnel.netns.UpProcess, which only starts `usertunnel up`: ready
+    Like usertunnel.io.netns.UpProcess, which only starts `usertunnel up`: ready
     when a line contains ': up ' (`ready_marker`), counters from the ': stats '
     lines at exit (and from the prototype's "stats[0] {...}" line).
     """

@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from usertunnel import netns  # noqa: E402
-from usertunnel.netns import UpProcess  # noqa: E402
+from usertunnel.io import netns  # noqa: E402
+from usertunnel.io.netns import UpProcess  # noqa: E402
 
 NS = "utd-a"
 LOCAL, REMOTE = "198.51.100.1", "198.51.100.2"

@@ -72,7 +72,7 @@ sys.path.insert(0, str(BENCH_DIR))
 import bench  # noqa: E402  (benchmarks/ is not a package; bench.py sits beside this file)
 import core_scale  # noqa: E402
 
-from usertunnel import netns  # noqa: E402
+from usertunnel.io import netns  # noqa: E402
 
 UNDER_A, UNDER_B = bench.UNDER_A, bench.UNDER_B
 INNER_A, INNER_B = bench.INNER_A, bench.INNER_B

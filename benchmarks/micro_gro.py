@@ -23,9 +23,9 @@ import time
 import uuid
 from collections.abc import Callable
 
-from usertunnel import netns
 from usertunnel.core import gro
 from usertunnel.core.checksum import ones_complement_sum
+from usertunnel.io import netns
 from usertunnel.io.batch import RecvBatch, SendBatch
 
 _IP = struct.Struct("!BBHHHBBH4s4s")

@@ -346,7 +346,7 @@ def icmp_out_unreachables() -> int:
 
 
 def one_run(variant: str, inner: int, count: int, tx: str, rx: str) -> dict[str, float]:
-    from usertunnel import netns
+    from usertunnel.io import netns
 
     me = [sys.executable, os.path.abspath(__file__)]
     receiver = netns.popen(
@@ -375,7 +375,7 @@ def fmt(values: list[float], spec: str) -> str:
 
 
 def drive(args: argparse.Namespace) -> int:
-    from usertunnel import netns
+    from usertunnel.io import netns
 
     if os.geteuid() != 0:
         print("needs root (namespaces, raw and packet sockets)", file=sys.stderr)

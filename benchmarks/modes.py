@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pyroute2 import NetNS  # noqa: E402
 
-from usertunnel import netns  # noqa: E402
-from usertunnel.netns import UpProcess  # noqa: E402
+from usertunnel.io import netns  # noqa: E402
+from usertunnel.io.netns import UpProcess  # noqa: E402
 
 NS = ("utm-a", "utm-b")
 UNDER4 = ("198.51.100.1", "198.51.100.2")

@@ -69,7 +69,7 @@ REPO_ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 import bench  # noqa: E402  (benchmarks/ is not a package; bench.py sits beside this file)
 
-from usertunnel import netns  # noqa: E402
+from usertunnel.io import netns  # noqa: E402
 
 START, END = "<!-- profile:start -->", "<!-- profile:end -->"
 WARMUP = 1.0  # seconds of iperf3 before sampling starts
@@ -153,7 +153,7 @@ RULES: tuple[Rule, ...] = (
     Rule("encapsulate", function=r"^Tunnel\.(encapsulate\w*|_outer6|_sit_destination|_gre_headers)$"),
     Rule("decapsulate", function=r"^(Demux\.\w+|_count_rx|parse_gre|parse_ipv4|header_checksum_ok)$"),
     # inner_sum serves both directions (the transmit checksum, the derived receive check): its caller's stage.
-    Rule("decapsulate", function=r"^csum_derived_is_valid$", file=r"core/encap\.py"),
+    Rule("decapsulate", function=r"^csum_derived_is_valid$", file=r"core/checksum\.py"),
 )
 
 

@@ -28,8 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from usertunnel import netns  # noqa: E402
-from usertunnel.netns import UpProcess  # noqa: E402
+from usertunnel.io import netns  # noqa: E402
+from usertunnel.io.netns import UpProcess  # noqa: E402
 
 NS = ("uts-a", "uts-b")
 UNDER = ("198.51.100.1", "198.51.100.2")

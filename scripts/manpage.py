@@ -74,7 +74,8 @@ def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 def prepared_parser() -> argparse.ArgumentParser:
     """The command line's parser, its texts arranged for a man page (the parser `usertunnel` runs is untouched)."""
-    from usertunnel import cli, iptunnel
+    from usertunnel import cli
+    from usertunnel.front import iptunnel
 
     parser = cli.build_parser()
     first_paragraph = (parser.epilog or "").split("\n\n")[0]
@@ -104,7 +105,8 @@ def table(rows: tuple[tuple[str, str], ...]) -> str:
 
 def manpage() -> str:
     """The text of docs/usertunnel.1."""
-    from usertunnel import cli, control
+    from usertunnel import cli
+    from usertunnel.run import control
 
     os.environ["COLUMNS"] = "100000"  # argparse wraps nothing; roff fills the lines to the reader's width
     page = Manpage(prepared_parser(), format="single-commands-section")

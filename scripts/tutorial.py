@@ -41,10 +41,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from usertunnel import explain, netns, trace
 from usertunnel.core.encap import Demux, Tunnel
 from usertunnel.core.params import Mode, TunnelParams
-from usertunnel.picture import journey
+from usertunnel.io import netns
+from usertunnel.teach import explain, trace
+from usertunnel.teach.picture import journey
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE, TARGET = ROOT / "docs" / "tutorial.src.md", ROOT / "docs" / "tutorial.md"

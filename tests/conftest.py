@@ -24,8 +24,8 @@ from typing import Any, NoReturn
 import pytest
 from hypothesis import HealthCheck, settings
 
-from usertunnel import netns
-from usertunnel.netns import UpProcess
+from usertunnel.io import netns
+from usertunnel.io.netns import UpProcess
 
 UNDER_A, UNDER_B = "198.51.100.1", "198.51.100.2"
 INNER_A, INNER_B = "203.0.113.1", "203.0.113.2"

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 from conftest import require_netns
 
-from usertunnel import netns
 from usertunnel.core import gre, ipv4
+from usertunnel.io import netns
 from usertunnel.io.batch import RecvBatch, SendBatch
 
 A, B = "198.51.100.1", "198.51.100.2"

@@ -29,8 +29,8 @@ from test_pictures import (
     assert_page_shows,
 )
 
-from usertunnel import explain
-from usertunnel.picture import network, packet, page
+from usertunnel.teach import explain
+from usertunnel.teach.picture import network, packet, page
 
 # Screenshots are kept here after the run (pytest's tmp_path is not), one PNG per page.
 ARTIFACTS = Path(tempfile.gettempdir()) / "usertunnel-browser-artifacts"

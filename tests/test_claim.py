@@ -17,13 +17,13 @@ from hypothesis import strategies as st
 from test_daemon import start_daemon, usertunnel
 from test_queues import run_filter
 
-from usertunnel import netns
 from usertunnel.core.drops import Drop
 from usertunnel.core.encap import Demux, Tunnel
 from usertunnel.core.params import Mode, TunnelParams
+from usertunnel.io import netns
 from usertunnel.io.claim import Identity, identities
+from usertunnel.io.netns import UpProcess
 from usertunnel.io.raw import BPF_MAXINSNS, FilterOffsets, receive_filter, tunnel_filter
-from usertunnel.netns import UpProcess
 
 # --- the filter against the lookup (a classic BPF interpreter: tests/test_queues.py) ------------------------
 

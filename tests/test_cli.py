@@ -130,7 +130,7 @@ def test_ipv6_outer_defaults_are_iproute2_defaults() -> None:
 @pytest.mark.netns
 def test_an_ipv6_tunnel_below_1280_bytes_is_refused_with_the_figure_to_use() -> None:
     require_netns()
-    from usertunnel import netns
+    from usertunnel.io import netns
 
     name = f"ut-cli-{os.getpid() % 100000}"
     netns.create(name)

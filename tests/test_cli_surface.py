@@ -19,8 +19,10 @@ import pytest
 from conftest import Lab, require_netns
 
 import usertunnel
-from usertunnel import cli, iptunnel, netns
+from usertunnel import cli
 from usertunnel.core.params import Mode
+from usertunnel.front import iptunnel
+from usertunnel.io import netns
 
 MODES = [mode.value.name for mode in Mode]
 MODES6 = [mode.value.name for mode in Mode if mode.value.outer == 6]

@@ -14,7 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from usertunnel import cli
-from usertunnel.config import (
+from usertunnel.core.errors import ConfigError
+from usertunnel.core.params import TunnelParams
+from usertunnel.front.config import (
     ACCEPTED_KEYS,
     ConfigFileError,
     DaemonConfig,
@@ -26,7 +28,6 @@ from usertunnel.config import (
     plan,
     tunnel_from_table,
 )
-from usertunnel.core.params import ConfigError, TunnelParams
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "config.md"
 

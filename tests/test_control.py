@@ -25,11 +25,12 @@ from typing import Any
 import pytest
 from conftest import skip_or_fail
 
-from usertunnel import control
-from usertunnel.control import ControlError, ControlServer, format_show, format_stats, query, snapshot_of
 from usertunnel.core.drops import Drop
 from usertunnel.core.encap import Counters
-from usertunnel.core.params import ConfigError, Mode, TunnelParams
+from usertunnel.core.errors import ConfigError
+from usertunnel.core.params import Mode, TunnelParams
+from usertunnel.run import control
+from usertunnel.run.control import ControlError, ControlServer, format_show, format_stats, query, snapshot_of
 
 A, B = socket.inet_aton("198.51.100.1"), socket.inet_aton("198.51.100.2")
 PID = 4242

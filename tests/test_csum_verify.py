@@ -10,10 +10,11 @@ from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 
-from usertunnel.core.checksum import checksum_is_valid
+from usertunnel.core.checksum import checksum_is_valid, csum_derived_is_valid
 from usertunnel.core.drops import Drop
-from usertunnel.core.encap import Demux, Received, Tunnel, csum_derived_is_valid
-from usertunnel.core.params import ConfigError, Mode, TunnelParams
+from usertunnel.core.encap import Demux, Received, Tunnel
+from usertunnel.core.errors import ConfigError
+from usertunnel.core.params import Mode, TunnelParams
 
 A, B = bytes([198, 51, 100, 1]), bytes([198, 51, 100, 2])
 SETTINGS = settings(max_examples=300, deadline=None)

@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 from conftest import UNDER_A, UNDER_B, Lab
 
-from usertunnel import control, netns
-from usertunnel.netns import UpProcess
+from usertunnel.io import netns
+from usertunnel.io.netns import UpProcess
+from usertunnel.run import control
 
 SIX_A, SIX_B = "2001:db8::1", "2001:db8::2"
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from usertunnel import iptunnel
 from usertunnel.cli import build_parser
 from usertunnel.core.params import Mode
+from usertunnel.front import iptunnel
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = [mode.value.name for mode in Mode]

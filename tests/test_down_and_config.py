@@ -101,7 +101,7 @@ def test_down_of_a_tunnel_nobody_runs_is_one_line_exit_1(lab: Lab) -> None:
 @pytest.mark.netns
 @pytest.mark.parametrize("argv", [["down", "tun0"], ["reload"], ["tunnel", "del", "tun0"]])
 def test_control_clients_run_as_an_ordinary_user_say_they_need_root_exit_2(lab: Lab, argv: list[str]) -> None:
-    from usertunnel.netns import UpProcess
+    from usertunnel.io.netns import UpProcess
 
     lab.pair(["--key", "3"])
     daemon = UpProcess(lab.b, [], command="daemon")

@@ -9,7 +9,7 @@ import pytest
 from conftest import INNER_A, INNER_B, UNDER_B, Lab
 from traffic import tcp_transfer
 
-from usertunnel import netns
+from usertunnel.io import netns
 
 TRANSFER_BYTES = 10 * 1024 * 1024
 PORT = 5001

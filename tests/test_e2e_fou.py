@@ -100,7 +100,7 @@ def test_fou_needs_no_cap_net_raw(lab: Lab) -> None:
     lab.start(lab.b, ["--local", UNDER_B, "--remote", UNDER_A, "--name", "tun0", "--address", f"{INNER_B}/30", *udp])
     argv = ["setpriv", "--bounding-set=-net_raw", "--inh-caps=-net_raw", sys.executable, "-m", "usertunnel", "up",
             "--local", UNDER_A, "--remote", UNDER_B, "--name", "tun0", "--address", "203.0.113.1/30", *udp]  # fmt: skip
-    from usertunnel import netns
+    from usertunnel.io import netns
 
     proc = netns.popen(lab.a, argv, stdout=None, stderr=None)
     try:
@@ -149,7 +149,7 @@ def test_the_daemon_runs_a_fou_tunnel_from_its_configuration_file(lab: Lab, tmp_
     import json
     from pathlib import Path
 
-    from usertunnel.netns import UpProcess
+    from usertunnel.io.netns import UpProcess
 
     path = Path(str(tmp_path)) / "t.toml"
     path.write_text(f'[tunnel.f1]\nmode = "gre"\nlocal = "{UNDER_A}"\nremote = "{UNDER_B}"\n'
@@ -187,7 +187,7 @@ def test_bulk_tcp_through_udp_segmentation_arrives_intact_and_nothing_is_dropped
 
 def _two_behind_one_nat(topo: object) -> tuple[object, list[object]]:
     """The NAT of `topo` with two hosts behind it, on a bridge on its inside (Topology.private_hosts)."""
-    from usertunnel.topology import Topology
+    from usertunnel.teach.topology import Topology
 
     assert isinstance(topo, Topology)
     nat = topo.nat("n", "198.51.100.12")
@@ -201,9 +201,9 @@ def test_two_cpes_behind_one_nat_reach_the_pop_at_once_and_each_other_through_it
 
     from conftest import require_netns
 
-    from usertunnel import netns
-    from usertunnel.netns import UpProcess
-    from usertunnel.topology import Topology
+    from usertunnel.io import netns
+    from usertunnel.io.netns import UpProcess
+    from usertunnel.teach.topology import Topology
 
     require_netns()
     topo = Topology(f"utf{os.getpid() % 10000}")
@@ -251,7 +251,7 @@ def test_two_cpes_behind_one_nat_reach_the_pop_at_once_and_each_other_through_it
 def test_the_daemon_runs_fou_and_gue_tunnels_sharing_a_port_from_ip_tunnel_words(lab: Lab) -> None:
     import json
 
-    from usertunnel.netns import UpProcess
+    from usertunnel.io.netns import UpProcess
 
     def usertunnel(ns: str, *words: str) -> subprocess.CompletedProcess[bytes]:
         return lab.run(ns, [sys.executable, "-m", "usertunnel", *words])

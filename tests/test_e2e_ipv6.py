@@ -16,9 +16,9 @@ from conftest import require_netns
 from pyroute2 import NetNS
 from traffic import tcp_transfer
 
-from usertunnel import netns
 from usertunnel.core import sit
-from usertunnel.netns import UpProcess
+from usertunnel.io import netns
+from usertunnel.io.netns import UpProcess
 
 UNDER4 = ("198.51.100.1", "198.51.100.2")
 UNDER6 = ("2001:db8:1::1", "2001:db8:1::2")
@@ -143,7 +143,7 @@ def sixtofour(v4: str, host: int = 1) -> str:
 @pytest.mark.parametrize("flavour", ["6to4", "6rd", "isatap"])
 def test_three_hosts_reach_each_other_over_sit_with_no_per_peer_configuration(flavour: str) -> None:
     require_netns()
-    from usertunnel.topology import Topology
+    from usertunnel.teach.topology import Topology
 
     topo = Topology(f"uts{os.getpid() % 10000}")
     procs: list[UpProcess] = []

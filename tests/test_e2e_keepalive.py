@@ -9,7 +9,7 @@ import pytest
 from conftest import INNER_A, INNER_B, UNDER_A, UNDER_B, Lab
 from scapy.layers.inet import GRE, IP
 
-from usertunnel import netns
+from usertunnel.io import netns
 
 PERIOD, RETRIES = 0.5, 2
 

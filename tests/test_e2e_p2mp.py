@@ -1,6 +1,6 @@
 """Point-to-multipoint and NAT, end to end: a hub, spokes behind NAT routers doing nftables masquerade.
 
-Topology (usertunnel.topology): a public segment 198.51.100.0/26 on a bridge,
+Topology (usertunnel.teach.topology): a public segment 198.51.100.0/26 on a bridge,
 the hub at 198.51.100.1, NAT routers masquerading private /28s. Spokes point
 at the hub with key 1234; the hub runs `--remote any` and knows nothing.
 """
@@ -19,9 +19,9 @@ import pytest
 from conftest import require_netns
 from scapy.layers.inet import GRE, IP, UDP
 
-from usertunnel import netns
-from usertunnel.netns import UpProcess
-from usertunnel.topology import Host, Topology
+from usertunnel.io import netns
+from usertunnel.io.netns import UpProcess
+from usertunnel.teach.topology import Host, Topology
 
 HUB = "198.51.100.1"
 KEY = "1234"

@@ -22,11 +22,12 @@ from usertunnel.core import ecn, gre, ipv4, ipv6, params
 from usertunnel.core.checksum import checksum_is_valid, internet_checksum
 from usertunnel.core.drops import Drop
 from usertunnel.core.encap import Demux, Received, Tunnel
+from usertunnel.core.errors import ConfigError
 from usertunnel.core.gre import GREHeader
 from usertunnel.core.ipv4 import IPv4Header
 from usertunnel.core.ipv6 import IPv6Header
 from usertunnel.core.lookup import Rule, TunnelTable
-from usertunnel.core.params import ConfigError, Mode, TunnelParams
+from usertunnel.core.params import Mode, TunnelParams
 
 SETTINGS = settings(max_examples=150, deadline=None)
 

@@ -14,8 +14,8 @@ from scapy.layers.ipsec import SecurityAssociation as ScapySA
 
 from usertunnel.core import esp
 from usertunnel.core.drops import Drop
+from usertunnel.core.errors import ConfigError
 from usertunnel.core.esp import CHACHA, GCM, EspKeys, Opener, Sealer, SecurityAssociation
-from usertunnel.core.params import ConfigError
 
 SCAPY_NAME = {GCM: "AES-GCM", CHACHA: "CHACHA20-POLY1305"}
 # (kernel name, key length with salt): AES-GCM-128, AES-GCM-256, ChaCha20-Poly1305.

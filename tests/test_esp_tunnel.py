@@ -19,11 +19,12 @@ from conftest import INNER_B, UNDER_A, UNDER_B, Lab
 from scapy.layers.inet import ICMP, IP, TCP
 from traffic import tcp_transfer
 
-from usertunnel import netns
 from usertunnel.core import esp
 from usertunnel.core.drops import Drop
 from usertunnel.core.encap import Demux, Received, Tunnel
-from usertunnel.core.params import VTI_OUTER, ConfigError, Mode, TunnelParams
+from usertunnel.core.errors import ConfigError
+from usertunnel.core.params import VTI_OUTER, Mode, TunnelParams
+from usertunnel.io import netns
 from usertunnel.io.keyfile import read_esp_keys
 
 A, B = bytes((198, 51, 100, 1)), bytes((198, 51, 100, 2))

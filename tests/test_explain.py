@@ -31,11 +31,11 @@ from scapy.layers.ppp import PPP
 from scapy.packet import Packet, Raw
 from scapy.utils import PcapNgWriter, wrpcap
 
-from usertunnel import explain
 from usertunnel.core.checksum import internet_checksum
 from usertunnel.core.encap import Tunnel
 from usertunnel.core.params import Mode, TunnelParams
-from usertunnel.explain import Explanation, Layer
+from usertunnel.teach import explain
+from usertunnel.teach.explain import Explanation, Layer
 
 SETTINGS = settings(max_examples=300, deadline=None)
 A, B = "198.51.100.1", "198.51.100.2"

@@ -16,13 +16,13 @@ import pytest
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 
-from usertunnel import explain
 from usertunnel.core import esp
 from usertunnel.core.checksum import internet_checksum
 from usertunnel.core.drops import Drop
 from usertunnel.core.encap import Tunnel
 from usertunnel.core.params import VTI_OUTER, Mode, TunnelParams
-from usertunnel.explain import Explanation, Layer
+from usertunnel.teach import explain
+from usertunnel.teach.explain import Explanation, Layer
 
 A, B = bytes((198, 51, 100, 1)), bytes((198, 51, 100, 2))
 A6, B6 = ipaddress.IPv6Address("2001:db8::1").packed, ipaddress.IPv6Address("2001:db8::2").packed
@@ -238,7 +238,7 @@ def test_every_output_form_shows_the_spi_and_never_the_key(
 
 
 def test_the_drawing_has_a_box_for_each_esp_field_at_its_rfc_columns() -> None:
-    from usertunnel.picture import packet
+    from usertunnel.teach.picture import packet
 
     e = explain.explain(sealed(Mode.VTI))
     drawing = packet.svg([("esp", e)], "esp")

@@ -12,7 +12,7 @@ from conftest import INNER_B, UNDER_A, UNDER_B, Lab
 from pyroute2 import NetNS
 from traffic import tcp_transfer
 
-from usertunnel import netns
+from usertunnel.io import netns
 
 
 def link(lab: Lab, namespace: str, ifname: str, **kwargs: object) -> None:

@@ -16,7 +16,9 @@ from scapy.packet import Raw
 from usertunnel.core import fou
 from usertunnel.core.drops import Drop
 from usertunnel.core.encap import Demux, Received, Tunnel
-from usertunnel.core.params import ConfigError, Mode, TunnelParams, parse_encap, parse_port, parse_sport
+from usertunnel.core.errors import ConfigError
+from usertunnel.core.params import Mode, TunnelParams
+from usertunnel.core.values import parse_encap, parse_port, parse_sport
 
 A, B = "198.51.100.1", "198.51.100.2"
 FOU, GUE = fou.EncapKind.FOU, fou.EncapKind.GUE
@@ -230,13 +232,13 @@ def test_words_for_encap_ports_and_sport() -> None:
 
 
 def test_every_drop_reason_gue_included_has_a_direction_for_ip_s_tunnel_show() -> None:
-    from usertunnel.control import DIRECTION
+    from usertunnel.run.control import DIRECTION
 
     assert set(DIRECTION) == set(Drop)
 
 
 def test_the_configuration_file_takes_the_same_encapsulation() -> None:
-    from usertunnel.config import ConfigFileError, parse_config
+    from usertunnel.front.config import ConfigFileError, parse_config
 
     head = f'[tunnel.g1]\nmode = "gre"\nlocal = "{A}"\nremote = "{B}"\n'
     config = parse_config(head + 'encap = "gue"\nencap_dport = 6080\nencap_sport = 7000\nencap_csum = true\n')

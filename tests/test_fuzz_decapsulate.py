@@ -280,7 +280,7 @@ def inner_packets(draw: st.DrawFn, families: tuple[int, ...], any_source: bool =
     )
     if protocol == 6:
         # A valid TCP checksum (UDP's 0 means "none", which is valid): a sender's GRE checksum may be
-        # derived from it (encap.inner_sum).
+        # derived from it (checksum.inner_sum).
         pseudo = header.src + header.dst + struct.pack("!BBH", 0, 6, len(body))
         body = body[:16] + struct.pack("!H", internet_checksum(pseudo + body)) + body[18:]
     return header.with_checksum().pack() + body

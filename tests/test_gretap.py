@@ -16,10 +16,11 @@ from scapy.layers.inet import GRE, ICMP, IP
 from scapy.layers.l2 import ARP, Ether
 from traffic import tcp_transfer
 
-from usertunnel import netns
 from usertunnel.core.drops import Drop
 from usertunnel.core.encap import Demux, Received, Tunnel
-from usertunnel.core.params import ConfigError, Mode, TunnelParams
+from usertunnel.core.errors import ConfigError
+from usertunnel.core.params import Mode, TunnelParams
+from usertunnel.io import netns
 
 A, B = bytes([198, 51, 100, 1]), bytes([198, 51, 100, 2])
 MAC_A, MAC_B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"

@@ -20,9 +20,9 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Raw
 
-from usertunnel import netns
 from usertunnel.core import gro
 from usertunnel.core.checksum import checksum_is_valid
+from usertunnel.io import netns
 
 SETTINGS = settings(max_examples=150, deadline=None)
 SRC, DST = "203.0.113.2", "203.0.113.1"

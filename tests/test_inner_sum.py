@@ -1,4 +1,4 @@
-"""`encap.inner_sum`: the GRE checksum's sum over the inner packet, derived in O(1) for TCP and UDP,
+"""`checksum.inner_sum`: the GRE checksum's sum over the inner packet, derived in O(1) for TCP and UDP,
 must equal the byte-by-byte sum for every packet whose checksums are right (and fall back for the rest)."""
 
 from __future__ import annotations
@@ -8,8 +8,7 @@ from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt
 
-from usertunnel.core.checksum import ones_complement_sum
-from usertunnel.core.encap import inner_sum
+from usertunnel.core.checksum import inner_sum, ones_complement_sum
 
 SETTINGS = settings(max_examples=400, deadline=None)
 v4 = st.tuples(st.integers(1, 254), st.integers(1, 254)).map(lambda t: f"203.0.113.{t[0]}")

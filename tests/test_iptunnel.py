@@ -1,4 +1,4 @@
-"""The `ip tunnel` grammar (usertunnel.iptunnel): the seed's commands, iproute2's refusals word for word,
+"""The `ip tunnel` grammar (usertunnel.front.iptunnel): the seed's commands, iproute2's refusals word for word,
 `ip tunnel show` lines, show's filter, and a round trip from table to words and back."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from usertunnel.iptunnel import (
+from usertunnel.front.iptunnel import (
     HELP,
     HELP6,
     MODES4,

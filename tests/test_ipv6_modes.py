@@ -20,9 +20,10 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt
 from usertunnel.core import ipv4, ipv6, sit
 from usertunnel.core.drops import Drop
 from usertunnel.core.encap import Demux, Received, Tunnel
+from usertunnel.core.errors import ConfigError
 from usertunnel.core.ipv4 import IPv4Header
 from usertunnel.core.ipv6 import IPv6Header
-from usertunnel.core.params import ConfigError, Mode, TunnelParams
+from usertunnel.core.params import Mode, TunnelParams
 
 A6 = ipaddress.IPv6Address("2001:db8:1::1").packed
 B6 = ipaddress.IPv6Address("2001:db8:1::2").packed

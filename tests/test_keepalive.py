@@ -6,8 +6,9 @@ import pytest
 from scapy.layers.inet import GRE, IP
 
 from usertunnel.core.encap import Demux, KeepaliveReply, Received, Reflect, Tunnel
+from usertunnel.core.errors import ConfigError
 from usertunnel.core.keepalive import Change, KeepaliveParams, LineProtocol, parse_keepalive
-from usertunnel.core.params import ConfigError, Mode, TunnelParams
+from usertunnel.core.params import Mode, TunnelParams
 
 A, B = bytes([198, 51, 100, 1]), bytes([198, 51, 100, 2])
 

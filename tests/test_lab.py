@@ -16,8 +16,9 @@ from conftest import require_netns
 from test_browser import check_lab_report
 from test_pictures import PageDOM, assert_lab_report, assert_page_shows
 
-from usertunnel import explain, netns
-from usertunnel.lab import NS_A, NS_B
+from usertunnel.io import netns
+from usertunnel.teach import explain
+from usertunnel.teach.lab import NS_A, NS_B
 
 
 def lab_command(*args: str) -> list[str]:
@@ -202,7 +203,7 @@ def test_encap_belongs_to_the_nat_lab_and_is_refused_elsewhere_in_one_line() -> 
 
 
 def test_a_nats_udp_mappings_are_read_from_its_conntrack_table() -> None:
-    from usertunnel.topology import Mapping, parse_conntrack
+    from usertunnel.teach.topology import Mapping, parse_conntrack
 
     table = (
         "ipv4     2 udp      17 4 src=198.51.100.66 dst=198.51.100.1 sport=6000 dport=4754 src=198.51.100.1 "
@@ -223,7 +224,7 @@ def test_a_nats_udp_mappings_are_read_from_its_conntrack_table() -> None:
 
 @pytest.mark.netns
 def test_several_hosts_behind_one_nat_share_its_public_address_and_reach_the_public_side() -> None:
-    from usertunnel.topology import Topology
+    from usertunnel.teach.topology import Topology
 
     require_netns()
     topo = Topology(f"utF{os.getpid() % 10000}")

@@ -17,16 +17,16 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from traffic import echo_request
 
-from usertunnel import netns
 from usertunnel.core import ipv4
 from usertunnel.core.drops import Drop
 from usertunnel.core.encap import Counters, Demux, Received, Tunnel
+from usertunnel.core.errors import ConfigError
 from usertunnel.core.keepalive import KeepaliveParams
-from usertunnel.core.params import ConfigError, Mode, TunnelParams
-from usertunnel.io import metrics
+from usertunnel.core.params import Mode, TunnelParams
+from usertunnel.io import metrics, netns
 from usertunnel.io.metrics import Scrape, TunnelSample, parse_listen, sample
-from usertunnel.netns import UpProcess
-from usertunnel.service import new_event_loop
+from usertunnel.io.netns import UpProcess
+from usertunnel.run.service import new_event_loop
 
 A, B = socket.inet_aton(UNDER_A), socket.inet_aton(UNDER_B)
 FROM_B = socket.inet_aton(INNER_B), socket.inet_aton(INNER_A)

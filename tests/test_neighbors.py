@@ -18,6 +18,7 @@ from scapy.layers.inet import GRE, IP
 from usertunnel.core import ipv4
 from usertunnel.core.drops import Drop
 from usertunnel.core.encap import Demux, KeepaliveReply, Received, Reflect, Tunnel
+from usertunnel.core.errors import ConfigError
 from usertunnel.core.ipv4 import IPv4Header
 from usertunnel.core.ipv6 import IPv6Header
 from usertunnel.core.keepalive import KeepaliveParams
@@ -28,7 +29,7 @@ from usertunnel.core.neighbors import (
     parse_spoke,
     parse_timeout,
 )
-from usertunnel.core.params import ConfigError, Mode, TunnelParams
+from usertunnel.core.params import Mode, TunnelParams
 
 HUB = bytes([198, 51, 100, 1])
 SPOKE1 = bytes([198, 51, 100, 11])

@@ -21,10 +21,11 @@ from pathlib import Path
 import pytest
 from conftest import require_netns
 
-from usertunnel import control, netns
-from usertunnel.config import ConfigFileError, check_tunnel, parse_config, tunnel_from_table
-from usertunnel.core.params import ConfigError
-from usertunnel.netns import UpProcess
+from usertunnel.core.errors import ConfigError
+from usertunnel.front.config import ConfigFileError, check_tunnel, parse_config, tunnel_from_table
+from usertunnel.io import netns
+from usertunnel.io.netns import UpProcess
+from usertunnel.run import control
 
 
 def refusal(text: str) -> ConfigFileError:

@@ -9,7 +9,8 @@ from conftest import INNER_B, UNDER_A, UNDER_B, Lab
 
 from usertunnel import cli
 from usertunnel.core import esp
-from usertunnel.core.params import ConfigError, Mode, TunnelParams
+from usertunnel.core.errors import ConfigError
+from usertunnel.core.params import Mode, TunnelParams
 
 
 def _address(text: str) -> bytes:
@@ -136,7 +137,7 @@ def test_a_name_that_does_not_resolve_is_one_line_exit_2(lab: Lab) -> None:
 
 
 def test_the_configuration_file_takes_host_names_too() -> None:
-    from usertunnel.config import ConfigFileError, parse_config
+    from usertunnel.front.config import ConfigFileError, parse_config
 
     config = parse_config('[tunnel.g1]\nmode = "gre"\nremote = "localhost"\n')
     assert config.tunnels["g1"].options.params.remote == _address("127.0.0.1")
@@ -148,7 +149,7 @@ def test_the_configuration_file_takes_host_names_too() -> None:
 def test_the_daemon_warns_about_a_local_that_is_not_an_address_of_this_host(lab: Lab) -> None:
     import time
 
-    from usertunnel.netns import UpProcess
+    from usertunnel.io.netns import UpProcess
 
     daemon = UpProcess(lab.a, [], command="daemon")
     lab.ends.append(daemon)

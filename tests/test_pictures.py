@@ -24,11 +24,11 @@ from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import Ether
 from test_explain import MORE_WIRE, UDP_PORTS, UDP_WIRE
 
-from usertunnel import explain, trace
 from usertunnel.core import esp
 from usertunnel.core.encap import Demux, Tunnel
 from usertunnel.core.params import VTI_OUTER, Mode, TunnelParams
-from usertunnel.picture import network, packet, page
+from usertunnel.teach import explain, trace
+from usertunnel.teach.picture import network, packet, page
 
 SVG = "{http://www.w3.org/2000/svg}"
 

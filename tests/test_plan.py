@@ -400,9 +400,9 @@ def test_show_plan_prints_the_code_that_serves_the_tunnel_and_creates_nothing() 
     assert "def tx(inner):" in done.stdout and "def rx(view):" in done.stdout
     assert "#   IKEY = 1234" in done.stdout and "#   SRC = 198.51.100.1" in done.stdout
     assert "inner_sum(inner)" in done.stdout  # the checksum the options asked for is in the code
-    plain = plan.describe_plans(TunnelParams("t0", Mode.GRE, A, B))
+    plain = plan.describe_plans(Tunnel(TunnelParams("t0", Mode.GRE, A, B)))
     assert "inner_sum" not in plain and "IKEY" not in plain  # and what they did not ask for is not
-    assert "no plan" in plan.describe_plans(TunnelParams("t0", Mode.SIT, A, None))
+    assert "no plan" in plan.describe_plans(Tunnel(TunnelParams("t0", Mode.SIT, A, None)))
 
 
 def test_plans_count_on_the_counters_the_tunnel_has_now() -> None:

@@ -21,8 +21,8 @@ from conftest import require_netns
 from pyroute2 import NetNS
 from traffic import tcp_transfer
 
-from usertunnel import netns
-from usertunnel.netns import UpProcess
+from usertunnel.io import netns
+from usertunnel.io.netns import UpProcess
 
 A, R_A, R_B, B = "198.51.100.1", "198.51.100.2", "198.51.100.5", "198.51.100.6"
 INNER_A, INNER_B = "203.0.113.1", "203.0.113.2"

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import require_netns
 
-from usertunnel import netns
-from usertunnel.io import privilege
+from usertunnel.io import netns, privilege
 
 ROOT = Path(__file__).resolve().parent.parent
 NOBODY = ["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups", "--inh-caps=-all"]

@@ -26,7 +26,7 @@ profile = _load()
 
 BASE = (
     "_run_module_as_main (<frozen runpy>:198);<module> (usertunnel/__main__.py:3);"
-    "up (usertunnel/service.py:419);Runner.run (asyncio/runners.py:118)"
+    "up (usertunnel/run/service.py:419);Runner.run (asyncio/runners.py:118)"
 )
 LOOP = "usertunnel/io/loop.py"
 # What the lines of this made-up loop.py say (py-spy gives file:line; the tool reads the line from the checkout).

@@ -20,9 +20,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from traffic import tcp_transfer
 
-from usertunnel import cli, netns, workers
+from usertunnel import cli
 from usertunnel.core.params import Mode, TunnelParams
+from usertunnel.io import netns
 from usertunnel.io.raw import ShardLayout, shard_filter
+from usertunnel.run import workers
 
 SETTINGS = settings(max_examples=300, deadline=None)
 

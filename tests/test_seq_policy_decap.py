@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from usertunnel.core import ipv4
 from usertunnel.core.drops import Drop
 from usertunnel.core.encap import Demux, Held, Received, Tunnel
+from usertunnel.core.errors import ConfigError
 from usertunnel.core.ipv4 import IPv4Header
-from usertunnel.core.params import ConfigError, Mode, TunnelParams
+from usertunnel.core.params import Mode, TunnelParams
 from usertunnel.core.sequence import SeqPolicy
 
 A = bytes([198, 51, 100, 1])

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from usertunnel.core.params import ConfigError
+from usertunnel.core.errors import ConfigError
 from usertunnel.core.sequence import (
     DEFAULT_MAX_PERFLOW_BUFFER,
     DEFAULT_OUTOFORDER_TIMER,

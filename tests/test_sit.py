@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from usertunnel.core import sit
-from usertunnel.core.params import ConfigError
+from usertunnel.core.errors import ConfigError
 from usertunnel.core.sit import (
     SIX_TO_FOUR,
     DeviceAddress,

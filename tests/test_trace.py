@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from traffic import corrupt_last_byte, echo_request
 
-from usertunnel import trace
 from usertunnel.core.drops import Drop
 from usertunnel.core.encap import Demux, Received, Tunnel
 from usertunnel.core.params import Mode, TunnelParams
+from usertunnel.teach import trace
 
 A, B = bytes([198, 51, 100, 1]), bytes([198, 51, 100, 2])
 OUTER = ("198.51.100.2", "198.51.100.1")  # from the peer B to us A

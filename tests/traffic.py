@@ -13,7 +13,7 @@ import threading
 
 from scapy.layers.inet import GRE, ICMP, IP
 
-from usertunnel import netns
+from usertunnel.io import netns
 
 
 def tcp_transfer(

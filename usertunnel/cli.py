@@ -20,17 +20,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
-from . import __version__, control, down, explain
+from . import __version__
+from .core.errors import ConfigError
 from .core.fou import GRE_IN_UDP_PORT, Encap
 from .core.keepalive import parse_keepalive
 from .core.neighbors import HubParams, parse_neighbor, parse_spoke, parse_timeout
-from .core.params import (
-    CSUM_VERIFY,
-    VTI_OUTER,
-    ConfigError,
-    Mode,
-    TunnelParams,
-    check_address_families,
+from .core.params import CSUM_VERIFY, VTI_OUTER, Mode, TunnelParams, check_address_families
+from .core.sequence import SeqPolicy, parse_seq_policy
+from .core.sit import PrlEntry, SixRd
+from .core.values import (
     parse_address,
     parse_encap,
     parse_encaplimit,
@@ -42,13 +40,13 @@ from .core.params import (
     parse_tos,
     parse_ttl,
 )
-from .core.sequence import SeqPolicy, parse_seq_policy
-from .core.sit import PrlEntry, SixRd
 from .io import resolve
 from .io.keyfile import read_esp_keys
+from .run import control, down
+from .teach import explain
 
 if TYPE_CHECKING:
-    from .service import UpOptions
+    from .front.request import UpOptions
 from .io.metrics import parse_listen
 
 EXIT_USAGE = 2
@@ -698,14 +696,14 @@ def _add_daemon_parsers(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def _cmd_completion(args: argparse.Namespace) -> int:
-    from . import completion
+    from .front import completion
 
     sys.stdout.write(completion.script(build_parser(), args.shell))
     return 0
 
 
 def _cmd_daemon(args: argparse.Namespace) -> int:
-    from .daemon import daemon
+    from .run.daemon import daemon
 
     return daemon(
         args.config, coalesce=args.coalesce, batch=args.batch, metrics_address=args.metrics, esp_dir=args.esp_keys_dir
@@ -715,7 +713,7 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
 def _cmd_tunnel(args: argparse.Namespace) -> int:
     """`usertunnel [-6] [-j] [-s] tunnel ...`: errors in iproute2's words on stderr; exit 2 for a command
     that does not parse, 1 when the daemon refuses it."""
-    from . import iptunnel
+    from .front import iptunnel
 
     if args.tunnel_help or "-h" in args.words or "--help" in args.words:
         sys.stdout.write(iptunnel.HELP6 if args.ipv6 else iptunnel.HELP)
@@ -898,7 +896,7 @@ def _options_from_file(args: argparse.Namespace) -> UpOptions:
     """`up --config FILE`: the tunnel of FILE (its only one, or --name's), with this command's process options."""
     from dataclasses import replace
 
-    from .config import load_config
+    from .front.config import load_config
 
     defaults = build_parser().parse_args(["up", "--config", args.config])
     given = sorted(
@@ -932,14 +930,20 @@ def _options_from_file(args: argparse.Namespace) -> UpOptions:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from .service import UpOptions, up
+    from .front.request import UpOptions
+    from .run.service import up as up_one
+    from .run.workers import up_queues
+
+    def up(options: UpOptions) -> int:
+        return up_queues(options) if options.queues > 1 else up_one(options)
 
     if args.config is not None:
         options = _options_from_file(args)
         if args.show_plan:
+            from .core.encap import Tunnel
             from .core.plan import describe_plans
 
-            print(describe_plans(options.params))
+            print(describe_plans(Tunnel(options.params)))
             return 0
         return up(options)
     if args.remote is _DEFAULT:
@@ -947,9 +951,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
     params = params_from_args(args)
     check_address_families(params, args.address)
     if args.show_plan:
+        from .core.encap import Tunnel
         from .core.plan import describe_plans
 
-        print(describe_plans(params))
+        print(describe_plans(Tunnel(params)))
         return 0
     return up(
         UpOptions(
@@ -969,10 +974,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_lab(args: argparse.Namespace) -> int:
-    from .lab import run_lab
+    from .teach.lab import run_lab
 
     if args.scenario != "basic":
-        from .lab_nat import run_nat_lab, run_p2mp_lab
+        from .teach.lab_nat import run_nat_lab, run_p2mp_lab
 
         if args.mode != "gre" or args.seq or args.csum or args.trace:
             raise ConfigError(

@@ -36,7 +36,7 @@ from typing import Any
 
 from pyroute2 import NetNS
 
-from usertunnel import netns
+from usertunnel.io import netns
 
 NS_HOST, NS_GUEST = "ut-ix-h", "ut-ix-g"
 VETH_HOST, VETH_GUEST = "ut-ix-vh", "ut-ix-vg"

@@ -53,7 +53,7 @@ from types import TracebackType
 from pyroute2 import NetNS
 from pyroute2.netlink.exceptions import NetlinkError
 
-from usertunnel import netns
+from usertunnel.io import netns
 
 NS_HOST, NS_OVS = "ut-ovs-h", "ut-ovs-o"
 VETH_HOST, VETH_OVS = "ut-ovs-h0", "ut-ovs-o0"

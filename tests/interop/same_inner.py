@@ -40,7 +40,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.packet import Packet
 
-from usertunnel import netns
+from usertunnel.io import netns
 
 INNER4 = ("203.0.113.9", "203.0.113.10")
 INNER6 = ("2001:db8:100::9", "2001:db8:100::10")

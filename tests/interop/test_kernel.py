@@ -30,11 +30,12 @@ import pytest
 import same_inner
 from kernel_peer import GUEST_ADDR, HOST_ADDR, NS_HOST, VETH_HOST, KernelPeer
 
-from usertunnel import netns
 from usertunnel.core import gre
 from usertunnel.core.encap import Tunnel
-from usertunnel.core.params import Mode, TunnelParams, parse_key
-from usertunnel.netns import UpProcess
+from usertunnel.core.params import Mode, TunnelParams
+from usertunnel.core.values import parse_key
+from usertunnel.io import netns
+from usertunnel.io.netns import UpProcess
 
 OURS, THEIRS = "203.0.113.1", "203.0.113.2"
 TRANSFER = 5 * 1024 * 1024

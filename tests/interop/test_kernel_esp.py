@@ -47,12 +47,12 @@ from test_kernel import (
     usertunnel_stats,
 )
 
-from usertunnel import netns
 from usertunnel.core import esp
 from usertunnel.core.drops import Drop
 from usertunnel.core.encap import Tunnel
 from usertunnel.core.params import Mode, TunnelParams
-from usertunnel.netns import UpProcess
+from usertunnel.io import netns
+from usertunnel.io.netns import UpProcess
 
 OURS, THEIRS = "203.0.113.1", "203.0.113.2"
 GRE_KEY = 1234

@@ -55,8 +55,8 @@ from conftest import require_peer
 from kernel_peer import GUEST_ADDR, HOST_ADDR, NS_HOST, VETH_HOST, KernelPeer
 from test_kernel import TRANSFER, send_from_kernel, send_from_us, usertunnel_stats
 
-from usertunnel import netns
-from usertunnel.netns import UpProcess
+from usertunnel.io import netns
+from usertunnel.io.netns import UpProcess
 
 PROTOCOL = same_inner.PROTOCOL
 PORT = {"fou": 5555, "gue": 6080}  # GUE's IANA port is 6080; FOU has none (RFC 8086's GRE-in-UDP has 4754)

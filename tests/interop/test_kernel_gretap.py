@@ -26,10 +26,10 @@ import same_inner
 from kernel_peer import GUEST_ADDR, HOST_ADDR, NS_HOST, VETH_HOST, KernelPeer
 from test_kernel import agreed_mtu, assert_nothing_lost_unseen, ipv6_default, settled_counters, usertunnel_stats
 
-from usertunnel import netns
 from usertunnel.core.encap import Tunnel
 from usertunnel.core.params import Mode, TunnelParams
-from usertunnel.netns import UpProcess
+from usertunnel.io import netns
+from usertunnel.io.netns import UpProcess
 
 OURS, THEIRS = "203.0.113.1", "203.0.113.2"
 

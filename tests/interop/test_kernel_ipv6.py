@@ -30,11 +30,11 @@ import same_inner
 from kernel_peer import GUEST_ADDR, GUEST_ADDR6, HOST_ADDR, HOST_ADDR6, NS_HOST, VETH_HOST, KernelPeer
 from test_kernel import agreed_mtu, assert_nothing_lost_unseen, ipv6_default, settled_counters, usertunnel_stats
 
-from usertunnel import netns
 from usertunnel.core import gre, ipv6
 from usertunnel.core.encap import Tunnel
 from usertunnel.core.params import Mode, TunnelParams
-from usertunnel.netns import UpProcess
+from usertunnel.io import netns
+from usertunnel.io.netns import UpProcess
 
 INNER4 = ("203.0.113.1", "203.0.113.2")  # ours, the kernel's
 INNER6 = ("2001:db8:100::1", "2001:db8:100::2")

@@ -16,8 +16,8 @@ import pytest
 from kernel_peer import GUEST_ADDR, HOST_ADDR, NS_HOST, KernelPeer
 from test_kernel import OURS, THEIRS
 
-from usertunnel import netns
-from usertunnel.netns import UpProcess
+from usertunnel.io import netns
+from usertunnel.io.netns import UpProcess
 
 PERIOD, RETRIES = 0.3, 2
 

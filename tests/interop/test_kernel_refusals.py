@@ -28,7 +28,7 @@ from scapy.layers.inet import ICMP, IP, UDP
 from test_kernel import OURS, THEIRS, Pair, Variant
 from traffic import corrupt_last_byte, echo_replies_seen, echo_request
 
-from usertunnel import netns
+from usertunnel.io import netns
 
 ECHO_ID = 0x5575
 

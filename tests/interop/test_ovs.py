@@ -28,8 +28,8 @@ import pytest
 from ovs_peer import HOST_ADDR, NS_HOST, NS_OVS, OURS, OVS_ADDR, THEIRS, UNDERLAY_MTU, VETH_HOST, OvsPeer, missing
 from traffic import tcp_transfer
 
-from usertunnel import netns
-from usertunnel.netns import UpProcess
+from usertunnel.io import netns
+from usertunnel.io.netns import UpProcess
 
 
 def _require_netns() -> Callable[[], None]:

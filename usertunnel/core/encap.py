@@ -28,13 +28,14 @@ from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 from . import ecn, esp, fou, gre, icmp, ipv4, ipv6, plan, sit
-from .checksum import checksum_is_valid, fold, ones_complement_sum
+from .checksum import checksum_is_valid, csum_derived_is_valid, fold, inner_sum, ones_complement_sum
 from .drops import Drop
+from .errors import ConfigError
 from .gre import parse_fields
 from .keepalive import LineProtocol, inner_request, is_request_to_reflect
 from .lookup import Rule, TunnelTable
 from .neighbors import NeighborTable, Peer
-from .params import ConfigError, TunnelParams
+from .params import TunnelParams
 from .sequence import SeqPolicy, SequenceState, Verdict, new_sequence_state
 
 _OUTER = struct.Struct("!BBHHHBBH4s4s")
@@ -997,66 +998,6 @@ _PROTO_IPV4 = gre.PROTO_IPV4
 _PROTO_IPV6 = gre.PROTO_IPV6
 _RFC2890 = SeqPolicy.RFC2890
 _DROP_NOT_ECT = ecn.Decap.DROP
-
-
-def inner_sum(inner: bytes | bytearray | memoryview) -> int:
-    """The one's-complement sum of an inner packet, in O(1) for TCP and UDP (what the GRE checksum needs).
-
-    A packet whose checksums are right sums to a known value: its IPv4 header sums to 0xFFFF (which
-    counts as zero), and its TCP or UDP segment sums to the complement of the pseudo-header's sum
-    (RFC 1071; RFC 1624 for the arithmetic). So the sum of 1,500 bytes follows from some 40 of them.
-    Packets read from TUN have their checksums done by the kernel (no offloads are enabled); should one
-    arrive with a wrong transport checksum, the GRE checksum it gets disagrees with its bytes and the
-    peer drops it (csum_bad), where otherwise the destination host would have. Anything else (other
-    protocols, fragments, UDP without a checksum, IPv6 extension headers) is summed byte by byte.
-    """
-    n = len(inner)
-    if n >= 40:
-        if inner[0] >> 4 == 4:
-            proto = inner[9]
-            ihl = (inner[0] & 0x0F) << 2
-            if (proto == 6 or proto == 17) and not ((inner[6] << 8 | inner[7]) & _FRAGMENT_BITS) and ihl + 20 <= n:
-                where = ihl + (16 if proto == 6 else 6)
-                if (proto == 6 or inner[where] or inner[where + 1]) and (inner[2] << 8 | inner[3]) == n:
-                    pseudo = int.from_bytes(inner[12:20], "big") % 0xFFFF + proto + n - ihl
-                    return 0xFFFF - pseudo % 0xFFFF  # the header's 0xFFFF adds nothing
-        elif n >= 60:
-            proto = inner[6]
-            if proto == 6 or proto == 17:
-                where = 40 + (16 if proto == 6 else 6)
-                if (
-                    where + 2 <= n
-                    and (proto == 6 or inner[where] or inner[where + 1])
-                    and (inner[4] << 8 | inner[5]) == n - 40
-                ):
-                    # The addresses are in both the header and the pseudo-header: they cancel out.
-                    rest = int.from_bytes(inner[:8], "big") % 0xFFFF + 0xFFFF - (proto + n - 40) % 0xFFFF
-                    return rest % 0xFFFF or 0xFFFF
-    return ones_complement_sum(inner)
-
-
-def csum_derived_is_valid(payload: bytes | bytearray | memoryview, hlen: int) -> bool:
-    """A received GRE checksum checked in O(1) for TCP and UDP (`--csum-verify derived`).
-
-    The GRE header's bytes and an inner IPv4 header's are summed; the rest of the inner packet's sum is
-    derived as `inner_sum` derives it when sending: what it is if the TCP/UDP checksum is right. So a
-    wrong GRE checksum field, key or sequence number is caught here as by a full sum, and so is most
-    damage to an inner IPv4 header (TTL, TOS, identification...). What is not caught is what the inner
-    packet's own checksums show: damage inside the TCP/UDP segment, and to the IPv4 addresses and
-    protocol, which the header and the pseudo-header both hold so that their changes cancel here. It
-    passes into TUN, where the receiving host verifies the IPv4 header checksum and the TCP/UDP checksum
-    (nothing marks them verified: a plain packet, or a coalesced one with flags 0, see core.gro) and drops
-    it, counted by the kernel (`nstat TcpInCsumErrors`, `IpInHdrErrors`) instead of as our csum_bad. A
-    host that forwards the inner packet passes such damage on, as any router does. Other inner packets (other
-    protocols, fragments, UDP without checksum) are summed in full, so nothing is weaker for them. One
-    difference the other way: an inner IPv4 header whose own checksum is wrong is refused here even when
-    the GRE checksum over it is right (its sum is counted twice); its host would have dropped it.
-    """
-    inner = payload[hlen:]
-    total = ones_complement_sum(payload[:hlen]) + inner_sum(inner)
-    if len(inner) >= 20 and inner[0] >> 4 == 4:
-        total += ones_complement_sum(inner[: (inner[0] & 0x0F) << 2])  # 0xFFFF, adding nothing, when right
-    return fold(total) == 0xFFFF
 
 
 def _count_rx(counters: Counters, packets: Sequence[bytes]) -> None:

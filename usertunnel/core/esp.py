@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from .checksum import internet_checksum
 from .drops import Drop
-from .params import ConfigError
+from .errors import ConfigError
 
 __all__ = [
     "CHACHA",

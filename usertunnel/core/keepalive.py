@@ -21,7 +21,7 @@ import struct
 from dataclasses import dataclass
 
 from . import gre, ipv4
-from .params import ConfigError
+from .errors import ConfigError
 
 DEFAULT_PERIOD = 10.0  # Cisco's default, seconds
 DEFAULT_RETRIES = 3  # Cisco's default

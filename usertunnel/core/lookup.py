@@ -20,7 +20,8 @@ import enum
 from typing import Generic, Protocol, TypeVar
 
 from .drops import Drop
-from .params import ConfigError, TunnelParams
+from .errors import ConfigError
+from .params import TunnelParams
 
 
 class Rule(enum.Enum):

@@ -35,7 +35,7 @@ import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .params import ConfigError
+from .errors import ConfigError
 from .sequence import KernelSequence, SequenceState
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -107,7 +107,7 @@ def parse_neighbor(text: str) -> StaticNeighbor:
 
 def parse_spoke(text: str) -> Spoke:
     """`KEY=PREFIX[,PREFIX...]`, e.g. `1001=203.0.113.16/28,2001:db8:16::/48`."""
-    from .params import parse_key
+    from .values import parse_key
 
     key_text, sep, prefixes_text = text.partition("=")
     if not sep or not prefixes_text:

@@ -49,18 +49,31 @@ import functools
 import re
 import socket
 import struct
-import types
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from . import ecn, fou, gre, ipv4, ipv6
-from .checksum import checksum_is_valid, ones_complement_sum
+from .checksum import checksum_is_valid, inner_sum, ones_complement_sum
 from .sequence import HALF, SeqPolicy
 
 if TYPE_CHECKING:
-    from .encap import Tunnel
+    from .neighbors import NeighborTable
     from .params import Mode, TunnelParams
+
+
+class Planned(Protocol):
+    """What a plan is compiled from: `core.encap.Tunnel` (named here by what it has, so that this module,
+    which `encap` imports, does not import `encap`). The plans' source also reads the tunnel's counters
+    and state through the name T."""
+
+    params: TunnelParams
+    hub: NeighborTable | None
+    sit_rules: bool
+
+    @property
+    def outer_sum(self) -> int: ...
+
 
 TxFunction = Callable[[bytes | bytearray | memoryview], bytes | None]
 RxFunction = Callable[[memoryview], memoryview | None]
@@ -95,13 +108,13 @@ def _struct(fmt: str) -> struct.Struct:
     return struct.Struct(fmt)
 
 
-def tx_eligible(tunnel: Tunnel) -> bool:
+def tx_eligible(tunnel: Planned) -> bool:
     """Whether `tunnel` gets a transmit plan (see the module docstring)."""
     p = tunnel.params
     return not p.mode.value.ethernet and p.remote is not None and tunnel.hub is None
 
 
-def rx_eligible(tunnel: Tunnel) -> bool:
+def rx_eligible(tunnel: Planned) -> bool:
     """Whether `tunnel` gets a receive plan (see the module docstring)."""
     p = tunnel.params
     mode = p.mode.value
@@ -116,7 +129,7 @@ def rx_eligible(tunnel: Tunnel) -> bool:
     )
 
 
-def compile_tx(tunnel: Tunnel) -> Plan | None:
+def compile_tx(tunnel: Planned) -> Plan | None:
     """The transmit plan of `tunnel`: `tx(inner) -> outer header bytes`, or None (run the specification)."""
     if not tx_eligible(tunnel):
         return None
@@ -146,7 +159,7 @@ def compile_tx(tunnel: Tunnel) -> Plan | None:
         "OUTER_SUM": tunnel.outer_sum,
         # The GRE header's words that never change, for its checksum (flags and key; the protocol varies).
         "GRE_SUM": gre.flags_for(p.ocsum, keyed, p.oseq) + _words(p.okey),
-        "inner_sum": _encap().inner_sum,
+        "inner_sum": inner_sum,
         "HEADER": _struct(fmt),
     }
     if encap is not None:
@@ -268,7 +281,7 @@ def _tx_source(
             lines += ["    seq = T.oseq_next", "    T.oseq_next = (seq + 1) & 0xFFFFFFFF"]
         if ocsum:
             # RFC 2784 section 2.5: over the GRE header (checksum field zero) and the payload; the inner
-            # packet's sum in O(1) for TCP and UDP (encap.inner_sum).
+            # packet's sum in O(1) for TCP and UDP (checksum.inner_sum).
             seq_words = " + (seq >> 16) + (seq & 0xFFFF)" if oseq else ""
             lines.append(f"    g = GRE_SUM + proto{seq_words} + inner_sum(inner)")
             lines += _fold_lines("g", "    ")
@@ -306,7 +319,7 @@ def _tx_source(
     return tuple(lines), fmt
 
 
-def compile_rx(tunnel: Tunnel) -> Plan | None:
+def compile_rx(tunnel: Planned) -> Plan | None:
     """The receive plan of `tunnel`: `rx(outer packet) -> inner packet view`, or None (run the specification).
     For FOU / GUE, `rx(UDP payload, outer source and destination, outer TOS)`: what a UDP socket hands over.
 
@@ -327,7 +340,7 @@ def compile_rx(tunnel: Tunnel) -> Plan | None:
         "KEY_WORDS": _words(p.ikey),
         "OUTER": _struct(fmt),
         "checksum_is_valid": checksum_is_valid,
-        "inner_sum": _encap().inner_sum,
+        "inner_sum": inner_sum,
     }
     return _compile(lines, env, "<plan rx>")
 
@@ -442,7 +455,7 @@ def _rx_source(
         lines += ["    " + line for line in rest]
     lines += ["    else:", "        return None"]
     if spec.is_gre and icsum and csum_verify != "full":
-        # --csum-verify derived (encap.csum_derived_is_valid) once the inner header is known sound: the GRE
+        # --csum-verify derived (checksum.csum_derived_is_valid) once the inner header is known sound: the GRE
         # header's words, plus the inner packet's sum derived in O(1) from its own TCP/UDP checksum (its
         # IPv4 header, just checked, sums to 0xFFFF and adds nothing), must sum to 0xFFFF.
         seq_words = " + (seq >> 16) + (seq & 0xFFFF)" if iseq else ""
@@ -489,19 +502,9 @@ def _words(key: int | None) -> int:
     return 0 if key is None else (key >> 16) + (key & 0xFFFF)
 
 
-def _encap() -> types.ModuleType:
-    """core.encap, which imports this module (its inner_sum is bound into the plans)."""
-    from . import encap
-
-    return encap
-
-
-def describe_plans(params: TunnelParams) -> str:
-    """The plans of a tunnel with `params`, as a reader would want them: each one's source and the values
-    it is bound to, or why the specification serves that direction (`usertunnel up --show-plan`)."""
-    from .encap import Tunnel
-
-    tunnel = Tunnel(params)
+def describe_plans(tunnel: Planned) -> str:
+    """The plans of `tunnel`, as a reader would want them: each one's source and the values it is bound
+    to, or why the specification serves that direction (`usertunnel up --show-plan`)."""
     out = []
     for direction, plan, eligible in (
         ("transmit", compile_tx(tunnel), tx_eligible(tunnel)),

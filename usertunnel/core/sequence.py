@@ -454,6 +454,6 @@ def _check_timer(value: float) -> None:
 def _config_error(message: str) -> Exception:
     # Imported here, not at the top: params.py is where a TunnelParams would name a SeqPolicy,
     # and a top-level import both ways would be a cycle.
-    from .params import ConfigError
+    from .errors import ConfigError
 
     return ConfigError(message)

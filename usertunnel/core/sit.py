@@ -52,7 +52,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .params import ConfigError, parse_address
+from .errors import ConfigError
+from .values import parse_address
 
 ZERO4 = bytes(4)
 ZERO6 = bytes(16)

@@ -42,8 +42,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..core.errors import ConfigError
 from ..core.esp import IPPROTO_ESP
-from ..core.params import ConfigError, Mode, TunnelParams
+from ..core.params import Mode, TunnelParams
 
 PREFIX = "usertunnel/"
 PROC_NET_UNIX = "/proc/net/unix"

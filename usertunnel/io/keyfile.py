@@ -14,8 +14,8 @@ import os
 import stat
 import tomllib
 
+from ..core.errors import ConfigError
 from ..core.esp import EspKeys, keys_from_table
-from ..core.params import ConfigError
 
 
 def read_esp_keys(path: str, what: str = "--esp-keys") -> EspKeys:

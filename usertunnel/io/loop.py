@@ -35,7 +35,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..core import ipv4
 from ..core.drops import Drop
@@ -44,7 +44,6 @@ from ..core.esp import IPPROTO_ESP
 from ..core.fou import EncapKind, gue_header
 from ..core.gro import coalesce
 from .batch import RecvBatch, SendBatch, Slots
-from .observe import Observer
 from .tun import VIRTIO_NET_HDR_F_NEEDS_CSUM, VNET_HDR_LEN, VNET_NONE, Tun, complete_checksum
 from .udp import ANCILLARY as UDP_ANCILLARY
 from .udp import outer_ancillary, parse_ancillary
@@ -76,6 +75,19 @@ _SEND_ERRORS = {
     errno.EHOSTUNREACH: Drop.ICMP_ERROR,
     errno.ENETUNREACH: Drop.ICMP_ERROR,
 }
+
+
+class Observer(Protocol):
+    """What `--trace` and `--pcap` are told, when (and only when) either is on: `run.observe.Observer` is the
+    one implementation; the loop knows only these calls (io imports nothing above io)."""
+
+    def tx(self, tunnel: Tunnel, inner: bytes, result: bytes | Drop, send_error: Drop | None) -> None: ...
+    def sent(self, packet: bytes | bytearray | memoryview, what: str) -> None: ...
+    def released(self, inner: bytes) -> None: ...
+    def rx6(self, protocol: int, src: bytes, dst: bytes, payload: memoryview, result: Result) -> None: ...
+    def rx_context(self, demux: Demux, packet: memoryview) -> object | None: ...
+    def rx(self, packet: memoryview, context: Any, result: Result, write_error: Drop | None) -> None: ...
+    def close(self) -> None: ...
 
 
 @dataclass(eq=False)

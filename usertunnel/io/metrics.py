@@ -48,8 +48,9 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from ..core.encap import Counters, Tunnel
+from ..core.errors import ConfigError
 from ..core.keepalive import LineProtocol
-from ..core.params import ConfigError, TunnelParams
+from ..core.params import TunnelParams
 
 if TYPE_CHECKING:  # prometheus_client is imported when metrics are served: other commands start 60 ms sooner
     from prometheus_client.core import Metric

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from ..core.params import ConfigError
+from ..core.errors import ConfigError
 
 DEFAULT_UNDERLAY_MTU = 1500  # Linux's ETH_DATA_LEN fallback when no route or device is known
 

@@ -21,7 +21,7 @@ import os
 import pwd
 from collections.abc import Collection
 
-from ..core.params import ConfigError
+from ..core.errors import ConfigError
 
 # capabilities(7): the bit of each capability in the CapEff mask of /proc/PID/status.
 CAPABILITY_BITS = {"CAP_NET_ADMIN": 12, "CAP_NET_RAW": 13, "CAP_SYS_ADMIN": 21}

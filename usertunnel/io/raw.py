@@ -76,7 +76,7 @@ import struct
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
-from ..core.params import ConfigError
+from ..core.errors import ConfigError
 from .claim import Identity, claimed
 
 SOCKET_BUFFER = 8 * 1024 * 1024

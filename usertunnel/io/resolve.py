@@ -13,7 +13,7 @@ import ipaddress
 import re
 import socket
 
-from ..core.params import ConfigError
+from ..core.errors import ConfigError
 
 # RFC 1123 host names: labels of letters, digits and hyphens, not starting or ending with a hyphen.
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"

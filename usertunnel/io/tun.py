@@ -33,7 +33,7 @@ import struct
 import pytun
 
 from ..core.checksum import fold, ones_complement_sum
-from ..core.params import ConfigError
+from ..core.errors import ConfigError
 
 TUNSETCARRIER = 0x400454E2  # _IOW('T', 226, int)
 TUNSETVNETHDRSZ = 0x400454D8  # _IOW('T', 216, int)

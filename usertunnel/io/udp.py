@@ -22,7 +22,7 @@ import errno
 import socket
 import sys
 
-from ..core.params import ConfigError
+from ..core.errors import ConfigError
 from .raw import SOCKET_BUFFER, configure
 
 # Linux values (not all in Python's socket module).

@@ -16,11 +16,11 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .core import ecn, gre, ipv4
-from .core.drops import Drop
-from .core.encap import Demux, Held, KeepaliveReply, Reflect, Result, Tunnel
-from .core.lookup import Rule
-from .core.sequence import MOD, SequenceState
+from ..core import ecn, gre, ipv4
+from ..core.drops import Drop
+from ..core.encap import Demux, Held, KeepaliveReply, Reflect, Result, Tunnel
+from ..core.lookup import Rule
+from ..core.sequence import MOD, SequenceState
 
 ECN_NAMES = {ecn.NOT_ECT: "Not-ECT", ecn.ECT_0: "ECT(0)", ecn.ECT_1: "ECT(1)", ecn.CE: "CE"}
 PROTOCOLS = {1: "ICMP", 4: "IPIP", 6: "TCP", 17: "UDP", 41: "IPv6", 47: "GRE", 58: "ICMPv6"}

@@ -1,7 +1,7 @@
 """`usertunnel down NAME`: stop the `usertunnel up` that runs tunnel NAME in this network namespace.
 
 The `wg-quick down` habit. Every `usertunnel up` listens on its control socket
-(DIR/NAME.sock, see usertunnel.control); `down` asks it to stop, and it stops as
+(DIR/NAME.sock, see usertunnel.run.control); `down` asks it to stop, and it stops as
 on SIGTERM: counters printed to its log, TUN device removed. `down` then waits,
 bounded, until the process is gone, so that when it returns the device is too.
 Tunnels of `usertunnel daemon` are removed with `usertunnel tunnel del NAME`.

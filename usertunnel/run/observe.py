@@ -11,10 +11,10 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 
-from .. import trace
 from ..core.drops import Drop
 from ..core.encap import Demux, Received, Result, Tunnel
-from ..pcap import INBOUND, OUTBOUND, TUN, UNDERLAY, PcapNgWriter
+from ..io.pcap import INBOUND, OUTBOUND, TUN, UNDERLAY, PcapNgWriter
+from ..teach import trace
 
 
 class Observer:

@@ -69,7 +69,7 @@ def remove(name: str) -> None:
             os.kill(pid, signal.SIGKILL)
     if exists(name):
         netns.remove(name)
-    # Control sockets of instances that ran there (usertunnel.control.run_directory).
+    # Control sockets of instances that ran there (usertunnel.run.control.run_directory).
     shutil.rmtree(f"/run/usertunnel/netns/{name}", ignore_errors=True)
 
 

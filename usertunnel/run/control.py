@@ -67,10 +67,11 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .core.drops import Drop
-from .core.encap import Counters
-from .core.params import ConfigError, TunnelParams
-from .iptunnel import show_lines
+from ..core.drops import Drop
+from ..core.encap import Counters
+from ..core.errors import ConfigError
+from ..core.params import TunnelParams
+from ..front.iptunnel import show_lines
 
 RUN_DIR = Path("/run/usertunnel")
 NETNS_DIR = Path("/run/netns")  # where `ip netns add` names namespaces

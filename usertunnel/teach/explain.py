@@ -33,9 +33,9 @@ import textwrap
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
-from .core import ecn, esp, fou, gre, ipv4, ipv6
-from .core.checksum import checksum_is_valid, internet_checksum
-from .core.drops import Drop
+from ..core import ecn, esp, fou, gre, ipv4, ipv6
+from ..core.checksum import checksum_is_valid, internet_checksum
+from ..core.drops import Drop
 
 # --- link types (tcpdump.org/linktypes.html) --------------------------------------------------------------
 
@@ -2211,8 +2211,8 @@ def run(args: argparse.Namespace) -> int:
         udp_ports = dict(parse_udp_port(text) for text in args.udp_port)
         keys = None
         if args.esp_keys is not None:
-            from .core.params import ConfigError
-            from .io.keyfile import read_esp_keys
+            from ..core.errors import ConfigError
+            from ..io.keyfile import read_esp_keys
 
             try:
                 keys = read_esp_keys(args.esp_keys)

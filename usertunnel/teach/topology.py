@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from pyroute2 import NetNS
 
-from . import netns
+from ..io import netns
 
 PUBLIC = ipaddress.IPv4Network("198.51.100.0/26")
 

@@ -26,9 +26,9 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any, TextIO
 
-from . import dissect, netns
-from .core.params import ConfigError
-from .io import privilege
+from ..core.errors import ConfigError
+from ..io import netns, privilege
+from . import dissect
 from .picture import network, page
 from .trace import journeys
 

@@ -47,19 +47,15 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .core.esp import EspKeys
-from .core.fou import Encap
-from .core.keepalive import parse_keepalive
-from .core.neighbors import DEFAULT_TIMEOUT, HubParams, parse_neighbor, parse_spoke, parse_timeout
-from .core.params import (
-    CSUM_VERIFY,
-    IFNAMSIZ,
-    VTI_OUTER,
-    ConfigError,
-    Mode,
-    ModeSpec,
-    TunnelParams,
-    check_address_families,
+from ..core.errors import ConfigError
+from ..core.esp import EspKeys
+from ..core.fou import Encap
+from ..core.keepalive import parse_keepalive
+from ..core.neighbors import DEFAULT_TIMEOUT, HubParams, parse_neighbor, parse_spoke, parse_timeout
+from ..core.params import CSUM_VERIFY, IFNAMSIZ, VTI_OUTER, Mode, ModeSpec, TunnelParams, check_address_families
+from ..core.sequence import SeqPolicy, parse_seq_policy
+from ..core.sit import PrlEntry, SixRd
+from ..core.values import (
     parse_address,
     parse_encap,
     parse_encaplimit,
@@ -71,11 +67,9 @@ from .core.params import (
     parse_tos,
     parse_ttl,
 )
-from .core.sequence import SeqPolicy, parse_seq_policy
-from .core.sit import PrlEntry, SixRd
-from .io.keyfile import read_esp_keys
-from .io.resolve import is_host_name, resolve
-from .service import UpOptions
+from ..io.keyfile import read_esp_keys
+from ..io.resolve import is_host_name, resolve
+from .request import UpOptions
 
 T = TypeVar("T")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -121,7 +121,7 @@ def tunnel_function() -> str:
     )
     return (
         f"""
-# The words of `usertunnel [-6] tunnel ...` (ip tunnel's grammar), from usertunnel/iptunnel.py's tables.
+# The words of `usertunnel [-6] tunnel ...` (ip tunnel's grammar), from usertunnel/front/iptunnel.py's tables.
 {arrays}
 
 _usertunnel_in() {{  # _usertunnel_in WORD ARRAY_NAME: is WORD an element of the array?

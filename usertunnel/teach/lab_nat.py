@@ -33,7 +33,7 @@ With --html FILE, a page draws the topology, the CPE's (or the hub's) --trace
 of one packet out and one in, and every GRE packet captured on the POP's (the
 hub's) public interface.
 
-Topology (usertunnel.topology): a public segment 198.51.100.0/26 on a bridge,
+Topology (usertunnel.teach.topology): a public segment 198.51.100.0/26 on a bridge,
 NAT routers masquerading 198.51.100.64/28, 198.51.100.80/28. Everything is
 removed at the end, Ctrl-C included.
 """
@@ -47,8 +47,8 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from . import dissect, explain, netns
-from .io import privilege
+from ..io import netns, privilege
+from . import dissect, explain
 from .lab import READY_TIMEOUT, Transcript, _Stop, check_report, guarded, write_report
 from .picture import network
 from .topology import Host, Mapping, Nat, Topology

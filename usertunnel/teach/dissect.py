@@ -11,8 +11,8 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
-from .core import ecn, gre, ipv4
-from .core.drops import Drop
+from ..core import ecn, gre, ipv4
+from ..core.drops import Drop
 
 PROTOCOLS = {1: "ICMP", 4: "IPv4 (IPIP, RFC 2003)", 6: "TCP", 17: "UDP", 41: "IPv6", 47: "GRE (RFC 2784)", 58: "ICMPv6"}
 ETHERTYPES = {gre.PROTO_IPV4: "IPv4", gre.PROTO_IPV6: "IPv6", gre.PROTO_TEB: "Ethernet (gretap)", 0: "keepalive"}

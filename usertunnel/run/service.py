@@ -30,44 +30,27 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..core import ipv6, sit
+from ..core.encap import Demux, Tunnel
+from ..core.errors import ConfigError
+from ..core.keepalive import Change, LineProtocol
+from ..core.params import TunnelParams
+from ..front.request import UpOptions
+from ..io import metrics, netlink, privilege, udp
+from ..io.claim import Claims, Identity, claimed, identities, poke
+from ..io.loop import ESP_TABLE, Dataplane, Interface
+from ..io.pcap import PcapNgWriter
+from ..io.privilege import drop_to, lookup_user
+from ..io.raw import ClaimFilter, open_icmp_listener, open_raw, open_raw6_receiver, open_raw6_sender
+from ..io.tun import Tun
 from .control import ControlServer, snapshot_of
-from .core import ipv6, sit
-from .core.encap import Demux, Tunnel
-from .core.keepalive import Change, LineProtocol
-from .core.params import ConfigError, TunnelParams
-from .io import metrics, netlink, privilege, udp
-from .io.claim import Claims, Identity, claimed, identities, poke
-from .io.loop import ESP_TABLE, Dataplane, Interface
-from .io.observe import Observer
-from .io.privilege import drop_to, lookup_user
-from .io.raw import ClaimFilter, open_icmp_listener, open_raw, open_raw6_receiver, open_raw6_sender
-from .io.tun import Tun
-from .pcap import PcapNgWriter
+from .observe import Observer
 
 log = logging.getLogger("usertunnel")
 
 IPV6_MIN_MTU = 1280
 CLAIMS_REFRESH = 2.0  # seconds between re-readings of the namespace's claims (a process that died leaves them)
 REFRESH_DELAY = 0.02  # seconds from a newcomer's poke to our new filter: its pokes to all our claims make one
-
-Address = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-
-
-@dataclass
-class UpOptions:
-    params: TunnelParams
-    device: str | None = None
-    mtu: int | None = None
-    addresses: list[Address] = field(default_factory=list)
-    trace: bool = False
-    pcap: str | None = None
-    user: str | None = None
-    coalesce: bool = True  # receive coalescing into a TUN with a vnet header (core.gro)
-    batch: bool = True  # recvmmsg / sendmmsg on raw IPv4 sockets (io.batch)
-    queues: int = 1  # worker processes over a multi-queue TUN (usertunnel.workers)
-    metrics: tuple[str, int] | None = None  # --metrics ADDR:PORT: Prometheus metrics served there (io.metrics)
-    routes: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # `up --config`: the file's routes
-    link_up: bool = True  # `up --config` with `up = false`: the device is created down, as `ip tunnel add`
 
 
 def describe(params: TunnelParams, mtu: int) -> str:
@@ -708,11 +691,8 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 def up(options: UpOptions) -> int:
-    """`usertunnel up`: prepare, serve until a signal, clean up. Returns the exit status."""
-    if options.queues > 1:
-        from .workers import up_queues
-
-        return up_queues(options)
+    """`usertunnel up` with one queue: prepare, serve until a signal, clean up. Returns the exit status.
+    (`--queues N` is `run.workers.up_queues`, which builds on this module.)"""
     prepared = prepare(options)
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:

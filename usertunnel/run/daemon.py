@@ -66,18 +66,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import config as configuration
-from .config import DaemonConfig, TunnelConfig
+from ..core import sit
+from ..core.encap import Demux, Tunnel
+from ..core.errors import ConfigError
+from ..core.fou import EncapKind
+from ..core.params import ModeSpec, TunnelParams
+from ..core.values import parse_key
+from ..front import config as configuration
+from ..front.config import DaemonConfig, TunnelConfig
+from ..io import metrics, netlink, privilege, sdnotify, udp
+from ..io.claim import Claims, Identity, identities
+from ..io.loop import ESP_TABLE, Dataplane, Interface
+from ..io.raw import ClaimFilter, open_icmp_listener, open_raw, open_raw6_receiver, open_raw6_sender
+from ..io.tun import Tun
 from .control import DAEMON, ControlServer, snapshot_of
-from .core import sit
-from .core.encap import Demux, Tunnel
-from .core.fou import EncapKind
-from .core.params import ConfigError, ModeSpec, TunnelParams, parse_key
-from .io import metrics, netlink, privilege, sdnotify, udp
-from .io.claim import Claims, Identity, identities
-from .io.loop import ESP_TABLE, Dataplane, Interface
-from .io.raw import ClaimFilter, open_icmp_listener, open_raw, open_raw6_receiver, open_raw6_sender
-from .io.tun import Tun
 from .service import (
     ClaimWatch,
     Keepalives,

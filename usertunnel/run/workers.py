@@ -67,18 +67,20 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..core.drops import Drop
+from ..core.encap import Counters, Demux
+from ..core.errors import ConfigError
+from ..core.gre import FLAG_CSUM, FLAG_KEY, PROTO_IPV4, PROTO_IPV6
+from ..core.params import TunnelParams
+from ..front.request import UpOptions
+from ..io import metrics
+from ..io.claim import claimed, identities
+from ..io.loop import Dataplane
+from ..io.privilege import drop_to
+from ..io.raw import OUTER_HEADER, ClaimFilter, ShardLayout, open_icmp_listener, open_raw
+from ..io.tun import Tun
 from .control import ControlServer, snapshot_of
-from .core.drops import Drop
-from .core.encap import Counters, Demux
-from .core.gre import FLAG_CSUM, FLAG_KEY, PROTO_IPV4, PROTO_IPV6
-from .core.params import ConfigError, TunnelParams
-from .io import metrics
-from .io.claim import claimed, identities
-from .io.loop import Dataplane
-from .io.privilege import drop_to
-from .io.raw import OUTER_HEADER, ClaimFilter, ShardLayout, open_icmp_listener, open_raw
-from .io.tun import Tun
-from .service import DOWN, ClaimWatch, Prepared, UpOptions, describe, down_handler, new_event_loop, prepare, wire
+from .service import DOWN, ClaimWatch, Prepared, describe, down_handler, new_event_loop, prepare, wire
 
 log = logging.getLogger("usertunnel")
 
