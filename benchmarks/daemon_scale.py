@@ -30,7 +30,7 @@ LOCAL, REMOTE = "198.51.100.1", "198.51.100.2"
 # Runs inside the namespace: N adds (or dels) over the control socket, each timed; JSON on stdout.
 CLIENT = """
 import json, sys, time
-from usertunnel import control
+from usertunnel.run import control
 action, count, local, remote = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 times = []
 for i in range(count):
@@ -44,7 +44,7 @@ print(json.dumps(times))
 
 RELOAD = """
 import json, time
-from usertunnel import control
+from usertunnel.run import control
 start = time.perf_counter()
 answer = control.ask_daemon({"cmd": "reload"})
 print(json.dumps({"seconds": time.perf_counter() - start, "answer": {k: len(v) for k, v in answer.items()}}))

@@ -304,7 +304,7 @@ def test_top_level_help_documents_the_exit_status_and_usertunnel_debug() -> None
 
 def test_an_internal_error_names_usertunnel_debug_and_with_it_prints_the_traceback() -> None:
     """The variable the help documents does what it says (`show`, made to fail inside)."""
-    code = "import sys; from usertunnel import cli, control\n"
+    code = "import sys; from usertunnel import cli\nfrom usertunnel.run import control\n"
     code += "control.run = lambda args: 1 / 0\nsys.exit(cli.main(['show']))"
     quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert quiet.returncode == 1 and "Traceback" not in quiet.stderr and "USERTUNNEL_DEBUG=1" in quiet.stderr

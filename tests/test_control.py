@@ -286,7 +286,7 @@ def test_a_user_other_than_root_is_told_the_sockets_are_roots_only(arun: Any, ru
     script = (
         "import argparse, os, sys\n"
         "from pathlib import Path\n"
-        "from usertunnel import control\n"
+        "from usertunnel.run import control\n"
         "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
         f"args = argparse.Namespace(command='show', name=None, json=False, dir=Path({str(run_dir)!r}))\n"
         "sys.exit(control.run(args))\n"
