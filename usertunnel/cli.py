@@ -21,24 +21,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from . import __version__
+from .core import options
 from .core.errors import ConfigError
-from .core.fou import GRE_IN_UDP_PORT, Encap
-from .core.keepalive import parse_keepalive
-from .core.neighbors import HubParams, parse_neighbor, parse_spoke, parse_timeout
-from .core.params import CSUM_VERIFY, VTI_OUTER, Mode, TunnelParams, check_address_families
-from .core.sequence import SeqPolicy, parse_seq_policy
-from .core.sit import PrlEntry, SixRd
+from .core.fou import Encap
+from .core.neighbors import HubParams
+from .core.params import VTI_OUTER, Mode, TunnelParams, check_address_families
+from .core.sit import SixRd
 from .core.values import (
     parse_address,
-    parse_encap,
-    parse_encaplimit,
-    parse_flowlabel,
-    parse_interface,
     parse_key,
-    parse_port,
-    parse_sport,
-    parse_tos,
-    parse_ttl,
 )
 from .io import resolve
 from .io.keyfile import read_esp_keys
@@ -111,7 +102,7 @@ def _checked(convert: Callable[[str], object]) -> Callable[[str], object]:
     return wrapper
 
 
-_DEFAULT: object = object()  # an option not given: the mode decides
+_DEFAULT = options.NOT_GIVEN  # an option not given: the mode decides
 
 
 def _endpoint(what: str) -> Callable[[str], bytes | str]:
@@ -138,13 +129,6 @@ def _resolved(value: bytes | str | None, outer: int, what: str) -> bytes | None:
     shown = ipaddress.ip_address(address)
     logging.getLogger("usertunnel").info("%s %s is %s (resolved once, at start)", what, value, shown)
     return address
-
-
-def _mtu(text: str) -> int:
-    try:
-        return int(text, 10)
-    except ValueError:
-        raise ConfigError(f"invalid mtu {text!r}: a number of bytes such as 1476") from None
 
 
 def _queues(text: str) -> int:
@@ -216,6 +200,21 @@ Run `usertunnel lab` to see a tunnel work between two network namespaces, and
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: the global options, then each command's parser in `usertunnel --help`'s order."""
+    parser = _top_parser()
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_up_parser(sub)
+    _add_lab_parser(sub)
+    control.add_parsers(sub)
+    explain.add_parser(sub)
+    _add_daemon_parsers(sub)
+    _add_completion_parser(sub)
+    down.add_parser(sub)
+    return parser
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    """`usertunnel` itself: --version, the log level, and iproute2's global options for `tunnel`."""
     parser = _Parser(
         prog="usertunnel",
         description=textwrap.fill(
@@ -240,8 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-4", dest="ipv6", action="store_false", help="`tunnel`: IPv4 tunnels (the default)")
     parser.add_argument("-j", dest="global_json", action="store_true", help="`tunnel show`: JSON, as ip -j")
     parser.add_argument("-s", dest="global_stats", action="store_true", help="`tunnel show`: counters, as ip -s")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    return parser
 
+
+def _add_up_parser(sub: argparse._SubParsersAction[Any]) -> None:
+    """`usertunnel up`: the tunnel's options (from core/options.py's table), then how the process runs."""
     up = sub.add_parser(
         "up",
         help="run one tunnel in the foreground",
@@ -249,264 +251,52 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=UP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ends = up.add_argument_group("endpoints (the outer header's addresses: IPv4 or IPv6, as the mode runs)")
-    ends.add_argument(
-        "--mode",
-        default="gre",
-        type=_checked(Mode.from_name),
-        metavar="MODE",
-        help="over IPv4: gre (default; carries IPv4 and IPv6), ipip (IPv4 in IPv4), sit (IPv6 in IPv4), "
-        "isatap (sit with RFC 5214's rules); over IPv6: ipip6 (IPv4 in IPv6), ip6ip6 (IPv6 in IPv6), "
-        "ip6gre (GRE over IPv6); gretap (Ethernet frames over GRE, through a TAP device: one L2 segment "
-        "across the tunnel) and ip6gretap (the same over IPv6); vti (IPv4 in IPsec ESP tunnel mode, as "
-        "Linux's ip_vti: needs --esp-keys) and vti6 (IPv6 in ESP over IPv6, Linux's ip6_vti). --local and "
-        "--remote are of the outer family",
-    )
-    ends.add_argument(
-        "--local",
-        type=_checked(_endpoint("local")),
-        metavar="ADDR|NAME",
-        help="our outer address (or a host name, resolved once at start): the source of what we send, the "
-        "destination of what we accept; it must be an address of this host (default: any address of this host)",
-    )
-    ends.add_argument(
-        "--remote",
-        type=_checked(_remote),
-        default=_DEFAULT,  # not given (None is `any`)
-        metavar="ADDR|NAME|any",
-        help="the peer's outer address (or a host name, resolved once at start): where we send, and the only "
-        "sender we accept; 'any' makes a "
-        "point-to-multipoint hub (gre, ipip: see below), or with sit derives each IPv4 destination from "
-        "the IPv6 one (6to4, 6rd; isatap always)",
-    )
-    ends.add_argument("--dev", metavar="PHYS_DEV", help="send through this device only; its MTU sets the default MTU")
+    _add_tunnel_options(up)
+    _add_process_options(up)
 
-    g = up.add_argument_group(
-        "GRE options (RFC 2890)",
-        "KEY is a number 0..4294967295 or a dotted quad (1234 = 0.0.4.210). A tunnel with an input key "
-        "accepts only packets carrying exactly that key; one without accepts only packets without a key. "
-        "Each option adds 4 bytes to every packet.",
-    )
-    g.add_argument("--key", type=_checked(parse_key), metavar="KEY", help="same key both ways (ikey and okey)")
-    g.add_argument("--ikey", type=_checked(parse_key), metavar="KEY", help="key required on received packets")
-    g.add_argument("--okey", type=_checked(parse_key), metavar="KEY", help="key put on sent packets")
-    g.add_argument("--seq", action="store_true", help="--iseq and --oseq")
-    g.add_argument(
-        "--iseq",
-        action="store_true",
-        help="require sequence numbers and drop packets not newer than the last accepted (reordered or replayed)",
-    )
-    g.add_argument("--oseq", action="store_true", help="number sent packets 0, 1, 2, ... (as Linux does)")
-    g.add_argument(
-        "--seq-policy",
-        type=_checked(parse_seq_policy),
-        default=SeqPolicy.KERNEL,
-        metavar="kernel|rfc2890|resync",
-        help="how --iseq enforces order. kernel (default, Linux's): drop what is not newer than the last "
-        "accepted. rfc2890: hold early packets in a reorder buffer (64 packets, 30 ms) and deliver in order, "
-        "giving up on a gap when the timer expires (RFC 2890 section 2.2). resync: as kernel, but a peer "
-        "that restarted its numbering is taken back after 8 consecutive packets or when keepalives return, "
-        "where Linux drops it until its numbers catch up",
-    )
-    g.add_argument("--csum", action="store_true", help="--icsum and --ocsum")
-    g.add_argument("--icsum", action="store_true", help="require a GRE checksum (one present is always verified)")
-    g.add_argument("--ocsum", action="store_true", help="send a checksum over the GRE header and inner packet")
-    g.add_argument(
-        "--csum-verify",
-        choices=CSUM_VERIFY,
-        default="full",
-        help="how a received checksum is verified. full (default, Linux's): every byte is summed. derived: "
-        "the GRE and inner IPv4 headers are summed and the rest is derived from the TCP/UDP headers, in O(1); "
-        "damage inside a TCP/UDP segment then passes into TUN and is caught and counted by the receiving "
-        "host's own TCP/UDP checksum, not by usertunnel (README: what is verified where)",
-    )
 
-    k = up.add_argument_group(
-        "keepalives (Cisco IOS's; Linux has none)",
-        "Every PERIOD seconds a GRE packet goes to the remote carrying an IPv4 packet addressed back to us; "
-        "any peer that decapsulates and routes returns it. After RETRIES keepalives in a row go unanswered "
-        "the line protocol goes down and the device's carrier is turned off (routes over it fail over); the "
-        "first answer brings it up. Keepalives also keep a NAT's GRE mapping alive.",
-    )
-    k.add_argument(
-        "--keepalive",
-        type=_checked(parse_keepalive),
-        metavar="PERIOD[,RETRIES]",
-        help="send keepalives (Cisco's defaults: 10,3); needs --local and --remote",
-    )
-    k.add_argument(
-        "--no-reflect-keepalives",
-        dest="reflect_keepalives",
-        action="store_false",
-        default=True,
-        help="do not send a peer's keepalives back. By default they are reflected at once, as a Cisco router "
-        "does (Linux needs accept_local=1 and forwarding for it): only a packet from our local address to the "
-        "configured remote carrying a bare GRE header of type 0 is reflected, so no loop can form "
-        "(RFC 2784 section 3 asks decapsulators to guard against loops)",
-    )
+# `up`'s parsers that core/options.py cannot hold: they need the mode table or the resolver.
+_UP_PARSERS: dict[str, Callable[[str], object]] = {
+    "mode": Mode.from_name,
+    "local": _endpoint("local"),
+    "remote": _remote,
+}
 
-    h = up.add_argument_group(
-        "point-to-multipoint hub (--remote any; Linux has none)",
-        "A hub accepts packets carrying its key from any outer address and learns each spoke: the inner "
-        "source address of what it sends -> its outer source address as seen here (after any NAT) and its key. "
-        "Each inner packet goes to the spoke learned or configured for its destination, longest prefix first; "
-        "one with no neighbor is dropped and counted (no_neighbor). A spoke needs nothing special: "
-        "--remote HUB_ADDR and the key. A GRE key is no password: anyone who can send to the hub and guesses "
-        "the key is accepted; per-spoke keys keep honest spokes from claiming each other's addresses.",
-    )
-    h.add_argument(
-        "--neighbor",
-        type=_checked(parse_neighbor),
-        action="append",
-        default=[],
-        metavar="PREFIX=OUTER_ADDR",
-        help="send inner destinations in PREFIX to OUTER_ADDR, e.g. 203.0.113.8/29=198.51.100.8 (repeatable)",
-    )
-    h.add_argument(
-        "--spoke",
-        type=_checked(parse_spoke),
-        action="append",
-        default=[],
-        metavar="KEY=PREFIX[,PREFIX]",
-        help="a spoke with its own key: packets with KEY are accepted only from inner sources in the "
-        "prefixes, which route to wherever KEY was last seen from (repeatable)",
-    )
-    h.add_argument(
-        "--neighbor-timeout",
-        type=_checked(parse_timeout),
-        default=300.0,
-        metavar="SECONDS",
-        help="forget a spoke silent this long (default 300); its keepalives count as traffic",
-    )
 
-    u = up.add_argument_group(
-        "FOU and GUE: the tunnel's packets in UDP (Linux's `encap fou|gue`; RFC 8086, draft-ietf-intarea-gue)",
-        "Outer IPv4, UDP, then what the mode sends (a GRE header, or the inner packet itself). Through NAT, "
-        "UDP works where GRE cannot, and ordinary UDP sockets need no CAP_NET_RAW. The peer receives on "
-        "--encap-dport: on Linux, `ip fou add port DPORT ipproto 47|4|41` (FOU) or `ip fou add port DPORT gue`; "
-        "we receive on the same port number. This version: gre, ipip and sit over IPv4, a fixed --remote.",
-    )
-    u.add_argument("--encap", type=_checked(parse_encap), default=None, metavar="fou|gue|none",
-                   help="carry the tunnel in UDP: fou (the port says the protocol) or gue (a 4-byte header says "
-                   "it); none (default): straight over IP")  # fmt: skip
-    u.add_argument("--encap-dport", type=_checked(lambda t: parse_port(t, "encap-dport")), metavar="PORT",
-                   help=f"the UDP port the peer receives on (required with --encap; GRE-in-UDP's own is "
-                   f"{GRE_IN_UDP_PORT}); we receive on the same number")  # fmt: skip
-    u.add_argument("--encap-sport", type=_checked(parse_sport), default=None, metavar="auto|PORT",
-                   help="the UDP source port: auto (default) spreads inner flows over a few ports, each flow "
-                   "keeping one (for ECMP and receive-side scaling), or a fixed PORT")  # fmt: skip
-    u.add_argument("--encap-csum", dest="encap_csum", action="store_true", default=None,
-                   help="compute the UDP checksum (iproute2's defaults: none over IPv4, on over IPv6)")  # fmt: skip
-    u.add_argument("--no-encap-csum", dest="encap_csum", action="store_false",
-                   help="send UDP checksum 0 (over IPv6 only when asked: RFC 6935, 6936)")  # fmt: skip
+def _add_tunnel_options(up: argparse.ArgumentParser) -> None:
+    """Every tunnel option of `up`, section by section, as core/options.py's table describes it."""
+    for group in options.UP_GROUPS:
+        section = up.add_argument_group(group.title, group.description)
+        for name in group.members:
+            option = options.BY_NAME.get(name)
+            exclusive = option is not None and option.exclusive
+            target = section.add_mutually_exclusive_group() if exclusive else section
+            parse = _UP_PARSERS.get(name) or options.parse_of(name)
+            for flag in options.flags_of(name):
+                _add_flag(target, flag, parse)
 
-    x = up.add_argument_group(
-        "IPsec: ESP with manual keys (RFC 4303; Linux's `ip xfrm state` and `ip xfrm policy`)",
-        "ESP encrypts and authenticates every outer packet: with --mode vti, IPv4 in ESP tunnel mode (Linux's "
-        "ip_vti); with any other IPv4 mode, ESP transport mode around its GRE, IPIP or SIT packet (Linux: an xfrm "
-        "transport policy for that protocol). Keys come from a file readable by its owner only, never from the "
-        "command line; they are never shown, logged or traced. The outer addresses stay visible, and so does "
-        "each packet's SPI and ESP sequence number.",
-    )
-    x.add_argument("--esp-keys", metavar="FILE",
-                   help="TOML with [out] and [in], each: spi = 0x100..0xffffffff, aead = \"rfc4106(gcm(aes))\" or "
-                   "\"rfc7539esp(chacha20,poly1305)\", key = \"0x...\" (the cipher key and its 4-byte salt, as "
-                   "ip xfrm takes it), icv = 128; optional replay_window (default 64)")  # fmt: skip
 
-    o = up.add_argument_group("outer IPv4 or IPv6 header (as Linux's ip_tunnel_xmit and ip6_tnl_xmit set it)")
-    o.add_argument(
-        "--ttl",
-        "--hoplimit",
-        type=_checked(parse_ttl),
-        default=_DEFAULT,
-        metavar="1..255|inherit",
-        help="outer TTL (IPv6: hop limit); inherit copies the inner TTL or hop limit. Default as in Linux: "
-        "inherit over IPv4, 64 over IPv6",
-    )
-    o.add_argument(
-        "--tos",
-        "--tclass",
-        type=_checked(parse_tos),
-        default=0,
-        metavar="00..ff|inherit",
-        help="outer TOS (IPv6: traffic class) in hex (default 00); inherit copies the inner DSCP. ECN always "
-        "follows RFC 6040: the inner ECN field is copied, CE sent as ECT(0)",
-    )
-    o.add_argument(
-        "--encaplimit",
-        type=_checked(parse_encaplimit),
-        default=_DEFAULT,
-        metavar="0..255|none",
-        help="IPv6 outer only: the RFC 2473 tunnel encapsulation limit sent in a destination option "
-        "(default 4, as Linux; none: no option, 8 bytes less per packet)",
-    )
-    o.add_argument(
-        "--flowlabel",
-        type=_checked(parse_flowlabel),
-        default=_DEFAULT,
-        metavar="0..fffff|inherit",
-        help="IPv6 outer only: the flow label in hex (default 0, which becomes a hash of the inner flow, as "
-        "Linux's auto_flowlabels); inherit copies an IPv6 inner packet's label",
-    )
-    df = o.add_mutually_exclusive_group()
-    df.add_argument(
-        "--pmtudisc",
-        dest="pmtudisc",
-        action="store_true",
-        default=True,
-        help="always set DF on the outer header (the default)",
-    )
-    df.add_argument(
-        "--nopmtudisc",
-        dest="pmtudisc",
-        action="store_false",
-        help="copy DF from the inner IPv4 header instead (not with a fixed --ttl, as in iproute2)",
-    )
+def _add_flag(group: argparse._ActionsContainer, flag: options.Flag, parse: Callable[[str], object] | None) -> None:
+    """One add_argument call, with only the words the table gives (argparse's own defaults otherwise)."""
+    words: dict[str, Any] = {"help": flag.help}
+    if flag.action is not None:
+        words["action"] = flag.action
+    if parse is not None and flag.action in (None, "append"):
+        words["type"] = _checked(parse)
+    if flag.dest is not None:
+        words["dest"] = flag.dest
+    if flag.default is not options.UNSET:
+        default = flag.default
+        words["default"] = list(default) if isinstance(default, list) else default  # a list: each parser's own
+    if flag.metavar is not None:
+        words["metavar"] = flag.metavar
+    if flag.choices is not None:
+        words["choices"] = flag.choices
+    group.add_argument(*flag.names, **words)
 
-    six = up.add_argument_group(
-        "sit without a fixed remote (`ip tunnel 6rd`, `ip tunnel prl`)",
-        "With --mode sit --remote any the IPv4 destination of each packet is read from its IPv6 destination: "
-        "6to4 (RFC 3056: 2002:V4ADDR::/48) by default, or 6rd (RFC 5969) with --6rd-prefix. --mode isatap "
-        "(RFC 5214) sends to the IPv4 address in an ISATAP interface identifier (::5efe:a.b.c.d) and the rest "
-        "to a default router of the potential router list. Received packets whose IPv6 addresses do not match "
-        "the IPv4 ones are dropped (sit_spoofed), as Linux's sit does.",
-    )
-    six.add_argument("--6rd-prefix", dest="sixrd_prefix", metavar="PREFIX", help="e.g. 2001:db8::/32")
-    six.add_argument(
-        "--6rd-relay-prefix",
-        dest="sixrd_relay_prefix",
-        metavar="PREFIX",
-        default="0.0.0.0/0",
-        help="the IPv4 bits common to all 6rd relays, e.g. 198.51.100.0/24 (default 0.0.0.0/0)",
-    )
-    six.add_argument(
-        "--prl",
-        type=_checked(PrlEntry.from_text),
-        action="append",
-        default=[],
-        metavar="ADDR[=default|nodefault]",
-        help="an ISATAP potential router (repeatable; default: a default router)",
-    )
 
-    d = up.add_argument_group("the TUN device")
-    d.add_argument("--name", metavar="IFNAME", help="device name (default: MODE%%d, e.g. gre0)")
-    d.add_argument(
-        "--mtu",
-        type=_checked(_mtu),
-        metavar="N",
-        help="default: the underlay MTU minus the overhead (outer IPv4 20, or IPv6 40 + 8 for the encapsulation "
-        "limit option; GRE 4 + 4 per key/seq/csum; gretap's Ethernet header 14)",
-    )
-    d.add_argument(
-        "--address",
-        type=_checked(parse_interface),
-        action="append",
-        default=[],
-        metavar="CIDR",
-        help="inner address to put on the device, e.g. 203.0.113.1/30 (repeatable; IPv4, IPv6 or both, as the "
-        "mode carries)",
-    )
-
+def _add_process_options(up: argparse.ArgumentParser) -> None:
+    """`up`'s options that say how the process runs, not what the tunnel is (they combine with --config)."""
     up.add_argument(
         "--user",
         metavar="USER",
@@ -574,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(inner packets); open it with wireshark or tshark",
     )
 
+
+def _add_lab_parser(sub: argparse._SubParsersAction[Any]) -> None:
+    """`usertunnel lab`: a ready tunnel between two namespaces."""
     lab = sub.add_parser(
         "lab",
         help="build two namespaces, run a GRE tunnel between them, ping through it and show the packets",
@@ -614,9 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write a page to FILE that draws the lab: its topology, one packet's journey through usertunnel "
         "out and one's in (as --trace reports them), and every captured packet as explain --html draws it",
     )
-    control.add_parsers(sub)
-    explain.add_parser(sub)
-    _add_daemon_parsers(sub)
+
+
+def _add_completion_parser(sub: argparse._SubParsersAction[Any]) -> None:
     completion = sub.add_parser(
         "completion",
         help="print a shell completion script (bash)",
@@ -625,8 +418,6 @@ def build_parser() -> argparse.ArgumentParser:
         "`usertunnel completion bash > /etc/bash_completion.d/usertunnel`, or source it from ~/.bashrc.",
     )
     completion.add_argument("shell", choices=["bash"], help="the shell: bash")
-    down.add_parser(sub)
-    return parser
 
 
 DAEMON_DESCRIPTION = """\
@@ -807,37 +598,38 @@ def params_from_args(args: argparse.Namespace) -> TunnelParams:
         raise ConfigError("--neighbor and --spoke belong to a hub: use them with --remote any (gre, ipip)")
     sixrd = None
     if args.sixrd_prefix is not None:
-        if mode is not Mode.SIT:
+        if not options.takes("6rd_prefix", spec):
             raise ConfigError("--6rd-prefix belongs to --mode sit")
         sixrd = SixRd.from_text(args.sixrd_prefix, args.sixrd_relay_prefix)
-    ipv6_only = {"encaplimit": args.encaplimit, "flowlabel": args.flowlabel}
-    if spec.outer == 4:
-        given = [f"--{name}" for name, value in ipv6_only.items() if value is not _DEFAULT]
-        if given:
-            raise ConfigError(f"{' and '.join(given)} belong to IPv6 outer headers; mode {spec.name} runs over IPv4")
-    outer6: dict[str, Any] = {k: v for k, v in ipv6_only.items() if v is not _DEFAULT}
+    ipv6_given = _given(args, options.IPV6_OUTER)
+    if spec.outer == 4 and ipv6_given:
+        raise ConfigError(f"{' and '.join(ipv6_given)} belong to IPv6 outer headers; mode {spec.name} runs over IPv4")
+    outer6: dict[str, Any] = {
+        o.name: getattr(args, o.name)
+        for o in options.placed(options.IPV6_OUTER)
+        if getattr(args, o.name) is not _DEFAULT
+    }
     ttl = args.ttl if args.ttl is not _DEFAULT else (64 if spec.outer == 6 else None)
     tos, pmtudisc = args.tos, args.pmtudisc
     if spec.esp:
-        if args.ttl is not _DEFAULT or tos != 0 or not pmtudisc:
+        if _given(args, options.OUTER):
             raise ConfigError(
                 f"mode {spec.name}: the outer TTL, TOS and DF are xfrm's (TTL 64, TOS inherited, DF copied from "
                 "the inner packet), as on Linux: no --ttl, --tos or --nopmtudisc"
             )
         ttl, tos, pmtudisc = VTI_OUTER
         if spec.outer == 6:  # vti6: xfrm's IPv6 header, no encapsulation limit option
-            given = [f"--{name}" for name, value in ipv6_only.items() if value is not _DEFAULT]
-            if given:
+            if ipv6_given:
                 raise ConfigError(
                     f"mode {spec.name}: the outer IPv6 header is xfrm's (the inner traffic class and flow label, no "
-                    f"encapsulation limit option): no {' or '.join(given)}"
+                    f"encapsulation limit option): no {' or '.join(ipv6_given)}"
                 )
             outer6 = {"flowlabel": None, "encaplimit": None}
     encap = _encap_from_args(args)
     esp = None
     if args.esp_keys is not None:
-        options = (("--trace", args.trace), ("--pcap", args.pcap), ("--queues", args.queues > 1))
-        unable = [name for name, on in options if on]
+        process = (("--trace", args.trace), ("--pcap", args.pcap), ("--queues", args.queues > 1))
+        unable = [name for name, on in process if on]
         if unable:
             raise ConfigError(f"{' and '.join(unable)} cannot be used with --esp-keys in this version")
         esp = read_esp_keys(args.esp_keys)
@@ -868,6 +660,15 @@ def params_from_args(args: argparse.Namespace) -> TunnelParams:
     )
 
 
+def _given(args: argparse.Namespace, place: options.Place) -> list[str]:
+    """The first flag of each option of `place` that this command line sets to other than its default."""
+    return [
+        o.flags[0].names[0]
+        for o in options.placed(place)
+        if getattr(args, options.flag_dest(o.flags[0])) != o.flags[0].default
+    ]
+
+
 def _encap_from_args(args: argparse.Namespace) -> Encap | None:
     """--encap and its companions, or None; each companion without --encap is refused, as is what this
     version cannot do over UDP (--trace, --pcap, --queues)."""
@@ -879,8 +680,8 @@ def _encap_from_args(args: argparse.Namespace) -> Encap | None:
         return None
     if args.encap_dport is None:
         raise ConfigError(f"--encap {args.encap.value} needs --encap-dport PORT: the UDP port the peer receives on")
-    options = (("--trace", args.trace), ("--pcap", args.pcap), ("--queues", args.queues > 1))
-    unable = [name for name, on in options if on]
+    process = (("--trace", args.trace), ("--pcap", args.pcap), ("--queues", args.queues > 1))
+    unable = [name for name, on in process if on]
     if unable:
         raise ConfigError(f"{' and '.join(unable)} cannot be used with --encap in this version")
     csum = args.encap_csum if args.encap_csum is not None else args.mode.value.outer == 6  # iproute2's defaults
@@ -920,13 +721,13 @@ def _options_from_file(args: argparse.Namespace) -> UpOptions:
     else:
         have = ", ".join(tunnels) or "none"
         raise ConfigError(f"{args.config} has {len(tunnels)} tunnels ({have}): say which with --name")
-    options = replace(
+    chosen = replace(
         cfg.options, trace=args.trace, pcap=args.pcap, user=args.user, queues=args.queues,
         routes=cfg.routes, link_up=cfg.up,
     )  # fmt: skip
     if getattr(args, "metrics", None) is not None:
-        options = replace(options, metrics=args.metrics)
-    return options
+        chosen = replace(chosen, metrics=args.metrics)
+    return chosen
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -934,18 +735,18 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from .run.service import up as up_one
     from .run.workers import up_queues
 
-    def up(options: UpOptions) -> int:
-        return up_queues(options) if options.queues > 1 else up_one(options)
+    def up(request: UpOptions) -> int:
+        return up_queues(request) if request.queues > 1 else up_one(request)
 
     if args.config is not None:
-        options = _options_from_file(args)
+        request = _options_from_file(args)
         if args.show_plan:
             from .core.encap import Tunnel
             from .core.plan import describe_plans
 
-            print(describe_plans(Tunnel(options.params)))
+            print(describe_plans(Tunnel(request.params)))
             return 0
-        return up(options)
+        return up(request)
     if args.remote is _DEFAULT:
         raise ConfigError("--remote is required (an address, a host name or 'any'), or --config FILE")
     params = params_from_args(args)
@@ -994,8 +795,8 @@ def _cmd_lab(args: argparse.Namespace) -> int:
 
     if args.mode != "gre" and (args.seq or args.csum):
         raise ConfigError("--seq and --csum are GRE options; the ipip lab has none")
-    options = [flag for flag, on in (("--seq", args.seq), ("--csum", args.csum)) if on]
-    return run_lab(mode=args.mode, count=args.count, key=args.key, options=options, trace=args.trace, html=args.html)
+    flags = [flag for flag, on in (("--seq", args.seq), ("--csum", args.csum)) if on]
+    return run_lab(mode=args.mode, count=args.count, key=args.key, options=flags, trace=args.trace, html=args.html)
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
