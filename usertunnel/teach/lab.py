@@ -28,7 +28,8 @@ from typing import Any, TextIO
 
 from ..core.errors import ConfigError
 from ..io import netns, privilege
-from . import dissect
+from . import compact
+from .describe import describe
 from .picture import network, page
 from .trace import journeys
 
@@ -253,7 +254,7 @@ def _basic_lab(
 
 
 def _heading(number: int, outgoing: bool, pkt: bytes) -> str:
-    return f"{number}. {'sent by B' if outgoing else 'received by B'}: {dissect.summary(pkt)}"
+    return f"{number}. {'sent by B' if outgoing else 'received by B'}: {compact.summary(describe(pkt))}"
 
 
 def _show_packets(packets: list[tuple[float, bool, bytes]], out: TextIO) -> None:
@@ -261,20 +262,19 @@ def _show_packets(packets: list[tuple[float, bool, bytes]], out: TextIO) -> None
     shown: set[int] = set()
     for _, outgoing, pkt in packets:
         direction = "sent by B" if outgoing else "received by B"
+        e = describe(pkt)
+        parts = compact.sections(e)
+        print(f"-- {direction}: {compact.summary(e)}", file=out)
         # Show the first echo request and the first echo reply in full, the rest as one line each.
-        icmp_type = _inner_icmp_type(pkt)
+        icmp_type = _inner_icmp_type(parts)
         if icmp_type is not None and icmp_type not in shown:
             shown.add(icmp_type)
-            print(f"-- {direction}: {dissect.summary(pkt)}", file=out)
-            print(dissect.render(dissect.dissect(pkt)), file=out)
-        else:
-            print(f"-- {direction}: {dissect.summary(pkt)}", file=out)
+            print(compact.render(parts), file=out)
 
 
-def _inner_icmp_type(pkt: bytes) -> int | None:
-    sections = dissect.dissect(pkt)
-    for s in sections:
-        if isinstance(s, dissect.Section) and s.title == "inner ICMP":
+def _inner_icmp_type(parts: list[compact.Section | str]) -> int | None:
+    for s in parts:
+        if isinstance(s, compact.Section) and s.title == "inner ICMP":
             return int(s.rows[0].value.split(" / ")[0])
     return None
 

@@ -48,7 +48,8 @@ from collections.abc import Callable
 from typing import TextIO
 
 from ..io import netns, privilege
-from . import dissect, explain
+from . import compact
+from .describe import describe, summary
 from .lab import READY_TIMEOUT, Transcript, _Stop, check_report, guarded, write_report
 from .picture import network
 from .topology import Host, Mapping, Nat, Topology
@@ -145,7 +146,8 @@ class _Run:
             for _, outgoing, pkt in capture.packets:
                 if len(pkt) > 20 and pkt[9] == protocol:
                     direction = f"sent by the {who}" if outgoing else f"received by the {who}"
-                    said = dissect.summary(pkt) if protocol == 47 else explain.summary(explain.explain(pkt))
+                    e = describe(pkt)
+                    said = compact.summary(e) if protocol == 47 else summary(e)
                     packets.append((f"{len(packets) + 1}. {direction}: {said}", pkt))
         lines = traced.lines if traced is not None else []
         write_report(self.html, title, verdict, net, traced.namespace if traced else "", lines, packets, self.out)
@@ -312,7 +314,7 @@ def _carried(pkt: bytes) -> str:
     """What a captured tunnel datagram carries, in explain's words: GUE's protocol, GRE's key, the inner
     addresses."""
     words = []
-    e = explain.explain(pkt)
+    e = describe(pkt)
     for layer in e.layers[2:]:
         values = {f.name: f.value for f in layer.fields}
         if layer.kind == "GUE" and "Proto/ctype" in values:
@@ -322,7 +324,7 @@ def _carried(pkt: bytes) -> str:
         elif layer.kind in ("IPv4", "IPv6"):
             words.append(f"inside {values.get('source address')} > {values.get('destination address')}")
             break
-    return ", ".join(words) or explain.summary(e)
+    return ", ".join(words) or summary(e)
 
 
 def _flows(packets: list[tuple[float, bool, bytes]], where: str, cpe_ports: set[int], out: TextIO) -> None:

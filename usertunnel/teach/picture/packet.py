@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 
-from ..explain import Explanation, Field, Layer
+from ..describe import Explanation, Field, Layer, ending
 
 BIT = 20  # pixels per bit: a 32-bit row is 640 pixels wide
 ROW = 40  # pixels per row: the field's name above its value
@@ -236,10 +236,7 @@ def _block(block: Block, y0: int, links: str | None) -> list[str]:
 
 def stop_line(e: Explanation) -> tuple[str, bool]:
     """How the explanation ends, as explain's text says it, and whether that is a problem."""
-    if e.stop is None:
-        return f"end: all {len(e.packet)} bytes explained", False
-    head = "parsing stopped" if e.stop.malformed else "explained up to"
-    return f"{head} at offset {e.stop.offset}: {e.stop.reason}: {e.stop.detail}", e.stop.malformed
+    return ending(e), e.stop is not None and e.stop.malformed
 
 
 def drawing(e: Explanation, links: str | None = None, heading: str = "") -> tuple[list[str], int]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from html import escape
 
-from ..explain import Explanation, Field, explain, to_json
+from ..describe import Explanation, Field, describe, to_json
 from ..trace import Stage
 from . import journey, network, packet
 
@@ -224,7 +224,7 @@ def lab_report(
         "<p>Every tunnel packet the lab captured, in order, drawn as RFC diagrams draw headers; open one to "
         "see it. Rest the pointer on a box for its meaning and RFC section; click it for its line.</p>"
     )
-    explanations = [explain(wire) for _, wire in packets]
+    explanations = [describe(wire) for _, wire in packets]
     body += [
         packet_section(e, heading, f"p{i}", opened=i < 2)
         for i, ((heading, _), e) in enumerate(zip(packets, explanations, strict=True))
