@@ -16,13 +16,13 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..core import ecn, gre, ipv4
+from ..core import gre, ipv4
 from ..core.drops import Drop
 from ..core.encap import Demux, Held, KeepaliveReply, Reflect, Result, Tunnel
 from ..core.lookup import Rule
 from ..core.sequence import MOD, SequenceState
+from .describe import ECN_SHORT, describe, refusal
 
-ECN_NAMES = {ecn.NOT_ECT: "Not-ECT", ecn.ECT_0: "ECT(0)", ecn.ECT_1: "ECT(1)", ecn.CE: "CE"}
 PROTOCOLS = {1: "ICMP", 4: "IPIP", 6: "TCP", 17: "UDP", 41: "IPv6", 47: "GRE", 58: "ICMPv6"}
 
 
@@ -31,19 +31,22 @@ def _v4(addr: bytes) -> str:
 
 
 def inner_summary(packet: bytes | bytearray | memoryview) -> str:
-    """One phrase for an inner packet: family, addresses, protocol, TTL/hop limit, TOS."""
-    data = bytes(packet[:40])
-    if len(data) >= 20 and data[0] >> 4 == 4:
-        proto = PROTOCOLS.get(data[9], str(data[9]))
-        return (
-            f"IPv4 {_v4(data[12:16])} > {_v4(data[16:20])} {proto} ttl {data[8]} "
-            f"tos {data[1]:#04x} ({ECN_NAMES[data[1] & 3]})"
-        )
-    if len(data) >= 40 and data[0] >> 4 == 6:
-        tc = ((data[0] & 0x0F) << 4) | (data[1] >> 4)
-        src, dst = ipaddress.IPv6Address(data[8:24]), ipaddress.IPv6Address(data[24:40])
-        return f"IPv6 {src} > {dst} {PROTOCOLS.get(data[6], str(data[6]))} hlim {data[7]} tclass {tc:#04x}"
-    return f"{len(packet)} bytes that are not an IP packet"
+    """One phrase for an inner packet, from what the describer says of its IP header: family, addresses,
+    protocol, TTL/hop limit, TOS. A packet whose IP header it could not read gets its refusal."""
+    e = describe(packet)
+    ip = {f.name: f.value for f in e.layers[0].fields} if e.layers else {}
+    kind = e.layers[0].kind if e.layers else ""
+    numbers = {name: value for name, value in ip.items() if isinstance(value, int)}
+    addresses = f"{ip.get('source address')} > {ip.get('destination address')}"
+    if kind == "IPv4" and numbers.keys() >= {"DSCP", "ECN", "protocol", "TTL"} and "destination address" in ip:
+        tos, proto = numbers["DSCP"] << 2 | numbers["ECN"], numbers["protocol"]
+        name = PROTOCOLS.get(proto, str(proto))
+        return f"IPv4 {addresses} {name} ttl {numbers['TTL']} tos {tos:#04x} ({ECN_SHORT[tos & 3]})"
+    if kind == "IPv6" and numbers.keys() >= {"DSCP", "ECN", "next header", "hop limit"} and "destination address" in ip:
+        tc, nh = numbers["DSCP"] << 2 | numbers["ECN"], numbers["next header"]
+        return f"IPv6 {addresses} {PROTOCOLS.get(nh, str(nh))} hlim {numbers['hop limit']} tclass {tc:#04x}"
+    why = refusal(e)
+    return f"{len(packet)} bytes that are not an IP packet" + (f" ({why})" if why else "")
 
 
 def _gre_words(header: gre.GREHeader) -> str:
@@ -77,7 +80,7 @@ def describe_tx(tunnel: Tunnel, inner: bytes, result: bytes | Drop, send_error: 
         lines.append(f"  {p.mode.value.name} header: none, the inner packet follows the outer header (RFC 2003)")
     ttl_why = "inherited from the inner packet" if p.ttl is None else "fixed"
     tos_why = "DSCP inherited" if p.tos is None else f"DSCP fixed {p.tos & 0xFC:#04x}"
-    ecn_words = f"ECN {ECN_NAMES[outer.tos & 3]} copied from the inner packet, CE sent as ECT(0), RFC 6040"
+    ecn_words = f"ECN {ECN_SHORT[outer.tos & 3]} copied from the inner packet, CE sent as ECT(0), RFC 6040"
     df_why = "always, pmtudisc" if p.pmtudisc else "copied from the inner packet"
     lines.append(
         f"  outer IPv4: {_v4(outer.src)} > {_v4(outer.dst)} proto {outer.protocol} "
@@ -145,7 +148,7 @@ def describe_rx(
         return [*lines, f"  dropped: {outer.value}: {outer.description}"]
     lines.append(
         f"  outer IPv4: {_v4(outer.src)} > {_v4(outer.dst)} proto {outer.protocol} ttl {outer.ttl} "
-        f"tos {outer.tos:#04x} ({ECN_NAMES[outer.tos & 3]})"
+        f"tos {outer.tos:#04x} ({ECN_SHORT[outer.tos & 3]})"
     )
     header: gre.GREHeader | Drop | None = None
     if outer.protocol == 47:
