@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from . import gre, ipv4, ipv6
 from .errors import ConfigError
 from .fou import Encap
+from .options import CSUM_VERIFY, takes
 from .sequence import SeqPolicy
 
 if TYPE_CHECKING:
@@ -82,9 +83,6 @@ IP_MAX_MTU = 65535  # the largest outer packet an IPv4 total length can describe
 _IFNAME = re.compile(r"^[^\s/:]{1,15}$")
 
 
-CSUM_VERIFY = ("full", "derived")
-
-
 @dataclass(frozen=True, slots=True)
 class TunnelParams:
     """One tunnel. `None` for `local`/`remote` means any address (a wildcard in lookup).
@@ -138,10 +136,8 @@ class TunnelParams:
                 f"mode {self.mode.value.name} has keys (they select its security associations) but no GRE sequence "
                 "numbers or checksums: ESP has its own (anti-replay window, integrity check)"
             )
-        if (
-            not self.mode.value.is_gre
-            and not self.mode.value.esp
-            and (self.ikey is not None or self.okey is not None or self.iseq or self.oseq or self.icsum or self.ocsum)
+        if not takes("key", self.mode.value) and (
+            self.ikey is not None or self.okey is not None or self.iseq or self.oseq or self.icsum or self.ocsum
         ):
             raise ConfigError(
                 f"keys, sequence numbers and checksums are GRE options; mode {self.mode.value.name} has none"
@@ -175,7 +171,7 @@ class TunnelParams:
         if self.hub is not None:
             if self.remote is not None:
                 raise ConfigError("neighbors and spokes belong to a hub: use them with --remote any")
-            if self.hub.spokes and not self.mode.value.is_gre:
+            if self.hub.spokes and not takes("spokes", self.mode.value):
                 raise ConfigError(f"spoke keys are GRE keys; mode {self.mode.value.name} has none")
             if self.hub.spokes and self.okey is not None and self.okey != self.ikey:
                 raise ConfigError("a hub with --spoke keys answers each spoke with its own key: --okey cannot differ")
@@ -255,9 +251,9 @@ class TunnelParams:
                 raise ConfigError(f"flowlabel {self.flowlabel:#x} out of range: 0..0xfffff or 'inherit'")
         elif self.flowlabel != 0 or self.encaplimit != ipv6.DEFAULT_ENCAP_LIMIT:
             raise ConfigError(f"flowlabel and encaplimit belong to IPv6 outer headers; mode {mode.name} runs over IPv4")
-        if self.sixrd is not None and (mode.ip_protocol != 41 or mode.outer != 4 or mode.isatap):
+        if self.sixrd is not None and not takes("6rd_prefix", mode):
             raise ConfigError("6rd prefixes belong to mode sit")
-        if self.prl and not mode.isatap:
+        if self.prl and not takes("prl", mode):
             raise ConfigError("a potential router list (--prl) belongs to mode isatap")
         if mode.isatap and self.remote is not None:
             raise ConfigError("mode isatap has no fixed remote: give --remote any")

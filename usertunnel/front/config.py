@@ -47,25 +47,19 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from ..core import options
 from ..core.errors import ConfigError
 from ..core.esp import EspKeys
 from ..core.fou import Encap
-from ..core.keepalive import parse_keepalive
-from ..core.neighbors import DEFAULT_TIMEOUT, HubParams, parse_neighbor, parse_spoke, parse_timeout
-from ..core.params import CSUM_VERIFY, IFNAMSIZ, VTI_OUTER, Mode, ModeSpec, TunnelParams, check_address_families
-from ..core.sequence import SeqPolicy, parse_seq_policy
-from ..core.sit import PrlEntry, SixRd
+from ..core.neighbors import DEFAULT_TIMEOUT, HubParams, parse_neighbor, parse_spoke
+from ..core.options import CSUM_VERIFY
+from ..core.params import IFNAMSIZ, VTI_OUTER, Mode, ModeSpec, TunnelParams, check_address_families
+from ..core.sequence import SeqPolicy
+from ..core.sit import SixRd
 from ..core.values import (
     parse_address,
-    parse_encap,
-    parse_encaplimit,
-    parse_flowlabel,
     parse_interface,
-    parse_key,
     parse_port,
-    parse_sport,
-    parse_tos,
-    parse_ttl,
 )
 from ..io.keyfile import read_esp_keys
 from ..io.resolve import is_host_name, resolve
@@ -109,98 +103,25 @@ class ConfigFileError(ConfigError):
 # --- the vocabulary -------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Key:
-    types: tuple[type, ...]  # the TOML values accepted (a bool is never taken for an integer; list: of strings)
-    expect: str  # what is accepted, in the words of the error
-
-
-_ADDRESS = 'an address such as "198.51.100.1" or "2001:db8::1", or "any"'
-_GRE_KEY = 'an integer 0..4294967295 or a dotted quad such as "0.0.4.210"'
 _BOOL = "true or false"
-_STRINGS = "an array of strings such as "
 
-# Canonical keys, in the order a canonical table lists them.
-_KEYS: dict[str, _Key] = {
-    "mode": _Key((str,), '"' + '", "'.join(m.value.name for m in Mode) + '"'),
-    "local": _Key((str,), _ADDRESS),
-    "remote": _Key((str,), _ADDRESS),
-    "ikey": _Key((int, str), _GRE_KEY),
-    "okey": _Key((int, str), _GRE_KEY),
-    "iseq": _Key((bool,), _BOOL),
-    "oseq": _Key((bool,), _BOOL),
-    "icsum": _Key((bool,), _BOOL),
-    "ocsum": _Key((bool,), _BOOL),
-    "ttl": _Key((int, str), 'an integer 1..255 or "inherit"'),
-    "tos": _Key((int, str), 'an integer 0..255, a hex string such as "0x10", or "inherit"'),
-    "pmtudisc": _Key((bool,), _BOOL),
-    "dev": _Key((str,), 'a device name such as "eth0"'),
-    "mtu": _Key((int,), "an integer number of bytes such as 1476"),
-    "encaplimit": _Key((int, str), 'an integer 0..255 or "none"'),
-    "flowlabel": _Key((int, str), 'an integer 0..0xfffff, a hex string such as "0x12345", or "inherit"'),
-    "6rd_prefix": _Key((str,), 'an IPv6 prefix such as "2001:db8::/32"'),
-    "6rd_relay_prefix": _Key((str,), 'an IPv4 prefix such as "198.51.100.0/24"'),
-    "prl": _Key((list,), _STRINGS + '["192.0.2.1", "192.0.2.2=nodefault"]'),
-    "keepalive": _Key((str, int, float), 'a number of seconds, or a string "PERIOD[,RETRIES]" such as "10,3"'),
-    "reflect_keepalives": _Key((bool,), _BOOL),
-    "seq_policy": _Key((str,), '"kernel", "rfc2890" or "resync"'),
-    "csum_verify": _Key((str,), '"full" or "derived"'),
-    "neighbors": _Key((list,), _STRINGS + '["203.0.113.8/29=198.51.100.8"]'),
-    "spokes": _Key((list,), _STRINGS + '["1001=203.0.113.16/28"]'),
-    "neighbor_timeout": _Key((int, float), "a number of seconds 1..604800"),
-    "addresses": _Key((list,), _STRINGS + '["203.0.113.1/30"]'),
-    "routes": _Key((list,), _STRINGS + '["203.0.113.128/25"]'),
-    "up": _Key((bool,), _BOOL),
-    "encap": _Key((str,), '"fou", "gue" or "none"'),
-    "encap_sport": _Key((int, str), 'a UDP port 1..65535 or "auto"'),
-    "encap_dport": _Key((int,), "a UDP port 1..65535"),
-    "encap_csum": _Key((bool,), _BOOL),
-    "esp_keys": _Key((str,), 'the path of an ESP key file (TOML, readable by its owner only; README, "IPsec")'),
-}
+# Canonical keys, in the order a canonical table lists them: core/options.py's, with the mode names spelled.
+_KEYS: dict[str, options.TomlKey] = {o.name: o.toml for o in options.OPTIONS if o.toml is not None}
+_KEYS["mode"] = options.TomlKey((str,), '"' + '", "'.join(m.value.name for m in Mode) + '"')
 
 # Aliases, as iproute2 has them: each sets the canonical keys it names.
-_ALIASES: dict[str, tuple[str, ...]] = {
-    "key": ("ikey", "okey"),
-    "seq": ("iseq", "oseq"),
-    "csum": ("icsum", "ocsum"),
-    "hoplimit": ("ttl",),
-    "tclass": ("tos",),
-    "dsfield": ("tos",),
-}
+_ALIASES: dict[str, tuple[str, ...]] = {alias.name: alias.sets for alias in options.ALIASES}
 
 ACCEPTED_KEYS: tuple[str, ...] = tuple(_KEYS) + tuple(_ALIASES)
 
-_DAEMON_KEYS: dict[str, _Key] = {"coalesce": _Key((bool,), _BOOL), "batch": _Key((bool,), _BOOL)}
+_DAEMON_KEYS: dict[str, options.TomlKey] = {
+    "coalesce": options.TomlKey((bool,), _BOOL),
+    "batch": options.TomlKey((bool,), _BOOL),
+}
 _TOP_KEYS = ("daemon", "tunnel")
 
 
-def _is_sit(m: ModeSpec) -> bool:
-    return m.ip_protocol == 41 and m.outer == 4 and not m.isatap
-
-
-# Which modes a key means something for: (keys, what they are, the modes that have them).
-_BELONGS: tuple[tuple[frozenset[str], str, Callable[[ModeSpec], bool]], ...] = (
-    (
-        frozenset({"iseq", "oseq", "icsum", "ocsum", "seq_policy", "csum_verify", "spokes"}),
-        "a GRE option",
-        lambda m: m.is_gre,
-    ),
-    (
-        frozenset({"ikey", "okey"}),
-        "a GRE option (on vti, the key that selects its security associations)",
-        lambda m: m.is_gre or m.esp,
-    ),
-    (frozenset({"ttl", "tos", "pmtudisc"}), "an outer header setting (vti's are xfrm's)", lambda m: not m.esp),
-    (
-        frozenset({"encaplimit", "flowlabel"}),
-        "an IPv6 outer header's option",
-        lambda m: m.outer == 6 and not m.esp,
-    ),
-    (frozenset({"6rd_prefix", "6rd_relay_prefix"}), "a 6rd setting", _is_sit),
-    (frozenset({"prl"}), "an ISATAP potential router list", lambda m: m.isatap),
-    (frozenset({"keepalive"}), "a keepalive (GRE over IPv4)", lambda m: m.is_gre and m.outer == 4 and not m.ethernet),
-)
-_HUB_KEYS = ("neighbors", "spokes", "neighbor_timeout")
+_HUB_KEYS = options.HUB.members  # what only a hub takes
 
 
 # --- canonical tables -----------------------------------------------------------------------------------------
@@ -395,10 +316,10 @@ def _decimal(convert: Callable[[str], T]) -> Callable[[int | str], T]:
     return lambda value: convert(str(value))
 
 
-def _hex_or_int(convert: Callable[[str], int | None], maximum: int, what: str) -> Callable[[int | str], int | None]:
+def _hex_or_int(convert: Callable[[str], object], maximum: int, what: str) -> Callable[[int | str], object]:
     """A string is read as the command line reads it (hex: "10" is 16); an integer is the number it is."""
 
-    def read(value: int | str) -> int | None:
+    def read(value: int | str) -> object:
         if isinstance(value, str):
             return convert(value)
         if not 0 <= value <= maximum:
@@ -499,105 +420,46 @@ def check_tunnel(
 def _misplaced(r: _Reader, spec: ModeSpec) -> list[TableError]:
     """A refusal for each key that mode `spec` has no use for (a GRE option on ipip, ...)."""
     found: dict[str, TableError] = {}  # by the key as written: `seq` is refused once, not for iseq and oseq
-    for keys, what, belongs in _BELONGS:
+    for place in options.PLACES:
         for key in r.table:
-            if key in keys and not belongs(spec) and r.named(key) not in found:
-                modes = " or ".join(m.value.name for m in Mode if belongs(m.value))
-                found[r.named(key)] = r.refuse(key, f"is {what}, for mode {modes}: not mode {spec.name}")
+            if options.option(key).place is place and not place.takes(spec) and r.named(key) not in found:
+                modes = " or ".join(m.value.name for m in Mode if place.takes(m.value))
+                found[r.named(key)] = r.refuse(key, f"is {place.what}, for mode {modes}: not mode {spec.name}")
     return list(found.values())
 
 
 def _build(name: str, r: _Reader, *, coalesce: bool, batch: bool) -> TunnelConfig:
     """The tunnel of a table whose keys are each right on their own; TableError for the first mistake
-    between settings."""
-    folded = r.table
+    between settings (in this order: the addresses and hub, the outer header, GRE's, keepalive, 6rd, encap)."""
     mode = r.get("mode", Mode.from_name)
     spec = mode.value
-
     local = r.get("local", _endpoint("local", spec), None)
     remote = r.get("remote", _endpoint("remote", spec), None)
-    sit_family = spec.ip_protocol == 41 and spec.outer == 4
-    if remote is None and not sit_family and mode not in (Mode.GRE, Mode.IPIP):
-        raise r.refuse(
-            "remote",
-            f'mode {spec.name} needs a fixed remote address: "any" (the default) makes a point-to-multipoint hub, '
-            "which only modes gre and ipip can be",
-        )
-    if spec.isatap and remote is not None:
-        raise r.refuse("remote", 'mode isatap has no fixed remote: leave remote out, or give "any"')
-    hub = None
-    if remote is None and not sit_family:
-        neighbors = tuple(r.each("neighbors", parse_neighbor))
-        spokes = tuple(r.each("spokes", parse_spoke))
-        timeout = r.get("neighbor_timeout", _decimal(parse_timeout), DEFAULT_TIMEOUT)
-        with _at(r.named("spokes" if "spokes" in folded else "neighbors")):
-            hub = HubParams(neighbors, spokes, timeout)
-    else:
-        for key in _HUB_KEYS:
-            if key in folded:
-                raise r.refuse(key, 'belongs to a hub: mode gre or ipip with remote "any"')
-
-    default_ttl: int | None = IPV6_OUTER_TTL if spec.outer == 6 else None  # as Linux: inherit over IPv4
-    ttl: int | None = r.get("ttl", _decimal(parse_ttl), default_ttl)
-    pmtudisc = r.get("pmtudisc", bool, True)
-    if spec.esp:  # vti: TTL 64, the inner TOS, the inner DF, as xfrm writes them (keys refused in _BELONGS)
-        ttl, _, pmtudisc = VTI_OUTER
-    if ttl is not None and not pmtudisc and not spec.esp:
-        # iproute2's words; the default ttl over IPv6 is 64, so say how to get inherit
-        given = "" if "ttl" in folded else f", the default over IPv{spec.outer}"
-        raise r.refuse(
-            "pmtudisc", f'false needs ttl = "inherit" (ttl is {ttl}{given}): ttl != 0 and nopmtudisc are incompatible'
-        )
-    seq_policy = r.get("seq_policy", parse_seq_policy, SeqPolicy.KERNEL)
-    if seq_policy is not SeqPolicy.KERNEL and not r.get("iseq", bool, False):
-        raise r.refuse("seq_policy", f"{seq_policy.value} says how received sequence numbers are enforced: needs iseq")
-    csum_verify = r.get("csum_verify", _csum_verify, "full")
-    if csum_verify != "full" and not r.get("icsum", bool, False):
-        raise r.refuse("csum_verify", f"{csum_verify} says how received GRE checksums are verified: needs icsum")
-    keepalive = r.get("keepalive", _decimal(parse_keepalive), None)
+    hub = _hub(r, mode, remote)
+    outer = _outer(r, spec)
+    gre = _gre(r)
+    keepalive = _read(r, "keepalive", None)
     if keepalive is not None and (local is None or remote is None):
         raise r.refuse("keepalive", "keepalives go to the remote and come back to local: give both addresses")
-    sixrd = None
-    if "6rd_prefix" in folded:
-        relay = r.get("6rd_relay_prefix", str, "0.0.0.0/0")
-        r.get("6rd_relay_prefix", lambda text: SixRd.from_text("2002::/16", text), None)  # the relay prefix alone
-        sixrd = r.get("6rd_prefix", lambda text: SixRd.from_text(text, relay))
-    elif "6rd_relay_prefix" in folded:
-        raise r.refuse("6rd_relay_prefix", "needs 6rd_prefix (alone, it changes nothing)")
-    tos = r.get("tos", _hex_or_int(parse_tos, 0xFF, "tos"), VTI_OUTER[1] if spec.esp else DEFAULT_TOS)
-    outer6: dict[str, Any] = {key: r.get(key, convert) for key, convert in _OUTER6.items() if key in folded}
-    if spec.esp and spec.outer == 6:  # vti6: xfrm's IPv6 header (flowlabel and encaplimit refused in _BELONGS)
-        outer6 = {"flowlabel": None, "encaplimit": None}
+    sixrd = _sixrd(r)
     encap = _encap(r, spec.outer)
-    esp = r.get("esp_keys", _esp_keys, None)
-
+    esp = _read(r, "esp_keys", None)
     with _at(None):
         params = TunnelParams(
             name=name,
             mode=mode,
             local=local,
             remote=remote,
-            ikey=r.get("ikey", _decimal(parse_key), None),
-            okey=r.get("okey", _decimal(parse_key), None),
-            iseq=r.get("iseq", bool, False),
-            oseq=r.get("oseq", bool, False),
-            icsum=r.get("icsum", bool, False),
-            ocsum=r.get("ocsum", bool, False),
-            ttl=ttl,
-            tos=tos,
-            pmtudisc=pmtudisc,
             keepalive=keepalive,
             reflect_keepalives=r.get("reflect_keepalives", bool, True),
             hub=hub,
-            seq_policy=seq_policy,
-            csum_verify=csum_verify,
             sixrd=sixrd,
-            prl=tuple(r.each("prl", PrlEntry.from_text)),
+            prl=tuple(r.each("prl", _ALONE["prl"])),
             encap=encap,
             esp=esp,
-            **outer6,
+            **gre,
+            **outer,
         )
-
     addresses: list[Interface] = r.each("addresses", parse_interface)
     for i, iface in enumerate(addresses):
         with _at(r.named("addresses"), i):
@@ -611,15 +473,89 @@ def _build(name: str, r: _Reader, *, coalesce: bool, batch: bool) -> TunnelConfi
     mtu = r.get("mtu", int, None)
     if mtu is not None:
         _check_mtu(r, params, mtu, addresses)
-    options = UpOptions(
+    request = UpOptions(
         params=params,
-        device=r.get("dev", _device, None),
+        device=_read(r, "dev", None),
         mtu=mtu,
         addresses=addresses,
         coalesce=coalesce,
         batch=batch,
     )
-    return TunnelConfig(name, folded, options, tuple(routes), r.get("up", bool, True))
+    return TunnelConfig(name, r.table, request, tuple(routes), r.get("up", bool, True))
+
+
+def _read(r: _Reader, key: str, default: Any = _ANY) -> Any:
+    """A key's value through its converter (`_ALONE`), or `default` when it is not given."""
+    return r.get(key, _ALONE[key], default)
+
+
+def _hub(r: _Reader, mode: Mode, remote: bytes | None) -> HubParams | None:
+    """remote = "any" on gre or ipip: a hub, with its neighbors and spokes; elsewhere the hub keys are refused."""
+    spec = mode.value
+    sit_family = spec.ip_protocol == 41 and spec.outer == 4
+    if remote is None and not sit_family and mode not in (Mode.GRE, Mode.IPIP):
+        raise r.refuse(
+            "remote",
+            f'mode {spec.name} needs a fixed remote address: "any" (the default) makes a point-to-multipoint hub, '
+            "which only modes gre and ipip can be",
+        )
+    if spec.isatap and remote is not None:
+        raise r.refuse("remote", 'mode isatap has no fixed remote: leave remote out, or give "any"')
+    if remote is None and not sit_family:
+        neighbors = tuple(r.each("neighbors", parse_neighbor))
+        spokes = tuple(r.each("spokes", parse_spoke))
+        timeout = _read(r, "neighbor_timeout", DEFAULT_TIMEOUT)
+        with _at(r.named("spokes" if "spokes" in r.table else "neighbors")):
+            return HubParams(neighbors, spokes, timeout)
+    for key in _HUB_KEYS:
+        if key in r.table:
+            raise r.refuse(key, 'belongs to a hub: mode gre or ipip with remote "any"')
+    return None
+
+
+def _outer(r: _Reader, spec: ModeSpec) -> dict[str, Any]:
+    """ttl, tos, pmtudisc and (over IPv6) flowlabel and encaplimit, as TunnelParams takes them; vti's are
+    xfrm's (what it refuses was refused in `_misplaced`)."""
+    default_ttl: int | None = IPV6_OUTER_TTL if spec.outer == 6 else None  # as Linux: inherit over IPv4
+    ttl: int | None = _read(r, "ttl", default_ttl)
+    pmtudisc: bool = r.get("pmtudisc", bool, True)
+    tos: int | None = _read(r, "tos", VTI_OUTER[1] if spec.esp else DEFAULT_TOS)
+    if spec.esp:  # vti: TTL 64, the inner TOS, the inner DF, as xfrm writes them
+        ttl, _, pmtudisc = VTI_OUTER
+    if ttl is not None and not pmtudisc and not spec.esp:
+        # iproute2's words; the default ttl over IPv6 is 64, so say how to get inherit
+        given = "" if "ttl" in r.table else f", the default over IPv{spec.outer}"
+        raise r.refuse(
+            "pmtudisc", f'false needs ttl = "inherit" (ttl is {ttl}{given}): ttl != 0 and nopmtudisc are incompatible'
+        )
+    outer6 = {o.name: _read(r, o.name) for o in options.placed(options.IPV6_OUTER) if o.name in r.table}
+    if spec.esp and spec.outer == 6:  # vti6: xfrm's IPv6 header
+        outer6 = {"flowlabel": None, "encaplimit": None}
+    return {"ttl": ttl, "tos": tos, "pmtudisc": pmtudisc, **outer6}
+
+
+def _gre(r: _Reader) -> dict[str, Any]:
+    """The keys, sequence numbers and checksums, and how received ones are enforced."""
+    flags = {key: r.get(key, bool, False) for key in ("iseq", "oseq", "icsum", "ocsum")}
+    seq_policy = _read(r, "seq_policy", SeqPolicy.KERNEL)
+    if seq_policy is not SeqPolicy.KERNEL and not flags["iseq"]:
+        raise r.refuse("seq_policy", f"{seq_policy.value} says how received sequence numbers are enforced: needs iseq")
+    csum_verify = _read(r, "csum_verify", "full")
+    if csum_verify != "full" and not flags["icsum"]:
+        raise r.refuse("csum_verify", f"{csum_verify} says how received GRE checksums are verified: needs icsum")
+    keys = {key: _read(r, key, None) for key in ("ikey", "okey")}
+    return {**keys, **flags, "seq_policy": seq_policy, "csum_verify": csum_verify}
+
+
+def _sixrd(r: _Reader) -> SixRd | None:
+    """6rd_prefix and 6rd_relay_prefix (`ip tunnel 6rd`); the relay prefix alone changes nothing, and is refused."""
+    if "6rd_prefix" in r.table:
+        relay = r.get("6rd_relay_prefix", str, "0.0.0.0/0")
+        r.get("6rd_relay_prefix", lambda text: SixRd.from_text("2002::/16", text), None)  # the relay prefix alone
+        return r.get("6rd_prefix", lambda text: SixRd.from_text(text, relay))
+    if "6rd_relay_prefix" in r.table:
+        raise r.refuse("6rd_relay_prefix", "needs 6rd_prefix (alone, it changes nothing)")
+    return None
 
 
 def _esp_keys(path: str) -> EspKeys:
@@ -627,11 +563,14 @@ def _esp_keys(path: str) -> EspKeys:
     return read_esp_keys(path, "esp_keys")
 
 
+_ENCAP_COMPANIONS = tuple(o.name for o in options.OPTIONS if o.name in options.UDP.members and o.name != "encap")
+
+
 def _encap(r: _Reader, outer: int) -> Encap | None:
     """encap, encap_sport, encap_dport and encap_csum (FOU / GUE): as `usertunnel up --encap ...`."""
-    kind = r.get("encap", parse_encap, None)
+    kind = _read(r, "encap", None)
     if kind is None:
-        for key in ("encap_sport", "encap_dport", "encap_csum"):
+        for key in _ENCAP_COMPANIONS:
             if key in r.table:
                 raise r.refuse(key, 'belongs to encap = "fou" or "gue"')
         return None
@@ -639,16 +578,10 @@ def _encap(r: _Reader, outer: int) -> Encap | None:
         raise r.refuse("encap", f'"{kind.value}" needs encap_dport, the UDP port the peer receives on')
     return Encap(
         kind,
-        dport=r.get("encap_dport", _decimal(lambda text: parse_port(text, "encap_dport"))),
-        sport=r.get("encap_sport", _decimal(parse_sport), None),
+        dport=_read(r, "encap_dport"),
+        sport=_read(r, "encap_sport", None),
         csum=r.get("encap_csum", bool, outer == 6),  # iproute2's defaults: none over IPv4, on over IPv6
     )
-
-
-_OUTER6: dict[str, Callable[[Any], int | None]] = {
-    "encaplimit": _decimal(parse_encaplimit),
-    "flowlabel": _hex_or_int(parse_flowlabel, 0xFFFFF, "flowlabel"),
-}
 
 
 def _address_or_any(what: str) -> Callable[[str], bytes | None]:
@@ -657,32 +590,38 @@ def _address_or_any(what: str) -> Callable[[str], bytes | None]:
     return lambda text: None if text == "any" or is_host_name(text) else parse_address(text, what)
 
 
-# The keys whose values can be checked on their own, whatever the mode and the other keys say: each with
-# the converter the build uses (for a list, of each element). mtu and the 6rd prefixes are checked in the
-# build only: their bounds depend on the mode or on each other.
-_ALONE: dict[str, Callable[[Any], object]] = {
+# The converters core/options.py cannot hold (they need the mode table, the resolver, a file, or this file's
+# own words), by key.
+_OWN: dict[str, Callable[[Any], object]] = {
     "mode": Mode.from_name,
     "local": _address_or_any("local"),
     "remote": _address_or_any("remote"),
-    "ikey": _decimal(parse_key),
-    "okey": _decimal(parse_key),
-    "ttl": _decimal(parse_ttl),
-    "tos": _hex_or_int(parse_tos, 0xFF, "tos"),
     "dev": _device,
-    **_OUTER6,
-    "prl": PrlEntry.from_text,
-    "keepalive": _decimal(parse_keepalive),
-    "seq_policy": parse_seq_policy,
     "csum_verify": _csum_verify,
-    "neighbors": parse_neighbor,
-    "spokes": parse_spoke,
-    "neighbor_timeout": _decimal(parse_timeout),
-    "addresses": parse_interface,
     "routes": _route,
-    "encap": parse_encap,
-    "encap_sport": _decimal(parse_sport),
     "encap_dport": _decimal(lambda text: parse_port(text, "encap_dport")),
     "esp_keys": lambda path: _esp_keys(path),
+}
+
+
+def _converter(option: options.Option) -> Callable[[Any], Any] | None:
+    """How a key's TOML value is read: this file's own converter, or the table's parser of the text (an
+    integer read as its decimal text, or with `hex_max` as the number it is)."""
+    if option.name in _OWN:
+        return _OWN[option.name]
+    parse, toml = option.parse, option.toml
+    if parse is None or toml is None:
+        return None
+    return _hex_or_int(parse, toml.hex_max, option.name) if toml.hex_max is not None else _decimal(parse)
+
+
+# The keys whose values can be checked on their own, whatever the mode and the other keys say: each with
+# the converter the build uses (for a list, of each element). mtu and the 6rd prefixes are checked in the
+# build only: their bounds depend on the mode or on each other.
+_ALONE: dict[str, Callable[[Any], Any]] = {
+    o.name: convert
+    for o in options.OPTIONS
+    if o.toml is not None and o.toml.alone and (convert := _converter(o)) is not None
 }
 _LISTS = frozenset(key for key, spec in _KEYS.items() if spec.types == (list,))
 

@@ -38,6 +38,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core import options
+from ..core.params import Mode
+from ..core.values import parse_key
+
 # The words usertunnel prints where iproute2 prints "ip tunnel" and "ip -f inet6 tunnel".
 PROGRAM = "usertunnel tunnel"
 PROGRAM6 = "usertunnel -6 tunnel"
@@ -353,17 +357,14 @@ def _keyed(*keys: str) -> Handler:
     return handle
 
 
-# Flags and keys read the same in both grammars.
+def _gre_word(name: str) -> Handler:
+    """The handler of a GRE option's word (core/options.py): a key it reads, or flags it sets."""
+    return (_keyed if options.parse_of(name) is parse_key else _both)(*options.sets(name))
+
+
+# Flags and keys read the same in both grammars: the GRE options' words, in `up --help`'s order.
 _GRE_WORDS: dict[str, Handler] = {
-    "key": _keyed("ikey", "okey"),
-    "ikey": _keyed("ikey"),
-    "okey": _keyed("okey"),
-    "seq": _both("iseq", "oseq"),
-    "iseq": _both("iseq"),
-    "oseq": _both("oseq"),
-    "csum": _both("icsum", "ocsum"),
-    "icsum": _both("icsum"),
-    "ocsum": _both("ocsum"),
+    word: _gre_word(name) for name in options.GRE_GROUP.members for word in options.words_of(name)
 }
 
 # `ip tunnel` mode words: (iph.protocol, isatap, ethernet). gretap is usertunnel's own.
@@ -619,7 +620,8 @@ def _tunnel4(action: str, words: _Words) -> TunnelCommand:
     # `change NAME ...` starts from the running tunnel in iproute2: what it holds is unknown here,
     # so the checks that need it are left to the daemon.
     known = action != "change" or explicit is not None
-    if ("ikey" in table or "okey" in table) and mode not in ("gre", "gretap", "vti") and known:  # VTI_ISVTI
+    keyed = mode is not None and options.takes("key", Mode.from_name(mode).value)  # gre, gretap, vti (VTI_ISVTI)
+    if ("ikey" in table or "okey" in table) and not keyed and known:
         raise IpTunnelError("Keys are not allowed with ipip and sit tunnels")
     remote = table.get("remote")
     if _is_multicast4(remote) and mode in ("gre", "gretap"):

@@ -67,6 +67,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..core import options
 from ..core.drops import Drop
 from ..core.encap import Counters
 from ..core.errors import ConfigError
@@ -117,22 +118,15 @@ def snapshot_of(
         return ipaddress.ip_address(packed).compressed if packed else None
 
     sixrd = params.sixrd
-    outer6 = {"encaplimit": params.encaplimit, "flowlabel": params.flowlabel} if params.mode.value.outer == 6 else {}
+    as_is = {name: getattr(params, name) for name in options.SHOWN_AS_IS}  # ikey .. pmtudisc
+    outer6 = {name: getattr(params, name) for name in options.SHOWN_OUTER6} if params.mode.value.outer == 6 else {}
     return {
         "name": params.name,
         "mode": params.mode.value.name,
         "local": address(params.local),
         "remote": address(params.remote),
         "dev": dev,
-        "ikey": params.ikey,
-        "okey": params.okey,
-        "iseq": params.iseq,
-        "oseq": params.oseq,
-        "icsum": params.icsum,
-        "ocsum": params.ocsum,
-        "ttl": params.ttl,
-        "tos": params.tos,
-        "pmtudisc": params.pmtudisc,
+        **as_is,
         **outer6,  # an IPv4 header has neither: no field rather than a value that means nothing
         **({"encap": params.encap.as_dict()} if params.encap is not None else {}),  # FOU / GUE only
         "sixrd": None
