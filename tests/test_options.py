@@ -111,6 +111,16 @@ def test_every_grammar_word_is_a_word_of_the_option_it_sets(grammar: dict[str, i
             assert any(word in words[name] for name in setters), f"{word!r} sets {key}, whose table has no such word"
 
 
+def test_every_word_of_the_table_is_a_word_of_ip_tunnel() -> None:
+    """The other way round: a word the table gives an option is a keyword of one of the grammars (or of the
+    prl and 6rd commands, whose usage names them)."""
+    keywords = {*iptunnel._WORDS4, *iptunnel._WORDS6, *iptunnel._PRL_WORDS, "name", "dsfield"}  # dsfield: by prefix
+    assert iptunnel.parse(["add", "t0", "mode", "gre", "dsfield", "10"]).table["tos"] == 0x10
+    for name in [*options.BY_NAME, *options.ALIAS_BY_NAME]:
+        for word in options.words_of(name):
+            assert word in keywords or f"[ {word} ADDR ]" in iptunnel.HELP, (name, word)
+
+
 def test_the_gre_words_are_the_tables_gre_options() -> None:
     gre = [word for name in options.GRE_GROUP.members for word in options.words_of(name)]
     assert list(iptunnel._GRE_WORDS) == gre == ["key", "ikey", "okey", "seq", "iseq", "oseq", "csum", "icsum", "ocsum"]

@@ -197,6 +197,19 @@ def _bool(expect: str = _BOOL) -> TomlKey:
     return TomlKey((bool,), expect)
 
 
+def _key(name: str, help: str) -> Option:
+    """ikey or okey: a GRE key (on vti, the key that selects the security associations)."""
+    toml = TomlKey((int, str), _GRE_KEY)
+    flag = Flag((f"--{name}",), help, metavar="KEY")
+    return Option(name, toml, KEYED, parse_key, flags=(flag,), words=(name,), show=name)
+
+
+def _gre_flag(name: str, help: str) -> Option:
+    """iseq, oseq, icsum or ocsum: a GRE flag, off by default."""
+    flag = Flag((f"--{name}",), help, action="store_true")
+    return Option(name, _bool(), GRE, default=False, flags=(flag,), words=(name,), show=name)
+
+
 OPTIONS: tuple[Option, ...] = (
     Option(
         "mode",
@@ -250,66 +263,14 @@ OPTIONS: tuple[Option, ...] = (
         words=("remote",),
         show="remote",
     ),
-    Option(
-        "ikey",
-        TomlKey((int, str), _GRE_KEY),
-        KEYED,
-        parse_key,
-        flags=(Flag(("--ikey",), "key required on received packets", metavar="KEY"),),
-        words=("ikey",),
-        show="ikey",
+    _key("ikey", "key required on received packets"),
+    _key("okey", "key put on sent packets"),
+    _gre_flag(
+        "iseq", "require sequence numbers and drop packets not newer than the last accepted (reordered or replayed)"
     ),
-    Option(
-        "okey",
-        TomlKey((int, str), _GRE_KEY),
-        KEYED,
-        parse_key,
-        flags=(Flag(("--okey",), "key put on sent packets", metavar="KEY"),),
-        words=("okey",),
-        show="okey",
-    ),
-    Option(
-        "iseq",
-        _bool(),
-        GRE,
-        default=False,
-        flags=(
-            Flag(
-                ("--iseq",),
-                "require sequence numbers and drop packets not newer than the last accepted (reordered or replayed)",
-                action="store_true",
-            ),
-        ),
-        words=("iseq",),
-        show="iseq",
-    ),
-    Option(
-        "oseq",
-        _bool(),
-        GRE,
-        default=False,
-        flags=(Flag(("--oseq",), "number sent packets 0, 1, 2, ... (as Linux does)", action="store_true"),),
-        words=("oseq",),
-        show="oseq",
-    ),
-    Option(
-        "icsum",
-        _bool(),
-        GRE,
-        default=False,
-        flags=(Flag(("--icsum",), "require a GRE checksum (one present is always verified)", action="store_true"),),
-        words=("icsum",),
-        show="icsum",
-    ),
-    Option(
-        "ocsum",
-        _bool(),
-        GRE,
-        default=False,
-        flags=(Flag(("--ocsum",), "send a checksum over the GRE header and inner packet", action="store_true"),),
-        words=("ocsum",),
-        show="ocsum",
-    ),
+    _gre_flag("oseq", "number sent packets 0, 1, 2, ... (as Linux does)"),
+    _gre_flag("icsum", "require a GRE checksum (one present is always verified)"),
+    _gre_flag("ocsum", "send a checksum over the GRE header and inner packet"),
     Option(
         "ttl",
         TomlKey((int, str), 'an integer 1..255 or "inherit"'),

@@ -657,7 +657,7 @@ def _tunnel6(action: str, words: _Words) -> TunnelCommand:
     return TunnelCommand(action, state.name, table, ipv6=True)
 
 
-_PRL_WORDS = {"prl-default": "prl_default", "prl-nodefault": "prl_nodefault", "prl-delete": "prl_delete"}
+_PRL_WORDS = {word: word.replace("-", "_") for word in options.words_of("prl")}  # prl-default: prl_default
 
 
 def _prl(words: _Words) -> TunnelCommand:
