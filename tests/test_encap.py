@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from scapy.layers.inet import GRE, IP
 from scapy.layers.inet6 import IPv6
 
-from usertunnel.core import ecn, gre, ipv4, ipv6, params
+from usertunnel.core import ecn, gre, ipv4, ipv6, values
 from usertunnel.core.checksum import checksum_is_valid, internet_checksum
 from usertunnel.core.drops import Drop
 from usertunnel.core.encap import Demux, Received, Tunnel
@@ -1120,49 +1120,49 @@ def test_unknown_mode_lists_the_accepted_ones() -> None:
     ],
 )
 def test_parse_key_accepts_decimal_hex_and_dotted_quad(text: str, value: int) -> None:
-    assert params.parse_key(text) == value
+    assert values.parse_key(text) == value
 
 
 @pytest.mark.parametrize("text", ["-1", "4294967296", "abc", "", "1.2.3", "1.2.3.256", "0x1_0000_0000"])
 def test_parse_key_rejects_what_iproute2_rejects_with_a_helpful_message(text: str) -> None:
     with pytest.raises(ConfigError, match=r"invalid key .*0\.\.4294967295 or a dotted quad"):
-        params.parse_key(text)
+        values.parse_key(text)
 
 
 def test_parse_key_reads_a_leading_zero_as_octal_like_iproute2() -> None:
-    assert params.parse_key("010") == 8
+    assert values.parse_key("010") == 8
 
 
 @pytest.mark.parametrize(("text", "value"), [("inherit", None), ("0", None), ("1", 1), ("64", 64), ("255", 255)])
 def test_parse_ttl_reads_inherit_zero_and_1_to_255(text: str, value: int | None) -> None:
-    assert params.parse_ttl(text) == value
+    assert values.parse_ttl(text) == value
 
 
 @pytest.mark.parametrize("text", ["256", "-1", "abc", "", "64.0"])
 def test_parse_ttl_rejects_anything_else_saying_what_is_accepted(text: str) -> None:
     with pytest.raises(ConfigError, match=r'invalid ttl .*1\.\.255 or "inherit"'):
-        params.parse_ttl(text)
+        values.parse_ttl(text)
 
 
 @pytest.mark.parametrize(
     ("text", "value"), [("inherit", None), ("0", 0), ("10", 0x10), ("b8", 0xB8), ("0xfc", 0xFC), ("ff", 0xFF)]
 )
 def test_parse_tos_reads_a_hex_byte_or_inherit(text: str, value: int | None) -> None:
-    assert params.parse_tos(text) == value
+    assert values.parse_tos(text) == value
 
 
 @pytest.mark.parametrize("text", ["100", "-1", "zz", ""])
 def test_parse_tos_rejects_anything_else_saying_what_is_accepted(text: str) -> None:
     with pytest.raises(ConfigError, match=r'invalid tos .*00\.\.ff or "inherit"'):
-        params.parse_tos(text)
+        values.parse_tos(text)
 
 
 def test_parse_ipv4_address_names_the_option_and_spots_ipv6() -> None:
-    assert params.parse_ipv4_address("192.0.2.1", "local") == LOCAL
+    assert values.parse_ipv4_address("192.0.2.1", "local") == LOCAL
     with pytest.raises(ConfigError, match="invalid remote address 'nope'"):
-        params.parse_ipv4_address("nope", "remote")
+        values.parse_ipv4_address("nope", "remote")
     with pytest.raises(ConfigError, match="local address '2001:db8::1' is IPv6"):
-        params.parse_ipv4_address("2001:db8::1", "local")
+        values.parse_ipv4_address("2001:db8::1", "local")
 
 
 @pytest.mark.parametrize(
