@@ -166,6 +166,13 @@ SAMPLES: dict[str, tuple[list[str], dict[str, Any], list[str] | None]] = {
     "seq_policy": (["--iseq", "--seq-policy", "resync"], {"iseq": True, "seq_policy": "resync"}, None),
     "csum_verify": (["--icsum", "--csum-verify", "derived"], {"icsum": True, "csum_verify": "derived"}, None),
     "spokes": (["--spoke", "1001=203.0.113.16/28"], {"spokes": ["1001=203.0.113.16/28"]}, None),
+    # core.params refuses these (CORE_PLACES); {keys} is the path of a key file
+    "encap": (
+        ["--encap", "fou", "--encap-dport", "5555"],
+        {"encap": "fou", "encap_dport": 5555},
+        ["encap", "fou", "encap-dport", "5555"],
+    ),
+    "esp_keys": (["--esp-keys", "{keys}"], {"esp_keys": "{keys}"}, None),
 }
 
 
@@ -231,6 +238,8 @@ def test_a_mode_refuses_exactly_the_options_the_table_says_it_has_no_use_for(mod
     for name, (flags, file_keys, words) in SAMPLES.items():
         option = options.option(name)
         assert option.place is not None
+        if option.place in options.CORE_PLACES:
+            continue  # the test below
         misplaced = f"{name}: is {option.place.what}, for mode "
         refusals = _file(mode, keys, file_keys)
         if option.takes(mode.value):
@@ -243,11 +252,36 @@ def test_a_mode_refuses_exactly_the_options_the_table_says_it_has_no_use_for(mod
             assert _ip_tunnel(mode, keys, words), (mode, name)
 
 
+@pytest.mark.parametrize("mode", list(Mode), ids=[m.value.name for m in Mode])
+def test_an_option_core_refuses_for_a_mode_is_refused_in_one_sentence_by_every_front(mode: Mode, keys: str) -> None:
+    """The places core.params refuses (FOU/GUE, ESP's outer header): for every mode, `up` and the file give
+    the same answer (both accept, or both refuse in the same sentence); where the table says the mode has no
+    use for the option they refuse it, and so does `ip tunnel` (in that sentence where its grammar has the
+    words, through the daemon's file checks)."""
+    for place in options.CORE_PLACES:
+        for option in options.placed(place):
+            flags, file_keys, words = SAMPLES[option.name]
+            flags = [keys if flag == "{keys}" else flag for flag in flags]
+            file_keys = {k: keys if v == "{keys}" else v for k, v in file_keys.items()}
+            try:
+                _up(mode, keys, flags)
+                from_up = None
+            except ConfigError as exc:
+                from_up = str(exc)
+            assert _file(mode, keys, file_keys) == ([] if from_up is None else [from_up]), (mode, option.name)
+            if option.takes(mode.value):
+                continue
+            assert from_up is not None, (mode, option.name)
+            if words is not None:
+                from_ip = _ip_tunnel(mode, keys, words)
+                assert from_ip and (from_ip == [from_up] or mode.value.outer == 6), (mode, option.name, from_ip)
+
+
 def test_the_predicates_are_the_modes_each_option_is_documented_for() -> None:
     """Pinned: which modes take what (a change to the table shows here, and in the refusals above)."""
     takes = {
         name: {m.value.name for m in Mode if options.takes(name, m.value)}
-        for name in ("key", "seq", "ttl", "encaplimit", "6rd_prefix", "prl", "keepalive")
+        for name in ("key", "seq", "ttl", "encaplimit", "6rd_prefix", "prl", "keepalive", "encap", "esp_keys")
     }
     assert takes == {
         "key": {"gre", "ip6gre", "gretap", "ip6gretap", "vti", "vti6"},
@@ -257,6 +291,8 @@ def test_the_predicates_are_the_modes_each_option_is_documented_for() -> None:
         "6rd_prefix": {"sit"},
         "prl": {"isatap"},
         "keepalive": {"gre"},
+        "encap": {m.value.name for m in Mode} - {"gretap", "ip6gretap", "isatap"},
+        "esp_keys": {"gre", "ipip", "sit", "isatap", "gretap", "vti", "vti6"},
     }
 
 

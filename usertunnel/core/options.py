@@ -19,11 +19,14 @@ configuration file's canonical order; `ALIASES` the spellings that set others
   words    the `ip tunnel` / `ip -6 tunnel` words that set it
   show     its field in `usertunnel show -j` / `stats -j`
 
-From it: cli.py adds `up`'s tunnel options group by group (`UP_GROUPS`);
-front/config.py takes its keys, aliases, per-key converters and the "belongs
-to mode" refusals (`PLACES`); core/params.py asks `takes` before it refuses an
-option for a mode; front/iptunnel.py derives its GRE words; run/control.py
-names the plain show -j fields (`SHOWN`, `SHOWN_OUTER6`).
+From it: cli.py adds `up`'s tunnel options group by group (`UP_GROUPS`) and
+refuses the IPv6-outer, vti and 6rd options by their places; front/config.py
+takes its keys, aliases, per-key converters and the "belongs to mode"
+refusals (`PLACES`, in the file's own words); core/params.py asks `takes`
+before it refuses an option for a mode (`CORE_PLACES` only there, so one
+sentence from every front); front/iptunnel.py derives its GRE and prl words
+and its "Keys are not allowed" check; run/control.py names the plain show -j
+fields (`SHOWN_AS_IS`, `SHOWN_OUTER6`).
 """
 
 from __future__ import annotations
@@ -88,8 +91,14 @@ IPV6_OUTER = Place("an IPv6 outer header's option", lambda m: m.outer == 6 and n
 SIX_RD = Place("a 6rd setting", lambda m: m.ip_protocol == 41 and m.outer == 4 and not m.isatap)
 ISATAP = Place("an ISATAP potential router list", lambda m: m.isatap)
 KEEPALIVE = Place("a keepalive (GRE over IPv4)", lambda m: m.is_gre and m.outer == 4 and not m.ethernet)
-# Every place, in the order a configuration file's misplaced keys are found (and so reported).
+# Every place the fronts refuse in their own words, in the order a configuration file's misplaced keys are
+# found (and so reported).
 PLACES = (GRE, KEYED, OUTER, IPV6_OUTER, SIX_RD, ISATAP, KEEPALIVE)
+# Places core.params alone refuses, in one sentence whichever front the option came from (`up`, the file,
+# `ip tunnel` through the daemon): what this version carries in UDP, and ESP's outer headers.
+IN_UDP = Place("FOU or GUE encapsulation", lambda m: not m.ethernet and not m.isatap)
+ESP_OUTER = Place("ESP with manual keys (over IPv4, or vti6)", lambda m: m.outer == 4 or m.esp)
+CORE_PLACES = (IN_UDP, ESP_OUTER)
 
 
 class _Marker:
@@ -573,7 +582,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "encap",
         TomlKey((str,), '"fou", "gue" or "none"'),
-        parse=parse_encap,
+        IN_UDP,
+        parse_encap,
         flags=(
             Flag(
                 ("--encap",),
@@ -642,6 +652,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "esp_keys",
         TomlKey((str,), 'the path of an ESP key file (TOML, readable by its owner only; README, "IPsec")'),
+        ESP_OUTER,
         flags=(
             Flag(
                 ("--esp-keys",),

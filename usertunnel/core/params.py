@@ -198,7 +198,7 @@ class TunnelParams:
                 f"mode {mode.name} carries packets in ESP: give --esp-keys FILE (TOML, [out] and [in] with spi, "
                 'aead, key, icv; see README, IPsec), or esp_keys = "FILE" in a configuration file'
             )
-        if mode.outer != 4 and not mode.esp:
+        if not takes("esp_keys", mode):
             raise ConfigError(
                 f"mode {mode.name}: --esp-keys runs over IPv4 outer headers in this version (over IPv6: mode vti6)"
             )
@@ -226,7 +226,7 @@ class TunnelParams:
         """FOU and GUE as this version carries them: gre, ipip, sit (to a fixed remote or as a hub), ip6gre,
         ipip6 and ip6ip6 (to a fixed remote: hubs run over IPv4)."""
         mode = self.mode.value
-        if mode.ethernet or mode.isatap:
+        if not takes("encap", mode):
             raise ConfigError(
                 f"mode {mode.name}: FOU and GUE (--encap) carry gre, ipip, sit, ip6gre, ipip6 and ip6ip6 in this "
                 "version"
