@@ -25,7 +25,7 @@ from .core import options
 from .core.errors import ConfigError
 from .core.fou import Encap
 from .core.neighbors import HubParams
-from .core.params import VTI_OUTER, Mode, TunnelParams, check_address_families
+from .core.params import VTI_OUTER, Mode, ModeSpec, TunnelParams, check_address_families
 from .core.sit import SixRd
 from .core.values import (
     parse_address,
@@ -349,6 +349,11 @@ def _add_process_options(up: argparse.ArgumentParser) -> None:
         "the counters of `usertunnel stats`, drops by reason, keepalive state, MTU and path MTU (with --queues, "
         "every worker's counters summed)",
     )
+    _add_seeing_options(up)
+
+
+def _add_seeing_options(up: argparse.ArgumentParser) -> None:
+    """`up`'s section "seeing inside the tunnel": the log level, --trace, --pcap."""
     see = up.add_argument_group("seeing inside the tunnel")
     see.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS, help="as `usertunnel --log-level`")
     see.add_argument(
@@ -601,30 +606,7 @@ def params_from_args(args: argparse.Namespace) -> TunnelParams:
         if not options.takes("6rd_prefix", spec):
             raise ConfigError("--6rd-prefix belongs to --mode sit")
         sixrd = SixRd.from_text(args.sixrd_prefix, args.sixrd_relay_prefix)
-    ipv6_given = _given(args, options.IPV6_OUTER)
-    if spec.outer == 4 and ipv6_given:
-        raise ConfigError(f"{' and '.join(ipv6_given)} belong to IPv6 outer headers; mode {spec.name} runs over IPv4")
-    outer6: dict[str, Any] = {
-        o.name: getattr(args, o.name)
-        for o in options.placed(options.IPV6_OUTER)
-        if getattr(args, o.name) is not _DEFAULT
-    }
-    ttl = args.ttl if args.ttl is not _DEFAULT else (64 if spec.outer == 6 else None)
-    tos, pmtudisc = args.tos, args.pmtudisc
-    if spec.esp:
-        if _given(args, options.OUTER):
-            raise ConfigError(
-                f"mode {spec.name}: the outer TTL, TOS and DF are xfrm's (TTL 64, TOS inherited, DF copied from "
-                "the inner packet), as on Linux: no --ttl, --tos or --nopmtudisc"
-            )
-        ttl, tos, pmtudisc = VTI_OUTER
-        if spec.outer == 6:  # vti6: xfrm's IPv6 header, no encapsulation limit option
-            if ipv6_given:
-                raise ConfigError(
-                    f"mode {spec.name}: the outer IPv6 header is xfrm's (the inner traffic class and flow label, no "
-                    f"encapsulation limit option): no {' or '.join(ipv6_given)}"
-                )
-            outer6 = {"flowlabel": None, "encaplimit": None}
+    ttl, tos, pmtudisc, outer6 = _outer_from_args(args, spec)
     encap = _encap_from_args(args)
     esp = None
     if args.esp_keys is not None:
@@ -658,6 +640,36 @@ def params_from_args(args: argparse.Namespace) -> TunnelParams:
         esp=esp,
         **outer6,
     )
+
+
+def _outer_from_args(args: argparse.Namespace, spec: ModeSpec) -> tuple[int | None, int | None, bool, dict[str, Any]]:
+    """ttl, tos, pmtudisc and the IPv6 outer options (as TunnelParams' keywords) from the command line; those
+    the mode has no use for refused (vti's outer header is xfrm's)."""
+    ipv6_given = _given(args, options.IPV6_OUTER)
+    if spec.outer == 4 and ipv6_given:
+        raise ConfigError(f"{' and '.join(ipv6_given)} belong to IPv6 outer headers; mode {spec.name} runs over IPv4")
+    outer6: dict[str, Any] = {
+        o.name: getattr(args, o.name)
+        for o in options.placed(options.IPV6_OUTER)
+        if getattr(args, o.name) is not _DEFAULT
+    }
+    ttl = args.ttl if args.ttl is not _DEFAULT else (64 if spec.outer == 6 else None)
+    tos, pmtudisc = args.tos, args.pmtudisc
+    if spec.esp:
+        if _given(args, options.OUTER):
+            raise ConfigError(
+                f"mode {spec.name}: the outer TTL, TOS and DF are xfrm's (TTL 64, TOS inherited, DF copied from "
+                "the inner packet), as on Linux: no --ttl, --tos or --nopmtudisc"
+            )
+        ttl, tos, pmtudisc = VTI_OUTER
+        if spec.outer == 6:  # vti6: xfrm's IPv6 header, no encapsulation limit option
+            if ipv6_given:
+                raise ConfigError(
+                    f"mode {spec.name}: the outer IPv6 header is xfrm's (the inner traffic class and flow label, no "
+                    f"encapsulation limit option): no {' or '.join(ipv6_given)}"
+                )
+            outer6 = {"flowlabel": None, "encaplimit": None}
+    return ttl, tos, pmtudisc, outer6
 
 
 def _given(args: argparse.Namespace, place: options.Place) -> list[str]:
