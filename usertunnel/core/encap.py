@@ -37,6 +37,7 @@ from .lookup import Rule, TunnelTable
 from .neighbors import NeighborTable, Peer
 from .params import TunnelParams
 from .sequence import SeqPolicy, SequenceState, Verdict, new_sequence_state
+from .tables import ETHERNET, OVER_IPV6, PROTOCOL
 
 _OUTER = struct.Struct("!BBHHHBBH4s4s")
 _OUTER6 = struct.Struct("!IHBB16s16s")
@@ -512,7 +513,7 @@ Result = Received | Held | KeepaliveReply | Reflect | Drop
 
 
 class Demux:
-    """All tunnels of one process, one lookup table per outer IP protocol."""
+    """All tunnels of one process, one lookup table per receive table (core.tables: protocol, family, gretap)."""
 
     def __init__(self, protected: bool = False) -> None:
         self.protected = protected  # the inner lookup of `decapsulate_esp`: it holds the protected tunnels
@@ -742,7 +743,7 @@ class Demux:
         vti6."""
         if protocol == esp.IPPROTO_ESP:
             return self._decapsulate_esp6(src, dst, tclass, memoryview(payload), now)
-        return self._decapsulate(protocol + 256, src, dst, tclass, memoryview(payload), now)
+        return self._decapsulate(protocol | OVER_IPV6, src, dst, tclass, memoryview(payload), now)
 
     def _decapsulate_esp6(self, src: bytes, dst: bytes, tclass: int, payload: memoryview, now: float) -> Result:
         """ESP over IPv6 (vti6): the security association by SPI and destination, opened, then what it
@@ -759,7 +760,7 @@ class Demux:
             return tunnel.counters.drop(opened)
         next_header, inner = opened
         return _sealed_by(
-            tunnel, self._protected._decapsulate(next_header + 256, src, dst, tclass, memoryview(inner), now)
+            tunnel, self._protected._decapsulate(next_header | OVER_IPV6, src, dst, tclass, memoryview(inner), now)
         )
 
     def decapsulate_udp(
@@ -786,7 +787,7 @@ class Demux:
                 return self.unmatched.drop(found)
             protocol, start = found
             view = view[start:]
-        table = protocol + (256 if len(src) == 16 else 0)  # over IPv6: that protocol's IPv6 table
+        table = protocol | (OVER_IPV6 if len(src) == 16 else 0)  # over IPv6: that protocol's IPv6 table
         return self._decapsulate(table, src, dst, tos, view, now, sport)
 
     def _frame(self, tunnel: Tunnel, rule: Rule, frame: bytes | bytearray | memoryview, outer_tos: int) -> Result:
@@ -813,9 +814,9 @@ class Demux:
         """Everything after the outer IP header: GRE, lookup, receive rules, the inner packet."""
         unmatched = self.unmatched
         table = self.tables.get(table_id)
-        if table is None and table_id + 512 not in self.tables:  # gretap tunnels only: decided by the GRE type
+        if table is None and (table_id | ETHERNET) not in self.tables:  # gretap only: decided by the GRE type
             return unmatched.drop(Drop.NO_TUNNEL)
-        protocol = table_id & 0xFF
+        protocol = table_id & PROTOCOL
         flags = 0
         key = sequence = None
         proto = _PROTO_IPV4 if protocol == 4 else _PROTO_IPV6
@@ -829,7 +830,7 @@ class Demux:
         if proto == _PROTO_TEB:
             # Ethernet frames belong to gretap tunnels, which Linux looks up apart (gre_tap_net); with none,
             # a gre tunnel finds the packet and drops it for its protocol type, as before.
-            tap_table = self.tables.get(table_id + 512)
+            tap_table = self.tables.get(table_id | ETHERNET)
             if tap_table is not None:
                 table = tap_table
         if table is None:

@@ -40,9 +40,9 @@ from typing import Any, Protocol
 from ..core import ipv4
 from ..core.drops import Drop
 from ..core.encap import Demux, Held, KeepaliveReply, Received, Reflect, Result, Tunnel
-from ..core.esp import IPPROTO_ESP
 from ..core.fou import EncapKind, gue_header
 from ..core.gro import coalesce
+from ..core.tables import ESP, over_ipv6, protocol_of
 from .batch import RecvBatch, SendBatch, Slots
 from .tun import VIRTIO_NET_HDR_F_NEEDS_CSUM, VNET_HDR_LEN, VNET_NONE, Tun, complete_checksum
 from .udp import ANCILLARY as UDP_ANCILLARY
@@ -58,7 +58,6 @@ BATCH = 64
 BUSY_GAP = 50e-6
 RECV_ROUNDS = 4  # recvmmsg calls per wakeup at most (BATCH packets each), so TUN reads get their turn
 RECV_BUFFER = 65536
-ESP_TABLE = IPPROTO_ESP  # Dataplane.sockets: the raw socket of ESP, which every --esp-keys tunnel reads
 # Room for IPV6_PKTINFO (struct in6_pktinfo, 20 bytes) and IPV6_TCLASS (an int), with their headers.
 _ANCILLARY6 = socket.CMSG_SPACE(20) + socket.CMSG_SPACE(4)
 
@@ -217,7 +216,11 @@ class Dataplane:
         # with many tunnels removes that one and goes on.
         self.on_tun_gone: Callable[[Interface, str], None] | None = None
         self.interfaces: dict[Tunnel, Interface] = {}
+        # The raw sockets that receive, by table (core.tables): a mode's table, or the one gretap shares with
+        # gre, or ESP's (which every --esp-keys tunnel reads).
         self.sockets: dict[int, socket.socket] = {}
+        # The raw ICMP socket that hears "fragmentation needed" (add_icmp), when there is one.
+        self.icmp: socket.socket | None = None
         self._buffer = bytearray(RECV_BUFFER)
         self._view = memoryview(self._buffer)
         self._expiry: asyncio.TimerHandle | None = None  # rfc2890 policy: the OUTOFORDER_TIMER
@@ -234,11 +237,11 @@ class Dataplane:
         self._exhausted_said: set[Tunnel] = set()  # tunnels whose ESP sequence numbers ran out (said once)
 
     def add_socket(self, table: int, sock: socket.socket) -> None:
-        """Read the outer packets of demultiplexing table `table` (`ModeSpec.table`: the IP protocol, +256
-        over IPv6, +512 for gretap) from `sock`, a raw IPv4 or IPv6 socket."""
+        """Read the outer packets of table `table` (core.tables: a `ModeSpec.table`, or `tables.ESP6`) from
+        `sock`, a raw IPv4 or IPv6 socket (as the table says)."""
         self.sockets[table] = sock
-        if table & 256:
-            self.loop.add_reader(sock.fileno(), self._on_raw6_readable, sock, table & 0xFF)
+        if over_ipv6(table):
+            self.loop.add_reader(sock.fileno(), self._on_raw6_readable, sock, protocol_of(table))
         else:
             self.loop.add_reader(sock.fileno(), self._on_raw_readable, sock)
 
@@ -268,7 +271,7 @@ class Dataplane:
 
     def add_esp(self, sock: socket.socket) -> None:
         """Read ESP packets (IPv4, protocol 50) from `sock`, a raw socket, for the tunnels with --esp-keys."""
-        self.sockets[ESP_TABLE] = sock
+        self.sockets[ESP] = sock
         self.loop.add_reader(sock.fileno(), self._on_esp_readable, sock)
 
     def _on_esp_readable(self, sock: socket.socket) -> None:
@@ -338,7 +341,7 @@ class Dataplane:
             if iface.tun.fd >= 0:
                 self.loop.remove_reader(iface.tun.fd)
             iface.tun.close()
-        for sock in self.sockets.values():
+        for sock in [*self.sockets.values(), *([self.icmp] if self.icmp is not None else [])]:
             self.loop.remove_reader(sock.fileno())
             sock.close()
         for sock in self._senders:
@@ -349,6 +352,7 @@ class Dataplane:
         self._udp.clear()
         self.interfaces.clear()
         self.sockets.clear()
+        self.icmp = None
         self._senders.clear()
 
     def _on_tun_readable(self, iface: Interface) -> None:
@@ -669,7 +673,7 @@ class Dataplane:
 
     def add_icmp(self, sock: socket.socket) -> None:
         """Watch a raw ICMP socket that sees "fragmentation needed" errors (io.raw.open_icmp_listener)."""
-        self.sockets[-1] = sock
+        self.icmp = sock
         self.loop.add_reader(sock.fileno(), self._on_icmp_readable, sock)
 
     def _on_icmp_readable(self, sock: socket.socket) -> None:

@@ -77,6 +77,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from ..core.errors import ConfigError
+from ..core.tables import ETHERNET, table_of
 from .claim import Identity, claimed
 
 SOCKET_BUFFER = 8 * 1024 * 1024
@@ -357,9 +358,9 @@ def _step(identity: Identity) -> int:
 
 
 def socket_tables(protocol: int, outer: int = 4) -> tuple[int, ...]:
-    """The demultiplexing tables a raw socket of `protocol` serves (GRE's also serves gretap's)."""
-    table = protocol + (256 if outer == 6 else 0)
-    return (table, table + 512) if protocol == 47 else (table,)
+    """The tables (core.tables) a raw socket of `protocol` over IPv`outer` serves (GRE's also serves gretap's)."""
+    table = table_of(protocol, outer)
+    return (table, table | ETHERNET) if protocol == 47 else (table,)
 
 
 def tunnel_filter(

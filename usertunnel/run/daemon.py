@@ -66,9 +66,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..core import sit
+from ..core import sit, tables
 from ..core.encap import Demux, Tunnel
 from ..core.errors import ConfigError
+from ..core.esp import IPPROTO_ESP
 from ..core.fou import EncapKind
 from ..core.params import ModeSpec, TunnelParams
 from ..core.values import parse_key
@@ -76,7 +77,7 @@ from ..front import config as configuration
 from ..front.config import DaemonConfig, TunnelConfig
 from ..io import metrics, netlink, privilege, sdnotify, udp
 from ..io.claim import Claims, Identity, identities
-from ..io.loop import ESP_TABLE, Dataplane, Interface
+from ..io.loop import Dataplane, Interface
 from ..io.raw import ClaimFilter, open_icmp_listener, open_raw, open_raw6_receiver, open_raw6_sender
 from ..io.tun import Tun
 from .control import DAEMON, ControlServer, snapshot_of
@@ -111,17 +112,17 @@ class Sockets:
     def __init__(self, dataplane: Dataplane, mine: Callable[[], Collection[Identity]] = lambda: ()) -> None:
         self.dataplane = dataplane
         self.mine = mine  # the identities the daemon claims: its receivers' filters keep their packets
-        self._receivers: dict[int, list[Any]] = {}  # table (protocol, +256 over IPv6) -> [socket, users]
+        self._receivers: dict[int, list[Any]] = {}  # socket's table (core.tables) -> [socket, users]
         self._filters: dict[int, ClaimFilter] = {}  # table -> the filter of that receiver
         self._senders: dict[tuple[int, str | None], list[Any]] = {}  # (outer version, device) -> [socket, users]
 
     @staticmethod
     def _esp_table(spec: ModeSpec) -> int:
-        return ESP_TABLE + (256 if spec.outer == 6 else 0)  # ESP's raw socket over IPv4, or over IPv6
+        return tables.ESP6 if spec.outer == 6 else tables.ESP  # ESP's raw socket over IPv4, or over IPv6
 
     @staticmethod
     def _table(spec: ModeSpec) -> int:
-        return spec.table & 0x1FF  # gretap shares GRE's socket: the demux tells them apart
+        return tables.socket_table(spec.table)  # gretap shares GRE's socket: the demux tells them apart
 
     def acquire(self, spec: ModeSpec, device: str | None, esp: bool = False) -> socket.socket:
         """The socket a tunnel of `spec` sends through; its receiving socket is read from then on. With
@@ -130,10 +131,10 @@ class Sockets:
         entry = self._receivers.get(table)
         if entry is None and esp:
             if spec.outer == 4:
-                receiver = open_raw(ESP_TABLE)
+                receiver = open_raw(IPPROTO_ESP)
                 self.dataplane.add_esp(receiver)
             else:  # vti6: the IPv6 receive path hands next header 50 to the demux's ESP
-                receiver = open_raw6_receiver(ESP_TABLE)
+                receiver = open_raw6_receiver(IPPROTO_ESP)
                 self.dataplane.add_socket(table, receiver)
             entry = self._receivers[table] = [receiver, 0]
         elif entry is None:

@@ -30,15 +30,16 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..core import ipv6, sit
+from ..core import ipv6, sit, tables
 from ..core.encap import Demux, Tunnel
 from ..core.errors import ConfigError
+from ..core.esp import IPPROTO_ESP
 from ..core.keepalive import Change, LineProtocol
 from ..core.params import TunnelParams
 from ..front.request import UpOptions
 from ..io import metrics, netlink, privilege, udp
 from ..io.claim import Claims, Identity, claimed, identities, poke
-from ..io.loop import ESP_TABLE, Dataplane, Interface
+from ..io.loop import Dataplane, Interface
 from ..io.pcap import PcapNgWriter
 from ..io.privilege import drop_to, lookup_user
 from ..io.raw import ClaimFilter, open_icmp_listener, open_raw, open_raw6_receiver, open_raw6_sender
@@ -221,14 +222,14 @@ def _open(options: UpOptions, params: TunnelParams, underlay: int, mtu: int, cla
         sock = open_raw6_sender(options.device)
         try:
             # vti6: what arrives is ESP (next header 50); the SPI finds the tunnel.
-            protocol = ESP_TABLE if params.esp is not None else params.mode.value.ip_protocol
+            protocol = IPPROTO_ESP if params.esp is not None else params.mode.value.ip_protocol
             receiver = open_raw6_receiver(protocol, options.device)
         except BaseException:
             sock.close()
             raise
     elif params.esp is not None:
         # IPsec: every packet of this tunnel, both ways, is ESP (IP protocol 50); the SPI finds the tunnel.
-        sock = open_raw(ESP_TABLE, options.device)
+        sock = open_raw(IPPROTO_ESP, options.device)
     else:
         sock = open_raw(params.mode.value.ip_protocol, options.device)
     spec = params.mode.value
@@ -323,8 +324,8 @@ def competitors(mine: Collection[Identity], claims: Collection[Identity] | None 
 
 
 def _same_socket(a: Identity, b: Identity) -> bool:
-    """One raw socket per outer family and protocol: gretap's table (gre's + 512) shares gre's socket."""
-    return a.table & 0x1FF == b.table & 0x1FF
+    """One raw socket per outer family and protocol: gretap's table shares gre's socket (core.tables)."""
+    return tables.socket_table(a.table) == tables.socket_table(b.table)
 
 
 class ClaimWatch:
@@ -455,7 +456,7 @@ def wire(dataplane: Dataplane, prepared: Prepared) -> None:
         )  # fmt: skip
         return
     if prepared.receiver is not None:
-        table = ESP_TABLE + 256 if prepared.tunnel.params.esp is not None else prepared.tunnel.params.mode.value.table
+        table = tables.ESP6 if prepared.tunnel.params.esp is not None else prepared.tunnel.params.mode.value.table
         dataplane.add_socket(table, prepared.receiver)
         dataplane.add_sender(prepared.sock)
     elif prepared.tunnel.params.esp is not None:
