@@ -20,6 +20,7 @@ from .errors import ConfigError
 from .fou import Encap
 from .options import CSUM_VERIFY, takes
 from .sequence import SeqPolicy
+from .tables import table_of
 
 if TYPE_CHECKING:
     from .esp import EspKeys
@@ -42,9 +43,9 @@ class ModeSpec:
 
     @property
     def table(self) -> int:
-        """The demultiplexing table this mode's packets arrive on: the protocol, plus 256 over IPv6, plus
-        512 for Ethernet (Linux keeps gretap tunnels apart from gre ones: gre_tap_net vs ipgre_net)."""
-        return self.ip_protocol + (256 if self.outer == 6 else 0) + (512 if self.ethernet else 0)
+        """The demultiplexing table this mode's packets arrive on (core.tables: Linux keeps gretap tunnels
+        apart from gre ones, gre_tap_net vs ipgre_net, and IPv6 outer ones apart from IPv4 ones)."""
+        return table_of(self.ip_protocol, self.outer, self.ethernet)
 
 
 class Mode(enum.Enum):
