@@ -53,7 +53,6 @@ from test_esp_tunnel import KEY_BA, KEYS_A, KEYS_B, write_keys
 from traffic import tcp_transfer
 
 from usertunnel.core import esp
-from usertunnel.io.netns import Capture
 
 CRAFTED_TOS = 0x20  # DSCP 8, Not-ECT: B's tunnel sends TOS 0 under TCP, so this marks our packets
 MARKER = b"HOSTILE-ESP-MARKER"
@@ -140,6 +139,47 @@ def flip(packet: bytes, start: int, end: int, rng: random.Random) -> bytes:
 
 
 # --- watching both ends -----------------------------------------------------------------------------------------
+
+
+class Sniffer:
+    """Packets of one interface of a namespace, read by a background thread through a packet socket: IPv4
+    packets without their link header, with whether the interface sent them (outgoing) or received them."""
+
+    def __init__(self, lab: Lab, namespace: str, ifname: str, link_header: int,
+                 keep: Callable[[bool, bytes], bool]) -> None:  # fmt: skip
+        self.sock = lab.socket(namespace, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))  # ETH_P_ALL
+        self.sock.setsockopt(socket.SOL_SOCKET, 33, 32 << 20)  # SO_RCVBUFFORCE: never lose one
+        self.sock.bind((ifname, 0))
+        self.sock.settimeout(0.1)
+        self.link_header = link_header
+        self.keep = keep
+        self.packets: list[bytes] = []
+        self.seen = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                frame, address = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            packet = frame[self.link_header :]
+            if packet[:1] and packet[0] >> 4 == 4 and self.keep(address[2] == socket.PACKET_OUTGOING, packet):
+                self.seen += 1
+                self.packets.append(packet)
+
+    def stop(self) -> int:
+        """Stop reading; how many frames the kernel could not queue on this socket (PACKET_STATISTICS'
+        tp_drops, since it was opened)."""
+        self._stop.set()
+        self._thread.join(timeout=2)
+        dropped = struct.unpack("II", self.sock.getsockopt(263, 6, 8))[1]  # SOL_PACKET, PACKET_STATISTICS
+        self.sock.close()
+        return int(dropped)
 
 
 class RawReader:
@@ -328,12 +368,9 @@ def test_hostile_esp_flood_never_reaches_tun_loses_no_genuine_packet_and_counts_
 
     # B's genuine ESP, as it leaves B's veth (Ethernet header: 14 bytes); what A's TUN device receives.
     under_b = socket.inet_aton(UNDER_B)
-
-    def is_genuine(outgoing: bool, p: bytes) -> bool:
-        return outgoing and p[9] == 50 and p[12:16] == under_b and p[1] != CRAFTED_TOS
-
-    genuine = Capture(lab.b, lab.veth_b, buffer=32 << 20, keep=is_genuine)
-    tun = Capture(lab.a, "tun0", link_header=0, buffer=32 << 20, keep=lambda out, p: not out)
+    genuine = Sniffer(lab, lab.b, lab.veth_b, 14,
+                      lambda out, p: out and p[9] == 50 and p[12:16] == under_b and p[1] != CRAFTED_TOS)  # fmt: skip
+    tun = Sniffer(lab, lab.a, "tun0", 0, lambda out, p: not out)
     readers = {50: RawReader(lab, 50), case.clear_protocol: RawReader(lab, case.clear_protocol)}
 
     all_kinds = kinds(case, rng)
@@ -361,16 +398,14 @@ def test_hostile_esp_flood_never_reaches_tun_loses_no_genuine_packet_and_counts_
     mover.start()
     try:
         deadline = time.monotonic() + 20
-        while len(genuine.packets) < FLOOD_AFTER and time.monotonic() < deadline and mover.is_alive():
+        while genuine.seen < FLOOD_AFTER and time.monotonic() < deadline and mover.is_alive():
             time.sleep(0.01)
-        assert len(genuine.packets) >= FLOOD_AFTER, (
-            f"B sent only {len(genuine.packets)} ESP packets: {end_b.lines[-5:]}"
-        )
+        assert genuine.seen >= FLOOD_AFTER, f"B sent only {genuine.seen} ESP packets: {end_b.lines[-5:]}"
         flood_started = time.monotonic()
         during_transfer = 0
         for index, (kind, packets) in enumerate(zip(plan, prebuilt, strict=True)):
             if packets is None:
-                packets = kind.make(index + 1, genuine.all[:-2])
+                packets = kind.make(index + 1, genuine.packets[:-2])
             for packet in packets:
                 try:
                     sender.sendto(packet, (UNDER_A, 0))
@@ -404,16 +439,16 @@ def test_hostile_esp_flood_never_reaches_tun_loses_no_genuine_packet_and_counts_
     assert (kernel_drops, sniffer_drops) == (0, 0), "a socket overflowed: not exact"
 
     # Nothing crafted reached A's TUN device: only B's TCP segments, and as many as A delivered.
-    strangers = [p[:48].hex() for p in tun.all if MARKER in p or p[9] != 6 or p[12:20] != _addresses()]
+    strangers = [p[:48].hex() for p in tun.packets if MARKER in p or p[9] != 6 or p[12:20] != _addresses()]
     assert not strangers, f"{len(strangers)} packets that are not B's TCP reached A's TUN, e.g. {strangers[:3]}"
     tunnel, unmatched = stats_a["tun0"], stats_a["unmatched"]
-    assert tunnel["rx_packets"] == len(tun.packets)
+    assert tunnel["rx_packets"] == tun.seen
 
     # No genuine packet lost: A delivered every ESP packet B sent, and read nothing else of B's.
     esp_reader = readers[50]
     tx_b = stats_b["tun0"]["tx_packets"]
-    assert tunnel["rx_packets"] == tx_b == esp_reader.genuine == len(genuine.packets), (
-        tunnel["rx_packets"], tx_b, esp_reader.genuine, len(genuine.packets),
+    assert tunnel["rx_packets"] == tx_b == esp_reader.genuine == genuine.seen, (
+        tunnel["rx_packets"], tx_b, esp_reader.genuine, genuine.seen,
     )  # fmt: skip
     assert stats_a["tun0"]["tx_packets"] == stats_b["tun0"]["rx_packets"]
 

@@ -13,19 +13,16 @@ import os
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from pyroute2 import NetNS, netns
 
 _ETH_P_ALL = 0x0003
-_SO_RCVBUFFORCE = 33  # not in Python's socket module
-_SOL_PACKET, _PACKET_STATISTICS = 263, 6
 
 
 def exists(name: str) -> bool:
@@ -211,34 +208,19 @@ class Capture:
     """IPv4 (and with `ipv6`, IPv6) packets seen on one interface of a namespace, both directions, read by a
     background thread.
 
-    Each entry of `packets` is (monotonic time, outgoing?, the IP packet without its link header).
-    `link_header`: 14 on Ethernet (the EtherType then tells IPv4 and IPv6 apart), 0 on a TUN device (the
-    version nibble does). `keep(outgoing, packet)`, when given, decides which packets are kept; `buffer`
-    forces the socket's receive buffer (SO_RCVBUFFORCE) so that a flood is not lost; `stop()` says how many
-    frames the kernel could not queue anyway.
+    Each entry of `packets` is (monotonic time, outgoing?, the IPv4 packet without its Ethernet header).
     """
 
-    def __init__(self, namespace: str, ifname: str, ipv6: bool = False, *, link_header: int = 14,
-                 keep: Callable[[bool, bytes], bool] | None = None, buffer: int | None = None) -> None:  # fmt: skip
+    def __init__(self, namespace: str, ifname: str, ipv6: bool = False) -> None:
         # ETH_P_ALL: the kernel shows outgoing frames only to sockets that asked for every protocol.
         self.sock = open_socket(namespace, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(_ETH_P_ALL))
-        if buffer is not None:
-            self.sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, buffer)
         self.sock.bind((ifname, 0))
         self.sock.settimeout(0.2)
         self.packets: list[tuple[float, bool, bytes]] = []
-        self.ipv6 = ipv6  # IPv6 packets too (the EtherType or the version nibble tells them apart)
-        self.link_header = link_header
-        self.keep = keep
+        self.ipv6 = ipv6  # IPv6 packets too (their version nibble tells them apart)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
-
-    def _is_ip(self, frame: bytes) -> bool:
-        if self.link_header == 14:
-            return frame[12:14] == b"\x08\x00" or (self.ipv6 and frame[12:14] == b"\x86\xdd")
-        version = frame[self.link_header] >> 4 if len(frame) > self.link_header else 0
-        return version == 4 or (self.ipv6 and version == 6)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -248,25 +230,14 @@ class Capture:
                 continue
             except OSError:
                 return
-            if self._is_ip(frame):
-                outgoing, packet = address[2] == socket.PACKET_OUTGOING, frame[self.link_header :]
-                if self.keep is None or self.keep(outgoing, packet):
-                    self.packets.append((time.monotonic(), outgoing, packet))
+            if frame[12:14] == b"\x08\x00" or (self.ipv6 and frame[12:14] == b"\x86\xdd"):
+                self.packets.append((time.monotonic(), address[2] == socket.PACKET_OUTGOING, frame[14:]))
 
-    def stop(self) -> int:
-        """Stop reading; how many frames the kernel could not queue on this socket since it was opened
-        (PACKET_STATISTICS' tp_drops; 0 when stopped before)."""
-        if self._stop.is_set():
-            return 0
-        self._stop.set()
-        self._thread.join(timeout=2)
-        dropped = struct.unpack("II", self.sock.getsockopt(_SOL_PACKET, _PACKET_STATISTICS, 8))[1]
-        self.sock.close()
-        return int(dropped)
-
-    @property
-    def all(self) -> list[bytes]:
-        return [p for _, _, p in self.packets]
+    def stop(self) -> None:
+        if not self._stop.is_set():
+            self._stop.set()
+            self._thread.join(timeout=2)
+            self.sock.close()
 
     @property
     def incoming(self) -> list[bytes]:
