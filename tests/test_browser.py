@@ -29,7 +29,7 @@ from test_pictures import (
     assert_page_shows,
 )
 
-from usertunnel.teach import explain
+from usertunnel.teach import describe, explain
 from usertunnel.teach.picture import network, packet, page
 
 # Screenshots are kept here after the run (pytest's tmp_path is not), one PNG per page.
@@ -122,7 +122,7 @@ def assert_shows_the_drawing(png: Path, colour: str = packet.PALETTE[0]) -> None
 def _check_page(tmp_path: Path, name: str, wires: list[bytes]) -> None:
     explanations = [explain.explain(w) for w in wires]
     html = tmp_path / f"{name}.html"
-    html.write_text(page.explain_page([(explain.summary(e), e) for e in explanations], f"usertunnel explain: {name}"))
+    html.write_text(page.explain_page([(describe.summary(e), e) for e in explanations], f"usertunnel explain: {name}"))
     assert_page_shows(PageDOM(dump_dom(html)), explanations)
     assert_shows_the_drawing(screenshot(html, f"explain-{name}"))
 

@@ -34,8 +34,8 @@ from scapy.utils import PcapNgWriter, wrpcap
 from usertunnel.core.checksum import internet_checksum
 from usertunnel.core.encap import Tunnel
 from usertunnel.core.params import Mode, TunnelParams
-from usertunnel.teach import explain
-from usertunnel.teach.explain import Explanation, Layer
+from usertunnel.teach import describe, explain
+from usertunnel.teach.describe import Explanation, Layer
 
 SETTINGS = settings(max_examples=300, deadline=None)
 A, B = "198.51.100.1", "198.51.100.2"
@@ -357,7 +357,7 @@ def test_ethernet_with_a_vlan_tag_and_padding_agrees_with_scapy() -> None:
     frame = Ether(src="02:00:00:00:00:01", dst="ff:ff:ff:ff:ff:ff") / Dot1Q(prio=5, dei=1, vlan=100)
     frame = frame / IP(src=A, dst=B) / GRE(key_present=1, key=77) / IP() / ICMP()
     wire = bytes(frame) + bytes(8)  # link-layer padding after the IPv4 packet
-    e = explain.explain(wire, explain.LINKTYPE_ETHERNET)
+    e = explain.explain(wire, describe.LINKTYPE_ETHERNET)
     assert e.stop is None and not e.problems
     assert [layer.kind for layer in e.layers][-1] == "trailer"
     assert assert_agrees_with_scapy(e, Ether(wire)) >= 30
@@ -579,7 +579,7 @@ def tshark_json(wires: dict[str, bytes], directory: Path, *options: str) -> dict
         pytest.skip(reason)
     names = sorted(wires)
     path = directory / "packets.pcap"
-    wrpcap(str(path), [Raw(wires[name]) for name in names], linktype=explain.LINKTYPE_RAW)
+    wrpcap(str(path), [Raw(wires[name]) for name in names], linktype=describe.LINKTYPE_RAW)
     prefs = ["-o", "ip.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE", "-o", "udp.check_checksum:TRUE"]
     done = subprocess.run(
         ["tshark", "-n", "-r", str(path), "-T", "json", *prefs, *options],
@@ -639,7 +639,7 @@ def _stop_is_named(e: Explanation) -> None:
     assert e.stop is not None
     text = explain.render_text(e)
     assert f"offset {e.stop.offset}" in text
-    doc = explain.to_json(e)
+    doc = describe.to_json(e)
     assert doc[-1][-1]["name"] == "parsing stopped" and doc[-1][-1]["offset"] == e.stop.offset
 
 
@@ -678,7 +678,7 @@ def test_a_payload_cut_short_is_blamed_on_the_length_that_promised_it() -> None:
 def test_a_capture_cut_at_its_snap_length_says_so() -> None:
     e = explain.explain(EXAMPLE[:40], wire_length=len(EXAMPLE))
     assert e.stop is not None and "the capture kept 40 of its 68 bytes" in e.stop.detail
-    assert "of 68 on the wire" in explain.summary(e)
+    assert "of 68 on the wire" in describe.summary(e)
 
 
 def _mutate(offset: int, value: int) -> bytes:
@@ -723,14 +723,14 @@ def test_a_bad_gre_checksum_is_the_cores_csum_bad_verdict_and_parsing_goes_on() 
 
 
 @SETTINGS
-@given(st.binary(max_size=160), st.sampled_from(sorted(explain.LINKTYPES)))
+@given(st.binary(max_size=160), st.sampled_from(sorted(describe.LINKTYPES)))
 def test_arbitrary_bytes_never_raise_and_always_render(data: bytes, linktype: int) -> None:
     e = explain.explain(data, linktype)
     assert e.stop is None or 0 <= e.stop.offset <= len(data)
     for layer in e.layers:
         assert all(f.offset >= 0 and f.offset + f.length <= len(data) for f in layer.fields)
     explain.render_text(e, width=80)
-    json.dumps(explain.to_json(e))
+    json.dumps(describe.to_json(e))
 
 
 @SETTINGS
@@ -747,7 +747,7 @@ def test_valid_packets_with_bytes_changed_and_cut_never_raise(
         wire[offset % len(wire)] = value
     e = explain.explain(bytes(wire[: max(cut, 1)]))
     explain.render_text(e)
-    json.dumps(explain.to_json(e))
+    json.dumps(describe.to_json(e))
     if e.stop is not None:
         _stop_is_named(e)
 
@@ -829,7 +829,7 @@ FRAMES = [
 
 
 def test_pcap_index_picks_the_packet_counting_from_zero(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    path = _capture(tmp_path, explain.LINKTYPE_ETHERNET, FRAMES)
+    path = _capture(tmp_path, describe.LINKTYPE_ETHERNET, FRAMES)
     status, out, _ = run(capsys, "--pcap", str(path), "--index", "2")
     assert status == 0
     assert out.startswith("packet 2 (Ethernet): ")
@@ -839,7 +839,7 @@ def test_pcap_index_picks_the_packet_counting_from_zero(capsys: pytest.CaptureFi
 
 
 def test_pcap_all_explains_every_packet(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    path = _capture(tmp_path, explain.LINKTYPE_ETHERNET, FRAMES)
+    path = _capture(tmp_path, describe.LINKTYPE_ETHERNET, FRAMES)
     status, out, _ = run(capsys, "--pcap", str(path), "--all")
     assert status == 0 and [line[:8] for line in out.splitlines() if line.startswith("packet ")] == [
         "packet 0",
@@ -853,15 +853,15 @@ def test_pcap_all_explains_every_packet(capsys: pytest.CaptureFixture[str], tmp_
 @pytest.mark.parametrize(
     ("linktype", "frame"),
     [
-        (explain.LINKTYPE_RAW, bytes(IP(src=A, dst=B) / GRE() / IP() / ICMP())),
-        (explain.LINKTYPE_IPV4, bytes(IP(src=A, dst=B) / GRE() / IP() / ICMP())),
-        (explain.LINKTYPE_IPV6, bytes(IPv6(src=A6, dst=B6) / GRE() / IP() / ICMP())),
+        (describe.LINKTYPE_RAW, bytes(IP(src=A, dst=B) / GRE() / IP() / ICMP())),
+        (describe.LINKTYPE_IPV4, bytes(IP(src=A, dst=B) / GRE() / IP() / ICMP())),
+        (describe.LINKTYPE_IPV6, bytes(IPv6(src=A6, dst=B6) / GRE() / IP() / ICMP())),
         (
-            explain.LINKTYPE_LINUX_SLL,
+            describe.LINKTYPE_LINUX_SLL,
             bytes(CookedLinux(pkttype=4, lladdrtype=1, lladdrlen=6, proto=0x800) / IP() / GRE() / IP() / ICMP()),
         ),
         (
-            explain.LINKTYPE_LINUX_SLL2,
+            describe.LINKTYPE_LINUX_SLL2,
             bytes(CookedLinuxV2(proto=0x800, ifindex=3, lladdrtype=778) / IP() / GRE() / IP() / ICMP()),
         ),
     ],
@@ -951,7 +951,7 @@ def test_unusable_input_is_one_line_on_stderr_and_exit_status_2(
     expected: str,
 ) -> None:
     files = {
-        "PCAP": _capture(tmp_path, explain.LINKTYPE_ETHERNET, FRAMES, "ok.pcap"),
+        "PCAP": _capture(tmp_path, describe.LINKTYPE_ETHERNET, FRAMES, "ok.pcap"),
         "WIFI": _capture(tmp_path, 105, [b"\x08\x00" + bytes(30)], "wifi.pcap"),
         "NOTAPCAP": tmp_path / "not.pcap",
         "DIR": tmp_path,
@@ -1088,7 +1088,7 @@ def tshark_pdml(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[ET.E
         pytest.skip(reason)
     names = sorted(MORE_WIRE)
     path = tmp_path_factory.mktemp("tshark-more") / "packets.pcap"
-    wrpcap(str(path), [Raw(MORE_WIRE[name]) for name in names], linktype=explain.LINKTYPE_RAW)
+    wrpcap(str(path), [Raw(MORE_WIRE[name]) for name in names], linktype=describe.LINKTYPE_RAW)
     done = subprocess.run(["tshark", "-n", "-r", str(path), "-T", "pdml"], capture_output=True, timeout=60, check=True)
     packets = ET.fromstring(done.stdout).findall("packet")
     return {name: list(packet.iter("field")) for name, packet in zip(names, packets, strict=True)}
@@ -1205,7 +1205,7 @@ def _scapy_tunnel(wire: bytes, ports: dict[int, str]) -> list[Packet]:
     """scapy's layers of a tunnel in UDP: the outer IP and UDP headers, then what the port carries."""
     outer = _scapy(wire)
     udp = outer[UDP]
-    what = {**explain.DEFAULT_UDP_PORTS, **ports}.get(udp.dport) or {**explain.DEFAULT_UDP_PORTS, **ports}[udp.sport]
+    what = {**describe.DEFAULT_UDP_PORTS, **ports}.get(udp.dport) or {**describe.DEFAULT_UDP_PORTS, **ports}[udp.sport]
     payload = bytes(udp.payload)
     inner = {"fou:47": GRE, "fou:4": IP, "fou:41": IPv6, "gue": GUE}[what](payload)
     return [outer, udp, *_scapy_layers(inner)]
@@ -1245,14 +1245,14 @@ def test_gue_fields_sit_where_the_draft_draws_them_and_its_variant_1_is_two_bits
         "Proto/ctype": (29, 1, None),
         "Flags": (30, 2, None),
     }
-    assert explain.summary(e) == (
+    assert describe.summary(e) == (
         "67 bytes: IPv4 198.51.100.1 > 198.51.100.2, UDP 7000 > 6080, GUE (proto 4), IPv4 203.0.113.1 > "
         "203.0.113.2, UDP 40000 > 53"
     )
     v1 = explain.explain(UDP_WIRE["gue-variant1-ipv6"], udp_ports={7080: "gue"})
     assert [(f.name, f.value, f.offset, f.bits) for f in v1.layers[2].fields] == [("Ver", 1, 28, (0, 1))]
     assert v1.layers[3].kind == "IPv6" and v1.layers[3].offset == 28
-    assert "GUE variant 1" in explain.summary(v1)
+    assert "GUE variant 1" in describe.summary(v1)
 
 
 def _gue(first: int, proto: int = 4, flags: int = 0, ext: bytes = b"", port: int = 6080) -> bytes:
@@ -1364,7 +1364,7 @@ def test_a_tunnel_in_udp_cut_at_every_offset_says_where_it_stopped(name: str) ->
 @SETTINGS
 @given(
     st.sampled_from([4754, 6080, 5555]),
-    st.sampled_from(sorted(explain.UDP_CARRIERS)),
+    st.sampled_from(sorted(describe.UDP_CARRIERS)),
     st.binary(max_size=120),
     st.booleans(),
 )
@@ -1372,7 +1372,7 @@ def test_any_payload_of_a_tunnel_port_never_raises(port: int, what: str, payload
     sport, dport = (port, 40000) if reply else (40000, port)
     e = explain.explain(bytes(OUTER / UDP(sport=sport, dport=dport) / payload), udp_ports={5555: what})
     explain.render_text(e, width=80)
-    json.dumps(explain.to_json(e))
+    json.dumps(describe.to_json(e))
     if e.stop is not None:
         _stop_is_named(e)
 
@@ -1397,7 +1397,7 @@ def test_a_bad_udp_port_is_one_line_naming_what_is_accepted_and_exit_2(
 
 def test_udp_port_on_the_command_line_says_what_ports_carry(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     wires = [UDP_WIRE["fou-ipip"], UDP_WIRE["gue-variant1-ipv4"]]
-    path = _capture(tmp_path, explain.LINKTYPE_RAW, wires, "udp.pcap")
+    path = _capture(tmp_path, describe.LINKTYPE_RAW, wires, "udp.pcap")
     status, out, err = run(capsys, "--pcap", str(path), "--all", "-j", "--udp-port", "5556=fou:4",
                            "--udp-port", "7080=gue")  # fmt: skip
     assert (status, err) == (0, "")

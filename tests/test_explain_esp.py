@@ -21,8 +21,8 @@ from usertunnel.core.checksum import internet_checksum
 from usertunnel.core.drops import Drop
 from usertunnel.core.encap import Tunnel
 from usertunnel.core.params import VTI_OUTER, Mode, TunnelParams
-from usertunnel.teach import explain
-from usertunnel.teach.explain import Explanation, Layer
+from usertunnel.teach import describe, explain
+from usertunnel.teach.describe import Explanation, Layer
 
 A, B = bytes((198, 51, 100, 1)), bytes((198, 51, 100, 2))
 A6, B6 = ipaddress.IPv6Address("2001:db8::1").packed, ipaddress.IPv6Address("2001:db8::2").packed
@@ -109,7 +109,7 @@ def test_spi_and_sequence_number_read_back_exactly_and_the_rest_is_said_encrypte
     assert e.layers[-1] is layer
     assert e.stop is not None and not e.stop.malformed and e.stop.reason == "encrypted"
     assert e.stop.offset == len(wire)
-    assert f"ESP (SPI 0x{SA_AB.spi:08x}, seq {count}, encrypted)" in explain.summary(e)
+    assert f"ESP (SPI 0x{SA_AB.spi:08x}, seq {count}, encrypted)" in describe.summary(e)
 
 
 def test_esp_over_ipv6_is_dissected_the_same_way() -> None:
@@ -166,7 +166,7 @@ def test_every_cut_inside_the_esp_header_is_malformed_with_a_clear_reason(v6: bo
             elif what == "lengths agreeing":
                 assert e.stop.reason == "ESP without payload", e.stop
                 assert "at least the encrypted pad length and next header" in e.stop.detail
-            json.dumps(explain.to_json(e))
+            json.dumps(describe.to_json(e))
 
 
 def agreeing(packet: bytes, v6: bool) -> bytes:

@@ -27,7 +27,7 @@ from test_explain import MORE_WIRE, UDP_PORTS, UDP_WIRE
 from usertunnel.core import esp
 from usertunnel.core.encap import Demux, Tunnel
 from usertunnel.core.params import VTI_OUTER, Mode, TunnelParams
-from usertunnel.teach import explain, trace
+from usertunnel.teach import describe, explain, trace
 from usertunnel.teach.picture import network, packet, page
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -157,11 +157,11 @@ class PageDOM(HTMLParser):
         return [bytes(p) for p in out]
 
 
-def json_fields(e: explain.Explanation) -> list[dict[str, str]]:
+def json_fields(e: describe.Explanation) -> list[dict[str, str]]:
     """Every field of explain's JSON as the page's lines must give it: layer, name, offset, value."""
     return [
         {"layer": str(f["layer"]), "name": str(f["name"]), "offset": str(f["offset"]), "value": str(f["value"])}
-        for layer in explain.to_json(e)
+        for layer in describe.to_json(e)
         for f in layer
     ]
 
@@ -170,7 +170,7 @@ def page_fields(dom: PageDOM) -> list[dict[str, str]]:
     return [{k: f.get(k, "") for k in ("layer", "name", "offset", "value")} for f in dom.fields]
 
 
-def assert_page_shows(dom: PageDOM, explanations: list[explain.Explanation]) -> None:
+def assert_page_shows(dom: PageDOM, explanations: list[describe.Explanation]) -> None:
     """The page lists every field of every packet with explain's JSON value, draws a box for every field
     that is not told in another's box, shows each value that fits in its box, and dumps every byte."""
     assert page_fields(dom) == [f for e in explanations for f in json_fields(e)]
@@ -248,7 +248,7 @@ def test_the_udp_and_gue_headers_are_drawn_at_their_rfc_columns(name: str) -> No
     root = ET.fromstring(packet.svg([(name, e)], name))
     layers = [g.get("data-layer") for g in root.iter(f"{SVG}g") if g.get("class") == "header"]
     assert layers == [layer.title for layer in e.layers]
-    assert_page_shows(PageDOM(page.explain_page([(explain.summary(e), e)], name)), [e])
+    assert_page_shows(PageDOM(page.explain_page([(describe.summary(e), e)], name)), [e])
 
 
 def test_explain_svg_with_udp_port_draws_the_tunnel_the_port_carries(capsys: pytest.CaptureFixture[str]) -> None:
@@ -293,7 +293,7 @@ def test_the_svg_is_well_formed_xml_with_a_box_and_a_tooltip_per_field(name: str
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.binary(max_size=120), st.sampled_from(sorted(explain.LINKTYPES)))
+@given(st.binary(max_size=120), st.sampled_from(sorted(describe.LINKTYPES)))
 def test_any_bytes_draw_well_formed_svg_and_a_page_listing_every_field(data: bytes, linktype: int) -> None:
     e = explain.explain(data, linktype)
     ET.fromstring(packet.svg([("any", e)], "any"))
@@ -307,7 +307,7 @@ def test_any_bytes_draw_well_formed_svg_and_a_page_listing_every_field(data: byt
 def test_the_page_lists_every_field_with_explains_json_value_and_its_bytes(group: str) -> None:
     wires = {"modes": MODE_WIRE, "captures": MORE_WIRE, "malformed": MALFORMED}[group]
     explanations = [explain.explain(w) for _, w in sorted(wires.items())]
-    text = page.explain_page([(explain.summary(e), e) for e in explanations], group)
+    text = page.explain_page([(describe.summary(e), e) for e in explanations], group)
     assert_page_shows(PageDOM(text), explanations)
 
 
@@ -380,7 +380,7 @@ def test_explain_html_with_all_draws_every_packet_of_a_capture(
 
     path = f"{tmp_path}/more.pcap"
     names = sorted(MORE_WIRE)
-    wrpcap(path, [Raw(MORE_WIRE[n]) for n in names], linktype=explain.LINKTYPE_RAW)
+    wrpcap(path, [Raw(MORE_WIRE[n]) for n in names], linktype=describe.LINKTYPE_RAW)
     assert explain.run(parse("--html", "--pcap", path, "--all")) == 0
     dom = PageDOM(capsys.readouterr().out)
     assert_page_shows(dom, [explain.explain(MORE_WIRE[n]) for n in names])
@@ -410,7 +410,7 @@ def test_json_and_the_page_agree_on_every_value_of_every_mode() -> None:
         e = explain.explain(wire)
         dom = PageDOM(page.explain_page([("p", e)], "p"))
         assert [f["value"] for f in page_fields(dom)] == [
-            str(f["value"]) for layer in json.loads(json.dumps(explain.to_json(e))) for f in layer
+            str(f["value"]) for layer in json.loads(json.dumps(describe.to_json(e))) for f in layer
         ]
 
 
@@ -492,7 +492,7 @@ def _report(packets: list[tuple[str, bytes]]) -> str:
 LAB_PACKETS = [(f"{n}. {name}", MODE_WIRE[name]) for n, name in enumerate(("gre", "ipip", "gretap"), 1)]
 
 
-def assert_lab_report(dom: PageDOM, namespaces: list[str], transcript: str) -> list[explain.Explanation]:
+def assert_lab_report(dom: PageDOM, namespaces: list[str], transcript: str) -> list[describe.Explanation]:
     """A lab's page: its topology's namespaces and tunnel, a journey out and one in, every packet with
     every field as explain gives it, and what the lab printed. Returns the packets' explanations."""
     assert sorted(dom.nodes) == sorted(namespaces)

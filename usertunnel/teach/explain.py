@@ -19,49 +19,26 @@ import sys
 import textwrap
 
 from .describe import (
-    DEFAULT_UDP_PORTS,
-    LINKTYPE_ETHERNET,
-    LINKTYPE_IPV4,
-    LINKTYPE_IPV6,
-    LINKTYPE_LINUX_SLL,
-    LINKTYPE_LINUX_SLL2,
     LINKTYPE_RAW,
     LINKTYPES,
     UDP_CARRIERS,
     Explanation,
     Field,
-    Layer,
-    Stop,
     ending,
     summary,
     to_json,
 )
 from .describe import describe as explain
 
-__all__ = [  # explain's face: the describer's model under the names its users know, and the command
-    "DEFAULT_UDP_PORTS",
+__all__ = [  # the command and its text rendering; `explain` is the describer under the name its users know
     "EXAMPLE_HEX",
-    "LINKTYPE_ETHERNET",
-    "LINKTYPE_IPV4",
-    "LINKTYPE_IPV6",
-    "LINKTYPE_LINUX_SLL",
-    "LINKTYPE_LINUX_SLL2",
-    "LINKTYPE_RAW",
-    "LINKTYPES",
-    "UDP_CARRIERS",
-    "Explanation",
-    "Field",
     "InputError",
-    "Layer",
-    "Stop",
     "add_parser",
     "explain",
     "parse_hex",
     "parse_udp_port",
     "render_text",
     "run",
-    "summary",
-    "to_json",
 ]
 
 

@@ -1,7 +1,7 @@
 """Pictures of what explain, lab and --trace say in words: SVG drawings and self-contained HTML pages.
 
 Rules of this package:
-- Pure: data in (an `explain.Explanation`, a `network.Network`, trace lines), text out. Nothing here reads
+- Pure: data in (a `describe.Explanation`, a `network.Network`, trace lines), text out. Nothing here reads
   a file, runs a command or looks at the clock, so the same input always draws the same bytes (the
   tutorial's pictures and their test rely on it).
 - Standard library only. Every page is one file: inline SVG and CSS, no script, no font, no link to
