@@ -5,7 +5,6 @@ key never appears in any output."""
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import json
 import struct
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
+from test_explain import run
 
 from usertunnel.core import esp
 from usertunnel.core.checksum import internet_checksum
@@ -202,19 +202,6 @@ def test_an_icmp_error_quoting_an_esp_packet_ends_with_the_quote() -> None:
 
 
 # --- the command line and the pictures --------------------------------------------------------------------
-
-
-def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="usertunnel")
-    sub = parser.add_subparsers(dest="command")
-    explain.add_parser(sub)
-    return parser.parse_args(["explain", *argv])
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    status = explain.run(parse(*argv))
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 @pytest.mark.parametrize("form", [(), ("-j",), ("--svg",), ("--html",)], ids=["text", "json", "svg", "html"])
