@@ -521,20 +521,21 @@ def _hoplimit(words: _Words, state: _State) -> None:
     state.table["ttl"] = value or "inherit"  # hoplimit 0: ip -6 tunnel show prints "hoplimit inherit"
 
 
-def _tclass(words: _Words, state: _State) -> None:
+def _hex_or_inherit(words: _Words, state: _State, key: str, maximum: int, refusal: str) -> None:
+    """`inherit`, or a hex value up to `maximum` (ip -6 tunnel's tclass and flowlabel)."""
     word = words.take()
-    value = "inherit" if word == "inherit" else _number(word, 16, 0xFF)
+    value = "inherit" if word == "inherit" else _number(word, 16, maximum)
     if value is None:
-        raise _invarg("invalid TClass", word)
-    state.table["tos"] = value
+        raise _invarg(refusal, word)
+    state.table[key] = value
+
+
+def _tclass(words: _Words, state: _State) -> None:
+    _hex_or_inherit(words, state, "tos", 0xFF, "invalid TClass")
 
 
 def _flowlabel(words: _Words, state: _State) -> None:
-    word = words.take()
-    value = "inherit" if word == "inherit" else _number(word, 16, 0xFFFFF)
-    if value is None:
-        raise _invarg("invalid Flowlabel", word)
-    state.table["flowlabel"] = value
+    _hex_or_inherit(words, state, "flowlabel", 0xFFFFF, "invalid Flowlabel")
 
 
 def _dscp(words: _Words, state: _State) -> None:
