@@ -22,7 +22,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,33 +121,32 @@ def ipv6_default(disabled: bool) -> None:
     netns.run(NS_HOST, ["sysctl", "-q", "-w", f"net.ipv6.conf.default.disable_ipv6={int(disabled)}"], check=True)
 
 
-class Pair:
-    """A kernel tunnel `kt0` in the guest and `usertunnel up` in NS_HOST, pointing at each other.
+NO_IPV6 = "sysctl -q -w net.ipv6.conf.kt0.disable_ipv6=1"  # kt0 sends no router solicitation or MLD report
 
-    Neither tunnel device has IPv6 (no router solicitations, no MLD reports), so every packet either side
-    counts is one a test sent. The kernel's device has no TCP or generic segmentation offload, so that its
-    TCP segments reach its transmit routine one by one: Linux counts one transmitted packet per skb, and a
-    GSO skb is many packets on the wire.
-    """
 
-    def __init__(self, kernel: KernelPeer, variant: Variant) -> None:
+def up_without_ipv6(args: Sequence[str]) -> UpProcess:
+    """`usertunnel up ARGS` in NS_HOST, ready; its device is created while the namespace's IPv6 default is off
+    (usertunnel creates its device: it takes the namespace's default), so it sends nothing of its own."""
+    ipv6_default(disabled=True)
+    try:
+        ours = UpProcess(NS_HOST, list(args))
+        ours.wait_ready()
+        return ours
+    finally:
+        ipv6_default(disabled=False)
+
+
+class KernelAndOurs:
+    """The kernel's tunnel device kt0, made in the guest by `setup`, and `usertunnel up`'s ut0 in NS_HOST
+    (`up_without_ipv6`), pointing at each other; the counters and the MTU of both, and their removal."""
+
+    mtu_what = "tunnel"  # what an MTU disagreement names
+
+    def __init__(self, kernel: KernelPeer, variant: Any, setup: str, ours: Sequence[str]) -> None:
         self.kernel = kernel
         self.variant = variant
-        kernel.check(
-            f"ip tunnel add kt0 mode {variant.mode} local {GUEST_ADDR} remote {HOST_ADDR} {variant.kernel}"
-            " && sysctl -q -w net.ipv6.conf.kt0.disable_ipv6=1 && ethtool -K kt0 tso off gso off"
-            f" && ip link set kt0 up && ip addr add {THEIRS}/30 dev kt0"
-        )
-        ipv6_default(disabled=True)  # usertunnel creates its device: it takes the namespace's default
-        try:
-            self.ours = UpProcess(
-                NS_HOST,
-                ["--mode", variant.mode, "--local", HOST_ADDR, "--remote", GUEST_ADDR, "--name", "ut0",
-                 "--address", f"{OURS}/30", *variant.ours],
-            )  # fmt: skip
-            self.ours.wait_ready()
-        finally:
-            ipv6_default(disabled=False)
+        kernel.check(setup)
+        self.ours = up_without_ipv6(ours)
 
     def our_stats(self) -> dict[str, Any]:
         """The running usertunnel's counters, as `usertunnel stats -j ut0` prints them."""
@@ -160,12 +159,33 @@ class Pair:
 
     def mtu(self) -> int:
         """The tunnel MTU, the same on both sides (AssertionError if not)."""
-        return agreed_mtu(self.kernel)
+        return agreed_mtu(self.kernel, self.mtu_what)
 
     def close(self) -> dict[str, dict]:
         stats = self.ours.stop()
-        self.kernel.sh("ip tunnel del kt0")
+        self.kernel.sh("ip link del kt0")
         return stats
+
+
+class Pair(KernelAndOurs):
+    """A kernel tunnel `kt0` in the guest and `usertunnel up` in NS_HOST, pointing at each other.
+
+    Neither tunnel device has IPv6 (no router solicitations, no MLD reports), so every packet either side
+    counts is one a test sent. The kernel's device has no TCP or generic segmentation offload, so that its
+    TCP segments reach its transmit routine one by one: Linux counts one transmitted packet per skb, and a
+    GSO skb is many packets on the wire.
+    """
+
+    def __init__(self, kernel: KernelPeer, variant: Variant) -> None:
+        super().__init__(
+            kernel,
+            variant,
+            f"ip tunnel add kt0 mode {variant.mode} local {GUEST_ADDR} remote {HOST_ADDR} {variant.kernel}"
+            f" && {NO_IPV6} && ethtool -K kt0 tso off gso off"
+            f" && ip link set kt0 up && ip addr add {THEIRS}/30 dev kt0",
+            ["--mode", variant.mode, "--local", HOST_ADDR, "--remote", GUEST_ADDR, "--name", "ut0",
+             "--address", f"{OURS}/30", *variant.ours],
+        )  # fmt: skip
 
 
 def settled_counters(

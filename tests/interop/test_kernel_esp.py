@@ -39,11 +39,11 @@ from scapy.layers.inet import ICMP, IP
 from test_kernel import (
     TRANSFER,
     assert_nothing_lost_unseen,
-    ipv6_default,
     ping_from_us,
     send_from_kernel,
     send_from_us,
     settled_counters,
+    up_without_ipv6,
     usertunnel_stats,
 )
 
@@ -52,7 +52,6 @@ from usertunnel.core.drops import Drop
 from usertunnel.core.encap import Tunnel
 from usertunnel.core.params import Mode, TunnelParams
 from usertunnel.io import netns
-from usertunnel.io.netns import UpProcess
 
 OURS, THEIRS = "203.0.113.1", "203.0.113.2"
 GRE_KEY = 1234
@@ -513,16 +512,10 @@ class EspPair:
         self.directory = Path(tempfile.mkdtemp(prefix="ut-esp-"))
         keyfile = esp_keys_file(self.directory, self.theirs.keys)
         options = ("--ikey", str(VTI_KEY), "--okey", str(VTI_KEY)) if cell.shape == "vti" else ("--key", str(GRE_KEY))
-        ipv6_default(disabled=True)  # usertunnel creates its device: it takes the namespace's default
-        try:
-            self.ours = UpProcess(
-                NS_HOST,
-                ["--mode", cell.shape, "--local", HOST_ADDR, "--remote", GUEST_ADDR, "--name", "ut0",
-                 "--address", f"{OURS}/30", *options, "--esp-keys", str(keyfile)],
-            )  # fmt: skip
-            self.ours.wait_ready()
-        finally:
-            ipv6_default(disabled=False)
+        self.ours = up_without_ipv6(
+            ["--mode", cell.shape, "--local", HOST_ADDR, "--remote", GUEST_ADDR, "--name", "ut0",
+             "--address", f"{OURS}/30", *options, "--esp-keys", str(keyfile)],
+        )  # fmt: skip
 
     def counters(self, timeout: float = 5.0) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
         """Our counters and the kernel device's, once each side's sent packets are the other's received ones

@@ -19,12 +19,11 @@ import socket
 import struct
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 import same_inner
 from kernel_peer import GUEST_ADDR, HOST_ADDR, NS_HOST, VETH_HOST, KernelPeer
-from test_kernel import agreed_mtu, assert_nothing_lost_unseen, ipv6_default, settled_counters, usertunnel_stats
+from test_kernel import NO_IPV6, KernelAndOurs, assert_nothing_lost_unseen
 
 from usertunnel.core.encap import Tunnel
 from usertunnel.core.params import Mode, TunnelParams
@@ -92,41 +91,21 @@ VARIANTS = [
 ]
 
 
-class QuietPair:
+class QuietPair(KernelAndOurs):
     """The kernel's gretap kt0 and the running usertunnel's ut0, with no address and IPv6 off on both devices
     (no ARP, router solicitation or MLD report of their own): every frame either side counts is one the test
     wrote into a TAP device."""
 
+    mtu_what = "gretap"
+
     def __init__(self, kernel: KernelPeer, variant: Variant) -> None:
-        self.kernel = kernel
-        self.variant = variant
-        kernel.check(
+        super().__init__(
+            kernel,
+            variant,
             f"ip link add kt0 type gretap local {GUEST_ADDR} remote {HOST_ADDR} {variant.kernel}"
-            " && sysctl -q -w net.ipv6.conf.kt0.disable_ipv6=1 && ip link set kt0 up"
+            f" && {NO_IPV6} && ip link set kt0 up",
+            ["--mode", "gretap", "--local", HOST_ADDR, "--remote", GUEST_ADDR, "--name", "ut0", *variant.ours],
         )
-        ipv6_default(disabled=True)  # usertunnel creates its device: it takes the namespace's default
-        try:
-            self.ours = UpProcess(
-                NS_HOST,
-                ["--mode", "gretap", "--local", HOST_ADDR, "--remote", GUEST_ADDR, "--name", "ut0", *variant.ours],
-            )
-            self.ours.wait_ready()
-        finally:
-            ipv6_default(disabled=False)
-
-    def counters(self, timeout: float = 5.0) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
-        """Our counters and kt0's, once each side counts as received what the other counts as sent (or after
-        `timeout` s: the caller's assertion then says what differs)."""
-        return settled_counters(self.kernel, lambda: usertunnel_stats("ut0"), "kt0", timeout)
-
-    def mtu(self) -> int:
-        """The devices' MTU (the largest inner IP packet), the same on both sides (AssertionError if not)."""
-        return agreed_mtu(self.kernel, "gretap")
-
-    def close(self) -> dict[str, dict]:
-        stats = self.ours.stop()
-        self.kernel.sh("ip link del kt0")
-        return stats
 
 
 @pytest.mark.netns

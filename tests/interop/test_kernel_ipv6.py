@@ -23,12 +23,11 @@ import ipaddress
 import struct
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 import same_inner
 from kernel_peer import GUEST_ADDR, GUEST_ADDR6, HOST_ADDR, HOST_ADDR6, NS_HOST, VETH_HOST, KernelPeer
-from test_kernel import agreed_mtu, assert_nothing_lost_unseen, ipv6_default, settled_counters, usertunnel_stats
+from test_kernel import NO_IPV6, KernelAndOurs, assert_nothing_lost_unseen
 
 from usertunnel.core import gre, ipv6
 from usertunnel.core.encap import Tunnel
@@ -230,43 +229,20 @@ def test_kernel_ipv6_mode_packets_equal_our_core_encapsulation_byte_for_byte(pai
 # --- the same inner packets through the running usertunnel and through the kernel ---------------------------
 
 
-class QuietPair:
+class QuietPair(KernelAndOurs):
     """kt0 and the running usertunnel's ut0 as in `Pair`, but with no inner address and IPv6 off on both
     devices (no router solicitation, MLD report or neighbour discovery of their own): every packet either side
     counts is one the test wrote into a tunnel device (same_inner)."""
 
     def __init__(self, kernel: KernelPeer, variant: Variant) -> None:
-        self.kernel = kernel
-        self.variant = variant
         self.sources = (HOST_ADDR6, GUEST_ADDR6) if variant.outer6 else (HOST_ADDR, GUEST_ADDR)
         host, guest = self.sources
-        kernel.check(
-            variant.kernel.format(local=guest, remote=host)
-            + " && sysctl -q -w net.ipv6.conf.kt0.disable_ipv6=1 && ip link set kt0 up"
+        super().__init__(
+            kernel,
+            variant,
+            variant.kernel.format(local=guest, remote=host) + f" && {NO_IPV6} && ip link set kt0 up",
+            ["--mode", variant.mode, "--local", host, "--remote", guest, "--name", "ut0", *variant.ours],
         )
-        ipv6_default(disabled=True)  # usertunnel creates its device: it takes the namespace's default
-        try:
-            self.ours = UpProcess(
-                NS_HOST,
-                ["--mode", variant.mode, "--local", host, "--remote", guest, "--name", "ut0", *variant.ours],
-            )
-            self.ours.wait_ready()
-        finally:
-            ipv6_default(disabled=False)
-
-    def counters(self, timeout: float = 5.0) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
-        """Our counters and kt0's, once each side counts as received what the other counts as sent (or after
-        `timeout` s: the caller's assertion then says what differs)."""
-        return settled_counters(self.kernel, lambda: usertunnel_stats("ut0"), "kt0", timeout)
-
-    def mtu(self) -> int:
-        """The tunnel MTU, the same on both sides (AssertionError if not)."""
-        return agreed_mtu(self.kernel)
-
-    def close(self) -> dict[str, dict]:
-        stats = self.ours.stop()
-        self.kernel.sh("ip link del kt0")
-        return stats
 
 
 def ecn_rfc6040(inner: bytes) -> int:
