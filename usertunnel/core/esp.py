@@ -40,11 +40,10 @@ import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from .checksum import internet_checksum
 from .drops import Drop
@@ -338,6 +337,10 @@ def keys_from_table(table: Mapping[str, object], source: str = "esp keys") -> Es
 
 
 def _aead(sa: SecurityAssociation) -> AESGCM | ChaCha20Poly1305:
+    """The SA's cipher. `cryptography` is imported here, with the first SA: it adds some 7 MB to a process,
+    which a tunnel without ESP should not pay (issue 14's memory target)."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
     return AESGCM(sa.cipher_key) if sa.aead == GCM else ChaCha20Poly1305(sa.cipher_key)
 
 
@@ -447,6 +450,7 @@ class Opener:
     __slots__ = (
         "_aead",
         "_esn",
+        "_invalid_tag",
         "_icv_len",
         "_min_len",
         "_nonce_salt",
@@ -470,6 +474,9 @@ class Opener:
         self._icv_len = sa.icv_len
         self._nonce_salt = sa.salt
         self._aead = _aead(sa)
+        from cryptography.exceptions import InvalidTag  # loaded by _aead already (see there)
+
+        self._invalid_tag = InvalidTag
         # Truncated GCM tags need the streaming API, which checks a short tag (the one-shot AESGCM only takes 16).
         self._truncated_key = sa.cipher_key if sa.icv_len != 16 else None
         self._min_len = HEADER_LEN + IV_LEN + 2 + sa.icv_len  # at least pad length and next header encrypted
@@ -535,7 +542,7 @@ class Opener:
                 plaintext = self._aead.decrypt(nonce, body, aad)
             else:
                 plaintext = self._open_truncated(nonce, body, aad)
-        except InvalidTag:
+        except self._invalid_tag:
             return Drop.ESP_ICV
         self._accept(seq)
         pad, next_header = plaintext[-2], plaintext[-1]
@@ -548,6 +555,8 @@ class Opener:
 
     def _open_truncated(self, nonce: bytes, body: memoryview, aad: bytes | memoryview) -> bytes:
         assert self._truncated_key is not None
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
         split = len(body) - self._icv_len
         decryptor = Cipher(
             algorithms.AES(self._truncated_key), modes.GCM(nonce, bytes(body[split:]), min_tag_length=self._icv_len)
