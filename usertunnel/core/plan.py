@@ -160,6 +160,7 @@ def compile_tx(tunnel: Planned) -> Plan | None:
         # The GRE header's words that never change, for its checksum (flags and key; the protocol varies).
         "GRE_SUM": gre.flags_for(p.ocsum, keyed, p.oseq) + _words(p.okey),
         "inner_sum": inner_sum,
+        "INNER4": _INNER4,
         "HEADER": _struct(fmt),
     }
     if encap is not None:
@@ -181,6 +182,11 @@ def compile_tx(tunnel: Planned) -> Plan | None:
             + (0 if p.ocsum else gre_words),
         )
     return _compile(lines, env, "<plan tx>")
+
+
+# An inner IPv4 header without options: version and IHL, TOS, total length, flags and fragment offset, TTL,
+# protocol, and the addresses as four 16-bit words (the transmit plans' O(1) inner sum).
+_INNER4 = struct.Struct("!BBH2xHBB2x4H")
 
 
 @functools.lru_cache(maxsize=256)
@@ -230,11 +236,31 @@ def _tx_source(
         "        return None",
         "    v = inner[0] >> 4",
     ]
+    # Whether a checksum needs the inner packet's sum: the GRE checksum, or a UDP one without it.
+    summed = (spec.is_gre and ocsum) or (udp is not None and udp[2])
     first = True
     for family in families:
         lines.append(f"    {'if' if first else 'elif'} v == {family}:")
         first = False
-        if family == 4:
+        if family == 4 and summed:
+            # checksum.inner_sum's O(1) case written out: an IPv4 header without options, the whole packet,
+            # not a fragment, TCP (or UDP with a checksum) and at least 40 bytes: the sum follows from the
+            # pseudo-header's words, all read by the one unpack that also gives the TOS and the TTL.
+            lines += [
+                "        _vihl, itos, ilen, ifrag, ittl, iproto, a, b, c, d = INNER4.unpack_from(inner)",
+                f"        if (_vihl == 0x45 and ilen == n and n >= 40 and not ifrag & {0x3FFF:#x}",
+                "                and (iproto == 6 or (iproto == 17 and (inner[26] or inner[27])))):",
+                "            isum = 0xFFFF - (a + b + c + d + iproto + n - 20) % 0xFFFF",
+                "        else:",
+                "            isum = inner_sum(inner)",
+                "        tos = TOS[itos]",
+                "        ttl = TTL" if fixed_ttl else "        ttl = ittl",
+            ]
+            if not outer6:
+                df = f"{ipv4.FLAG_DF}" if pmtudisc else f"ifrag & {ipv4.FLAG_DF}"
+                lines.append(f"        frag = {df}")
+            proto = gre.PROTO_IPV4
+        elif family == 4:
             lines.append("        tos = TOS[inner[1]]")
             lines.append("        ttl = TTL" if fixed_ttl else "        ttl = inner[8]")
             if not outer6:
@@ -247,6 +273,8 @@ def _tx_source(
             if outer6:
                 # An inner limit of its own (RFC 2473 4.1.1) is the specification's to read.
                 lines += ["        if inner[6] in EXTENSIONS:", "            return None"]
+            if summed:
+                lines.append("        isum = inner_sum(inner)")
             lines.append("        tos = TOS[((inner[0] & 0x0F) << 4) | (inner[1] >> 4)]")
             lines.append("        ttl = TTL" if fixed_ttl else "        ttl = inner[7]")
             if not outer6:
@@ -283,7 +311,7 @@ def _tx_source(
             # RFC 2784 section 2.5: over the GRE header (checksum field zero) and the payload; the inner
             # packet's sum in O(1) for TCP and UDP (checksum.inner_sum).
             seq_words = " + (seq >> 16) + (seq & 0xFFFF)" if oseq else ""
-            lines.append(f"    g = GRE_SUM + proto{seq_words} + inner_sum(inner)")
+            lines.append(f"    g = GRE_SUM + proto{seq_words} + isum")
             lines += _fold_lines("g", "    ")
             fmt += "HH"
             fields += ["~g & 0xFFFF", "0"]
@@ -300,7 +328,7 @@ def _tx_source(
             rest = ""
             if not (spec.is_gre and ocsum):
                 seq_words = " + (seq >> 16) + (seq & 0xFFFF)" if spec.is_gre and oseq else ""
-                rest = (" + proto" if spec.is_gre else "") + seq_words + " + inner_sum(inner)"
+                rest = (" + proto" if spec.is_gre else "") + seq_words + " + isum"
             lines.append(f"    u = UDP_SUM + ulen + ulen + sport{rest}")
             lines += _fold_lines("u", "    ")
             lines.append("    ucsum = (~u & 0xFFFF) or 0xFFFF")  # a computed 0 is sent as all ones
