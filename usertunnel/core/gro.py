@@ -51,6 +51,7 @@ The header's 16-bit fields are in the legacy virtio byte order, the host's
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Iterable
 from typing import NamedTuple
@@ -69,6 +70,7 @@ VNET_HDR_LEN = 10  # struct virtio_net_hdr
 VNET_HDR_LEN_MRG = 12  # struct virtio_net_hdr_mrg_rxbuf: num_buffers follows, skipped on write
 
 MAX_LENGTH = 0xFFFF  # IPv4 total length, IPv6 payload length
+_MAX_PARTS = 1000  # buffers of one Item, the vnet header's iovec aside: under IOV_MAX (1024)
 TCP_CSUM_OFFSET = 16  # offsetof(struct tcphdr, check)
 
 _FIN, _SYN, _RST, _PSH, _ACK, _URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
@@ -94,11 +96,24 @@ def vnet_header(
 
 
 class Item(NamedTuple):
-    """One write into the TUN device: `vnet` then `packet`, which carries `segments` input packets."""
+    """One write into the TUN device: `vnet` then the packet, which carries `segments` input packets.
+
+    The packet is kept as `parts` in order (one buffer when nothing merged; else the rewritten IP and TCP
+    headers, then each segment's payload, views of the input) for a gathering write, writev(2): the kernel
+    copies the payloads once, into its buffer, and nothing here copies them before."""
 
     vnet: bytes
-    packet: Buffer
+    parts: tuple[Buffer, ...]
     segments: int
+
+    @property
+    def packet(self) -> Buffer:
+        """The packet as one buffer (joined from `parts` when it merged segments)."""
+        return self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
+
+    @property
+    def length(self) -> int:
+        return sum(len(part) for part in self.parts)
 
 
 class _Run:
@@ -143,14 +158,20 @@ class _Run:
         self.mask = self.masked = self.h_base = 0
         if not v6:
             self.length = len(packet)
-            bits = 8 * hdr_len
-            self.mask = ((1 << bits) - 1) ^ _quick_holes(hdr_len)
+            self.mask = _quick_mask(hdr_len)
             self.masked = int.from_bytes(packet[:hdr_len], "big") & self.mask
             seq_, csum = _SEQ_CSUM.unpack_from(packet, 24)
             self.h_base = h - (seq_ >> 16) - (seq_ & 0xFFFF) - csum
 
 
 _SEQ_CSUM = struct.Struct("!I8xH")  # from the TCP sequence number (IPv4 without options: offset 24) to the checksum
+
+
+@functools.lru_cache(maxsize=64)
+def _quick_mask(hdr_len: int) -> int:
+    """The bits of an IPv4 + TCP header (`hdr_len` bytes) that must agree between segments of one run: all but
+    `_quick_holes`. Computed once per header length (a few microseconds, once per run otherwise)."""
+    return ((1 << (8 * hdr_len)) - 1) ^ _quick_holes(hdr_len)
 
 
 def _quick_holes(hdr_len: int) -> int:
@@ -187,36 +208,61 @@ def coalesce(
     # full path below would do with that segment (a candidate, its flow's open run, fields that agree, the
     # next sequence number, no PSH, gso_size long); whatever fails the test takes the full path.
     last: _Run | None = None
-    for raw in packets:
+    fast = quick and not verify
+    items = packets if isinstance(packets, (list, tuple)) else list(packets)
+    count = len(items)
+    i = 0
+    while i < count:
+        raw = items[i]
+        i += 1
         packet = raw if isinstance(raw, memoryview) else memoryview(raw)
         n = len(packet)
-        if last is not None and n == last.length and quick and not verify:
-            hdr_len = last.hdr_len
-            if int.from_bytes(packet[:hdr_len], "big") & last.mask == last.masked:
+        if last is not None and n == last.length and fast:
+            # The quick run: the run's state in locals while segment after segment joins it (a bulk
+            # transfer's batch is mostly one such stretch), written back when one does not.
+            hdr_len, mask, masked, h_base = last.hdr_len, last.mask, last.masked, last.h_base
+            next_seq, payload, acc, segments = last.next_seq, last.payload, last.acc, last.segments
+            size = n - hdr_len
+            room = MAX_LENGTH - hdr_len - size  # the run's payload may be at most this before a segment joins
+            odd = last.gso_size & 1  # an odd size puts every other segment's payload at an odd offset
+            done = False  # the batch ended inside the run
+            while True:
+                if int.from_bytes(packet[:hdr_len], "big") & mask != masked:
+                    break
                 seq, csum = _SEQ_CSUM.unpack_from(packet, 24)
-                size = n - hdr_len
-                if seq == last.next_seq and hdr_len + last.payload + size <= MAX_LENGTH:
-                    parity = (last.payload & 1) if last.gso_size & 1 else 0
-                    last.acc[parity] += last.h_base + (seq >> 16) + (seq & 0xFFFF) + csum
-                    last.segments.append(packet)
-                    last.payload += size
-                    last.next_seq = (seq + size) & 0xFFFFFFFF
-                    continue
+                if seq != next_seq or payload > room:
+                    break
+                acc[payload & 1 if odd else 0] += h_base + (seq >> 16) + (seq & 0xFFFF) + csum
+                segments.append(packet)
+                payload += size
+                next_seq = (seq + size) & 0xFFFFFFFF
+                if i == count:
+                    done = True
+                    break
+                raw = items[i]
+                i += 1
+                packet = raw if isinstance(raw, memoryview) else memoryview(raw)
+                if len(packet) != n:
+                    break
+            last.payload, last.next_seq = payload, next_seq
+            if done:
+                break
+            n = len(packet)  # `packet` (from `raw`) did not join: the full path takes it
         last = None
         parsed = _candidate(packet, n)
         if parsed is None:
-            out.append(Item(none, raw, 1))
+            out.append(Item(none, (raw,), 1))
             continue
         if isinstance(parsed, bytes):  # TCP of a known flow, but not mergeable: closes the flow's run
             runs.pop(parsed, None)
-            out.append(Item(none, raw, 1))
+            out.append(Item(none, (raw,), 1))
             continue
         key, v6, ip_len, hdr_len, seq, flags, match = parsed
         size = n - hdr_len
         h = ones_complement_sum(packet[ip_len:hdr_len]) + (n - ip_len)
         if verify and fold(ones_complement_sum(packet[hdr_len:]) + h + _address_sum(packet, v6)) != 0xFFFF:
             runs.pop(key, None)
-            out.append(Item(none, raw, 1))
+            out.append(Item(none, (raw,), 1))
             continue
         run = runs.get(key)
         if run is not None:
@@ -316,7 +362,7 @@ def _finish(run: _Run, none: bytes, vnet_size: int) -> Item:
     first = run.segments[0]
     count = len(run.segments)
     if count == 1:
-        return Item(none, run.original, 1)
+        return Item(none, (run.original,), 1)
     ip_len, hdr_len = run.ip_len, run.hdr_len
     ip = bytearray(first[:ip_len])
     tcp = bytearray(first[ip_len:hdr_len])
@@ -342,6 +388,8 @@ def _finish(run: _Run, none: bytes, vnet_size: int) -> Item:
     payloads = -(run.acc[0] + even * addresses + 256 * (run.acc[1] + odd * addresses))
     total_sum = (addresses + tcp_length + ones_complement_sum(tcp) + payloads) % 0xFFFF
     _U16.pack_into(tcp, TCP_CSUM_OFFSET, ~(total_sum or 0xFFFF) & 0xFFFF)
-    packet = b"".join([ip, tcp, *(segment[hdr_len:] for segment in run.segments)])
+    parts: tuple[Buffer, ...] = (ip, tcp, *[segment[hdr_len:] for segment in run.segments])
+    if len(parts) >= _MAX_PARTS:  # tiny segments: more than writev takes (IOV_MAX, 1024), so one buffer
+        parts = (b"".join(parts),)
     vnet = vnet_header(gso_type, hdr_len, run.gso_size, ip_len, TCP_CSUM_OFFSET, 0, vnet_size)
-    return Item(vnet, packet, count)
+    return Item(vnet, parts, count)

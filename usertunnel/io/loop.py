@@ -164,9 +164,9 @@ class Interface:
             return
         for item in coalesce(packets, VNET_HDR_LEN, self.verify_segments):
             try:
-                os.writev(fd, (item.vnet, item.packet))
+                os.writev(fd, (item.vnet, *item.parts))
             except OSError as exc:
-                self.tunnel.counters.rx_failed(len(item.packet), tun_write_drop(exc), item.segments)
+                self.tunnel.counters.rx_failed(item.length, tun_write_drop(exc), item.segments)
 
 
 def _udp_key(iface: Interface, header: bytes) -> tuple[int, bytes, int, int]:
