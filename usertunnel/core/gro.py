@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import functools
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from .checksum import fold, ones_complement_sum
@@ -132,8 +132,8 @@ class _Run:
         "psh",
         "acc",
         "length",
-        "mask",
-        "masked",
+        "quick",
+        "fields",
         "h_base",
     )
 
@@ -155,11 +155,13 @@ class _Run:
         # The quick test (`coalesce`): an IPv4 segment of the same length whose headers equal this one's but for
         # identification, checksums and sequence number joins without being parsed. -1: no quick test (IPv6).
         self.length = -1
-        self.mask = self.masked = self.h_base = 0
+        self.h_base = 0
+        self.quick: Callable[[Buffer], tuple[object, ...]] = _no_quick
+        self.fields: tuple[object, ...] = ()
         if not v6:
             self.length = len(packet)
-            self.mask = _quick_mask(hdr_len)
-            self.masked = int.from_bytes(packet[:hdr_len], "big") & self.mask
+            self.quick = _quick_struct(hdr_len).unpack_from
+            self.fields = self.quick(packet)
             seq_, csum = _SEQ_CSUM.unpack_from(packet, 24)
             self.h_base = h - (seq_ >> 16) - (seq_ & 0xFFFF) - csum
 
@@ -168,20 +170,16 @@ _SEQ_CSUM = struct.Struct("!I8xH")  # from the TCP sequence number (IPv4 without
 
 
 @functools.lru_cache(maxsize=64)
-def _quick_mask(hdr_len: int) -> int:
-    """The bits of an IPv4 + TCP header (`hdr_len` bytes) that must agree between segments of one run: all but
-    `_quick_holes`. Computed once per header length (a few microseconds, once per run otherwise)."""
-    return ((1 << (8 * hdr_len)) - 1) ^ _quick_holes(hdr_len)
+def _quick_struct(hdr_len: int) -> struct.Struct:
+    """Unpacks the bytes of an IPv4 + TCP header (`hdr_len` bytes, at least 40) that must agree between the
+    segments of one run: all but the IP identification (bytes 4-5) and checksum (10-11) and the TCP sequence
+    number (24-27) and checksum (36-37). One unpack into five byte strings, compared as a tuple: about half
+    the time of masking the header read as one integer."""
+    return struct.Struct(f"4s2x4s2x12s4x8s2x{hdr_len - 38}s")
 
 
-def _quick_holes(hdr_len: int) -> int:
-    """The bits of an IPv4 + TCP header (`hdr_len` bytes) that may differ between segments of one run: IP
-    identification (bytes 4-5), IP checksum (10-11), TCP sequence number (24-27) and TCP checksum (36-37)."""
-    holes = 0
-    for start, end in ((4, 6), (10, 12), (24, 28), (36, 38)):
-        for byte in range(start, end):
-            holes |= 0xFF << (8 * (hdr_len - 1 - byte))
-    return holes
+def _no_quick(packet: Buffer) -> tuple[object, ...]:
+    raise AssertionError("an IPv6 run has no quick test")  # its `length` is -1: never called
 
 
 def _address_sum(packet: memoryview, v6: bool) -> int:
@@ -220,14 +218,14 @@ def coalesce(
         if last is not None and n == last.length and fast:
             # The quick run: the run's state in locals while segment after segment joins it (a bulk
             # transfer's batch is mostly one such stretch), written back when one does not.
-            hdr_len, mask, masked, h_base = last.hdr_len, last.mask, last.masked, last.h_base
+            hdr_len, quick_test, fields, h_base = last.hdr_len, last.quick, last.fields, last.h_base
             next_seq, payload, acc, segments = last.next_seq, last.payload, last.acc, last.segments
             size = n - hdr_len
             room = MAX_LENGTH - hdr_len - size  # the run's payload may be at most this before a segment joins
             odd = last.gso_size & 1  # an odd size puts every other segment's payload at an odd offset
             done = False  # the batch ended inside the run
             while True:
-                if int.from_bytes(packet[:hdr_len], "big") & mask != masked:
+                if quick_test(packet) != fields:
                     break
                 seq, csum = _SEQ_CSUM.unpack_from(packet, 24)
                 if seq != next_seq or payload > room:

@@ -407,6 +407,14 @@ def _rx_source(
             fmt += "I"
             names.append("seq")
     smallest = hlen + (20 if 4 in spec.families else 40)
+    # Over raw IPv4 the one unpack reads on into the inner packet's first 20 bytes, as ten 16-bit words: an
+    # inner IPv4 header's length, protocol and checksum (a valid header's words sum to a multiple of 0xFFFF)
+    # then come without slicing the view, an inner IPv6 header's payload length likewise.
+    inner_words = udp is None and 4 in spec.families
+    if inner_words:
+        assert struct.calcsize(fmt) == hlen, (fmt, hlen)
+        fmt += "10H"
+        names += [f"i{k}" for k in range(10)]
     if udp is None:
         lines = [
             "def rx(view):",
@@ -452,27 +460,31 @@ def _rx_source(
                 "        return None",
             ]
     m = "total - " + str(hlen)
-    lines.append(f"    b0 = view[{hlen}]")
+    lines.append("    b0 = i0 >> 8" if inner_words else f"    b0 = view[{hlen}]")
     branches = []
     if 4 in spec.families:
+        # A valid IPv4 header sums to 0xFFFF, a multiple of 0xFFFF (core.checksum).
+        header_sum = f"int.from_bytes(view[{hlen}:{hlen + 20}], 'big')"
+        if inner_words:
+            header_sum = " + ".join(f"i{k}" for k in range(10))
         branches.append(
             [
                 "if b0 == 0x45:" if not spec.is_gre else f"if b0 == 0x45 and gre & 0xFFFF == {gre.PROTO_IPV4:#06x}:",
-                f"    end = (view[{hlen + 2}] << 8) | view[{hlen + 3}]",
-                # A valid IPv4 header sums to 0xFFFF, a multiple of 0xFFFF (core.checksum).
-                f"    if end < 20 or end > {m} or int.from_bytes(view[{hlen}:{hlen + 20}], 'big') % 0xFFFF:",
+                "    end = i1" if inner_words else f"    end = (view[{hlen + 2}] << 8) | view[{hlen + 3}]",
+                f"    if end < 20 or end > {m} or ({header_sum}) % 0xFFFF:",
                 "        return None",
             ]
         )
         if reflect:
             # A peer's keepalive (an inner GRE packet) is answered by the specification.
-            branches[-1] += [f"    if view[{hlen + 9}] == 47:", "        return None"]
+            inner_protocol = "i4 & 0xFF" if inner_words else f"view[{hlen + 9}]"
+            branches[-1] += [f"    if {inner_protocol} == 47:", "        return None"]
     if 6 in spec.families:
         head = "if b0 >> 4 == 6:" if not spec.is_gre else f"if b0 >> 4 == 6 and gre & 0xFFFF == {gre.PROTO_IPV6:#06x}:"
         branches.append(
             [
                 head,
-                f"    end = 40 + ((view[{hlen + 4}] << 8) | view[{hlen + 5}])",
+                "    end = 40 + i2" if inner_words else f"    end = 40 + ((view[{hlen + 4}] << 8) | view[{hlen + 5}])",
                 f"    if end > {m}:",
                 "        return None",
             ]

