@@ -3,7 +3,9 @@
 Theory of operation: one system call moves up to `count` packets. Every
 structure the kernel reads or writes (the mmsghdr array, the iovecs, the
 sockaddr_in names, the receive buffers) is allocated in `__init__` and reused;
-a call allocates only the memoryviews and the list it returns.
+a call allocates only the memoryviews and the list it returns. A receive asks
+for no sender's address: a raw IPv4 socket hands over the IP header, which
+holds it (and a name asked for would have to be reset before every call).
 
 - `RecvBatch.recv()` returns views into its own buffer: they are valid until
   the next `recv()`. It never blocks (MSG_DONTWAIT) and never raises for what
@@ -68,7 +70,6 @@ _IOV_SIZE = ctypes.sizeof(_IOVec)
 _MMSG_SIZE = ctypes.sizeof(_MMsgHdr)
 _MMSG_WORDS = _MMSG_SIZE // 4
 _LEN_WORD = _MMsgHdr.msg_len.offset // 4
-_NAMELEN_WORD = _MsgHdr.msg_namelen.offset // 4
 _IOV_PAIR = struct.Struct("@PNPN")  # two struct iovec, written in one call
 _AF_INET = struct.pack("=H", socket.AF_INET)
 
@@ -113,39 +114,33 @@ class RecvBatch:
         self.last_errno = 0
         self._buffer = bytearray(count * size)
         self._view = memoryview(self._buffer)
-        self._names = bytearray(count * _SOCKADDR_IN)
-        # The mmsghdr array lives in a bytearray so that msg_len and msg_namelen are read and reset
-        # through a uint32 view (tens of ns each) rather than through ctypes attribute access.
+        # The mmsghdr array lives in a bytearray so that msg_len is read through a uint32 view (tens of ns
+        # each) rather than through ctypes attribute access.
         self._raw_msgs = bytearray(count * _MMSG_SIZE)
         self._msgs = (_MMsgHdr * count).from_buffer(self._raw_msgs)
         self._u32 = memoryview(self._raw_msgs).cast("I")
         self._iovs = (_IOVec * count)()
         base = ctypes.addressof((ctypes.c_char * len(self._buffer)).from_buffer(self._buffer))
-        names = ctypes.addressof((ctypes.c_char * len(self._names)).from_buffer(self._names))
         for i in range(count):
             self._iovs[i].iov_base = base + i * size
             self._iovs[i].iov_len = size
             hdr = self._msgs[i].msg_hdr
-            hdr.msg_name = names + i * _SOCKADDR_IN
-            hdr.msg_namelen = _SOCKADDR_IN
+            hdr.msg_name = None  # no sender's address wanted (see the module's docstring)
+            hdr.msg_namelen = 0
             hdr.msg_iov = ctypes.addressof(self._iovs[i])
             hdr.msg_iovlen = 1
         self._msgs_address = ctypes.addressof(self._msgs)
-        self._used = 0  # messages the last call filled (whose msg_namelen the kernel rewrote)
+        # Where packet i starts in the buffer, and where its msg_len is in the uint32 view.
+        self._slots = [(i * size, i * _MMSG_WORDS + _LEN_WORD) for i in range(count)]
 
     def recv(self) -> list[memoryview]:
         """The packets waiting on the socket (at most `count`), oldest first; empty when there are none."""
         fd = self.sock.fileno()
-        u32 = self._u32
-        for i in range(self._used):
-            u32[i * _MMSG_WORDS + _NAMELEN_WORD] = _SOCKADDR_IN  # value-result: the kernel rewrote it
-        self._used = 0
         for _ in range(self.count + 1):  # each round consumes a packet or a queued error
             n = _recvmmsg(fd, self._msgs_address, self.count, MSG_DONTWAIT, None)
             if n >= 0:
-                self._used = n
-                size, view = self.size, self._view
-                return [view[i * size : i * size + u32[i * _MMSG_WORDS + _LEN_WORD]] for i in range(n)]
+                view, u32 = self._view, self._u32
+                return [view[start : start + u32[word]] for start, word in self._slots[:n]]
             code = ctypes.get_errno()
             if code in (errno.EAGAIN, errno.EWOULDBLOCK):
                 return []
@@ -154,11 +149,6 @@ class RecvBatch:
             self.errors += 1
             self.last_errno = code
         return []
-
-    def source(self, index: int) -> bytes:
-        """The source IPv4 address (4 bytes) of packet `index` of the last `recv()`."""
-        start = index * _SOCKADDR_IN + 4
-        return bytes(self._names[start : start + 4])
 
 
 class SendBatch:
