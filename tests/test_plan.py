@@ -355,9 +355,12 @@ def test_a_learned_path_mtu_sends_larger_packets_to_the_specification_until_it_e
 
 
 def test_planned_finds_each_tunnel_among_many_between_the_same_addresses_and_forgets_removed_ones() -> None:
-    tunnels = [Tunnel(TunnelParams(f"k{key}", Mode.GRE, A, B, ikey=key, okey=key, iseq=True, icsum=True))
+    # Keys with and without the checksum word before them, a keyless GRE and an IPIP tunnel: told apart by
+    # key, or by protocol when there is none.
+    tunnels = [Tunnel(TunnelParams(f"k{key}", Mode.GRE, A, B, ikey=key, okey=key, iseq=True, icsum=key % 2 == 1))
                for key in range(1, 8)]  # fmt: skip
-    tunnels += [Tunnel(TunnelParams("ip", Mode.IPIP, A, B)), Tunnel(TunnelParams("c", Mode.GRE, A, C))]
+    tunnels += [Tunnel(TunnelParams("u", Mode.GRE, A, B)), Tunnel(TunnelParams("ip", Mode.IPIP, A, B))]
+    tunnels += [Tunnel(TunnelParams("c", Mode.GRE, A, C))]
     demux = Demux()
     for tunnel in tunnels:
         demux.add(tunnel)

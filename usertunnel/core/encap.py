@@ -525,7 +525,7 @@ class Demux:
         # a plan that accepts a packet is the one the lookup would pick (the exact rule, its own protocol and
         # key); one that declines changes nothing, so each is tried, then the specification. `single`: the one
         # such tunnel, when there is only one (a `usertunnel up`), tried without the dictionary.
-        self.fast: dict[bytes, tuple[Tunnel, ...] | dict[tuple[int, int | None], Tunnel]] = {}
+        self.fast: dict[bytes, tuple[Tunnel, ...] | dict[int, Tunnel]] = {}
         self.single: Tunnel | None = None
         # FOU / GUE tunnels with a receive plan, by outer source and destination (`planned_udp`).
         self.udp_fast: dict[bytes, tuple[Tunnel, ...]] = {}
@@ -687,14 +687,13 @@ class Demux:
             return None
         assert isinstance(group, dict)
         # Many tunnels between the same two addresses: told apart by protocol and GRE key (the plan checks all).
-        if len(packet) < 32 or packet[0] != 0x45:
+        if len(packet) < 32:
             return None
-        protocol = packet[9]
-        key = None
-        if protocol == 47 and packet[20] & 0x20:  # K
-            at = 28 if packet[20] & 0x80 else 24  # after the checksum word when C
-            key = int.from_bytes(packet[at : at + 4], "big")
-        found = group.get((protocol, key))
+        vihl, protocol, flags, word24, word28 = _KEYED.unpack_from(packet)
+        if vihl != 0x45:
+            return None
+        keyed = protocol == 47 and flags & 0x20  # K: the key follows the checksum word when C
+        found = group.get((word28 if flags & 0x80 else word24) if keyed else -protocol)
         if found is None:
             return None
         inner = found.rx_plan(packet)  # type: ignore[misc]
@@ -977,9 +976,19 @@ def _sealed_by(tunnel: Tunnel, result: Result) -> Result:
     return tunnel.counters.drop(Drop.NO_TUNNEL)
 
 
-def _fast_key(tunnel: Tunnel) -> tuple[int, int | None]:
-    """How a planned tunnel is told apart from others between the same two addresses: protocol and key."""
-    return tunnel.params.mode.value.ip_protocol, tunnel.params.ikey
+def _fast_key(tunnel: Tunnel) -> int:
+    """How a planned tunnel is told apart from others between the same two addresses (`Demux.planned`): its
+    GRE input key, or minus its IP protocol when it has none (GRE without a key, IPIP, SIT). One integer,
+    so that a packet's is read in the same unpack as the rest and needs no tuple."""
+    protocol, ikey = tunnel.params.mode.value.ip_protocol, tunnel.params.ikey
+    if ikey is None:
+        return -protocol
+    return ikey if protocol == 47 else -1000 - protocol  # a key on another protocol: no packet carries it
+
+
+# Demux.planned among many tunnels: version/IHL, protocol, GRE flags, and the words at 24 and 28 (the key
+# is one of them: 24 without a checksum, 28 with one).
+_KEYED = struct.Struct("!B8xB10xB3xII")
 
 
 def _fast_address(tunnel: Tunnel) -> bytes:
