@@ -801,12 +801,21 @@ class Dataplane:
             demux.unmatched.drop(Drop.ICMP_ERROR)
             return
         packet = self._view[:n]
-        hit = demux.planned(packet) if demux.fast else None
-        if hit is not None:
-            iface = self.interfaces.get(hit[0])
-            if iface is not None:
-                iface.write(hit[1])
-            return
+        single = demux.single  # one tunnel with a receive plan: called at once, as in `_on_raw_batch`
+        if single is not None:
+            inner = single.rx_plan(packet)  # type: ignore[misc]  # the single one has a plan
+            if inner is not None:
+                iface = self.interfaces.get(single)
+                if iface is not None:
+                    iface.write(inner)
+                return
+        elif demux.fast:
+            hit = demux.planned(packet)
+            if hit is not None:
+                iface = self.interfaces.get(hit[0])
+                if iface is not None:
+                    iface.write(hit[1])
+                return
         received = demux.decapsulate(packet, now)
         if isinstance(received, Received):
             iface = self.interfaces.get(received.tunnel)
