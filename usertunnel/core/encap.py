@@ -983,7 +983,8 @@ def _fast_key(tunnel: Tunnel) -> int:
     protocol, ikey = tunnel.params.mode.value.ip_protocol, tunnel.params.ikey
     if ikey is None:
         return -protocol
-    return ikey if protocol == 47 else -1000 - protocol  # a key on another protocol: no packet carries it
+    # A key on another protocol (vti's selects its security association) is in no packet: a key none matches.
+    return ikey if protocol == 47 else -1000 - protocol
 
 
 # Demux.planned among many tunnels: version/IHL, protocol, GRE flags, and the words at 24 and 28 (the key
