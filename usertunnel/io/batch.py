@@ -71,7 +71,6 @@ _MMSG_SIZE = ctypes.sizeof(_MMsgHdr)
 _MMSG_WORDS = _MMSG_SIZE // 4
 _LEN_WORD = _MMsgHdr.msg_len.offset // 4
 _IOV_PAIR = struct.Struct("@PNPN")  # two struct iovec, written in one call
-_AF_INET = struct.pack("=H", socket.AF_INET)
 
 
 def _bytes_data_offset() -> int | None:
